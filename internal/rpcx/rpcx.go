@@ -1,0 +1,228 @@
+// Package rpcx is the Cap'n Proto plumbing shared by every oomd process: connections with
+// a bounded message size, an accept loop that gives each connection its own bootstrap
+// object and keeps every connection so shutdown can close them, a zap adapter for the
+// rpc logger, and helpers for inherited and passed file descriptors.
+//
+// It exists so that the traps measured in shared/CAPNP-NOTES.md are handled once:
+// rpc.Serve shares one bootstrap across connections (we never use it), the rpc logger
+// reports every peer disconnect at ERROR (we demote it), and an oversized frame must
+// close only that connection (the bounded codec does).
+package rpcx
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	capnp "capnproto.org/go/capnp/v3"
+	"capnproto.org/go/capnp/v3/rpc"
+	"capnproto.org/go/capnp/v3/rpc/transport"
+	"go.uber.org/zap"
+)
+
+// DefaultMaxMessageBytes bounds one Cap'n Proto frame on every oomd connection. The
+// largest legitimate message is an events or audit page (1024 entries of a few hundred
+// bytes); anything larger is a broken or hostile peer and closes that connection.
+const DefaultMaxMessageBytes = 1 << 20
+
+// codec is a transport.Codec whose decoder refuses frames above a size bound.
+type codec struct {
+	dec *capnp.Decoder
+	enc *capnp.Encoder
+	c   io.Closer
+}
+
+func (c *codec) Encode(m *capnp.Message) error   { return c.enc.Encode(m) }
+func (c *codec) Decode() (*capnp.Message, error) { return c.dec.Decode() }
+func (c *codec) Close() error                    { return c.c.Close() }
+
+// NewTransport wraps rwc in a Cap'n Proto stream transport that rejects frames larger
+// than maxBytes (DefaultMaxMessageBytes if 0).
+func NewTransport(rwc io.ReadWriteCloser, maxBytes uint64) transport.Transport {
+	if maxBytes == 0 {
+		maxBytes = DefaultMaxMessageBytes
+	}
+	dec := capnp.NewDecoder(rwc)
+	dec.MaxMessageSize = maxBytes
+	return transport.New(&codec{dec: dec, enc: capnp.NewEncoder(rwc), c: rwc})
+}
+
+// NewConn starts a Cap'n Proto connection on rwc. bootstrap (may be the zero Client) is
+// what the peer gets from Bootstrap; the connection takes over that reference.
+func NewConn(rwc io.ReadWriteCloser, bootstrap capnp.Client, log *zap.Logger) *rpc.Conn {
+	return rpc.NewConn(NewTransport(rwc, 0), &rpc.Options{
+		BootstrapClient: bootstrap,
+		Logger:          Logger(log),
+	})
+}
+
+// Logger adapts zap to go-capnp's rpc.Logger. go-capnp logs a peer's ordinary
+// disconnect at ERROR; those are demoted to DEBUG so real errors stay visible.
+func Logger(log *zap.Logger) rpc.Logger {
+	if log == nil {
+		log = zap.NewNop()
+	}
+	return rpcLogger{log.Named("rpc").Sugar()}
+}
+
+type rpcLogger struct{ s *zap.SugaredLogger }
+
+func (l rpcLogger) Debug(msg string, args ...any) { l.s.Debugw(msg, args...) }
+func (l rpcLogger) Info(msg string, args ...any)  { l.s.Debugw(msg, args...) }
+func (l rpcLogger) Warn(msg string, args ...any)  { l.s.Warnw(msg, args...) }
+func (l rpcLogger) Error(msg string, args ...any) {
+	if isDisconnectNoise(msg, args) {
+		l.s.Debugw(msg, args...)
+		return
+	}
+	l.s.Errorw(msg, args...)
+}
+
+func isDisconnectNoise(msg string, args []any) bool {
+	text := msg + fmt.Sprint(args...)
+	for _, s := range []string{"EOF", "closed", "broken pipe", "connection reset", "disconnected", "abort"} {
+		if strings.Contains(text, s) {
+			return true
+		}
+	}
+	return false
+}
+
+// Listen opens a Unix socket at path that only the owner may connect to. A stale socket
+// file left by a dead process is removed; the directory should itself be private.
+func Listen(path string) (*net.UnixListener, error) {
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("remove stale socket %s: %w", path, err)
+	}
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", path, err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("restrict socket %s to its owner: %w", path, err)
+	}
+	return l, nil
+}
+
+// Dial connects to the Unix socket at path and returns the connection and the peer's
+// bootstrap capability of type T (use e.g. oomdpb.Control). The caller releases the
+// client and closes the conn.
+func Dial(ctx context.Context, path string, log *zap.Logger) (*rpc.Conn, capnp.Client, error) {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "unix", path)
+	if err != nil {
+		return nil, capnp.Client{}, fmt.Errorf("connect to %s: %w", path, err)
+	}
+	conn := NewConn(c, capnp.Client{}, log)
+	client := conn.Bootstrap(ctx)
+	if err := client.Resolve(ctx); err != nil {
+		client.Release()
+		conn.Close()
+		return nil, capnp.Client{}, fmt.Errorf("bootstrap from %s: %w", path, err)
+	}
+	return conn, client, nil
+}
+
+// Peer describes an accepted connection, for building its bootstrap object.
+type Peer struct {
+	Conn net.Conn
+	Cred *Ucred // nil if the kernel gave none
+}
+
+// Server runs an accept loop with one bootstrap object per connection and keeps every
+// live connection so Close can end them all.
+type Server struct {
+	log       *zap.Logger
+	bootstrap func(Peer) (capnp.Client, error)
+
+	mu     sync.Mutex
+	conns  map[*rpc.Conn]struct{}
+	closed bool
+	wg     sync.WaitGroup
+}
+
+// NewServer returns a server whose connections get the bootstrap object that newBoot
+// builds for them. If newBoot fails, that connection is closed and the error logged.
+func NewServer(log *zap.Logger, newBoot func(Peer) (capnp.Client, error)) *Server {
+	return &Server{log: log, bootstrap: newBoot, conns: make(map[*rpc.Conn]struct{})}
+}
+
+// Serve accepts until l is closed or ctx ends. It returns nil on an orderly stop.
+func (s *Server) Serve(ctx context.Context, l net.Listener) error {
+	stop := context.AfterFunc(ctx, func() { l.Close() })
+	defer stop()
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			return fmt.Errorf("accept: %w", err)
+		}
+		s.ServeConn(c)
+	}
+}
+
+// ServeConn serves one already-connected socket (accepted, inherited or passed).
+// It returns the rpc connection, or nil if the server is closed or the bootstrap
+// could not be built.
+func (s *Server) ServeConn(c net.Conn) *rpc.Conn {
+	peer := Peer{Conn: c}
+	if uc, ok := c.(*net.UnixConn); ok {
+		peer.Cred, _ = PeerCred(uc)
+	}
+	boot, err := s.bootstrap(peer)
+	if err != nil {
+		s.log.Warn("refused connection", zap.Error(err))
+		c.Close()
+		return nil
+	}
+	conn := NewConn(c, boot, s.log)
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		conn.Close()
+		return nil
+	}
+	s.conns[conn] = struct{}{}
+	s.wg.Add(1)
+	s.mu.Unlock()
+	go func() {
+		defer s.wg.Done()
+		<-conn.Done()
+		s.mu.Lock()
+		delete(s.conns, conn)
+		s.mu.Unlock()
+	}()
+	return conn
+}
+
+// Close closes every connection and waits (at most timeout) for them to finish.
+// go-capnp's Conn.Close can hang when a handler waits on the same connection
+// (CAPNP-NOTES trap 2), so the wait is bounded.
+func (s *Server) Close(timeout time.Duration) {
+	s.mu.Lock()
+	s.closed = true
+	conns := make([]*rpc.Conn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	for _, c := range conns {
+		go c.Close()
+	}
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(timeout):
+		s.log.Warn("connections still open after shutdown timeout", zap.Int("conns", len(conns)))
+	}
+}

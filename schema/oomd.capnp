@@ -1,0 +1,405 @@
+# oomd wire contract, v1.
+#
+# Every process-to-process call in oomd uses these types over Cap'n Proto RPC on Unix
+# domain sockets. gen/oomdpb is generated from this file (`make gen`) and committed;
+# `make check-gen` fails when it is stale.
+#
+# Processes and who serves what:
+#   execd  serves Session (one per child, bound to that child's id), Terminator and
+#          SystemControl (reachable only through oomd's Session), and brokers one direct
+#          connection per child to oomd, tagged with a SubjectHandoff.
+#   oomd   serves Control on its own socket, and a MemstatSink on each brokered
+#          connection (bound to the subject execd named for it).
+#   logd   serves Journal on its own socket.
+#   hog    serves TestHook as its bootstrap on the brokered connection.
+#
+# VERSIONING RULE. The file id and every existing ordinal, name, type and meaning are
+# frozen. A change may only:
+#   - add a field at the next ordinal (old peers ignore it; new peers reading an old
+#     message see the field's default, so every default must mean "not set / old
+#     behaviour");
+#   - add a method at the next ordinal (an old server answers `unimplemented`, which a
+#     new client must treat as "feature absent");
+#   - add an enumerant at the end (an old peer reads an unknown enumerant as its raw
+#     number; code must treat unknown enumerants as "unknown", never as the first value).
+# Removing, renumbering or retyping anything needs a new interface with a new id. Unions
+# gain members only at new ordinals. Bounds below are enforced by the receiver, which
+# rejects the whole message (with an error naming the field and the bound) rather than
+# truncating it.
+#
+# Units: bytes are bytes (UInt64); ticks are oomd policy ticks (one tick = sampleMs);
+# milliseconds are named *Ms. No wall-clock timestamp appears anywhere in this contract:
+# ordering is by sequence numbers and ticks.
+
+@0xe9e9580b3801b56a;
+
+using Go = import "/go.capnp";
+$Go.package("oomdpb");
+$Go.import("oomd.dev/oomd/gen/oomdpb");
+
+# ---------------------------------------------------------------------------------------
+# Policy
+
+struct Policy {
+  # The limits oomd enforces for every subject without an override.
+
+  softBytes @0 :UInt64;
+  # Usage above this emits one softExceeded event per upward crossing. 0 < softBytes.
+
+  hardBytes @1 :UInt64;
+  # Usage above this produces exactly one kill decision per subject instance.
+  # softBytes <= hardBytes <= 2^50 (1 PiB).
+
+  sampleMs @2 :UInt32;
+  # Length of one tick in milliseconds: how often oomd evaluates samples. 10..60000.
+
+  killBudget @3 :UInt32;
+  # At most this many terminate requests per killWindowTicks. 1..1024.
+
+  killWindowTicks @4 :UInt32;
+  # Length of the kill-rate window in ticks. 1..1000000.
+
+  critical @5 :List(Text);
+  # Subject ids that are never killed (killDenied instead), in addition to the defaults
+  # init, execd, samgrd, policyd, logd, oomd, which are always critical and cannot be
+  # removed. At most 64 entries, each a valid subject id. getPolicy returns the list as
+  # set; Status shows each subject's effective criticality.
+
+  overrides @6 :List(SubjectLimit);
+  # Per-subject limits replacing softBytes/hardBytes for that subject. At most 256
+  # entries, no subject twice, each obeying the same bounds as the global limits.
+
+  levels @7 :LevelThresholds;
+  # System memory-pressure thresholds. Unset (all zero) means "level monitoring off".
+
+  oomTimeoutMs @8 :UInt32;
+  # Upper bound on the graceful OOM teardown before oomd reboots regardless.
+  # 0 means the default (30000). Otherwise 1000..600000.
+}
+
+struct SubjectLimit {
+  subject @0 :Text;     # a subject id (see SubjectHandoff.subject for the format)
+  softBytes @1 :UInt64; # as Policy.softBytes
+  hardBytes @2 :UInt64; # as Policy.hardBytes
+}
+
+struct LevelThresholds {
+  # Levels are derived from MemAvailable. A level is entered when MemAvailable falls to or
+  # below its threshold, and left only when MemAvailable rises above the threshold plus
+  # hysteresisBytes. Required when set: oomBytes < imminentOomBytes < warningBytes.
+
+  warningBytes @0 :UInt64;     # MemAvailable at or below this: warning
+  imminentOomBytes @1 :UInt64; # at or below this: imminentOom
+  oomBytes @2 :UInt64;         # at or below this: oom (starts the system OOM sequence)
+  hysteresisBytes @3 :UInt64;  # <= warningBytes - oomBytes
+  intervalMs @4 :UInt32;       # how often MemAvailable is read; 0 = sampleMs; else 10..10000
+}
+
+enum PressureLevel {
+  normal @0;
+  warning @1;
+  imminentOom @2;
+  oom @3;
+}
+
+# ---------------------------------------------------------------------------------------
+# Events
+
+enum EventKind {
+  subjectRegistered @0;   # execd handed over a subject; bytes = 0, reason = "critical" or ""
+  subjectExited @1;       # execd reported the exit; reason = "exit=<code>" or "signal=<name>"
+  softExceeded @2;        # usage crossed softBytes upward; bytes = usage, limit = softBytes
+  softCleared @3;         # usage fell back to or below softBytes; re-arms softExceeded
+  killDecided @4;         # usage crossed hardBytes; an audit record was produced
+  killRequested @5;       # audit durable, terminate sent to execd (the budget was spent)
+  killThrottled @6;       # decided but over the kill budget; will be released in order
+  killed @7;              # execd acknowledged AND the exit was observed
+  killDenied @8;          # a critical subject crossed hardBytes; reason says why
+  killRefused @9;         # execd refused terminate; reason carries execd's refusal
+  memstatRejected @10;    # a sample claimed another subject; dropped; subject = the
+                          # authenticated sender, reason = "claimed=<id>"
+  policyChanged @11;      # a new policy is in force; reason = "version=<n>"
+  levelChanged @12;       # system pressure level changed; reason = "<from>-><to>"
+  haltClaimed @13;        # the halt token was claimed; reason = the reboot reason
+  haltRefused @14;        # a later reboot/OOM request found the token already claimed
+  rebootAcked @15;        # execd acknowledged the graceful teardown before the timeout
+  rebootTimedOut @16;     # the OOM timeout fired first; reason names unstopped services
+  auditSpilled @17;       # logd unreachable; the audit record went to the spill file
+}
+
+struct Event {
+  seq @0 :UInt64;      # 1, 2, 3, ... strictly increasing, never reused in one oomd run
+  tick @1 :UInt64;     # the policy tick at which the event happened
+  subject @2 :Text;    # subject id, or "" for system-wide events
+  kind @3 :EventKind;
+  bytes @4 :UInt64;    # usage in bytes that the event is about (0 if none)
+  limit @5 :UInt64;    # the threshold involved, in bytes (0 if none)
+  reason @6 :Text;     # short machine-readable detail, at most 256 bytes
+  decision @7 :UInt64; # kill decision id (1, 2, ...) for kill* events, else 0
+}
+
+# ---------------------------------------------------------------------------------------
+# Audit journal (logd)
+
+struct AuditRecord {
+  # One durable fact about a decision. oomd writes one before every terminate request.
+
+  writerSeq @0 :UInt64; # the writer's own sequence: 1, 2, 3, ... gap-free per writer
+  tick @1 :UInt64;      # the writer's tick when the record was made
+  kind @2 :EventKind;   # what happened (killDecided before a kill, killDenied, ...)
+  subject @3 :Text;     # subject id, at most 64 bytes
+  bytes @4 :UInt64;     # usage at the decision, in bytes
+  limit @5 :UInt64;     # the threshold crossed, in bytes
+  decision @6 :UInt64;  # the kill decision id, 0 if none
+  reason @7 :Text;      # at most 256 bytes
+  instance @8 :UInt64;  # execd's instance number of the subject (0 if none)
+}
+
+struct JournalEntry {
+  seq @0 :UInt64;        # logd's journal sequence: 1, 2, 3, ... survives restarts
+  writer @1 :Text;       # who appended it (the name given to Journal.open)
+  record @2 :AuditRecord;
+}
+
+interface Journal {
+  # logd's service. Any local process that can open logd's socket may read; writers name
+  # themselves in open().
+
+  open @0 (writer :Text) -> (appender :Appender, lastWriterSeq :UInt64);
+  # Start (or resume) appending as `writer` (1..64 bytes). lastWriterSeq is the highest
+  # writerSeq of this writer already durable, so a writer that restarted or spilled knows
+  # what to replay; records with writerSeq <= lastWriterSeq are dropped as duplicates.
+
+  read @1 (sinceSeq :UInt64, limit :UInt32) -> (entries :List(JournalEntry), nextSeq :UInt64, missed :UInt64);
+  # Entries with seq > sinceSeq, oldest first, at most limit (1..1024). nextSeq is the seq
+  # to pass as sinceSeq next time. missed counts entries after sinceSeq that were already
+  # rotated away (0 if the caller did not fall behind).
+
+  status @2 () -> (firstSeq :UInt64, lastSeq :UInt64, durableSeq :UInt64, diskBytes :UInt64);
+}
+
+interface Appender {
+  append @0 (record :AuditRecord) -> stream;
+  # Queue one record. writerSeq must be exactly the previous writerSeq + 1 (or a
+  # duplicate <= lastWriterSeq, which is dropped); anything else fails the stream.
+
+  sync @1 (upTo :UInt64) -> (durableWriterSeq :UInt64);
+  # Returns only after every record of this writer with writerSeq <= upTo has been
+  # written and fsync'ed. This is the acknowledgement a kill waits for.
+}
+
+# ---------------------------------------------------------------------------------------
+# Memstat: the cooperative signal
+
+struct Memstat {
+  # A sample is fixed-size apart from claimedSubject, which is at most 64 bytes; the
+  # sink rejects anything larger. The subject a sample counts for is the one bound to
+  # the sink it arrived on, never this payload.
+
+  claimedSubject @0 :Text; # who the sender says it is; a mismatch is memstatRejected
+  bytes @1 :UInt64;        # bytes the sender's allocator holds (NOT kernel RSS)
+  seq @2 :UInt64;          # the publisher's own counter; lets oomd count gaps
+}
+
+interface MemstatSink {
+  report @0 (sample :Memstat) -> stream;
+  # Samples are coalesced per subject per tick (the latest wins).
+}
+
+struct SubjectHandoff {
+  # Sent by execd to oomd on their private broker socket, as a single Cap'n Proto message
+  # carrying the oomd end of a fresh socketpair as SCM_RIGHTS. The child holds the other
+  # end. Identity comes from execd and the kernel, never from the child.
+
+  subject @0 :Text;    # 1..64 bytes of [a-z0-9._-], starting with a letter or digit
+  instance @1 :UInt64; # execd's spawn counter for this subject; distinguishes restarts
+  pid @2 :Int32;       # the child's pid; oomd may check it against SO_PEERCRED
+  critical @3 :Bool;   # the manifest marks it critical (policy may add more)
+  injectable @4 :Bool; # the child serves a TestHook as its bootstrap on this connection
+}
+
+interface TestHook {
+  # Test-only: the hog fixture's bootstrap on its memstat connection.
+  inject @0 (bytes :UInt64) -> (totalBytes :UInt64);
+  # Allocate and touch `bytes` more (bounded by the hog's own arena cap), publish the new
+  # total at once, and return it.
+}
+
+# ---------------------------------------------------------------------------------------
+# execd: the process authority
+
+interface Session {
+  # A child's bootstrap capability on the connection execd gives it (inherited fd).
+  # The session is bound to the child's subject id by execd; nothing the child sends can
+  # change that.
+
+  whoami @0 () -> (subject :Text, instance :UInt64, critical :Bool);
+
+  ready @1 () -> ();
+  # The child is up; execd starts the children that depend on it.
+
+  grants @2 () -> (terminator :Terminator, system :SystemControl);
+  # Only for the subject the manifest names as the watchdog (oomd). Any other session
+  # gets an error; the capabilities exist nowhere else.
+}
+
+enum Refusal {
+  none @0;
+  critical @1;     # the subject is critical: execd never terminates it
+  unknown @2;      # no such subject
+  notRunning @3;   # the subject (or that instance) already exited
+  shuttingDown @4; # a system teardown is in progress
+}
+
+struct ExitReport {
+  subject @0 :Text;
+  instance @1 :UInt64;
+  pid @2 :Int32;
+  exitCode @3 :Int32;  # valid when signal == 0
+  signal @4 :Int32;    # the terminating signal, 0 if it exited normally
+  killed @5 :Bool;     # execd escalated to SIGKILL after the stop timeout
+  terminated @6 :Bool; # the exit followed a terminate() request
+}
+
+interface ExitWatcher {
+  exited @0 (report :ExitReport) -> ();
+}
+
+interface Terminator {
+  # Held by oomd only.
+
+  terminate @0 (subject :Text, instance :UInt64, decision :UInt64, reason :Text)
+      -> (refusal :Refusal, message :Text, pid :Int32);
+  # Asks execd to stop that instance: SIGTERM now, SIGKILL after its stopTimeoutMs.
+  # Returns once the signal was sent (refusal == none) or with the refusal. The exit is
+  # reported to the watcher given to watchExits.
+
+  watchExits @1 (watcher :ExitWatcher) -> ();
+  # Every child exit from now on is reported to watcher, in order. Replaces any earlier
+  # watcher.
+}
+
+enum RebootReason {
+  unknown @0;
+  oom @1;
+  userRequest @2;
+}
+
+struct TeardownReport {
+  graceful @0 :Bool;            # every service stopped within its own stop timeout
+  teardownMs @1 :UInt32;        # how long the teardown took
+  notStopped @2 :List(Text);    # services that needed SIGKILL, in stop order
+  watchersTimedOut @3 :List(Text); # reboot watchers that did not answer in time
+}
+
+interface RebootWatcher {
+  # Registered with SystemControl.watchReboot; told before the teardown starts. Its
+  # return is its acknowledgement (bounded by execd, 5 s by default).
+  rebooting @0 (reason :RebootReason) -> ();
+}
+
+interface SystemControl {
+  # Held by oomd only (the RFC's "kernel" side asks "userspace" to tear down).
+
+  teardown @0 (reason :RebootReason) -> (report :TeardownReport);
+  # Notify reboot watchers, stop every service in reverse dependency order (keeping logd
+  # and the caller until last), and return: the return is the acknowledgement.
+
+  watchReboot @1 (watcher :RebootWatcher) -> ();
+}
+
+# ---------------------------------------------------------------------------------------
+# oomd's control API (its own socket, owner-only)
+
+struct SubjectStatus {
+  subject @0 :Text;
+  instance @1 :UInt64;
+  bytes @2 :UInt64;      # latest accepted sample
+  softBytes @3 :UInt64;  # effective limits for this subject
+  hardBytes @4 :UInt64;
+  state @5 :SubjectState;
+  critical @6 :Bool;
+  rejected @7 :UInt64;   # samples dropped for claiming another subject
+}
+
+enum SubjectState {
+  normal @0;
+  soft @1;         # above softBytes
+  hard @2;         # above hardBytes, kill decided (awaiting audit or budget), or denied
+  terminating @3;  # terminate requested
+  exited @4;
+}
+
+struct Status {
+  tick @0 :UInt64;
+  policyVersion @1 :UInt64;
+  lastEventSeq @2 :UInt64;
+  subjects @3 :List(SubjectStatus); # sorted by subject id; at most 1024 (see truncated)
+  truncated @4 :Bool;
+  kills @5 :UInt64;
+  denied @6 :UInt64;
+  throttled @7 :UInt64;
+  rejectedSamples @8 :UInt64;
+  acceptedSamples @9 :UInt64;
+  level @10 :PressureLevel;
+  memAvailableBytes @11 :UInt64;
+  haltClaimed @12 :Bool;
+  injectEnabled @13 :Bool;
+}
+
+struct RebootRecord {
+  # Persisted with a checksum and fsync before the reboot; read once on the next start.
+  valid @0 :Bool;              # false: no record, or torn/corrupt (reason reads unknown)
+  reason @1 :RebootReason;
+  graceful @2 :Bool;
+  teardownMs @3 :UInt32;
+  notStopped @4 :List(Text);
+  bootCount @5 :UInt64;        # which boot wrote it (monotonic across reboots)
+}
+
+interface EventSubscriber {
+  push @0 (events :List(Event), missed :UInt64) -> stream;
+  # Events in seq order; missed > 0 when the subscriber was too slow and the ring
+  # overwrote events before they could be sent.
+}
+
+interface Subscription {
+  # Releasing it (or the connection dropping) ends the subscription.
+}
+
+interface LevelWatcher {
+  changed @0 (level :PressureLevel, memAvailableBytes :UInt64, seq :UInt64) -> ();
+  # Edge-triggered. The return is the acknowledgement; changes arriving before it
+  # coalesce to the latest level.
+}
+
+interface Control {
+  setPolicy @0 (policy :Policy) -> (version :UInt64);
+  # Validates the whole policy; an invalid one fails with an error naming the field and
+  # the bound, and the previous policy stays in force.
+
+  getPolicy @1 () -> (policy :Policy, version :UInt64);
+
+  events @2 (sinceSeq :UInt64, limit :UInt32) -> (events :List(Event), nextSeq :UInt64, missed :UInt64);
+  # Events with seq > sinceSeq, oldest first, at most limit (1..1024). missed counts the
+  # requested events already overwritten in the ring.
+
+  subscribe @3 (sinceSeq :UInt64, subscriber :EventSubscriber) -> (subscription :Subscription);
+  # Push every event with seq > sinceSeq to subscriber, with flow control.
+
+  inject @4 (appId :Text, bytes :UInt64) -> (totalBytes :UInt64);
+  # Test only: refused unless oomd runs with --enable-inject. Reaches the subject's
+  # TestHook. bytes: 1..1 GiB.
+
+  status @5 () -> (status :Status);
+
+  lastReboot @6 () -> (record :RebootRecord);
+
+  watchLevels @7 (watcher :LevelWatcher) -> (level :PressureLevel, subscription :Subscription);
+
+  requestReboot @8 (reason :RebootReason) -> ();
+  # Claims the halt token and runs the teardown. Fails if the token is already claimed.
+
+  audit @9 (sinceSeq :UInt64, limit :UInt32) -> (entries :List(JournalEntry), nextSeq :UInt64, missed :UInt64);
+  # Reads logd's journal through oomd (for oomctl).
+}

@@ -1,0 +1,196 @@
+package policy
+
+import (
+	"fmt"
+	"slices"
+)
+
+// Bounds of a valid policy. They are part of the documented contract (schema comments
+// and docs/reliability/oom-policy.md); change them together.
+const (
+	MinSampleMs       = 10
+	MaxSampleMs       = 60_000
+	MaxHardBytes      = 1 << 50
+	MaxKillBudget     = 1024
+	MaxKillWindow     = 1_000_000
+	MaxCritical       = 64
+	MaxOverrides      = 256
+	MaxSubjectIDBytes = 64
+	DefaultOOMTimeout = 30_000
+	MinOOMTimeoutMs   = 1_000
+	MaxOOMTimeoutMs   = 600_000
+	MinLevelInterval  = 10
+	MaxLevelInterval  = 10_000
+)
+
+// DefaultCritical are always critical, whatever a policy says: a policy's list adds to
+// them and can never remove one, so no policy change can expose the core services.
+var DefaultCritical = []string{"init", "execd", "samgrd", "policyd", "logd", "oomd"}
+
+// Policy is the whole configuration of the core. It is replaced whole, never patched.
+type Policy struct {
+	SoftBytes       uint64          `json:"softBytes"`
+	HardBytes       uint64          `json:"hardBytes"`
+	SampleMs        uint32          `json:"sampleMs"`
+	KillBudget      uint32          `json:"killBudget"`
+	KillWindowTicks uint32          `json:"killWindowTicks"`
+	Critical        []string        `json:"critical,omitempty"`
+	Overrides       []SubjectLimit  `json:"overrides,omitempty"`
+	Levels          LevelThresholds `json:"levels"`
+	OOMTimeoutMs    uint32          `json:"oomTimeoutMs,omitempty"`
+}
+
+// SubjectLimit replaces the global soft/hard limits for one subject.
+type SubjectLimit struct {
+	Subject   string `json:"subject"`
+	SoftBytes uint64 `json:"softBytes"`
+	HardBytes uint64 `json:"hardBytes"`
+}
+
+// LevelThresholds configure system memory-pressure levels from MemAvailable. All zero
+// means level monitoring is off.
+type LevelThresholds struct {
+	WarningBytes     uint64 `json:"warningBytes,omitempty"`
+	ImminentOOMBytes uint64 `json:"imminentOomBytes,omitempty"`
+	OOMBytes         uint64 `json:"oomBytes,omitempty"`
+	HysteresisBytes  uint64 `json:"hysteresisBytes,omitempty"`
+	IntervalMs       uint32 `json:"intervalMs,omitempty"`
+}
+
+// Enabled reports whether level monitoring is configured.
+func (l LevelThresholds) Enabled() bool { return l != LevelThresholds{} }
+
+// DefaultPolicy is what oomd enforces until told otherwise.
+func DefaultPolicy() Policy {
+	return Policy{
+		SoftBytes:       256 << 20,
+		HardBytes:       512 << 20,
+		SampleMs:        100,
+		KillBudget:      2,
+		KillWindowTicks: 50,
+	}
+}
+
+// ValidationError names the field of a rejected policy and the bound it broke.
+type ValidationError struct {
+	Field string
+	Value any
+	Bound string
+}
+
+func (e *ValidationError) Error() string {
+	return fmt.Sprintf("invalid policy: %s = %v: must be %s", e.Field, e.Value, e.Bound)
+}
+
+func bad(field string, v any, bound string) error {
+	return &ValidationError{Field: field, Value: v, Bound: bound}
+}
+
+// Validate checks every field against its bound and returns the first violation, in
+// field order, so the same policy always gets the same error.
+func (p Policy) Validate() error {
+	if err := validLimits("softBytes", "hardBytes", p.SoftBytes, p.HardBytes); err != nil {
+		return err
+	}
+	if p.SampleMs < MinSampleMs || p.SampleMs > MaxSampleMs {
+		return bad("sampleMs", p.SampleMs, fmt.Sprintf("in %d..%d", MinSampleMs, MaxSampleMs))
+	}
+	if p.KillBudget < 1 || p.KillBudget > MaxKillBudget {
+		return bad("killBudget", p.KillBudget, fmt.Sprintf("in 1..%d", MaxKillBudget))
+	}
+	if p.KillWindowTicks < 1 || p.KillWindowTicks > MaxKillWindow {
+		return bad("killWindowTicks", p.KillWindowTicks, fmt.Sprintf("in 1..%d", MaxKillWindow))
+	}
+	if len(p.Critical) > MaxCritical {
+		return bad("critical", len(p.Critical), fmt.Sprintf("at most %d entries", MaxCritical))
+	}
+	for i, s := range p.Critical {
+		if err := ValidateSubjectID(s); err != nil {
+			return bad(fmt.Sprintf("critical[%d]", i), fmt.Sprintf("%q", s), err.Error())
+		}
+	}
+	if len(p.Overrides) > MaxOverrides {
+		return bad("overrides", len(p.Overrides), fmt.Sprintf("at most %d entries", MaxOverrides))
+	}
+	seen := make(map[string]bool, len(p.Overrides))
+	for i, o := range p.Overrides {
+		f := fmt.Sprintf("overrides[%d]", i)
+		if err := ValidateSubjectID(o.Subject); err != nil {
+			return bad(f+".subject", fmt.Sprintf("%q", o.Subject), err.Error())
+		}
+		if seen[o.Subject] {
+			return bad(f+".subject", fmt.Sprintf("%q", o.Subject), "unique (it appears twice)")
+		}
+		seen[o.Subject] = true
+		if err := validLimits(f+".softBytes", f+".hardBytes", o.SoftBytes, o.HardBytes); err != nil {
+			return err
+		}
+	}
+	if err := p.Levels.validate(); err != nil {
+		return err
+	}
+	if p.OOMTimeoutMs != 0 && (p.OOMTimeoutMs < MinOOMTimeoutMs || p.OOMTimeoutMs > MaxOOMTimeoutMs) {
+		return bad("oomTimeoutMs", p.OOMTimeoutMs, fmt.Sprintf("0 (default %d) or in %d..%d", DefaultOOMTimeout, MinOOMTimeoutMs, MaxOOMTimeoutMs))
+	}
+	return nil
+}
+
+func validLimits(softField, hardField string, soft, hard uint64) error {
+	if soft == 0 {
+		return bad(softField, soft, "> 0")
+	}
+	if hard < soft {
+		return bad(hardField, hard, fmt.Sprintf(">= %s (%d)", softField, soft))
+	}
+	if hard > MaxHardBytes {
+		return bad(hardField, hard, fmt.Sprintf("<= %d (1 PiB)", uint64(MaxHardBytes)))
+	}
+	return nil
+}
+
+func (l LevelThresholds) validate() error {
+	if !l.Enabled() {
+		return nil
+	}
+	if l.OOMBytes == 0 {
+		return bad("levels.oomBytes", l.OOMBytes, "> 0 when levels are set")
+	}
+	if l.ImminentOOMBytes <= l.OOMBytes {
+		return bad("levels.imminentOomBytes", l.ImminentOOMBytes, fmt.Sprintf("> levels.oomBytes (%d)", l.OOMBytes))
+	}
+	if l.WarningBytes <= l.ImminentOOMBytes {
+		return bad("levels.warningBytes", l.WarningBytes, fmt.Sprintf("> levels.imminentOomBytes (%d)", l.ImminentOOMBytes))
+	}
+	if l.HysteresisBytes > l.WarningBytes-l.OOMBytes {
+		return bad("levels.hysteresisBytes", l.HysteresisBytes, fmt.Sprintf("<= levels.warningBytes - levels.oomBytes (%d)", l.WarningBytes-l.OOMBytes))
+	}
+	if l.IntervalMs != 0 && (l.IntervalMs < MinLevelInterval || l.IntervalMs > MaxLevelInterval) {
+		return bad("levels.intervalMs", l.IntervalMs, fmt.Sprintf("0 (= sampleMs) or in %d..%d", MinLevelInterval, MaxLevelInterval))
+	}
+	return nil
+}
+
+// ValidateSubjectID checks the subject id format shared by execd, oomd and logd:
+// 1..64 bytes of [a-z0-9._-], starting with a letter or digit.
+func ValidateSubjectID(s string) error {
+	if len(s) == 0 || len(s) > MaxSubjectIDBytes {
+		return fmt.Errorf("a subject id of 1..%d bytes", MaxSubjectIDBytes)
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		alnum := (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9')
+		if alnum || (i > 0 && (c == '.' || c == '_' || c == '-')) {
+			continue
+		}
+		return fmt.Errorf("a subject id of [a-z0-9._-] starting with a letter or digit (bad byte %q at %d)", c, i)
+	}
+	return nil
+}
+
+// EffectiveCritical returns the critical set in force, sorted and without duplicates:
+// DefaultCritical plus the policy's own list.
+func (p Policy) EffectiveCritical() []string {
+	out := append(slices.Clone(DefaultCritical), p.Critical...)
+	slices.Sort(out)
+	return slices.Compact(out)
+}

@@ -1,0 +1,204 @@
+package policy
+
+// This file is the core's contract with the daemon shell: what goes in (Input), what
+// comes out (Ready), and the value types on both sides. Numeric values of the enums
+// equal the schema's (gen/oomdpb), so the shell converts with a plain cast.
+
+// InputKind says what an Input carries.
+type InputKind uint8
+
+const (
+	// InputTick advances time by one tick and evaluates the samples coalesced since the
+	// previous tick, the throttle queue and the kill budget.
+	InputTick InputKind = iota + 1
+	// InputPolicy replaces the policy (Policy). It must already be valid: the shell
+	// calls Policy.Validate first so an invalid policy never reaches the core.
+	InputPolicy
+	// InputRegister: execd handed over Subject/Instance, with Critical from the manifest.
+	InputRegister
+	// InputSample: a memstat sample that arrived on Subject/Instance's sink (the
+	// authenticated identity), claiming to be Claimed, with Bytes.
+	InputSample
+	// InputAuditAck: every audit record with WriterSeq <= Seq is durable.
+	InputAuditAck
+	// InputTerminateAck: execd accepted the terminate request for Decision.
+	InputTerminateAck
+	// InputTerminateRefused: execd refused Decision; Reason carries the refusal.
+	InputTerminateRefused
+	// InputExited: execd observed Subject/Instance exit; Reason is "exit=<n>" or
+	// "signal=<name>".
+	InputExited
+)
+
+var inputKindNames = [...]string{
+	InputTick:             "tick",
+	InputPolicy:           "policy",
+	InputRegister:         "register",
+	InputSample:           "sample",
+	InputAuditAck:         "audit-ack",
+	InputTerminateAck:     "terminate-ack",
+	InputTerminateRefused: "terminate-refused",
+	InputExited:           "exited",
+}
+
+func (k InputKind) String() string {
+	if int(k) < len(inputKindNames) && inputKindNames[k] != "" {
+		return inputKindNames[k]
+	}
+	return "unknown"
+}
+
+// Input is one step of the core. Only the fields its Kind names are meaningful; the
+// rest are zero. Inputs are plain values so a sequence of them is a replayable trace.
+type Input struct {
+	Kind     InputKind `json:"kind"`
+	Subject  string    `json:"subject,omitempty"`
+	Instance uint64    `json:"instance,omitempty"`
+	Claimed  string    `json:"claimed,omitempty"`
+	Bytes    uint64    `json:"bytes,omitempty"`
+	Critical bool      `json:"critical,omitempty"`
+	Seq      uint64    `json:"seq,omitempty"`
+	Decision uint64    `json:"decision,omitempty"`
+	Reason   string    `json:"reason,omitempty"`
+	Policy   *Policy   `json:"policy,omitempty"`
+}
+
+// EventKind mirrors oomdpb.EventKind value for value.
+type EventKind uint16
+
+const (
+	EventSubjectRegistered EventKind = iota
+	EventSubjectExited
+	EventSoftExceeded
+	EventSoftCleared
+	EventKillDecided
+	EventKillRequested
+	EventKillThrottled
+	EventKilled
+	EventKillDenied
+	EventKillRefused
+	EventMemstatRejected
+	EventPolicyChanged
+	EventLevelChanged
+	EventHaltClaimed
+	EventHaltRefused
+	EventRebootAcked
+	EventRebootTimedOut
+	EventAuditSpilled
+)
+
+var eventKindNames = [...]string{
+	EventSubjectRegistered: "subjectRegistered",
+	EventSubjectExited:     "subjectExited",
+	EventSoftExceeded:      "softExceeded",
+	EventSoftCleared:       "softCleared",
+	EventKillDecided:       "killDecided",
+	EventKillRequested:     "killRequested",
+	EventKillThrottled:     "killThrottled",
+	EventKilled:            "killed",
+	EventKillDenied:        "killDenied",
+	EventKillRefused:       "killRefused",
+	EventMemstatRejected:   "memstatRejected",
+	EventPolicyChanged:     "policyChanged",
+	EventLevelChanged:      "levelChanged",
+	EventHaltClaimed:       "haltClaimed",
+	EventHaltRefused:       "haltRefused",
+	EventRebootAcked:       "rebootAcked",
+	EventRebootTimedOut:    "rebootTimedOut",
+	EventAuditSpilled:      "auditSpilled",
+}
+
+func (k EventKind) String() string {
+	if int(k) < len(eventKindNames) {
+		return eventKindNames[k]
+	}
+	return "unknown"
+}
+
+// Event is one entry of the event ring. It carries a sequence number and a tick, never
+// a wall-clock time.
+type Event struct {
+	Seq      uint64
+	Tick     uint64
+	Subject  string
+	Kind     EventKind
+	Bytes    uint64
+	Limit    uint64
+	Reason   string
+	Decision uint64
+}
+
+// AuditRecord is what the shell must make durable (logd, or the spill file) before the
+// decision it describes may proceed. WriterSeq is gap-free from 1.
+type AuditRecord struct {
+	WriterSeq uint64
+	Tick      uint64
+	Kind      EventKind
+	Subject   string
+	Instance  uint64
+	Bytes     uint64
+	Limit     uint64
+	Decision  uint64
+	Reason    string
+}
+
+// TerminateRequest asks execd to stop one subject instance. The core releases one only
+// after the audit record of the same Decision was acknowledged, only for a non-critical
+// subject, and only within the kill budget.
+type TerminateRequest struct {
+	Decision uint64
+	Subject  string
+	Instance uint64
+	Bytes    uint64
+	Limit    uint64
+	Reason   string
+}
+
+// Ready is what the shell must do, in this order:
+//  1. append every Audit record and wait until it is durable, then Step(InputAuditAck);
+//  2. send every Terminate request (their audit records were acknowledged earlier);
+//  3. publish Events (ring readers, subscribers, markers, logs).
+//
+// Then call Advance. The slices are only valid until Advance.
+type Ready struct {
+	Audit     []AuditRecord
+	Terminate []TerminateRequest
+	Events    []Event
+}
+
+// SubjectState is where a subject is in its lifetime; values mirror oomdpb.SubjectState.
+type SubjectState uint8
+
+const (
+	StateNormal SubjectState = iota
+	StateSoft
+	StateHard
+	StateTerminating
+	StateExited
+)
+
+var stateNames = [...]string{"normal", "soft", "hard", "terminating", "exited"}
+
+func (s SubjectState) String() string {
+	if int(s) < len(stateNames) {
+		return stateNames[s]
+	}
+	return "unknown"
+}
+
+// SubjectStatus is a read-only snapshot of one subject, for status queries.
+type SubjectStatus struct {
+	Subject   string
+	Instance  uint64
+	Bytes     uint64
+	SoftBytes uint64
+	HardBytes uint64
+	State     SubjectState
+	Critical  bool
+	Rejected  uint64
+}
+
+// Counters are monotonic totals since the core was created.
+type Counters struct {
+	Kills, Denied, Throttled, Rejected, Accepted uint64
+}
