@@ -269,7 +269,7 @@ interface Terminator {
   # Held by oomd only.
 
   terminate @0 (subject :Text, instance :UInt64, decision :UInt64, reason :Text)
-      -> (refusal :Refusal, message :Text, pid :Int32);
+      -> (refusal :Refusal, detail :Text, pid :Int32);
   # Asks execd to stop that instance: SIGTERM now, SIGKILL after its stopTimeoutMs.
   # Returns once the signal was sent (refusal == none) or with the refusal. The exit is
   # reported to the watcher given to watchExits.
