@@ -1,0 +1,285 @@
+#!/usr/bin/env bash
+# The VM proof: boot a Debian kernel under QEMU (TCG) with an initramfs of our static binaries,
+# execd as /init, and check the required markers on the serial console, in order.
+#
+#   RUN_UNTIL_MARKER=1 RUN_TIMEOUT=120s ./scripts/qemu-test.sh
+#
+# Runs on a fresh Debian machine with no stdin and no TTY: it installs QEMU if missing,
+# downloads (once) the Debian cloud kernel into the git-ignored cache, builds, boots, checks.
+# See docs/qemu.md. Knobs (environment):
+#   RUN_TIMEOUT       bound on the VM run, QEMU start to end (120s; "90", "90s", "2m")
+#   RUN_UNTIL_MARKER  1: stop the VM as soon as the final marker appears; otherwise wait for
+#                     the guest to power off (or RUN_TIMEOUT)
+#   VM_CACHE          cache directory (.cache/vm in the repo)
+#   VM_KERNEL_REFRESH 1: look up the current cloud kernel again even if one is cached
+#   VM_INIT           debugging: a static binary to use as /init instead of execd
+#   VM_APPEND         debugging: extra kernel command-line words (before the init's own args)
+#   VM_SMP, VM_MEM    vCPUs (1) and MiB of guest memory (512)
+set -euo pipefail
+export LC_ALL=C
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+CACHE=${VM_CACHE:-$ROOT/.cache/vm}
+RUN_TIMEOUT=${RUN_TIMEOUT:-120s}
+RUN_UNTIL_MARKER=${RUN_UNTIL_MARKER:-0}
+VM_MEM=${VM_MEM:-512}
+VM_SMP=${VM_SMP:-1}
+GO=${GO:-go}
+
+# The binaries that go into the initramfs: package dir -> path in the guest. execd is /init.
+BINARIES=(
+  "services/execd-stub:/init"
+  "services/logd-stub:/bin/logd-stub"
+  "services/oomd:/bin/oomd"
+  "apps/hog:/bin/hog"
+  "apps/selftest-client:/bin/selftest-client"
+)
+MANIFEST=$ROOT/scripts/vm/manifest.json
+# Arguments the kernel passes to /init (everything after "--" on its command line).
+INIT_ARGS_FILE=$ROOT/scripts/vm/init-args
+
+# Subjects oomd must never kill (DESIGN.md, security invariant 5); the denial marker must
+# name one of them.
+CRITICAL_SUBJECTS=${VM_CRITICAL_SUBJECTS:-init|execd|samgrd|policyd|logd|oomd}
+# Required markers, as extended regular expressions, in the order they must appear.
+MARKERS=(
+  'oomd: ready'
+  "oomd: kill denied \\(subject=($CRITICAL_SUBJECTS) reason=[^)]+\\)"
+  'oomd: kill app=[^ ]+ bytes=[0-9]+'
+  'SELFTEST: oom kill ok'
+)
+# Console lines proving the kernel's own OOM killer acted (the kill must be ours), and the
+# selftest's report of /proc/vmstat's oom_kill counter when it is not zero.
+KERNEL_OOM='out of memory: killed process|invoked oom-killer|oom-kill:|oom_kill[ =:]+[1-9]'
+
+log() { printf 'qemu-test: %s\n' "$*" >&2; }
+die() { log "FAIL: $*"; exit 1; }
+now_ms() { local t; t=$(date +%s%N); echo $((t / 1000000)); }
+secs() { printf '%d.%03d' $(($1 / 1000)) $(($1 % 1000)); }
+
+# seconds RUN_TIMEOUT: "120", "120s", "2m" -> seconds
+parse_timeout() {
+  local v=$1
+  case $v in
+    *[!0-9smh]* | '' ) die "RUN_TIMEOUT=$v: want a number of seconds, optionally with s, m or h" ;;
+    *s) echo "${v%s}" ;;
+    *m) echo $((${v%m} * 60)) ;;
+    *h) echo $((${v%h} * 3600)) ;;
+    *) echo "$v" ;;
+  esac
+}
+
+ensure_tools() {
+  local pkgs=()
+  command -v qemu-system-x86_64 >/dev/null || pkgs+=(qemu-system-x86)
+  command -v cpio >/dev/null || pkgs+=(cpio)
+  command -v gzip >/dev/null || pkgs+=(gzip)
+  if ((${#pkgs[@]})); then
+    log "installing ${pkgs[*]}"
+    "$ROOT/scripts/apt-install.sh" "${pkgs[@]}"
+  fi
+  command -v "$GO" >/dev/null || die "no Go toolchain ($GO) on PATH"
+  command -v dpkg-deb >/dev/null || die "dpkg-deb missing: this script expects a Debian host"
+}
+
+# fetch_kernel: sets KERNEL to a vmlinuz in the cache, downloading the Debian cloud kernel
+# package once (apt-get download; /boot is never touched).
+fetch_kernel() {
+  local kdir=$CACHE/kernel pkg deb
+  mkdir -p "$kdir"
+  KERNEL=$(find "$kdir" -maxdepth 1 -name 'vmlinuz-*' -print -quit)
+  if [ -n "$KERNEL" ] && [ "${VM_KERNEL_REFRESH:-0}" != 1 ]; then return; fi
+
+  pkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null |
+    sed -n 's/^ *Depends: \(linux-image-[^ ]*-cloud-amd64\)$/\1/p' | head -n1) || true
+  if [ -z "$pkg" ]; then
+    log "refreshing the package lists to find the cloud kernel"
+    "$ROOT/scripts/apt-install.sh" --update
+    pkg=$(apt-cache depends linux-image-cloud-amd64 |
+      sed -n 's/^ *Depends: \(linux-image-[^ ]*-cloud-amd64\)$/\1/p' | head -n1)
+  fi
+  [ -n "$pkg" ] || die "apt-cache depends linux-image-cloud-amd64 names no versioned kernel"
+  if [ -f "$kdir/vmlinuz-${pkg#linux-image-}" ]; then
+    KERNEL=$kdir/vmlinuz-${pkg#linux-image-}
+    return
+  fi
+  log "downloading $pkg"
+  rm -f "$kdir"/*.deb
+  local i
+  for i in 1 2 3 4 5; do
+    (cd "$kdir" && apt-get download -q -o APT::Sandbox::User=root "$pkg" >/dev/null) && break
+    [ "$i" = 5 ] && die "apt-get download $pkg failed"
+    log "apt-get download failed (attempt $i); retrying in 5s"
+    sleep 5
+  done
+  deb=$(find "$kdir" -maxdepth 1 -name "${pkg}_*.deb" -print -quit)
+  [ -n "$deb" ] || die "apt-get download left no ${pkg}_*.deb in $kdir"
+  rm -rf "$kdir/extract" && mkdir -p "$kdir/extract"
+  dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$kdir/extract" --wildcards './boot/vmlinuz-*'
+  local f
+  for f in "$kdir"/extract/boot/vmlinuz-*; do mv "$f" "$kdir/"; done
+  rm -rf "$kdir/extract" "$deb"
+  KERNEL=$kdir/vmlinuz-${pkg#linux-image-}
+  [ -f "$KERNEL" ] || die "$deb holds no boot/vmlinuz-${pkg#linux-image-}"
+  # Keep only the kernel just fetched, so the cache never holds two.
+  find "$kdir" -maxdepth 1 -name 'vmlinuz-*' ! -path "$KERNEL" -delete
+}
+
+# build_initramfs: sets INITRD. Static binaries, the manifest and the directories the
+# services expect, packed as cpio newc + gzip with fixed owners and times (reproducible).
+build_initramfs() {
+  local stage=$CACHE/rootfs entry dir dest built=()
+  rm -rf "$stage"
+  mkdir -p "$stage"/{bin,etc/execd,proc,sys,dev,run,tmp,var/log/journal}
+  for entry in "${BINARIES[@]}"; do
+    dir=${entry%%:*} dest=${entry#*:}
+    if [ "$dest" = /init ] && [ -n "${VM_INIT:-}" ]; then
+      install -m 0755 "$VM_INIT" "$stage/init"
+      built+=("init=$(basename "$VM_INIT")")
+      continue
+    fi
+    if ! compgen -G "$ROOT/$dir/*.go" >/dev/null; then
+      [ "$dest" = /init ] && die "$dir does not exist yet: nothing to run as /init (set VM_INIT to try a stand-in)"
+      log "skipping $dir: not in the tree yet"
+      continue
+    fi
+    (cd "$ROOT" && CGO_ENABLED=0 "$GO" build -trimpath -ldflags='-s -w' -o "$stage$dest" "./$dir") ||
+      die "go build ./$dir failed"
+    built+=("$dest")
+  done
+  cp "$MANIFEST" "$stage/etc/execd/manifest.json"
+  find "$stage" -exec touch -h -d @0 {} +
+  INITRD=$CACHE/initramfs.cpio.gz
+  (cd "$stage" && find . -mindepth 1 -print0 | sort -z |
+    cpio --null --create --format=newc --owner=0:0 --reproducible --quiet) |
+    gzip -n -1 >"$INITRD.tmp"
+  mv "$INITRD.tmp" "$INITRD"
+  log "initramfs $(du -h "$INITRD" | cut -f1): ${built[*]}"
+}
+
+QEMU_PID=
+cleanup() {
+  if [ -n "$QEMU_PID" ] && kill -0 "$QEMU_PID" 2>/dev/null; then
+    kill "$QEMU_PID" 2>/dev/null || true
+    wait "$QEMU_PID" 2>/dev/null || true
+  fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# markers_seen LOG: how many of MARKERS appear in LOG, in order (unanchored; \r stripped).
+markers_seen() {
+  printf '%s\n' "${MARKERS[@]}" |
+    awk 'NR == FNR { pat[++n] = $0; next }
+         { sub(/\r$/, ""); if (i < n && $0 ~ pat[i + 1]) i++ }
+         END { print i + 0 }' - "$1"
+}
+
+# boot NAME DEADLINE_MS [extra qemu args...]: boot the VM once, serial console to
+# $CACHE/NAME.log, until all MARKERS are seen (RUN_UNTIL_MARKER=1), the guest ends, or the
+# deadline (epoch ms). Sets BOOT_SEEN (markers seen), BOOT_END (why it stopped) and BOOT_MS
+# (QEMU start to the final marker, or to the end).
+boot() {
+  local name=$1 deadline=$2 serial=$CACHE/$1.log
+  shift 2
+  local cmdline="console=ttyS0 panic=-1 quiet ${VM_APPEND:-}"
+  if [ -s "$INIT_ARGS_FILE" ]; then
+    cmdline+=" -- $(grep -v '^#' "$INIT_ARGS_FILE" | tr '\n' ' ')"
+  fi
+  : >"$serial"
+  local t0 n=${#MARKERS[@]}
+  t0=$(now_ms)
+  qemu-system-x86_64 -accel tcg -machine pc -cpu max -smp "$VM_SMP" -m "$VM_MEM" \
+    -no-reboot -nodefaults -no-user-config -display none \
+    -chardev "file,id=con,path=$serial" -serial chardev:con \
+    -kernel "$KERNEL" -initrd "$INITRD" -append "$cmdline" "$@" \
+    </dev/null >"$CACHE/$name.qemu.log" 2>&1 &
+  QEMU_PID=$!
+  BOOT_SEEN=0 BOOT_END='' BOOT_MS=''
+  while :; do
+    BOOT_SEEN=$(markers_seen "$serial")
+    if ((BOOT_SEEN == n)) && [ -z "$BOOT_MS" ]; then
+      BOOT_MS=$(($(now_ms) - t0))
+      if [ "$RUN_UNTIL_MARKER" = 1 ]; then BOOT_END=markers; break; fi
+    fi
+    if ! kill -0 "$QEMU_PID" 2>/dev/null; then
+      BOOT_END=exited
+      break
+    fi
+    if (($(now_ms) >= deadline)); then BOOT_END=timeout; break; fi
+    sleep 0.1
+  done
+  if [ "$BOOT_END" = exited ]; then
+    local rc=0
+    wait "$QEMU_PID" || rc=$?
+    QEMU_PID=
+    ((rc == 0)) || BOOT_END="exited($rc)"
+    BOOT_SEEN=$(markers_seen "$serial") # the guest may have printed more before it ended
+    [ -n "$BOOT_MS" ] || BOOT_MS=$(($(now_ms) - t0))
+  else
+    cleanup
+    QEMU_PID=
+  fi
+  [ -n "$BOOT_MS" ] || BOOT_MS=$(($(now_ms) - t0))
+}
+
+# report_failure NAME WHY: which marker is missing, the last 50 console lines, exit 1.
+report_failure() {
+  local name=$1 why=$2 serial=$CACHE/$1.log
+  log "FAIL ($name): $why"
+  if ((BOOT_SEEN < ${#MARKERS[@]})); then
+    log "missing marker $((BOOT_SEEN + 1))/${#MARKERS[@]}: /${MARKERS[$BOOT_SEEN]}/"
+  fi
+  local panic
+  panic=$(tr -d '\r' <"$serial" | grep -m1 -a 'Kernel panic' || true)
+  [ -z "$panic" ] || log "guest kernel: ${panic#*] }"
+  if [ -s "$CACHE/$name.qemu.log" ]; then
+    log "qemu said:"
+    sed 's/^/  /' "$CACHE/$name.qemu.log" >&2
+  fi
+  log "last 50 console lines ($serial):"
+  tail -n 50 "$serial" | tr -d '\r' | sed 's/^/  | /' >&2
+  exit 1
+}
+
+# check_boot NAME: judge the boot that just ended; report_failure (exit 1) unless every marker
+# appeared, in order, with no kernel panic and no sign of the kernel's own OOM killer.
+check_boot() {
+  local name=$1 serial=$CACHE/$1.log n=${#MARKERS[@]} panicked=0
+  if tr -d '\r' <"$serial" | grep -qa 'Kernel panic'; then panicked=1; fi
+  if ((BOOT_SEEN < n)); then
+    case $BOOT_END in
+      timeout) report_failure "$name" "timed out after RUN_TIMEOUT=$RUN_TIMEOUT" ;;
+      exited) ((panicked)) && report_failure "$name" "the guest kernel panicked before the markers"
+        report_failure "$name" "the guest powered off or rebooted before the markers" ;;
+      *) report_failure "$name" "QEMU $BOOT_END" ;;
+    esac
+  fi
+  [[ $BOOT_END != exited\(* ]] || report_failure "$name" "QEMU $BOOT_END after the markers"
+  ((panicked == 0)) || report_failure "$name" "the guest kernel panicked after the markers"
+  if tr -d '\r' <"$serial" | grep -qaiE "$KERNEL_OOM"; then
+    log "the kernel's OOM killer acted:"
+    tr -d '\r' <"$serial" | grep -aiE "$KERNEL_OOM" | sed 's/^/  | /' >&2
+    report_failure "$name" "the kill was not (only) oomd's"
+  fi
+  [ "$BOOT_END" != timeout ] || log "note ($name): the guest did not power off within RUN_TIMEOUT"
+}
+
+main() {
+  local timeout_s deadline t_start
+  timeout_s=$(parse_timeout "$RUN_TIMEOUT")
+  t_start=$(now_ms)
+  mkdir -p "$CACHE"
+  ensure_tools
+  fetch_kernel
+  build_initramfs
+  log "booting $(basename "$KERNEL") under TCG (RUN_TIMEOUT=$RUN_TIMEOUT, RUN_UNTIL_MARKER=$RUN_UNTIL_MARKER)"
+
+  deadline=$(($(now_ms) + timeout_s * 1000))
+  boot boot1 "$deadline"
+  check_boot boot1
+  log "PASS: all ${#MARKERS[@]} markers in order; boot to SELFTEST $(secs "$BOOT_MS") s," \
+    "whole run $(secs $(($(now_ms) - t_start))) s (console: $CACHE/boot1.log)"
+}
+
+main "$@"
