@@ -1,5 +1,7 @@
 package policy
 
+import "fmt"
+
 // This file is the core's contract with the daemon shell: what goes in (Input), what
 // comes out (Ready), and the value types on both sides. Numeric values of the enums
 // equal the schema's (gen/oomdpb), so the shell converts with a plain cast.
@@ -46,6 +48,26 @@ func (k InputKind) String() string {
 		return inputKindNames[k]
 	}
 	return "unknown"
+}
+
+// MarshalText writes the kind by name, so traces stay readable and do not depend on
+// the numbering.
+func (k InputKind) MarshalText() ([]byte, error) {
+	if k.String() == "unknown" {
+		return nil, fmt.Errorf("unknown input kind %d", uint8(k))
+	}
+	return []byte(k.String()), nil
+}
+
+// UnmarshalText is the inverse of MarshalText.
+func (k *InputKind) UnmarshalText(b []byte) error {
+	for i, name := range inputKindNames {
+		if name != "" && name == string(b) {
+			*k = InputKind(i)
+			return nil
+		}
+	}
+	return fmt.Errorf("unknown input kind %q", b)
 }
 
 // Input is one step of the core. Only the fields its Kind names are meaningful; the
@@ -199,6 +221,13 @@ type SubjectStatus struct {
 }
 
 // Counters are monotonic totals since the core was created.
+//
+// Kills counts killed events (terminate acknowledged and exit observed), Denied
+// killDenied, Throttled killThrottled (once per decision), Rejected every sample that
+// claimed another subject (events for them are rate-limited, this count is not),
+// Accepted every sample taken into account, and Dropped the samples of unknown
+// subjects or stale instances.
 type Counters struct {
 	Kills, Denied, Throttled, Rejected, Accepted uint64
+	Dropped                                      uint64
 }

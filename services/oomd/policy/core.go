@@ -1,0 +1,655 @@
+package policy
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// Bounds of the core itself (the policy's bounds are in policy.go).
+const (
+	// MaxSubjects bounds the subject table. Register beyond it fails with
+	// ErrTooManySubjects, so a runaway spawner cannot grow oomd without limit.
+	MaxSubjects = 200_000
+	// DefaultRingSize is the event ring's capacity when Config.RingSize is 0.
+	DefaultRingSize = 4096
+	// MaxRingSize bounds Config.RingSize.
+	MaxRingSize = 1 << 20
+	// MaxReasonBytes bounds every reason the core emits; longer input reasons are cut.
+	MaxReasonBytes = 256
+)
+
+// Reasons the core writes into events, audit records and terminate requests.
+const (
+	ReasonCritical  = "critical"
+	ReasonHardLimit = "hard limit exceeded"
+)
+
+var (
+	// ErrBadInput is wrapped by every error Step returns: the input was malformed and
+	// the core did not change.
+	ErrBadInput = errors.New("bad input")
+	// ErrTooManySubjects is wrapped when a Register would exceed MaxSubjects.
+	ErrTooManySubjects = errors.New("too many subjects")
+)
+
+// Config configures a Core.
+type Config struct {
+	// Policy in force at start; it must pass Policy.Validate. Its version is 1.
+	Policy Policy
+	// RingSize is the event ring's capacity: 0 means DefaultRingSize, else
+	// 1..MaxRingSize.
+	RingSize int
+	// AuditSeqBase is the last WriterSeq already in the journal under this writer
+	// (logd's Journal.open returns it as lastWriterSeq). The first record the core
+	// produces is AuditSeqBase+1, so a restarted oomd continues its gap-free sequence
+	// instead of writing records logd drops as duplicates. 0 starts at 1.
+	AuditSeqBase uint64
+}
+
+// phase of a kill decision.
+type phase uint8
+
+const (
+	phaseAudit     phase = iota // audit record produced, not yet acknowledged
+	phaseReady                  // acknowledged, waiting for the kill budget
+	phaseRequested              // terminate request sent
+)
+
+// decision is one kill decision from killDecided to its end (killed, killRefused,
+// killDenied at release, or cancelled because the subject exited first). It is kept
+// apart from the subject slot because its subject instance can be gone (exited, or
+// replaced by a restart) while execd's answer is still outstanding.
+type decision struct {
+	id         uint64
+	subject    string
+	instance   uint64
+	bytes      uint64 // usage at the decision
+	limit      uint64 // the hard limit crossed
+	auditSeq   uint64 // WriterSeq of its killDecided record
+	phase      phase
+	throttled  bool   // killThrottled was emitted
+	termAcked  bool   // execd acknowledged the terminate request
+	exited     bool   // execd reported the instance's exit
+	exitReason string // the reason execd gave for that exit
+}
+
+// Core is the pure oomd policy state machine. It performs no I/O, reads no clock,
+// uses no randomness and starts no goroutine; see the package doc for the loop that
+// drives it. A Core is not safe for concurrent use: the shell serialises Step, Tick,
+// Ready and Advance on one goroutine.
+type Core struct {
+	pol        Policy
+	polVersion uint64
+	critical   map[string]bool         // EffectiveCritical of pol, lookup only
+	overrides  map[string]SubjectLimit // pol.Overrides by subject, lookup only
+
+	tick      uint64
+	reevalAll bool // a policy change: evaluate every subject at the next tick
+
+	subjects table
+	scratch  []uint32
+
+	decisions    []decision // sorted by id (ids only grow, so append keeps order)
+	lastDecision uint64
+	auditSeq     uint64   // last WriterSeq produced
+	auditAcked   uint64   // highest WriterSeq acknowledged durable
+	issued       []uint64 // ticks of terminate requests still inside the kill window
+
+	ring     ring
+	counters Counters
+
+	// Pending output. Ready hands out the first n of each; Advance drops exactly
+	// those, so output produced between Ready and Advance is never lost.
+	audit                     []AuditRecord
+	terminate                 []TerminateRequest
+	events                    []Event
+	handedA, handedT, handedE int
+}
+
+// New returns a core enforcing cfg.Policy, at tick 0, with no subjects.
+func New(cfg Config) (*Core, error) {
+	if err := cfg.Policy.Validate(); err != nil {
+		return nil, fmt.Errorf("new policy core: %w", err)
+	}
+	size := cfg.RingSize
+	if size == 0 {
+		size = DefaultRingSize
+	}
+	if size < 1 || size > MaxRingSize {
+		return nil, fmt.Errorf("new policy core: ring size %d: must be 0 (default %d) or in 1..%d", cfg.RingSize, DefaultRingSize, MaxRingSize)
+	}
+	c := &Core{
+		subjects:   newTable(),
+		ring:       newRing(size),
+		auditSeq:   cfg.AuditSeqBase,
+		auditAcked: cfg.AuditSeqBase,
+	}
+	c.setPolicy(cfg.Policy)
+	c.polVersion = 1
+	return c, nil
+}
+
+func badInput(in *Input, format string, args ...any) error {
+	return fmt.Errorf("%w: %s: %s", ErrBadInput, in.Kind, fmt.Sprintf(format, args...))
+}
+
+// Step applies one input. It returns an error (wrapping ErrBadInput) only for a
+// malformed input — unknown kind, invalid policy, malformed subject id, an
+// acknowledgement of something never produced, or a Register beyond MaxSubjects — and
+// then the core is unchanged. Inputs that are well-formed but stale (a sample from an
+// instance that was replaced, an exit of an unknown subject) are ignored, not errors:
+// they happen in normal operation when messages race.
+func (c *Core) Step(in Input) error {
+	switch in.Kind {
+	case InputSample:
+		return c.sample(&in)
+	case InputTick:
+		c.doTick()
+		return nil
+	case InputPolicy:
+		return c.stepPolicy(&in)
+	case InputRegister:
+		return c.register(&in)
+	case InputAuditAck:
+		return c.auditAck(&in)
+	case InputTerminateAck, InputTerminateRefused:
+		return c.terminateAnswer(&in)
+	case InputExited:
+		return c.exited(&in)
+	}
+	return fmt.Errorf("%w: unknown input kind %d", ErrBadInput, in.Kind)
+}
+
+// Tick advances time by one tick; it is Step(Input{Kind: InputTick}).
+func (c *Core) Tick() { c.doTick() }
+
+// HasReady reports whether Ready has anything the shell has not been handed yet.
+func (c *Core) HasReady() bool {
+	return len(c.audit) > c.handedA || len(c.terminate) > c.handedT || len(c.events) > c.handedE
+}
+
+// Ready returns everything produced since the last Advance. The shell must act on it
+// in the order documented on Ready and then call Advance. Calling Ready again before
+// Advance returns the same items plus any produced since.
+func (c *Core) Ready() Ready {
+	c.handedA, c.handedT, c.handedE = len(c.audit), len(c.terminate), len(c.events)
+	return Ready{Audit: c.audit, Terminate: c.terminate, Events: c.events}
+}
+
+// Advance acknowledges the last Ready: exactly the items it returned are dropped.
+// Items produced after that Ready (for example by a Step(InputAuditAck) made while
+// handling it) stay pending for the next Ready.
+func (c *Core) Advance() {
+	c.audit = dropFront(c.audit, c.handedA)
+	c.terminate = dropFront(c.terminate, c.handedT)
+	c.events = dropFront(c.events, c.handedE)
+	c.handedA, c.handedT, c.handedE = 0, 0, 0
+}
+
+// dropFront removes the first n items, reusing the backing array so a steady loop
+// does not allocate.
+func dropFront[T any](s []T, n int) []T {
+	rest := copy(s, s[n:])
+	clear(s[rest:])
+	return s[:rest]
+}
+
+// Policy returns a copy of the policy in force.
+func (c *Core) Policy() Policy { return clonePolicy(c.pol) }
+
+// PolicyVersion is 1 for Config.Policy and grows by one per accepted InputPolicy.
+func (c *Core) PolicyVersion() uint64 { return c.polVersion }
+
+// TickCount is the number of ticks so far.
+func (c *Core) TickCount() uint64 { return c.tick }
+
+// LastSeq is the seq of the newest event (0 if none yet).
+func (c *Core) LastSeq() uint64 { return c.ring.lastSeq }
+
+// Events returns up to limit events with seq > sinceSeq, oldest first, from the
+// bounded ring, in a slice the caller owns. nextSeq is the sinceSeq for the next
+// call. missed counts requested events the ring already overwrote (they are skipped).
+func (c *Core) Events(sinceSeq uint64, limit int) (evs []Event, nextSeq uint64, missed uint64) {
+	return c.ring.read(sinceSeq, limit)
+}
+
+// Subjects returns up to limit subjects sorted by id; truncated says more exist.
+func (c *Core) Subjects(limit int) (list []SubjectStatus, truncated bool) {
+	n := min(max(limit, 0), c.subjects.len())
+	list = make([]SubjectStatus, 0, n)
+	for _, i := range c.subjects.order[:n] {
+		list = append(list, c.status(&c.subjects.slots[i]))
+	}
+	return list, n < c.subjects.len()
+}
+
+// Subject returns one subject's status. Exited subjects are gone.
+func (c *Core) Subject(id string) (SubjectStatus, bool) {
+	s, _, ok := c.subjects.lookup(id)
+	if !ok {
+		return SubjectStatus{}, false
+	}
+	return c.status(s), true
+}
+
+// Counters returns the totals since New.
+func (c *Core) Counters() Counters { return c.counters }
+
+func (c *Core) status(s *subject) SubjectStatus {
+	return SubjectStatus{
+		Subject:   s.id,
+		Instance:  s.instance,
+		Bytes:     s.bytes,
+		SoftBytes: s.soft,
+		HardBytes: s.hard,
+		State:     s.state(),
+		Critical:  c.isCritical(s.id, s.critical),
+		Rejected:  s.rejected,
+	}
+}
+
+func (c *Core) isCritical(id string, registered bool) bool {
+	return registered || c.critical[id]
+}
+
+// ---------------------------------------------------------------------------------
+// Inputs
+
+// sample is the hot path: one map lookup, no allocation. Evaluation waits for the
+// tick so a flood of samples costs O(1) each and cannot emit more than one round of
+// threshold events per tick.
+func (c *Core) sample(in *Input) error {
+	i, ok := c.subjects.index[in.Subject]
+	if !ok {
+		if err := ValidateSubjectID(in.Subject); err != nil {
+			return badInput(in, "subject %q: want %v", in.Subject, err)
+		}
+		c.counters.Dropped++
+		return nil
+	}
+	s := &c.subjects.slots[i]
+	if s.instance != in.Instance {
+		c.counters.Dropped++
+		return nil
+	}
+	if in.Claimed != in.Subject {
+		c.rejectSample(s, in.Claimed)
+		return nil
+	}
+	s.pending = in.Bytes
+	s.hasPending = true
+	c.subjects.markDirty(i)
+	c.counters.Accepted++
+	return nil
+}
+
+// rejectSample drops a sample that claims to be someone else. Every rejection is
+// counted, but at most one memstatRejected event per subject per tick is emitted: a
+// spoofing flood must not be able to push the kill history out of the ring.
+func (c *Core) rejectSample(s *subject, claimed string) {
+	s.rejected++
+	c.counters.Rejected++
+	if s.rejectTick == c.tick+1 {
+		return
+	}
+	s.rejectTick = c.tick + 1
+	c.emit(Event{Subject: s.id, Kind: EventMemstatRejected, Bytes: 0, Reason: "claimed=" + printableID(claimed)})
+}
+
+// printableID renders an untrusted subject id for a reason string: a valid id as is,
+// anything else quoted (and cut), so it cannot inject text into logs or markers.
+func printableID(id string) string {
+	if ValidateSubjectID(id) == nil {
+		return id
+	}
+	if len(id) > MaxSubjectIDBytes {
+		id = id[:MaxSubjectIDBytes]
+	}
+	return strconv.QuoteToASCII(id)
+}
+
+func (c *Core) stepPolicy(in *Input) error {
+	if in.Policy == nil {
+		return badInput(in, "no policy")
+	}
+	if err := in.Policy.Validate(); err != nil {
+		return badInput(in, "%v", err)
+	}
+	c.setPolicy(*in.Policy)
+	c.polVersion++
+	c.reevalAll = true
+	c.emit(Event{Kind: EventPolicyChanged, Reason: "version=" + strconv.FormatUint(c.polVersion, 10)})
+	return nil
+}
+
+func (c *Core) setPolicy(p Policy) {
+	c.pol = clonePolicy(p)
+	c.critical = make(map[string]bool)
+	for _, id := range p.EffectiveCritical() {
+		c.critical[id] = true
+	}
+	c.overrides = make(map[string]SubjectLimit, len(p.Overrides))
+	for _, o := range p.Overrides {
+		c.overrides[o.Subject] = o
+	}
+	// Limits show in status at once; thresholds are re-evaluated at the next tick.
+	for _, i := range c.subjects.order {
+		s := &c.subjects.slots[i]
+		s.soft, s.hard = c.limits(s.id)
+	}
+}
+
+func clonePolicy(p Policy) Policy {
+	p.Critical = slices.Clone(p.Critical)
+	p.Overrides = slices.Clone(p.Overrides)
+	return p
+}
+
+func (c *Core) limits(id string) (soft, hard uint64) {
+	if o, ok := c.overrides[id]; ok {
+		return o.SoftBytes, o.HardBytes
+	}
+	return c.pol.SoftBytes, c.pol.HardBytes
+}
+
+func (c *Core) register(in *Input) error {
+	if err := ValidateSubjectID(in.Subject); err != nil {
+		return badInput(in, "subject %q: want %v", in.Subject, err)
+	}
+	s, i, ok := c.subjects.lookup(in.Subject)
+	switch {
+	case ok && s.instance == in.Instance:
+		return nil // execd repeated itself; the state stands
+	case ok:
+		// A restart: the old instance is gone, so it gets no terminate, and the new one
+		// starts fresh with its own one-decision allowance.
+		c.cancelDecisionsOf(in.Subject, s.instance)
+		c.subjects.remove(i)
+	case c.subjects.len() >= MaxSubjects:
+		return fmt.Errorf("%w: %w: %s: %d subjects registered (max %d)", ErrBadInput, ErrTooManySubjects, in.Kind, c.subjects.len(), MaxSubjects)
+	}
+	s, _ = c.subjects.add(in.Subject)
+	s.instance = in.Instance
+	s.critical = in.Critical
+	s.soft, s.hard = c.limits(in.Subject)
+	reason := ""
+	if c.isCritical(s.id, s.critical) {
+		reason = ReasonCritical
+	}
+	c.emit(Event{Subject: s.id, Kind: EventSubjectRegistered, Reason: reason})
+	return nil
+}
+
+func (c *Core) auditAck(in *Input) error {
+	if in.Seq > c.auditSeq {
+		// Acknowledging a record never produced means the shell's journal is not ours
+		// (see Config.AuditSeqBase). Refusing keeps kills blocked instead of trusting it.
+		return badInput(in, "seq %d beyond the last audit record %d", in.Seq, c.auditSeq)
+	}
+	if in.Seq <= c.auditAcked {
+		return nil
+	}
+	c.auditAcked = in.Seq
+	for k := range c.decisions {
+		d := &c.decisions[k]
+		if d.phase == phaseAudit && d.auditSeq <= c.auditAcked {
+			d.phase = phaseReady
+		}
+	}
+	c.release()
+	return nil
+}
+
+func (c *Core) findDecision(id uint64) (int, bool) {
+	return slices.BinarySearchFunc(c.decisions, id, func(d decision, id uint64) int {
+		switch {
+		case d.id < id:
+			return -1
+		case d.id > id:
+			return 1
+		}
+		return 0
+	})
+}
+
+func (c *Core) terminateAnswer(in *Input) error {
+	if in.Decision == 0 || in.Decision > c.lastDecision {
+		return badInput(in, "decision %d was never made (last %d)", in.Decision, c.lastDecision)
+	}
+	k, ok := c.findDecision(in.Decision)
+	if !ok {
+		return nil // already finished or cancelled; a late or repeated answer
+	}
+	d := &c.decisions[k]
+	if d.phase != phaseRequested {
+		return badInput(in, "decision %d has no terminate request outstanding", in.Decision)
+	}
+	if in.Kind == InputTerminateRefused {
+		if d.termAcked {
+			return badInput(in, "decision %d was already acknowledged", in.Decision)
+		}
+		c.emit(Event{Subject: d.subject, Kind: EventKillRefused, Bytes: d.bytes, Limit: d.limit, Decision: d.id, Reason: clip(in.Reason)})
+		c.endDecision(k)
+		return nil
+	}
+	if d.termAcked {
+		return nil // a repeated acknowledgement
+	}
+	d.termAcked = true
+	if d.exited {
+		c.killed(k, d.exitReason)
+	}
+	return nil
+}
+
+func (c *Core) exited(in *Input) error {
+	if err := ValidateSubjectID(in.Subject); err != nil {
+		return badInput(in, "subject %q: want %v", in.Subject, err)
+	}
+	reason := clip(in.Reason)
+	s, i, live := c.subjects.lookup(in.Subject)
+	live = live && s.instance == in.Instance
+
+	// The decision of that instance, if any, is looked up by (subject, instance), not
+	// through the slot: a restart may have replaced the slot while execd was still
+	// answering the terminate request.
+	k, hasDecision := c.decisionOf(in.Subject, in.Instance)
+	if !live && !hasDecision {
+		return nil // an exit we do not track (never registered, or already gone)
+	}
+	c.emit(Event{Subject: in.Subject, Kind: EventSubjectExited, Reason: reason})
+	if hasDecision {
+		d := &c.decisions[k]
+		switch {
+		case d.phase != phaseRequested:
+			// Not yet released: nothing was sent, and nothing ever will be.
+			c.endDecision(k)
+		case d.termAcked:
+			c.killed(k, reason)
+		default:
+			d.exited = true
+			d.exitReason = reason
+		}
+	}
+	if live {
+		c.subjects.remove(i)
+	}
+	return nil
+}
+
+func (c *Core) decisionOf(subject string, instance uint64) (int, bool) {
+	for k := range c.decisions {
+		if d := &c.decisions[k]; d.subject == subject && d.instance == instance {
+			return k, true
+		}
+	}
+	return 0, false
+}
+
+func (c *Core) cancelDecisionsOf(subject string, instance uint64) {
+	if k, ok := c.decisionOf(subject, instance); ok && c.decisions[k].phase != phaseRequested {
+		c.endDecision(k)
+	}
+}
+
+// killed completes decision k: terminate acknowledged and exit observed.
+func (c *Core) killed(k int, reason string) {
+	d := &c.decisions[k]
+	c.counters.Kills++
+	c.emit(Event{Subject: d.subject, Kind: EventKilled, Bytes: d.bytes, Limit: d.limit, Decision: d.id, Reason: reason})
+	c.endDecision(k)
+}
+
+// endDecision forgets decision k and detaches it from its subject if that instance is
+// still registered.
+func (c *Core) endDecision(k int) {
+	d := &c.decisions[k]
+	if s, _, ok := c.subjects.lookup(d.subject); ok && s.instance == d.instance && s.decision == d.id {
+		s.decision = 0
+		s.requested = false
+	}
+	c.decisions = slices.Delete(c.decisions, k, k+1)
+}
+
+// clip bounds a reason taken from an input, cutting on a rune boundary.
+func clip(s string) string {
+	if len(s) <= MaxReasonBytes {
+		return s
+	}
+	return strings.ToValidUTF8(s[:MaxReasonBytes], "")
+}
+
+// ---------------------------------------------------------------------------------
+// Tick
+
+func (c *Core) doTick() {
+	c.tick++
+	all := c.reevalAll
+	c.reevalAll = false
+	c.scratch = c.subjects.takeDirty(all, c.scratch)
+	for _, i := range c.scratch {
+		c.evaluate(&c.subjects.slots[i])
+	}
+	c.release()
+}
+
+// evaluate applies the subject's latest sample to its thresholds. Soft is edge
+// triggered both ways; hard gives a non-critical instance one kill decision in its
+// lifetime and a critical one a denial per crossing.
+func (c *Core) evaluate(s *subject) {
+	if s.hasPending {
+		s.bytes = s.pending
+		s.hasPending = false
+	}
+	u := s.bytes
+	switch {
+	case u > s.soft && !s.aboveSoft:
+		s.aboveSoft = true
+		c.emit(Event{Subject: s.id, Kind: EventSoftExceeded, Bytes: u, Limit: s.soft})
+	case u <= s.soft && s.aboveSoft:
+		s.aboveSoft = false
+		c.emit(Event{Subject: s.id, Kind: EventSoftCleared, Bytes: u, Limit: s.soft})
+	}
+	switch {
+	case u <= s.hard:
+		s.denied = false // re-arm: the next crossing is denied (and audited) again
+	case c.isCritical(s.id, s.critical):
+		// A terminate already sent cannot be taken back (execd refuses critical
+		// subjects itself); otherwise deny once per crossing, and a decision still
+		// waiting for audit or budget (the policy made the subject critical since) ends
+		// with this same denial.
+		if !s.denied && !s.requested {
+			s.denied = true
+			c.deny(s.id, s.instance, u, s.hard, s.decision)
+			if k, ok := c.findDecision(s.decision); s.decision != 0 && ok {
+				c.endDecision(k)
+			}
+		}
+	case !s.decided:
+		s.decided = true
+		c.decide(s, u)
+	}
+}
+
+func (c *Core) deny(subject string, instance, bytes, limit, decisionID uint64) {
+	c.counters.Denied++
+	c.appendAudit(AuditRecord{Kind: EventKillDenied, Subject: subject, Instance: instance, Bytes: bytes, Limit: limit, Decision: decisionID, Reason: ReasonCritical})
+	c.emit(Event{Subject: subject, Kind: EventKillDenied, Bytes: bytes, Limit: limit, Decision: decisionID, Reason: ReasonCritical})
+}
+
+func (c *Core) decide(s *subject, u uint64) {
+	c.lastDecision++
+	d := decision{id: c.lastDecision, subject: s.id, instance: s.instance, bytes: u, limit: s.hard}
+	d.auditSeq = c.appendAudit(AuditRecord{Kind: EventKillDecided, Subject: s.id, Instance: s.instance, Bytes: u, Limit: s.hard, Decision: d.id, Reason: ReasonHardLimit})
+	c.decisions = append(c.decisions, d)
+	s.decision = d.id
+	c.emit(Event{Subject: s.id, Kind: EventKillDecided, Bytes: u, Limit: s.hard, Decision: d.id})
+}
+
+// release sends terminate requests for acknowledged decisions in decision-id order
+// while the kill budget allows, and marks the rest throttled (once each). Criticality
+// is checked again here because the policy may have changed since the decision.
+func (c *Core) release() {
+	c.pruneIssued()
+	for k := 0; k < len(c.decisions); k++ {
+		d := &c.decisions[k]
+		if d.phase != phaseReady {
+			continue
+		}
+		if c.critical[d.subject] {
+			if s, _, ok := c.subjects.lookup(d.subject); ok && s.instance == d.instance {
+				s.denied = true // this crossing is now denied; do not deny it twice
+			}
+			c.deny(d.subject, d.instance, d.bytes, d.limit, d.id)
+			c.endDecision(k)
+			k--
+			continue
+		}
+		if uint32(len(c.issued)) >= c.pol.KillBudget {
+			if !d.throttled {
+				d.throttled = true
+				c.counters.Throttled++
+				c.emit(Event{Subject: d.subject, Kind: EventKillThrottled, Bytes: d.bytes, Limit: d.limit, Decision: d.id,
+					Reason: "budget=" + strconv.FormatUint(uint64(c.pol.KillBudget), 10) + " window=" + strconv.FormatUint(uint64(c.pol.KillWindowTicks), 10)})
+			}
+			continue
+		}
+		d.phase = phaseRequested
+		c.issued = append(c.issued, c.tick)
+		if s, _, ok := c.subjects.lookup(d.subject); ok && s.instance == d.instance {
+			s.requested = true
+		}
+		c.terminate = append(c.terminate, TerminateRequest{Decision: d.id, Subject: d.subject, Instance: d.instance, Bytes: d.bytes, Limit: d.limit, Reason: ReasonHardLimit})
+		c.emit(Event{Subject: d.subject, Kind: EventKillRequested, Bytes: d.bytes, Limit: d.limit, Decision: d.id})
+	}
+}
+
+// pruneIssued forgets terminate requests older than the window: a request at tick t
+// counts against the budget through tick t+KillWindowTicks-1.
+func (c *Core) pruneIssued() {
+	w := uint64(c.pol.KillWindowTicks)
+	n := 0
+	for n < len(c.issued) && c.issued[n]+w <= c.tick {
+		n++
+	}
+	c.issued = dropFront(c.issued, n)
+}
+
+// ---------------------------------------------------------------------------------
+// Output
+
+func (c *Core) appendAudit(r AuditRecord) uint64 {
+	c.auditSeq++
+	r.WriterSeq = c.auditSeq
+	r.Tick = c.tick
+	c.audit = append(c.audit, r)
+	return r.WriterSeq
+}
+
+func (c *Core) emit(ev Event) {
+	ev.Tick = c.tick
+	c.events = append(c.events, c.ring.push(ev))
+}

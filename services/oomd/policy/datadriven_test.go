@@ -1,0 +1,291 @@
+package policy
+
+import (
+	"bytes"
+	"fmt"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/cockroachdb/datadriven"
+	"github.com/stretchr/testify/require"
+)
+
+// TestScenarios runs the scenario files in testdata/. Each file is a sequence of
+// commands whose expected output follows "----"; regenerate with
+//
+//	go test ./services/oomd/policy/ -run TestScenarios -rewrite
+//
+// and review the diff. Every command that steps the core prints what that step put in
+// Ready (audit, terminate, events; "ok" if nothing), the invariant checker runs after
+// every step, and when a core's run ends its recorded inputs are written as a trace,
+// read back and replayed, and the replay must match the live run byte for byte.
+func TestScenarios(t *testing.T) {
+	datadriven.Walk(t, "testdata", func(t *testing.T, path string) {
+		e := &scenarioEnv{}
+		datadriven.RunTest(t, path, func(t *testing.T, d *datadriven.TestData) string {
+			h, ok := scenarioHandlers[d.Cmd]
+			if !ok {
+				t.Fatalf("%s: unknown command %q", d.Pos, d.Cmd)
+			}
+			if d.Cmd != "new" && e.c == nil {
+				t.Fatalf("%s: %q before new", d.Pos, d.Cmd)
+			}
+			return h(t, e, d)
+		})
+		e.finish(t)
+	})
+}
+
+type scenarioEnv struct {
+	cfg        Config
+	c          *Core
+	chk        *checker
+	inputs     []Input
+	transcript bytes.Buffer // the live run, in Replay's format
+}
+
+var scenarioHandlers map[string]func(*testing.T, *scenarioEnv, *datadriven.TestData) string
+
+func init() {
+	scenarioHandlers = map[string]func(*testing.T, *scenarioEnv, *datadriven.TestData) string{
+		"new":               handleNew,
+		"policy":            handlePolicy,
+		"register":          handleRegister,
+		"sample":            handleSample,
+		"tick":              handleTick,
+		"audit-ack":         handleAuditAck,
+		"terminate-ack":     handleTerminateAck,
+		"terminate-refused": handleTerminateRefused,
+		"exited":            handleExited,
+		"events":            handleEvents,
+		"subjects":          handleSubjects,
+		"counters":          handleCounters,
+	}
+}
+
+// finish replays the recorded run from its trace and compares it with the live one.
+func (e *scenarioEnv) finish(t *testing.T) {
+	if e.c == nil {
+		return
+	}
+	var trace bytes.Buffer
+	require.NoError(t, EncodeTrace(&trace, e.inputs))
+	decoded, err := DecodeTrace(&trace)
+	require.NoError(t, err)
+	require.Equal(t, len(e.inputs), len(decoded), "inputs lost in the trace")
+	out, err := Replay(e.cfg, decoded)
+	require.NoError(t, err)
+	require.Equal(t, e.transcript.String(), string(out), "replay differs from the live run")
+	e.c = nil
+}
+
+// step applies one input, records it, and renders its output.
+func (e *scenarioEnv) step(t *testing.T, in Input) string {
+	e.inputs = append(e.inputs, in)
+	rd, stepErr, invErr := e.chk.step(in)
+	require.NoError(t, invErr, "invariant broken after %s", FormatInput(in))
+	var out strings.Builder
+	if stepErr != nil {
+		out.WriteString("error: " + stepErr.Error() + "\n")
+	}
+	out.WriteString(rd)
+	fmt.Fprintf(&e.transcript, "> %s\n%s", FormatInput(in), out.String())
+	if out.Len() == 0 {
+		return "ok"
+	}
+	return out.String()
+}
+
+func scanPolicy(t *testing.T, d *datadriven.TestData, p *Policy) {
+	d.MaybeScanArgs(t, "soft", &p.SoftBytes)
+	d.MaybeScanArgs(t, "hard", &p.HardBytes)
+	d.MaybeScanArgs(t, "sample-ms", &p.SampleMs)
+	d.MaybeScanArgs(t, "budget", &p.KillBudget)
+	d.MaybeScanArgs(t, "window", &p.KillWindowTicks)
+	if arg, ok := d.Arg("critical"); ok {
+		p.Critical = append([]string(nil), arg.Vals...)
+	}
+	if arg, ok := d.Arg("override"); ok {
+		p.Overrides = nil
+		for _, v := range arg.Vals {
+			f := strings.Split(v, ":")
+			require.Len(t, f, 3, "%s: override is subject:soft:hard", d.Pos)
+			soft, err := strconv.ParseUint(f[1], 10, 64)
+			require.NoError(t, err, d.Pos)
+			hard, err := strconv.ParseUint(f[2], 10, 64)
+			require.NoError(t, err, d.Pos)
+			p.Overrides = append(p.Overrides, SubjectLimit{Subject: f[0], SoftBytes: soft, HardBytes: hard})
+		}
+	}
+}
+
+// new [ring=<n>] [audit-base=<n>] [soft=<n>] [hard=<n>] [sample-ms=<n>] [budget=<n>]
+//
+//	[window=<n>] [critical=(<id>,...)] [override=(<id>:<soft>:<hard>,...)]
+//
+// Starts a fresh core (ending and replay-checking the previous one). Policy fields not
+// given keep a small test default: soft=100 hard=200 sample-ms=100 budget=2 window=10.
+func handleNew(t *testing.T, e *scenarioEnv, d *datadriven.TestData) string {
+	e.finish(t)
+	cfg := Config{Policy: Policy{SoftBytes: 100, HardBytes: 200, SampleMs: 100, KillBudget: 2, KillWindowTicks: 10}}
+	d.MaybeScanArgs(t, "ring", &cfg.RingSize)
+	d.MaybeScanArgs(t, "audit-base", &cfg.AuditSeqBase)
+	scanPolicy(t, d, &cfg.Policy)
+	c, err := New(cfg)
+	if err != nil {
+		return "error: " + err.Error()
+	}
+	*e = scenarioEnv{cfg: cfg, c: c, chk: newChecker(c, cfg)}
+	return "ok"
+}
+
+// policy [soft=<n>] [hard=<n>] [sample-ms=<n>] [budget=<n>] [window=<n>]
+//
+//	[critical=(<id>,...)] [override=(<id>:<soft>:<hard>,...)]
+//
+// Steps InputPolicy with the current policy changed by the given fields.
+func handlePolicy(t *testing.T, e *scenarioEnv, d *datadriven.TestData) string {
+	p := e.c.Policy()
+	scanPolicy(t, d, &p)
+	return e.step(t, Input{Kind: InputPolicy, Policy: &p})
+}
+
+// register subject=<id> [instance=<n>] [critical]
+//
+// Steps InputRegister; instance defaults to 1.
+func handleRegister(t *testing.T, e *scenarioEnv, d *datadriven.TestData) string {
+	in := Input{Kind: InputRegister, Instance: 1, Critical: d.HasArg("critical")}
+	d.ScanArgs(t, "subject", &in.Subject)
+	d.MaybeScanArgs(t, "instance", &in.Instance)
+	return e.step(t, in)
+}
+
+// sample subject=<id> bytes=<n> [instance=<n>] [claimed=<id>] [repeat=<n>]
+//
+// Steps InputSample as if it arrived on subject's own sink; claimed (what the payload
+// says) defaults to subject, instance to 1. repeat sends the same sample n times.
+func handleSample(t *testing.T, e *scenarioEnv, d *datadriven.TestData) string {
+	in := Input{Kind: InputSample, Instance: 1}
+	d.ScanArgs(t, "subject", &in.Subject)
+	d.ScanArgs(t, "bytes", &in.Bytes)
+	d.MaybeScanArgs(t, "instance", &in.Instance)
+	in.Claimed = in.Subject
+	d.MaybeScanArgs(t, "claimed", &in.Claimed)
+	repeat := 1
+	d.MaybeScanArgs(t, "repeat", &repeat)
+	var out strings.Builder
+	for range repeat {
+		if o := e.step(t, in); o != "ok" {
+			out.WriteString(o)
+		}
+	}
+	if out.Len() == 0 {
+		return "ok"
+	}
+	return out.String()
+}
+
+// tick [n=<count>]
+//
+// Steps InputTick count times (default 1), printing each tick's output under a
+// "tick <n>" header when count > 1.
+func handleTick(t *testing.T, e *scenarioEnv, d *datadriven.TestData) string {
+	n := 1
+	d.MaybeScanArgs(t, "n", &n)
+	if n == 1 {
+		return e.step(t, Input{Kind: InputTick})
+	}
+	var out strings.Builder
+	for range n {
+		o := e.step(t, Input{Kind: InputTick})
+		if o != "ok" {
+			fmt.Fprintf(&out, "tick %d:\n%s", e.c.TickCount(), o)
+		}
+	}
+	if out.Len() == 0 {
+		return "ok"
+	}
+	return out.String()
+}
+
+// audit-ack [seq=<n>]
+//
+// Steps InputAuditAck: logd made every record up to seq durable. Without seq, acks
+// the last record the core produced.
+func handleAuditAck(t *testing.T, e *scenarioEnv, d *datadriven.TestData) string {
+	in := Input{Kind: InputAuditAck, Seq: e.chk.lastWriter}
+	d.MaybeScanArgs(t, "seq", &in.Seq)
+	return e.step(t, in)
+}
+
+// terminate-ack decision=<n>
+//
+// Steps InputTerminateAck: execd accepted the terminate request.
+func handleTerminateAck(t *testing.T, e *scenarioEnv, d *datadriven.TestData) string {
+	in := Input{Kind: InputTerminateAck}
+	d.ScanArgs(t, "decision", &in.Decision)
+	return e.step(t, in)
+}
+
+// terminate-refused decision=<n> reason=<text>
+//
+// Steps InputTerminateRefused.
+func handleTerminateRefused(t *testing.T, e *scenarioEnv, d *datadriven.TestData) string {
+	in := Input{Kind: InputTerminateRefused}
+	d.ScanArgs(t, "decision", &in.Decision)
+	d.ScanArgs(t, "reason", &in.Reason)
+	return e.step(t, in)
+}
+
+// exited subject=<id> [instance=<n>] [reason=<text>]
+//
+// Steps InputExited; instance defaults to 1, reason to "signal=TERM".
+func handleExited(t *testing.T, e *scenarioEnv, d *datadriven.TestData) string {
+	in := Input{Kind: InputExited, Instance: 1, Reason: "signal=TERM"}
+	d.ScanArgs(t, "subject", &in.Subject)
+	d.MaybeScanArgs(t, "instance", &in.Instance)
+	d.MaybeScanArgs(t, "reason", &in.Reason)
+	return e.step(t, in)
+}
+
+// events [since=<n>] [limit=<n>]
+//
+// Reads the ring: Events(since, limit), default since=0 limit=100.
+func handleEvents(t *testing.T, e *scenarioEnv, d *datadriven.TestData) string {
+	since, limit := uint64(0), 100
+	d.MaybeScanArgs(t, "since", &since)
+	d.MaybeScanArgs(t, "limit", &limit)
+	evs, next, missed := e.c.Events(since, limit)
+	var out strings.Builder
+	fmt.Fprintf(&out, "next=%d missed=%d last=%d\n", next, missed, e.c.LastSeq())
+	for _, ev := range evs {
+		out.WriteString(FormatEvent(ev) + "\n")
+	}
+	return out.String()
+}
+
+// subjects [limit=<n>]
+//
+// Prints Subjects(limit) (default 100), one line each, then truncated.
+func handleSubjects(t *testing.T, e *scenarioEnv, d *datadriven.TestData) string {
+	limit := 100
+	d.MaybeScanArgs(t, "limit", &limit)
+	list, truncated := e.c.Subjects(limit)
+	var out strings.Builder
+	for _, s := range list {
+		fmt.Fprintf(&out, "%s instance=%d state=%s bytes=%d soft=%d hard=%d critical=%t rejected=%d\n",
+			s.Subject, s.Instance, s.State, s.Bytes, s.SoftBytes, s.HardBytes, s.Critical, s.Rejected)
+	}
+	fmt.Fprintf(&out, "truncated=%t\n", truncated)
+	return out.String()
+}
+
+// counters
+//
+// Prints Counters, the tick and the policy version.
+func handleCounters(t *testing.T, e *scenarioEnv, d *datadriven.TestData) string {
+	k := e.c.Counters()
+	return fmt.Sprintf("tick=%d policyVersion=%d kills=%d denied=%d throttled=%d rejected=%d accepted=%d dropped=%d\n",
+		e.c.TickCount(), e.c.PolicyVersion(), k.Kills, k.Denied, k.Throttled, k.Rejected, k.Accepted, k.Dropped)
+}

@@ -1,0 +1,169 @@
+package policy
+
+import (
+	"fmt"
+	"slices"
+)
+
+// checker is an independent observer of a core: it sees every input and every Ready
+// and keeps its own books, so the safety properties are checked against what the core
+// actually emitted rather than against its internal state. The fuzz target and the
+// data-driven scenarios run it after every step.
+type checker struct {
+	c            *Core
+	ringCap      int
+	acked        uint64            // highest audit WriterSeq the shell acknowledged
+	lastWriter   uint64            // last WriterSeq seen in Ready.Audit
+	lastSeq      uint64            // last event seq seen
+	decisionSeq  map[uint64]uint64 // decision -> WriterSeq of its killDecided record
+	decisionInst map[uint64]subjInst
+	decided      map[subjInst]bool
+	regCritical  map[subjInst]bool
+	requested    map[uint64]bool
+	termAcked    map[uint64]bool
+	exitedInst   map[subjInst]bool
+	issued       []uint64 // ticks of every terminate request
+}
+
+type subjInst struct {
+	subject  string
+	instance uint64
+}
+
+func newChecker(c *Core, cfg Config) *checker {
+	ring := cfg.RingSize
+	if ring == 0 {
+		ring = DefaultRingSize
+	}
+	return &checker{
+		c:            c,
+		ringCap:      ring,
+		acked:        cfg.AuditSeqBase,
+		lastWriter:   cfg.AuditSeqBase,
+		decisionSeq:  map[uint64]uint64{},
+		decisionInst: map[uint64]subjInst{},
+		decided:      map[subjInst]bool{},
+		regCritical:  map[subjInst]bool{},
+		requested:    map[uint64]bool{},
+		termAcked:    map[uint64]bool{},
+		exitedInst:   map[subjInst]bool{},
+	}
+}
+
+// snapshot is the observable state used to prove that a failed Step changed nothing.
+type snapshot struct {
+	subjects []SubjectStatus
+	counters Counters
+	lastSeq  uint64
+	tick     uint64
+	version  uint64
+	policy   string
+}
+
+func (k *checker) snap() snapshot {
+	subs, _ := k.c.Subjects(MaxSubjects)
+	return snapshot{subs, k.c.Counters(), k.c.LastSeq(), k.c.TickCount(), k.c.PolicyVersion(), fmt.Sprint(k.c.Policy())}
+}
+
+// step applies in, takes the Ready, checks every invariant, advances, and returns the
+// Ready rendered by FormatReady, Step's error, and the first broken invariant.
+func (k *checker) step(in Input) (string, error, error) {
+	var before snapshot
+	if k.c.HasReady() {
+		return "", nil, fmt.Errorf("output pending before step")
+	}
+	before = k.snap()
+	err := k.c.Step(in)
+	if err != nil {
+		if k.c.HasReady() {
+			return "", err, fmt.Errorf("failed step %s produced output", FormatInput(in))
+		}
+		if after := k.snap(); fmt.Sprint(after) != fmt.Sprint(before) {
+			return "", err, fmt.Errorf("failed step %s changed state:\nbefore %v\nafter  %v", FormatInput(in), before, after)
+		}
+		return "", err, nil
+	}
+	switch in.Kind {
+	case InputAuditAck:
+		k.acked = max(k.acked, in.Seq)
+	case InputTerminateAck:
+		k.termAcked[in.Decision] = true
+	case InputExited:
+		k.exitedInst[subjInst{in.Subject, in.Instance}] = true
+	case InputRegister:
+		si := subjInst{in.Subject, in.Instance}
+		if _, ok := k.regCritical[si]; !ok {
+			k.regCritical[si] = in.Critical
+		}
+	}
+	rd := k.c.Ready()
+	cerr := k.check(rd)
+	out := FormatReady(rd)
+	k.c.Advance()
+	return out, nil, cerr
+}
+
+func (k *checker) check(rd Ready) error {
+	pol := k.c.Policy()
+	crit := pol.EffectiveCritical()
+	for _, a := range rd.Audit {
+		if a.WriterSeq != k.lastWriter+1 {
+			return fmt.Errorf("audit writerSeq %d after %d: not gap-free", a.WriterSeq, k.lastWriter)
+		}
+		k.lastWriter = a.WriterSeq
+		if a.Kind == EventKillDecided {
+			si := subjInst{a.Subject, a.Instance}
+			if k.decided[si] {
+				return fmt.Errorf("second kill decision for %v", si)
+			}
+			k.decided[si] = true
+			k.decisionSeq[a.Decision] = a.WriterSeq
+			k.decisionInst[a.Decision] = si
+		}
+	}
+	for _, t := range rd.Terminate {
+		seq, ok := k.decisionSeq[t.Decision]
+		if !ok || seq > k.acked {
+			return fmt.Errorf("terminate for decision %d before its audit record (seq %d, known %v) was acknowledged (acked %d)", t.Decision, seq, ok, k.acked)
+		}
+		si := subjInst{t.Subject, t.Instance}
+		if slices.Contains(crit, t.Subject) || k.regCritical[si] {
+			return fmt.Errorf("terminate for critical subject %s", t.Subject)
+		}
+		if k.exitedInst[si] {
+			return fmt.Errorf("terminate for exited instance %v", si)
+		}
+		if k.requested[t.Decision] {
+			return fmt.Errorf("second terminate for decision %d", t.Decision)
+		}
+		k.requested[t.Decision] = true
+		tick := k.c.TickCount()
+		k.issued = append(k.issued, tick)
+		inWindow := 0
+		for _, at := range k.issued {
+			if at+uint64(pol.KillWindowTicks) > tick {
+				inWindow++
+			}
+		}
+		if inWindow > int(pol.KillBudget) {
+			return fmt.Errorf("%d terminate requests in the %d ticks up to tick %d, budget %d", inWindow, pol.KillWindowTicks, tick, pol.KillBudget)
+		}
+	}
+	for _, ev := range rd.Events {
+		if ev.Seq != k.lastSeq+1 {
+			return fmt.Errorf("event seq %d after %d", ev.Seq, k.lastSeq)
+		}
+		k.lastSeq = ev.Seq
+		if ev.Kind == EventKilled {
+			si := k.decisionInst[ev.Decision]
+			if !k.termAcked[ev.Decision] || !k.exitedInst[si] {
+				return fmt.Errorf("killed for decision %d without terminate ack (%v) and exit (%v)", ev.Decision, k.termAcked[ev.Decision], k.exitedInst[si])
+			}
+		}
+	}
+	evs, _, _ := k.c.Events(0, k.ringCap+1)
+	if len(evs) > k.ringCap {
+		return fmt.Errorf("ring holds %d events, capacity %d", len(evs), k.ringCap)
+	}
+	return nil
+}
