@@ -1,0 +1,220 @@
+package journal
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"sort"
+	"strconv"
+	"strings"
+)
+
+const (
+	// MaxWriterBytes bounds a writer name (Journal.open in oomd.capnp).
+	MaxWriterBytes = 64
+	// MaxDataBytes bounds one record's opaque data. An AuditRecord with a 64-byte subject
+	// and a 256-byte reason encodes to about 450 bytes; the rest is room for fields a
+	// later schema adds.
+	MaxDataBytes = 2048
+
+	frameHeaderBytes = 8
+	entryFixedBytes  = 1 + 8 + 8 + 1
+	// MaxPayloadBytes bounds a frame's payload; a larger length on disk is corruption.
+	// Checkpoints are bounded separately by Options.MaxWriters and share this limit.
+	MaxPayloadBytes = 1 << 16
+
+	kindEntry      = 0x01
+	kindCheckpoint = 0x02
+
+	segmentSuffix = ".seg"
+	// sparseEvery is how many entries share one mark of the in-memory offset index: reads
+	// scan at most this many frames before reaching their start.
+	sparseEvery = 64
+)
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// entryFrameBytes is the on-disk size of an entry frame.
+func entryFrameBytes(writer string, data []byte) int64 {
+	return int64(frameHeaderBytes + entryFixedBytes + len(writer) + len(data))
+}
+
+// checkpointFrameBytes bounds the checkpoint of a table of at most n writers.
+func checkpointFrameBytes(n int) int64 {
+	return int64(frameHeaderBytes + 1 + 2 + n*(1+MaxWriterBytes+8))
+}
+
+// sealFrame fills in the header of the frame at buf[start:], whose payload was appended
+// after 8 reserved header bytes.
+func sealFrame(buf []byte, start int) []byte {
+	payload := buf[start+frameHeaderBytes:]
+	binary.LittleEndian.PutUint32(buf[start:], uint32(len(payload)))
+	crc := crc32.Update(0, castagnoli, buf[start:start+4])
+	crc = crc32.Update(crc, castagnoli, payload)
+	binary.LittleEndian.PutUint32(buf[start+4:], crc)
+	return buf
+}
+
+func encodeEntry(buf []byte, seq, writerSeq uint64, writer string, data []byte) []byte {
+	start := len(buf)
+	buf = append(buf, make([]byte, frameHeaderBytes)...)
+	buf = append(buf, kindEntry)
+	buf = binary.LittleEndian.AppendUint64(buf, seq)
+	buf = binary.LittleEndian.AppendUint64(buf, writerSeq)
+	buf = append(buf, byte(len(writer)))
+	buf = append(buf, writer...)
+	buf = append(buf, data...)
+	return sealFrame(buf, start)
+}
+
+// encodeCheckpoint writes the writer table sorted by name, so the same table always
+// produces the same bytes.
+func encodeCheckpoint(buf []byte, writers map[string]*writerState) []byte {
+	names := make([]string, 0, len(writers))
+	for w := range writers {
+		names = append(names, w)
+	}
+	sort.Strings(names)
+	start := len(buf)
+	buf = append(buf, make([]byte, frameHeaderBytes)...)
+	buf = append(buf, kindCheckpoint)
+	buf = binary.LittleEndian.AppendUint16(buf, uint16(len(names)))
+	for _, w := range names {
+		buf = append(buf, byte(len(w)))
+		buf = append(buf, w...)
+		buf = binary.LittleEndian.AppendUint64(buf, writers[w].lastWriterSeq)
+	}
+	return sealFrame(buf, start)
+}
+
+// frame is one decoded frame. For an entry, writer and data alias the read buffer.
+type frame struct {
+	kind      byte
+	seq       uint64
+	writerSeq uint64
+	writer    []byte
+	data      []byte
+	// checkpoint holds a checkpoint's table.
+	checkpoint []checkpointEntry
+	size       int64
+}
+
+type checkpointEntry struct {
+	writer        string
+	lastWriterSeq uint64
+}
+
+// errTorn means the file ended inside a frame: the normal result of a crash mid-write.
+var errTorn = errors.New("torn frame")
+
+// frameReader decodes frames from a segment, reusing one buffer.
+type frameReader struct {
+	r   *bufio.Reader
+	buf []byte
+}
+
+func newFrameReader(r io.Reader) *frameReader {
+	return &frameReader{r: bufio.NewReaderSize(r, 64<<10)}
+}
+
+// next returns the next frame, io.EOF at a clean end, errTorn at a partial frame, or
+// another error describing the corruption.
+func (fr *frameReader) next() (frame, error) {
+	var hdr [frameHeaderBytes]byte
+	n, err := io.ReadFull(fr.r, hdr[:])
+	if err == io.EOF {
+		return frame{}, io.EOF
+	}
+	if err == io.ErrUnexpectedEOF {
+		return frame{}, fmt.Errorf("%w: %d of %d header bytes", errTorn, n, frameHeaderBytes)
+	}
+	if err != nil {
+		return frame{}, err
+	}
+	size := binary.LittleEndian.Uint32(hdr[:4])
+	if size == 0 || size > MaxPayloadBytes {
+		return frame{}, fmt.Errorf("impossible frame length %d", size)
+	}
+	if cap(fr.buf) < int(size) {
+		fr.buf = make([]byte, size)
+	}
+	payload := fr.buf[:size]
+	if n, err := io.ReadFull(fr.r, payload); err != nil {
+		if err == io.ErrUnexpectedEOF || err == io.EOF {
+			return frame{}, fmt.Errorf("%w: %d of %d payload bytes", errTorn, n, size)
+		}
+		return frame{}, err
+	}
+	crc := crc32.Update(0, castagnoli, hdr[:4])
+	crc = crc32.Update(crc, castagnoli, payload)
+	if want := binary.LittleEndian.Uint32(hdr[4:]); crc != want {
+		return frame{}, fmt.Errorf("checksum mismatch: stored %08x, computed %08x", want, crc)
+	}
+	f, err := decodePayload(payload)
+	f.size = frameHeaderBytes + int64(size)
+	return f, err
+}
+
+func decodePayload(p []byte) (frame, error) {
+	switch p[0] {
+	case kindEntry:
+		if len(p) < entryFixedBytes {
+			return frame{}, fmt.Errorf("entry of %d bytes is shorter than its header", len(p))
+		}
+		f := frame{kind: kindEntry,
+			seq:       binary.LittleEndian.Uint64(p[1:]),
+			writerSeq: binary.LittleEndian.Uint64(p[9:]),
+		}
+		wlen := int(p[17])
+		rest := p[entryFixedBytes:]
+		if wlen == 0 || wlen > MaxWriterBytes || wlen > len(rest) || len(rest)-wlen > MaxDataBytes {
+			return frame{}, fmt.Errorf("entry seq %d: bad writer length %d", f.seq, wlen)
+		}
+		f.writer, f.data = rest[:wlen], rest[wlen:]
+		return f, nil
+	case kindCheckpoint:
+		if len(p) < 3 {
+			return frame{}, errors.New("checkpoint shorter than its header")
+		}
+		n := int(binary.LittleEndian.Uint16(p[1:]))
+		rest := p[3:]
+		f := frame{kind: kindCheckpoint, checkpoint: make([]checkpointEntry, 0, n)}
+		for i := 0; i < n; i++ {
+			if len(rest) < 1 {
+				return frame{}, errors.New("checkpoint truncated")
+			}
+			wlen := int(rest[0])
+			if wlen == 0 || wlen > MaxWriterBytes || len(rest) < 1+wlen+8 {
+				return frame{}, errors.New("checkpoint: bad writer entry")
+			}
+			f.checkpoint = append(f.checkpoint, checkpointEntry{
+				writer:        string(rest[1 : 1+wlen]),
+				lastWriterSeq: binary.LittleEndian.Uint64(rest[1+wlen:]),
+			})
+			rest = rest[1+wlen+8:]
+		}
+		if len(rest) != 0 {
+			return frame{}, errors.New("checkpoint: trailing bytes")
+		}
+		return f, nil
+	default:
+		return frame{}, fmt.Errorf("unknown frame kind 0x%02x", p[0])
+	}
+}
+
+func segmentName(first uint64) string {
+	return fmt.Sprintf("%020d%s", first, segmentSuffix)
+}
+
+// parseSegmentName returns the first seq named by a segment file name.
+func parseSegmentName(name string) (uint64, bool) {
+	base, ok := strings.CutSuffix(name, segmentSuffix)
+	if !ok || len(base) != 20 {
+		return 0, false
+	}
+	first, err := strconv.ParseUint(base, 10, 64)
+	return first, err == nil && first > 0
+}
