@@ -1,0 +1,278 @@
+// Package ctlclient is a client of oomd's control API, shared by the selftest, oomctl and
+// the end-to-end tests. Its event subscription collects every pushed event, so a wait
+// also sees events that arrived before it started; every wait has a deadline (ctx).
+package ctlclient
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"sync"
+	"time"
+
+	"capnproto.org/go/capnp/v3/rpc"
+	"go.uber.org/zap"
+
+	"oomd.dev/oomd/gen/oomdpb"
+	"oomd.dev/oomd/internal/rpcx"
+	"oomd.dev/oomd/internal/wire"
+	"oomd.dev/oomd/services/oomd/policy"
+)
+
+// Client is a control connection to oomd plus an event subscription whose pushes are
+// collected, so waits can look at events that arrived before they started.
+type Client struct {
+	conn *rpc.Conn
+	Ctl  oomdpb.Control
+	sub  oomdpb.Subscription
+
+	mu     sync.Mutex
+	events []policy.Event
+	wake   chan struct{}
+}
+
+// Dial connects once oomd's socket accepts, retrying with backoff until ctx ends (a
+// client started right after oomd normally waits zero), and subscribes to its events.
+func Dial(ctx context.Context, path string, log *zap.Logger) (*Client, error) {
+	var lastErr error
+	for backoff := 10 * time.Millisecond; ; backoff = min(2*backoff, 500*time.Millisecond) {
+		if _, err := os.Stat(path); err == nil {
+			conn, boot, err := rpcx.Dial(ctx, path, log)
+			if err == nil {
+				c := &Client{conn: conn, Ctl: oomdpb.Control(boot), wake: make(chan struct{}, 1)}
+				if err := c.subscribe(ctx); err != nil {
+					c.Close()
+					return nil, err
+				}
+				return c, nil
+			}
+			lastErr = err
+		} else {
+			lastErr = err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("connect to oomd at %s: %w (last error: %v)", path, ctx.Err(), lastErr)
+		case <-time.After(backoff):
+		}
+	}
+}
+
+// Close ends the subscription and the connection.
+func (c *Client) Close() {
+	c.sub.Release()
+	c.Ctl.Release()
+	c.conn.Close()
+}
+
+type collector struct{ c *Client }
+
+func (k collector) Push(_ context.Context, call oomdpb.EventSubscriber_push) error {
+	l, err := call.Args().Events()
+	if err != nil {
+		return err
+	}
+	evs, err := wire.Events(l)
+	if err != nil {
+		return err
+	}
+	k.c.mu.Lock()
+	k.c.events = append(k.c.events, evs...)
+	k.c.mu.Unlock()
+	select {
+	case k.c.wake <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+func (c *Client) subscribe(ctx context.Context) error {
+	f, rel := c.Ctl.Subscribe(ctx, func(p oomdpb.Control_subscribe_Params) error {
+		p.SetSinceSeq(0)
+		return p.SetSubscriber(oomdpb.EventSubscriber_ServerToClient(collector{c}))
+	})
+	defer rel()
+	res, err := f.Struct()
+	if err != nil {
+		return fmt.Errorf("subscribe to oomd events: %w", err)
+	}
+	c.sub = res.Subscription().AddRef()
+	return nil
+}
+
+// IsKind matches events of one kind (by name, e.g. "killed") about one subject.
+func IsKind(subject, kind string) func(policy.Event) bool {
+	return func(e policy.Event) bool { return e.Subject == subject && e.Kind.String() == kind }
+}
+
+// WaitEvent returns the first event (from the start of the subscription) matching pred.
+func (c *Client) WaitEvent(ctx context.Context, what string, pred func(policy.Event) bool) (policy.Event, error) {
+	for {
+		c.mu.Lock()
+		i := slices.IndexFunc(c.events, pred)
+		var e policy.Event
+		if i >= 0 {
+			e = c.events[i]
+		}
+		c.mu.Unlock()
+		if i >= 0 {
+			return e, nil
+		}
+		select {
+		case <-ctx.Done():
+			return e, fmt.Errorf("waiting for %s: %w", what, ctx.Err())
+		case <-c.conn.Done():
+			return e, fmt.Errorf("waiting for %s: oomd connection closed", what)
+		case <-c.wake:
+		}
+	}
+}
+
+// CountKind counts matching events in oomd's ring (not just the subscription).
+func (c *Client) CountKind(ctx context.Context, subject, kind string) (int, error) {
+	n := 0
+	since := uint64(0)
+	for {
+		f, rel := c.Ctl.Events(ctx, func(p oomdpb.Control_events_Params) error {
+			p.SetSinceSeq(since)
+			p.SetLimit(wire.MaxPage)
+			return nil
+		})
+		res, err := f.Struct()
+		if err != nil {
+			rel()
+			return 0, fmt.Errorf("events: %w", err)
+		}
+		l, err := res.Events()
+		if err != nil {
+			rel()
+			return 0, err
+		}
+		evs, err := wire.Events(l)
+		next := res.NextSeq()
+		rel()
+		if err != nil {
+			return 0, err
+		}
+		for _, e := range evs {
+			if IsKind(subject, kind)(e) {
+				n++
+			}
+		}
+		if len(evs) == 0 || next == since {
+			return n, nil
+		}
+		since = next
+	}
+}
+
+// SetLimits keeps oomd's policy but gives each subject a small override, so only the
+// subjects under test can be pushed over their limits.
+func (c *Client) SetLimits(ctx context.Context, hard uint64, subjects []string) error {
+	f, rel := c.Ctl.GetPolicy(ctx, nil)
+	defer rel()
+	res, err := f.Struct()
+	if err != nil {
+		return fmt.Errorf("getPolicy: %w", err)
+	}
+	src, err := res.Policy()
+	if err != nil {
+		return err
+	}
+	p, err := wire.Policy(src)
+	if err != nil {
+		return fmt.Errorf("getPolicy returned an invalid policy: %w", err)
+	}
+	for _, s := range subjects {
+		p.Overrides = append(p.Overrides, policy.SubjectLimit{Subject: s, SoftBytes: hard / 2, HardBytes: hard})
+	}
+	sf, srel := c.Ctl.SetPolicy(ctx, func(a oomdpb.Control_setPolicy_Params) error {
+		dst, err := a.NewPolicy()
+		if err != nil {
+			return err
+		}
+		return wire.SetPolicy(dst, p)
+	})
+	defer srel()
+	if _, err := sf.Struct(); err != nil {
+		return fmt.Errorf("setPolicy: %w", err)
+	}
+	return nil
+}
+
+// Inject asks oomd to make app's test hook allocate n more bytes.
+func (c *Client) Inject(ctx context.Context, app string, n uint64) error {
+	f, rel := c.Ctl.Inject(ctx, func(p oomdpb.Control_inject_Params) error {
+		p.SetBytes(n)
+		return p.SetAppId(app)
+	})
+	defer rel()
+	if _, err := f.Struct(); err != nil {
+		return fmt.Errorf("inject %d bytes into %s: %w", n, app, err)
+	}
+	return nil
+}
+
+// SubjectBytes is a subject's latest accepted usage from oomd's status.
+func (c *Client) SubjectBytes(ctx context.Context, subject string) (uint64, error) {
+	f, rel := c.Ctl.Status(ctx, nil)
+	defer rel()
+	res, err := f.Struct()
+	if err != nil {
+		return 0, fmt.Errorf("status: %w", err)
+	}
+	st, err := res.Status()
+	if err != nil {
+		return 0, err
+	}
+	l, err := st.Subjects()
+	if err != nil {
+		return 0, err
+	}
+	for i := 0; i < l.Len(); i++ {
+		if s, _ := l.At(i).Subject(); s == subject {
+			return l.At(i).Bytes(), nil
+		}
+	}
+	return 0, fmt.Errorf("status: no subject %q", subject)
+}
+
+// AuditHas checks that logd durably holds the kill decision's audit record.
+func (c *Client) AuditHas(ctx context.Context, subject string, decision uint64) error {
+	f, rel := c.Ctl.Audit(ctx, func(p oomdpb.Control_audit_Params) error {
+		p.SetSinceSeq(0)
+		p.SetLimit(wire.MaxPage)
+		return nil
+	})
+	defer rel()
+	res, err := f.Struct()
+	if err != nil {
+		return fmt.Errorf("audit: %w", err)
+	}
+	l, err := res.Entries()
+	if err != nil {
+		return err
+	}
+	for i := 0; i < l.Len(); i++ {
+		r, err := l.At(i).Record()
+		if err != nil {
+			return err
+		}
+		if s, _ := r.Subject(); s == subject && r.Decision() == decision && r.Kind() == oomdpb.EventKind_killDecided {
+			return nil
+		}
+	}
+	return errors.New("audit: logd has no killDecided record for " + subject)
+}
+
+// Events returns a copy of every event pushed so far.
+func (c *Client) Events() []policy.Event {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(c.events)
+}
+
+// Done is closed when the connection to oomd ends.
+func (c *Client) Done() <-chan struct{} { return c.conn.Done() }

@@ -1,0 +1,209 @@
+// Package wire converts between the policy core's plain Go values and their Cap'n Proto
+// forms in gen/oomdpb. Reading from the wire checks every bound the schema states, so a
+// peer's bad input fails with an error naming the field.
+package wire
+
+import (
+	"fmt"
+
+	capnp "capnproto.org/go/capnp/v3"
+
+	"oomd.dev/oomd/gen/oomdpb"
+	"oomd.dev/oomd/services/oomd/policy"
+)
+
+// Bounds on lists and text read from peers.
+const (
+	MaxReasonBytes = 256
+	MaxPage        = 1024
+)
+
+// SetPolicy writes p into dst.
+func SetPolicy(dst oomdpb.Policy, p policy.Policy) error {
+	dst.SetSoftBytes(p.SoftBytes)
+	dst.SetHardBytes(p.HardBytes)
+	dst.SetSampleMs(p.SampleMs)
+	dst.SetKillBudget(p.KillBudget)
+	dst.SetKillWindowTicks(p.KillWindowTicks)
+	dst.SetOomTimeoutMs(p.OOMTimeoutMs)
+	crit, err := dst.NewCritical(int32(len(p.Critical)))
+	if err != nil {
+		return err
+	}
+	for i, s := range p.Critical {
+		if err := crit.Set(i, s); err != nil {
+			return err
+		}
+	}
+	ov, err := dst.NewOverrides(int32(len(p.Overrides)))
+	if err != nil {
+		return err
+	}
+	for i, o := range p.Overrides {
+		e := ov.At(i)
+		if err := e.SetSubject(o.Subject); err != nil {
+			return err
+		}
+		e.SetSoftBytes(o.SoftBytes)
+		e.SetHardBytes(o.HardBytes)
+	}
+	lv, err := dst.NewLevels()
+	if err != nil {
+		return err
+	}
+	lv.SetWarningBytes(p.Levels.WarningBytes)
+	lv.SetImminentOomBytes(p.Levels.ImminentOOMBytes)
+	lv.SetOomBytes(p.Levels.OOMBytes)
+	lv.SetHysteresisBytes(p.Levels.HysteresisBytes)
+	lv.SetIntervalMs(p.Levels.IntervalMs)
+	return nil
+}
+
+// Policy reads a policy from the wire and validates it whole.
+func Policy(src oomdpb.Policy) (policy.Policy, error) {
+	p := policy.Policy{
+		SoftBytes:       src.SoftBytes(),
+		HardBytes:       src.HardBytes(),
+		SampleMs:        src.SampleMs(),
+		KillBudget:      src.KillBudget(),
+		KillWindowTicks: src.KillWindowTicks(),
+		OOMTimeoutMs:    src.OomTimeoutMs(),
+	}
+	crit, err := src.Critical()
+	if err != nil {
+		return p, fmt.Errorf("policy.critical: %w", err)
+	}
+	if crit.Len() > policy.MaxCritical {
+		return p, &policy.ValidationError{Field: "critical", Value: crit.Len(), Bound: fmt.Sprintf("at most %d entries", policy.MaxCritical)}
+	}
+	for i := 0; i < crit.Len(); i++ {
+		s, err := crit.At(i)
+		if err != nil {
+			return p, fmt.Errorf("policy.critical[%d]: %w", i, err)
+		}
+		p.Critical = append(p.Critical, s)
+	}
+	ov, err := src.Overrides()
+	if err != nil {
+		return p, fmt.Errorf("policy.overrides: %w", err)
+	}
+	if ov.Len() > policy.MaxOverrides {
+		return p, &policy.ValidationError{Field: "overrides", Value: ov.Len(), Bound: fmt.Sprintf("at most %d entries", policy.MaxOverrides)}
+	}
+	for i := 0; i < ov.Len(); i++ {
+		e := ov.At(i)
+		s, err := e.Subject()
+		if err != nil {
+			return p, fmt.Errorf("policy.overrides[%d].subject: %w", i, err)
+		}
+		p.Overrides = append(p.Overrides, policy.SubjectLimit{Subject: s, SoftBytes: e.SoftBytes(), HardBytes: e.HardBytes()})
+	}
+	if src.HasLevels() {
+		lv, err := src.Levels()
+		if err != nil {
+			return p, fmt.Errorf("policy.levels: %w", err)
+		}
+		p.Levels = policy.LevelThresholds{
+			WarningBytes:     lv.WarningBytes(),
+			ImminentOOMBytes: lv.ImminentOomBytes(),
+			OOMBytes:         lv.OomBytes(),
+			HysteresisBytes:  lv.HysteresisBytes(),
+			IntervalMs:       lv.IntervalMs(),
+		}
+	}
+	return p, p.Validate()
+}
+
+// SetEvent writes e into dst.
+func SetEvent(dst oomdpb.Event, e policy.Event) error {
+	dst.SetSeq(e.Seq)
+	dst.SetTick(e.Tick)
+	dst.SetKind(oomdpb.EventKind(e.Kind))
+	dst.SetBytes(e.Bytes)
+	dst.SetLimit(e.Limit)
+	dst.SetDecision(e.Decision)
+	if err := dst.SetSubject(e.Subject); err != nil {
+		return err
+	}
+	return dst.SetReason(e.Reason)
+}
+
+// Event reads an event from the wire.
+func Event(src oomdpb.Event) (policy.Event, error) {
+	subj, err := src.Subject()
+	if err != nil {
+		return policy.Event{}, fmt.Errorf("event.subject: %w", err)
+	}
+	reason, err := src.Reason()
+	if err != nil {
+		return policy.Event{}, fmt.Errorf("event.reason: %w", err)
+	}
+	return policy.Event{
+		Seq: src.Seq(), Tick: src.Tick(), Subject: subj, Kind: policy.EventKind(src.Kind()),
+		Bytes: src.Bytes(), Limit: src.Limit(), Reason: reason, Decision: src.Decision(),
+	}, nil
+}
+
+// Events reads a list of events.
+func Events(l oomdpb.Event_List) ([]policy.Event, error) {
+	out := make([]policy.Event, 0, l.Len())
+	for i := 0; i < l.Len(); i++ {
+		e, err := Event(l.At(i))
+		if err != nil {
+			return nil, fmt.Errorf("events[%d]: %w", i, err)
+		}
+		out = append(out, e)
+	}
+	return out, nil
+}
+
+// NewEventList allocates a list holding evs in seg.
+func NewEventList(seg *capnp.Segment, evs []policy.Event) (oomdpb.Event_List, error) {
+	l, err := oomdpb.NewEvent_List(seg, int32(len(evs)))
+	if err != nil {
+		return l, err
+	}
+	for i, e := range evs {
+		if err := SetEvent(l.At(i), e); err != nil {
+			return l, err
+		}
+	}
+	return l, nil
+}
+
+// SetAuditRecord writes r into dst, with the writer sequence given separately (the
+// daemon maps the core's sequence onto the journal's).
+func SetAuditRecord(dst oomdpb.AuditRecord, r policy.AuditRecord, writerSeq uint64) error {
+	dst.SetWriterSeq(writerSeq)
+	dst.SetTick(r.Tick)
+	dst.SetKind(oomdpb.EventKind(r.Kind))
+	dst.SetBytes(r.Bytes)
+	dst.SetLimit(r.Limit)
+	dst.SetDecision(r.Decision)
+	dst.SetInstance(r.Instance)
+	if err := dst.SetSubject(r.Subject); err != nil {
+		return err
+	}
+	return dst.SetReason(r.Reason)
+}
+
+// FormatEvent renders an event as one stable, human-readable line.
+func FormatEvent(e policy.Event) string {
+	s := fmt.Sprintf("seq=%d tick=%d %s", e.Seq, e.Tick, e.Kind)
+	if e.Subject != "" {
+		s += " subject=" + e.Subject
+	}
+	if e.Bytes != 0 {
+		s += fmt.Sprintf(" bytes=%d", e.Bytes)
+	}
+	if e.Limit != 0 {
+		s += fmt.Sprintf(" limit=%d", e.Limit)
+	}
+	if e.Decision != 0 {
+		s += fmt.Sprintf(" decision=%d", e.Decision)
+	}
+	if e.Reason != "" {
+		s += " reason=" + e.Reason
+	}
+	return s
+}

@@ -1,0 +1,258 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	capnp "capnproto.org/go/capnp/v3"
+
+	"oomd.dev/oomd/gen/oomdpb"
+	"oomd.dev/oomd/internal/wire"
+	"oomd.dev/oomd/services/oomd/policy"
+)
+
+// Errors a control client can get; their text is what the client sees.
+var (
+	ErrInjectDisabled     = errors.New("inject is disabled: it exists for tests only; start oomd with --enable-inject to allow it")
+	errTooManySubscribers = fmt.Errorf("too many subscribers (at most %d)", maxSubscribers)
+)
+
+// MaxInjectBytes bounds one inject request.
+const MaxInjectBytes = 1 << 30
+
+// controlServer is oomd's control API; one per control connection.
+type controlServer struct{ d *Daemon }
+
+var _ oomdpb.Control_Server = (*controlServer)(nil)
+
+// ControlClient returns a new Control capability backed by d, for one connection.
+func (d *Daemon) ControlClient() capnp.Client {
+	return capnp.Client(oomdpb.Control_ServerToClient(&controlServer{d: d}))
+}
+
+func (s *controlServer) SetPolicy(_ context.Context, call oomdpb.Control_setPolicy) error {
+	src, err := call.Args().Policy()
+	if err != nil {
+		return fmt.Errorf("setPolicy: read policy: %w", err)
+	}
+	p, err := wire.Policy(src)
+	if err != nil {
+		return err // names the field and the bound; the old policy stays in force
+	}
+	v, err := s.d.SetPolicy(p)
+	if err != nil {
+		return err
+	}
+	res, err := call.AllocResults()
+	if err != nil {
+		return err
+	}
+	res.SetVersion(v)
+	return nil
+}
+
+func (s *controlServer) GetPolicy(_ context.Context, call oomdpb.Control_getPolicy) error {
+	var p policy.Policy
+	var v uint64
+	s.d.withCore(func(c *policy.Core) { p, v = c.Policy(), c.PolicyVersion() })
+	res, err := call.AllocResults()
+	if err != nil {
+		return err
+	}
+	dst, err := res.NewPolicy()
+	if err != nil {
+		return err
+	}
+	res.SetVersion(v)
+	return wire.SetPolicy(dst, p)
+}
+
+func checkLimit(limit uint32) error {
+	if limit < 1 || limit > wire.MaxPage {
+		return fmt.Errorf("limit = %d: must be in 1..%d", limit, wire.MaxPage)
+	}
+	return nil
+}
+
+func (s *controlServer) Events(_ context.Context, call oomdpb.Control_events) error {
+	args := call.Args()
+	if err := checkLimit(args.Limit()); err != nil {
+		return fmt.Errorf("events: %w", err)
+	}
+	var evs []policy.Event
+	var next, missed uint64
+	s.d.withCore(func(c *policy.Core) { evs, next, missed = c.Events(args.SinceSeq(), int(args.Limit())) })
+	res, err := call.AllocResults()
+	if err != nil {
+		return err
+	}
+	l, err := wire.NewEventList(res.Segment(), evs)
+	if err != nil {
+		return err
+	}
+	res.SetNextSeq(next)
+	res.SetMissed(missed)
+	return res.SetEvents(l)
+}
+
+func (s *controlServer) Subscribe(_ context.Context, call oomdpb.Control_subscribe) error {
+	args := call.Args()
+	client := args.Subscriber()
+	if !client.IsValid() {
+		return errors.New("subscribe: subscriber capability is null")
+	}
+	cancel, err := s.d.subscribe(client.AddRef(), args.SinceSeq())
+	if err != nil {
+		return fmt.Errorf("subscribe: %w", err)
+	}
+	res, err := call.AllocResults()
+	if err != nil {
+		cancel()
+		return err
+	}
+	return res.SetSubscription(oomdpb.Subscription_ServerToClient(&subscription{cancel: cancel}))
+}
+
+func (s *controlServer) Inject(ctx context.Context, call oomdpb.Control_inject) error {
+	if !s.d.cfg.EnableInject {
+		return ErrInjectDisabled
+	}
+	args := call.Args()
+	app, err := args.AppId()
+	if err != nil {
+		return fmt.Errorf("inject: read appId: %w", err)
+	}
+	n := args.Bytes()
+	if n < 1 || n > MaxInjectBytes {
+		return fmt.Errorf("inject: bytes = %d: must be in 1..%d", n, MaxInjectBytes)
+	}
+	sl, ok := s.d.slot(app)
+	if !ok {
+		return fmt.Errorf("inject: %w %q: no running subject with that id", ErrUnknownSubject, app)
+	}
+	if !sl.injectable || sl.conn == nil {
+		return fmt.Errorf("inject: subject %q is not injectable (its manifest entry does not set injectable)", app)
+	}
+	// The hook lives in another process: do not hold this connection's call queue.
+	call.Go()
+	hook := oomdpb.TestHook(sl.conn.Bootstrap(ctx))
+	defer hook.Release()
+	f, rel := hook.Inject(ctx, func(p oomdpb.TestHook_inject_Params) error { p.SetBytes(n); return nil })
+	defer rel()
+	got, err := f.Struct()
+	if err != nil {
+		return fmt.Errorf("inject: test hook of %q: %w", app, err)
+	}
+	res, err := call.AllocResults()
+	if err != nil {
+		return err
+	}
+	res.SetTotalBytes(got.TotalBytes())
+	return nil
+}
+
+// maxStatusSubjects bounds the subject list in one status answer.
+const maxStatusSubjects = 1024
+
+func (s *controlServer) Status(_ context.Context, call oomdpb.Control_status) error {
+	var (
+		subjects  []policy.SubjectStatus
+		truncated bool
+		counters  policy.Counters
+		tick, ver uint64
+		last      uint64
+	)
+	s.d.withCore(func(c *policy.Core) {
+		subjects, truncated = c.Subjects(maxStatusSubjects)
+		counters, tick, ver, last = c.Counters(), c.TickCount(), c.PolicyVersion(), c.LastSeq()
+	})
+	res, err := call.AllocResults()
+	if err != nil {
+		return err
+	}
+	st, err := res.NewStatus()
+	if err != nil {
+		return err
+	}
+	st.SetTick(tick)
+	st.SetPolicyVersion(ver)
+	st.SetLastEventSeq(last)
+	st.SetTruncated(truncated)
+	st.SetKills(counters.Kills)
+	st.SetDenied(counters.Denied)
+	st.SetThrottled(counters.Throttled)
+	st.SetRejectedSamples(counters.Rejected)
+	st.SetAcceptedSamples(counters.Accepted)
+	st.SetInjectEnabled(s.d.cfg.EnableInject)
+	l, err := st.NewSubjects(int32(len(subjects)))
+	if err != nil {
+		return err
+	}
+	for i, ss := range subjects {
+		e := l.At(i)
+		if err := e.SetSubject(ss.Subject); err != nil {
+			return err
+		}
+		e.SetInstance(ss.Instance)
+		e.SetBytes(ss.Bytes)
+		e.SetSoftBytes(ss.SoftBytes)
+		e.SetHardBytes(ss.HardBytes)
+		e.SetState(oomdpb.SubjectState(ss.State))
+		e.SetCritical(ss.Critical)
+		e.SetRejected(ss.Rejected)
+	}
+	return nil
+}
+
+func (s *controlServer) Audit(ctx context.Context, call oomdpb.Control_audit) error {
+	args := call.Args()
+	if err := checkLimit(args.Limit()); err != nil {
+		return fmt.Errorf("audit: %w", err)
+	}
+	j, ok := s.d.audit.(interface{ Journal() (oomdpb.Journal, bool) })
+	if !ok {
+		return errors.New("audit: no journal is connected")
+	}
+	journal, ok := j.Journal()
+	if !ok {
+		return errors.New("audit: logd is not connected")
+	}
+	defer journal.Release()
+	call.Go()
+	f, rel := journal.Read(ctx, func(p oomdpb.Journal_read_Params) error {
+		p.SetSinceSeq(args.SinceSeq())
+		p.SetLimit(args.Limit())
+		return nil
+	})
+	defer rel()
+	got, err := f.Struct()
+	if err != nil {
+		return fmt.Errorf("audit: read logd: %w", err)
+	}
+	entries, err := got.Entries()
+	if err != nil {
+		return fmt.Errorf("audit: read logd: %w", err)
+	}
+	res, err := call.AllocResults()
+	if err != nil {
+		return err
+	}
+	res.SetNextSeq(got.NextSeq())
+	res.SetMissed(got.Missed())
+	return res.SetEntries(entries) // deep-copied into our message
+}
+
+var errNotYet = errors.New("not implemented yet: system OOM handling (levels, halt token, reboot) is a later milestone; see README")
+
+func (s *controlServer) LastReboot(context.Context, oomdpb.Control_lastReboot) error {
+	return capnp.Unimplemented("lastReboot: " + errNotYet.Error())
+}
+
+func (s *controlServer) WatchLevels(context.Context, oomdpb.Control_watchLevels) error {
+	return capnp.Unimplemented("watchLevels: " + errNotYet.Error())
+}
+
+func (s *controlServer) RequestReboot(context.Context, oomdpb.Control_requestReboot) error {
+	return capnp.Unimplemented("requestReboot: " + errNotYet.Error())
+}

@@ -1,0 +1,298 @@
+// Package daemon is oomd's shell around the pure policy core: it feeds the core ticks,
+// coalesced memstat samples, audit acknowledgements and execd's reports, and carries out
+// the core's Ready in the order the core requires — audit durable first, then terminate
+// via execd, then publish events.
+//
+// Concurrency: the core is guarded by one mutex and only ever touched with it held.
+// Samples never take that mutex: sink handlers store into per-subject slots that the
+// tick loop drains (see sink.go). Everything that talks to another process (logd, execd,
+// subscribers, test hooks) runs outside the mutex.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"oomd.dev/oomd/services/oomd/policy"
+)
+
+// Config is everything the daemon needs that is not a connection.
+type Config struct {
+	Policy       policy.Policy
+	RingSize     int
+	EnableInject bool
+	// Markers receives the exact marker lines (stdout in production).
+	Markers io.Writer
+	Log     *zap.Logger
+}
+
+// Auditor makes audit records durable. Submit never blocks for long; once every record
+// up to writerSeq is durable the auditor calls the ack callback given to Start.
+type Auditor interface {
+	Submit(recs []policy.AuditRecord)
+	Start(ctx context.Context, ack func(upTo uint64)) error
+}
+
+// Terminator asks the process authority to stop a subject. The call returns when execd
+// acknowledged (refusal == "") or refused.
+type Terminator interface {
+	Terminate(ctx context.Context, req policy.TerminateRequest) (refusal string, err error)
+}
+
+// Daemon is a running oomd.
+type Daemon struct {
+	cfg   Config
+	log   *zap.Logger
+	audit Auditor
+	term  Terminator
+
+	mu      sync.Mutex // guards core, slots, pending and the ticker period
+	core    *policy.Core
+	slots   map[string]*slot // live subjects by id (lookup only; never iterated for output)
+	sampleC chan time.Duration
+
+	dirty    dirtyList
+	drainBuf []*slot
+	subs     subscribers
+	ctx      context.Context
+}
+
+// New builds a daemon around a fresh core.
+func New(cfg Config, audit Auditor, term Terminator) (*Daemon, error) {
+	core, err := policy.New(policy.Config{Policy: cfg.Policy, RingSize: cfg.RingSize})
+	if err != nil {
+		return nil, err
+	}
+	if cfg.Log == nil {
+		cfg.Log = zap.NewNop()
+	}
+	if cfg.Markers == nil {
+		cfg.Markers = io.Discard
+	}
+	return &Daemon{
+		cfg:     cfg,
+		log:     cfg.Log,
+		audit:   audit,
+		term:    term,
+		core:    core,
+		slots:   make(map[string]*slot),
+		sampleC: make(chan time.Duration, 1),
+	}, nil
+}
+
+// Start connects the auditor. Call it once, before Run and before serving anything.
+func (d *Daemon) Start(ctx context.Context) error {
+	d.ctx = ctx
+	if err := d.audit.Start(ctx, d.auditAcked); err != nil {
+		return fmt.Errorf("start auditor: %w", err)
+	}
+	return nil
+}
+
+// Run ticks the core until ctx ends.
+func (d *Daemon) Run(ctx context.Context) error {
+	d.mu.Lock()
+	period := time.Duration(d.core.Policy().SampleMs) * time.Millisecond
+	d.mu.Unlock()
+	t := time.NewTicker(period)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			d.subs.closeAll()
+			return nil
+		case p := <-d.sampleC:
+			t.Reset(p)
+		case <-t.C:
+			d.tick()
+		}
+	}
+}
+
+// tick drains the coalesced samples into the core and advances it by one tick.
+func (d *Daemon) tick() {
+	d.drainBuf = d.dirty.take(d.drainBuf)
+	// Feed in subject order so the core sees the same inputs whatever order the samples
+	// raced in within this tick.
+	slices.SortFunc(d.drainBuf, func(a, b *slot) int {
+		switch {
+		case a.subject < b.subject:
+			return -1
+		case a.subject > b.subject:
+			return 1
+		}
+		return 0
+	})
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, s := range d.drainBuf {
+		if n := s.rejected.Swap(0); n > 0 {
+			s.mu.Lock()
+			claimed := s.claimed
+			s.mu.Unlock()
+			d.stepLocked(policy.Input{Kind: policy.InputSample, Subject: s.subject, Instance: s.instance, Claimed: claimed, Bytes: n})
+		}
+		if s.fresh.Swap(false) {
+			d.stepLocked(policy.Input{Kind: policy.InputSample, Subject: s.subject, Instance: s.instance, Claimed: s.subject, Bytes: s.bytes.Load()})
+		}
+	}
+	d.stepLocked(policy.Input{Kind: policy.InputTick})
+	d.processReadyLocked()
+}
+
+// stepLocked feeds one input. Errors are inputs the core refused as malformed; they are
+// logged, never fatal.
+func (d *Daemon) stepLocked(in policy.Input) {
+	if err := d.core.Step(in); err != nil {
+		d.log.Warn("core refused input", zap.Stringer("kind", in.Kind), zap.String("subject", in.Subject), zap.Error(err))
+	}
+}
+
+// step feeds one input from outside the tick loop and executes what it produced.
+func (d *Daemon) step(in policy.Input) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.stepLocked(in)
+	d.processReadyLocked()
+}
+
+// processReadyLocked executes the core's Ready in the order the core demands. Audit
+// submission and terminate calls are asynchronous: their outcomes come back as inputs.
+func (d *Daemon) processReadyLocked() {
+	if !d.core.HasReady() {
+		return
+	}
+	rd := d.core.Ready()
+	if len(rd.Audit) > 0 {
+		d.audit.Submit(slices.Clone(rd.Audit))
+	}
+	for _, req := range rd.Terminate {
+		go d.terminate(req)
+	}
+	if len(rd.Events) > 0 {
+		for _, e := range rd.Events {
+			d.publishLocked(e)
+		}
+		d.subs.wake()
+	}
+	d.core.Advance()
+}
+
+func (d *Daemon) publishLocked(e policy.Event) {
+	fields := []zap.Field{zap.Uint64("seq", e.Seq), zap.Uint64("tick", e.Tick), zap.String("subject", e.Subject)}
+	if e.Bytes != 0 {
+		fields = append(fields, zap.Uint64("bytes", e.Bytes))
+	}
+	if e.Limit != 0 {
+		fields = append(fields, zap.Uint64("limit", e.Limit))
+	}
+	if e.Decision != 0 {
+		fields = append(fields, zap.Uint64("decision", e.Decision))
+	}
+	if e.Reason != "" {
+		fields = append(fields, zap.String("reason", e.Reason))
+	}
+	d.log.Info(e.Kind.String(), fields...)
+	switch e.Kind {
+	case policy.EventKilled:
+		fmt.Fprintf(d.cfg.Markers, "oomd: kill app=%s bytes=%d\n", e.Subject, e.Bytes)
+	case policy.EventKillDenied:
+		fmt.Fprintf(d.cfg.Markers, "oomd: kill denied (subject=%s reason=%s)\n", e.Subject, e.Reason)
+	}
+}
+
+func (d *Daemon) auditAcked(upTo uint64) {
+	d.step(policy.Input{Kind: policy.InputAuditAck, Seq: upTo})
+}
+
+func (d *Daemon) terminate(req policy.TerminateRequest) {
+	ctx, cancel := context.WithTimeout(d.ctx, 30*time.Second)
+	defer cancel()
+	d.log.Info("requesting terminate", zap.String("subject", req.Subject), zap.Uint64("instance", req.Instance),
+		zap.Uint64("decision", req.Decision), zap.Uint64("bytes", req.Bytes), zap.Uint64("limit", req.Limit))
+	refusal, err := d.term.Terminate(ctx, req)
+	switch {
+	case err != nil:
+		d.log.Error("terminate failed", zap.String("subject", req.Subject), zap.Uint64("decision", req.Decision), zap.Error(err))
+		d.step(policy.Input{Kind: policy.InputTerminateRefused, Subject: req.Subject, Instance: req.Instance, Decision: req.Decision, Reason: "error: " + truncate(err.Error(), 200)})
+	case refusal != "":
+		d.step(policy.Input{Kind: policy.InputTerminateRefused, Subject: req.Subject, Instance: req.Instance, Decision: req.Decision, Reason: refusal})
+	default:
+		d.step(policy.Input{Kind: policy.InputTerminateAck, Subject: req.Subject, Instance: req.Instance, Decision: req.Decision})
+	}
+}
+
+// ErrUnknownSubject is returned for a subject oomd has no connection for.
+var ErrUnknownSubject = errors.New("unknown subject")
+
+// Register adds a subject handed over by execd. Its samples count from the next tick.
+func (d *Daemon) Register(s *slot) {
+	s.subjectB = []byte(s.subject)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if old, ok := d.slots[s.subject]; ok && old.conn != nil {
+		old.conn.Close()
+	}
+	d.slots[s.subject] = s
+	d.stepLocked(policy.Input{Kind: policy.InputRegister, Subject: s.subject, Instance: s.instance, Critical: s.critical})
+	d.processReadyLocked()
+}
+
+// Exited feeds execd's exit report and forgets that instance's connection (a newer
+// instance that already registered keeps its own).
+func (d *Daemon) Exited(subject string, instance uint64, reason string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if s, ok := d.slots[subject]; ok && s.instance == instance {
+		delete(d.slots, subject)
+		if s.conn != nil {
+			go s.conn.Close()
+		}
+	}
+	d.stepLocked(policy.Input{Kind: policy.InputExited, Subject: subject, Instance: instance, Reason: reason})
+	d.processReadyLocked()
+}
+
+// SetPolicy validates and applies a new policy; it returns the new version.
+func (d *Daemon) SetPolicy(p policy.Policy) (uint64, error) {
+	if err := p.Validate(); err != nil {
+		return 0, err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	old := d.core.Policy().SampleMs
+	if err := d.core.Step(policy.Input{Kind: policy.InputPolicy, Policy: &p}); err != nil {
+		return 0, err
+	}
+	d.processReadyLocked()
+	if p.SampleMs != old {
+		select {
+		case d.sampleC <- time.Duration(p.SampleMs) * time.Millisecond:
+		default:
+			<-d.sampleC
+			d.sampleC <- time.Duration(p.SampleMs) * time.Millisecond
+		}
+	}
+	return d.core.PolicyVersion(), nil
+}
+
+// withCore runs f with the core locked, for read-only queries.
+func (d *Daemon) withCore(f func(c *policy.Core)) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	f(d.core)
+}
+
+func (d *Daemon) slot(subject string) (*slot, bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	s, ok := d.slots[subject]
+	return s, ok
+}

@@ -1,0 +1,103 @@
+package daemon
+
+import (
+	"bytes"
+	"context"
+	"sync"
+	"sync/atomic"
+
+	"capnproto.org/go/capnp/v3/rpc"
+
+	"oomd.dev/oomd/gen/oomdpb"
+)
+
+// slot holds what one subject's connection reported since the last tick. The sink
+// handler only stores into it (no allocation, no lock on the hot path); the tick loop
+// drains it. However fast a sender reports, a slot is one value, one counter and one
+// claimed id, and it is queued for draining at most once per tick: that is how memstat
+// input stays bounded (security invariant 6).
+type slot struct {
+	subject    string
+	subjectB   []byte
+	instance   uint64
+	critical   bool
+	injectable bool
+	conn       *rpc.Conn // the brokered connection; its bootstrap is the child's TestHook
+
+	bytes    atomic.Uint64
+	fresh    atomic.Bool   // a valid sample arrived since the last drain
+	rejected atomic.Uint64 // samples claiming another subject, since the last drain
+	queued   atomic.Bool   // already on the dirty list for the next tick
+
+	mu      sync.Mutex
+	claimed string // the last foreign claim seen since the last drain (<= 64 bytes)
+}
+
+// dirtyList collects slots with news for the next tick. A slot is appended only on its
+// first report after a drain, so the list never holds more than one entry per subject.
+type dirtyList struct {
+	mu    sync.Mutex
+	slots []*slot
+}
+
+func (d *dirtyList) mark(s *slot) {
+	if s.queued.Swap(true) {
+		return
+	}
+	d.mu.Lock()
+	d.slots = append(d.slots, s)
+	d.mu.Unlock()
+}
+
+// take swaps out the pending slots; buf is reused to avoid garbage every tick.
+func (d *dirtyList) take(buf []*slot) []*slot {
+	d.mu.Lock()
+	out := d.slots
+	d.slots = buf[:0]
+	d.mu.Unlock()
+	for _, s := range out {
+		s.queued.Store(false)
+	}
+	return out
+}
+
+// sinkServer is the MemstatSink on one brokered connection, bound to the subject execd
+// named for it. The payload's claimedSubject is compared, never trusted (invariant 2).
+type sinkServer struct {
+	slot  *slot
+	dirty *dirtyList
+}
+
+var _ oomdpb.MemstatSink_Server = (*sinkServer)(nil)
+
+func (s *sinkServer) Report(_ context.Context, call oomdpb.MemstatSink_report) error {
+	sample, err := call.Args().Sample()
+	if err != nil {
+		return err
+	}
+	claimed, err := sample.ClaimedSubjectBytes()
+	if err != nil {
+		return err
+	}
+	sl := s.slot
+	// An empty claim claims nothing: the connection alone says who the sender is.
+	if len(claimed) == 0 || bytes.Equal(claimed, sl.subjectB) {
+		sl.bytes.Store(sample.Bytes())
+		sl.fresh.Store(true)
+	} else {
+		if sl.rejected.Add(1) == 1 {
+			sl.mu.Lock()
+			sl.claimed = truncate(string(claimed), 64)
+			sl.mu.Unlock()
+		}
+	}
+	s.dirty.mark(sl)
+	return nil
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n]
+	}
+	return s
+}

@@ -1,0 +1,139 @@
+// Command oomd is the memory watchdog daemon. It must be started by execd, which gives it
+// its session (and through it the Terminator capability) and brokers one pre-identified
+// connection per subject.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	capnp "capnproto.org/go/capnp/v3"
+	"go.uber.org/zap"
+
+	"oomd.dev/oomd/gen/oomdpb"
+	"oomd.dev/oomd/internal/logx"
+	"oomd.dev/oomd/internal/rpcx"
+	"oomd.dev/oomd/internal/session"
+	"oomd.dev/oomd/services/oomd/daemon"
+	"oomd.dev/oomd/services/oomd/policy"
+)
+
+func main() {
+	var o options
+	flag.StringVar(&o.socket, "socket", "", "control socket path (owner-only)")
+	flag.StringVar(&o.logd, "logd", "", "logd journal socket path")
+	flag.StringVar(&o.policyFile, "policy", "", "JSON policy file (over the defaults); empty = defaults")
+	flag.BoolVar(&o.enableInject, "enable-inject", false, "allow the test-only inject call")
+	flag.IntVar(&o.ring, "ring", 4096, "event ring capacity")
+	flag.Parse()
+
+	log := logx.New("oomd")
+	defer log.Sync()
+	// Signals first, so a SIGTERM during start-up still shuts down cleanly.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, o, log); err != nil {
+		log.Error("oomd failed", zap.Error(err))
+		fmt.Fprintf(os.Stderr, "oomd: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+type options struct {
+	socket, logd, policyFile string
+	enableInject             bool
+	ring                     int
+}
+
+func run(ctx context.Context, o options, log *zap.Logger) error {
+	if o.socket == "" || o.logd == "" {
+		return fmt.Errorf("--socket and --logd are required")
+	}
+	pol := policy.DefaultPolicy()
+	if o.policyFile != "" {
+		var err error
+		if pol, err = daemon.LoadPolicyFile(o.policyFile); err != nil {
+			return err
+		}
+	}
+
+	sess, err := session.Open(ctx, log)
+	if err != nil {
+		return fmt.Errorf("execd session: %w", err)
+	}
+	defer sess.Close()
+	term, system, err := sess.Grants(ctx)
+	if err != nil {
+		return err
+	}
+	defer term.Release()
+	defer system.Release()
+
+	d, err := daemon.New(daemon.Config{
+		Policy: pol, RingSize: o.ring, EnableInject: o.enableInject, Markers: os.Stdout, Log: log,
+	}, daemon.NewLogdAuditor(o.logd, log), daemon.ExecdTerminator{T: term})
+	if err != nil {
+		return err
+	}
+	if err := d.Start(ctx); err != nil {
+		return err
+	}
+	if err := watchExits(ctx, term, d); err != nil {
+		return err
+	}
+
+	bc, err := rpcx.InheritedConn(rpcx.EnvBrokerFD)
+	if err != nil {
+		return fmt.Errorf("broker socket: %w", err)
+	}
+	broker, ok := bc.(*net.UnixConn)
+	if !ok {
+		return fmt.Errorf("broker fd is not a Unix socket")
+	}
+	l, err := rpcx.Listen(o.socket)
+	if err != nil {
+		return err
+	}
+	srv := rpcx.NewServer(log.Named("control"), func(rpcx.Peer) (capnp.Client, error) { return d.ControlClient(), nil })
+
+	errc := make(chan error, 3)
+	go func() { errc <- d.Run(ctx) }()
+	go func() { errc <- d.ServeBroker(ctx, broker) }()
+	go func() { errc <- srv.Serve(ctx, l) }()
+
+	fmt.Println("oomd: ready")
+	log.Info("ready", zap.String("socket", o.socket), zap.Uint64("softBytes", pol.SoftBytes), zap.Uint64("hardBytes", pol.HardBytes),
+		zap.Uint32("sampleMs", pol.SampleMs), zap.Bool("inject", o.enableInject))
+	if err := sess.Ready(ctx); err != nil {
+		return err
+	}
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case <-sess.Done():
+		runErr = fmt.Errorf("execd session closed")
+	case runErr = <-errc:
+	}
+	srv.Close(2 * time.Second)
+	os.Remove(o.socket)
+	return runErr
+}
+
+// watchExits registers oomd for every exit execd observes.
+func watchExits(ctx context.Context, term oomdpb.Terminator, d *daemon.Daemon) error {
+	f, rel := term.WatchExits(ctx, func(p oomdpb.Terminator_watchExits_Params) error {
+		return p.SetWatcher(d.ExitWatcherClient())
+	})
+	defer rel()
+	if _, err := f.Struct(); err != nil {
+		return fmt.Errorf("watch exits: %w", err)
+	}
+	return nil
+}
