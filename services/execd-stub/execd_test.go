@@ -1,0 +1,705 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	capnp "capnproto.org/go/capnp/v3"
+	"capnproto.org/go/capnp/v3/rpc"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/zap/zaptest"
+	"golang.org/x/sys/unix"
+
+	"oomd.dev/oomd/gen/oomdpb"
+	"oomd.dev/oomd/internal/rpcx"
+)
+
+// Binaries built once for the whole package (with -race when the tests are).
+var (
+	execdBin, childBin string
+	buildFlags         []string
+)
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "execd-test-bin")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	execdBin = filepath.Join(dir, "execd")
+	childBin = filepath.Join(dir, "testchild")
+	for pkg, out := range map[string]string{".": execdBin, "./internal/testchild": childBin} {
+		cmd := exec.Command("go", append(append([]string{"build"}, buildFlags...), "-o", out, pkg)...)
+		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+		if err := cmd.Run(); err != nil {
+			fmt.Fprintln(os.Stderr, "build", pkg, err)
+			os.RemoveAll(dir)
+			os.Exit(1)
+		}
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// deadline bounds every wait in these tests; it is a failure bound, not a timing
+// assertion.
+const deadline = 20 * time.Second
+
+// svc is one manifest entry; the test child's argv is built from the fields.
+type svc struct {
+	ID            string            `json:"id"`
+	Argv          []string          `json:"argv"`
+	Critical      bool              `json:"critical,omitempty"`
+	DependsOn     []string          `json:"dependsOn,omitempty"`
+	StopTimeoutMs int               `json:"stopTimeoutMs,omitempty"`
+	Restart       string            `json:"restart,omitempty"`
+	Env           map[string]string `json:"env,omitempty"`
+	Role          string            `json:"role,omitempty"`
+	Injectable    bool              `json:"injectable,omitempty"`
+}
+
+// child returns a service running the test child with the given flags, logging its
+// events to the shared events file.
+func child(id string, flags ...string) svc {
+	argv := append([]string{childBin, "--name", id, "--log", "${RUNTIME_DIR}/events.log"}, flags...)
+	return svc{ID: id, Argv: argv}
+}
+
+// watchdog is a test child that takes the watchdog's grants and hands them to the test
+// (see harness.term and harness.handoffs).
+func watchdog() svc {
+	s := child("wd", "--ready", "--proxy-term", "${RUNTIME_DIR}/term.sock", "--proxy-handoffs", "${RUNTIME_DIR}/handoffs.sock")
+	s.Role, s.Critical = "watchdog", true
+	return s
+}
+
+type harness struct {
+	t      *testing.T
+	dir    string
+	cmd    *exec.Cmd
+	out    *syncBuffer
+	waited chan struct{}
+	err    error // execd's exit, valid after waited is closed
+
+	// Set when the manifest has a watchdog().
+	term     oomdpb.Terminator
+	handoffs chan receivedHandoff
+}
+
+type receivedHandoff struct {
+	subject    string
+	instance   uint64
+	pid        int32
+	critical   bool
+	injectable bool
+	conn       net.Conn
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+// start writes the manifest, listens for the watchdog proxy if there is one, and starts
+// execd. extra files are passed to execd as fds 3, 4, ... without close-on-exec.
+func start(t *testing.T, services []svc, extra ...*os.File) *harness {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "execd")
+	require.NoError(t, err)
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	h := &harness{t: t, dir: dir, out: &syncBuffer{}, waited: make(chan struct{})}
+	rt := filepath.Join(dir, "rt")
+
+	b, err := json.MarshalIndent(map[string]any{"services": services}, "", "  ")
+	require.NoError(t, err)
+	manifest := filepath.Join(dir, "manifest.json")
+	require.NoError(t, os.WriteFile(manifest, b, 0o600))
+
+	hasWatchdog := false
+	for _, s := range services {
+		hasWatchdog = hasWatchdog || s.Role == "watchdog"
+	}
+	var termLn, handLn *net.UnixListener
+	if hasWatchdog {
+		require.NoError(t, os.MkdirAll(rt, 0o700))
+		termLn, err = net.ListenUnix("unix", &net.UnixAddr{Name: filepath.Join(rt, "term.sock"), Net: "unix"})
+		require.NoError(t, err)
+		handLn, err = net.ListenUnix("unixpacket", &net.UnixAddr{Name: filepath.Join(rt, "handoffs.sock"), Net: "unixpacket"})
+		require.NoError(t, err)
+		t.Cleanup(func() { termLn.Close(); handLn.Close() })
+	}
+
+	h.cmd = exec.Command(execdBin, "--manifest", manifest, "--runtime-dir", rt, "--debug")
+	h.cmd.Stdout, h.cmd.Stderr = h.out, h.out
+	h.cmd.ExtraFiles = extra
+	h.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	require.NoError(t, h.cmd.Start())
+	go func() { h.err = h.cmd.Wait(); close(h.waited) }()
+	t.Cleanup(func() {
+		h.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-h.waited:
+		case <-time.After(deadline):
+			h.cmd.Process.Kill()
+			<-h.waited
+		}
+		if t.Failed() {
+			t.Logf("execd output:\n%s", h.out.String())
+		}
+	})
+	if hasWatchdog {
+		h.acceptWatchdog(termLn, handLn)
+	}
+	return h
+}
+
+func (h *harness) acceptWatchdog(termLn, handLn *net.UnixListener) {
+	t := h.t
+	termLn.SetDeadline(time.Now().Add(deadline))
+	c, err := termLn.Accept()
+	require.NoError(t, err, "the watchdog child did not dial the terminator socket")
+	conn := rpcx.NewConn(c, capnp.Client{}, zaptest.NewLogger(t).Named("test-rpc"))
+	t.Cleanup(func() { closeConn(conn) })
+	h.term = oomdpb.Terminator(conn.Bootstrap(context.Background()))
+	t.Cleanup(h.term.Release)
+
+	handLn.SetDeadline(time.Now().Add(deadline))
+	hc, err := handLn.AcceptUnix()
+	require.NoError(t, err, "the watchdog child did not dial the handoff socket")
+	t.Cleanup(func() { hc.Close() })
+	h.handoffs = make(chan receivedHandoff, 64)
+	go func() {
+		for {
+			msg, f, err := rpcx.RecvMsgFD(hc)
+			if err != nil {
+				return
+			}
+			ho, err := oomdpb.ReadRootSubjectHandoff(msg)
+			if err != nil {
+				f.Close()
+				continue
+			}
+			subject, _ := ho.Subject()
+			conn, err := rpcx.FileToConn(f)
+			if err != nil {
+				continue
+			}
+			h.handoffs <- receivedHandoff{subject, ho.Instance(), ho.Pid(), ho.Critical(), ho.Injectable(), conn}
+		}
+	}()
+}
+
+func closeConn(c *rpc.Conn) {
+	done := make(chan struct{})
+	go func() { c.Close(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+	}
+}
+
+// stop sends SIGTERM and returns execd's exit code.
+func (h *harness) stop() int {
+	h.t.Helper()
+	require.NoError(h.t, h.cmd.Process.Signal(syscall.SIGTERM))
+	return h.exitCode()
+}
+
+func (h *harness) exitCode() int {
+	h.t.Helper()
+	select {
+	case <-h.waited:
+	case <-time.After(deadline):
+		h.t.Fatalf("execd did not exit within %v", deadline)
+	}
+	var ee *exec.ExitError
+	if errors.As(h.err, &ee) {
+		return ee.ExitCode()
+	}
+	require.NoError(h.t, h.err)
+	return 0
+}
+
+func (h *harness) path(name string) string { return filepath.Join(h.dir, "rt", name) }
+
+// events returns the lines children appended to events.log.
+func (h *harness) events() []string {
+	b, err := os.ReadFile(h.path("events.log"))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	require.NoError(h.t, err)
+	return strings.Split(strings.TrimSpace(string(b)), "\n")
+}
+
+// waitFor polls cond until it holds or the deadline passes: the event is observable
+// only through the file system or /proc.
+func (h *harness) waitFor(what string, cond func() bool) {
+	h.t.Helper()
+	end := time.Now().Add(deadline)
+	for !cond() {
+		if time.Now().After(end) {
+			h.t.Fatalf("timed out waiting for %s", what)
+		}
+		select {
+		case <-h.waited:
+			if !cond() {
+				h.t.Fatalf("execd exited (%v) while waiting for %s", h.err, what)
+			}
+			return
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+func (h *harness) waitEvent(ev string) {
+	h.t.Helper()
+	h.waitFor(fmt.Sprintf("event %q", ev), func() bool { return index(h.events(), ev) >= 0 })
+}
+
+func index(lines []string, s string) int {
+	for i, l := range lines {
+		if l == s {
+			return i
+		}
+	}
+	return -1
+}
+
+// exitWatcher collects exit reports.
+type exitWatcher struct{ ch chan report }
+
+type report struct {
+	Subject            string
+	Instance           uint64
+	Pid                int32
+	ExitCode, Signal   int32
+	Killed, Terminated bool
+}
+
+func (w *exitWatcher) Exited(_ context.Context, call oomdpb.ExitWatcher_exited) error {
+	r, err := call.Args().Report()
+	if err != nil {
+		return err
+	}
+	subject, _ := r.Subject()
+	w.ch <- report{subject, r.Instance(), r.Pid(), r.ExitCode(), r.Signal(), r.Killed(), r.Terminated()}
+	return nil
+}
+
+func (h *harness) watchExits() chan report {
+	h.t.Helper()
+	w := &exitWatcher{ch: make(chan report, 256)}
+	ctx, cancel := context.WithTimeout(context.Background(), deadline)
+	defer cancel()
+	f, rel := h.term.WatchExits(ctx, func(p oomdpb.Terminator_watchExits_Params) error {
+		return p.SetWatcher(oomdpb.ExitWatcher_ServerToClient(w))
+	})
+	defer rel()
+	_, err := f.Struct()
+	require.NoError(h.t, err)
+	return w.ch
+}
+
+func nextExit(t *testing.T, ch chan report, subject string) report {
+	t.Helper()
+	timeout := time.After(deadline)
+	for {
+		select {
+		case r := <-ch:
+			if r.Subject == subject {
+				return r
+			}
+		case <-timeout:
+			t.Fatalf("no exit report for %s within %v", subject, deadline)
+		}
+	}
+}
+
+func (h *harness) nextHandoff() receivedHandoff {
+	h.t.Helper()
+	select {
+	case ho := <-h.handoffs:
+		h.t.Cleanup(func() { ho.conn.Close() })
+		return ho
+	case <-time.After(deadline):
+		h.t.Fatalf("no handoff within %v", deadline)
+		return receivedHandoff{}
+	}
+}
+
+type terminateResult struct {
+	refusal oomdpb.Refusal
+	detail  string
+	pid     int32
+}
+
+func (h *harness) terminate(subject string, instance uint64) terminateResult {
+	h.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), deadline)
+	defer cancel()
+	f, rel := h.term.Terminate(ctx, func(p oomdpb.Terminator_terminate_Params) error {
+		p.SetInstance(instance)
+		p.SetDecision(1)
+		if err := p.SetReason("test"); err != nil {
+			return err
+		}
+		return p.SetSubject(subject)
+	})
+	defer rel()
+	res, err := f.Struct()
+	require.NoError(h.t, err)
+	detail, _ := res.Detail()
+	return terminateResult{res.Refusal(), detail, res.Pid()}
+}
+
+// ---------------------------------------------------------------------------------------
+
+func TestStartOrderFollowsReadinessAndStopIsReversed(t *testing.T) {
+	dir, err := os.MkdirTemp("", "gate")
+	require.NoError(t, err)
+	defer os.RemoveAll(dir)
+	gate := filepath.Join(dir, "gate")
+	require.NoError(t, unix.Mkfifo(gate, 0o600))
+
+	h := start(t, []svc{
+		withDeps(child("c"), "b"),
+		withDeps(child("b", "--ready"), "a"),
+		child("a", "--ready", "--gate", gate),
+		child("d"),
+	})
+	h.waitEvent("start a")
+	assert.Equal(t, -1, index(h.events(), "start b"), "b must wait until a is ready")
+
+	g, err := os.OpenFile(gate, os.O_WRONLY, 0)
+	require.NoError(t, err)
+	_, err = g.Write([]byte{1})
+	require.NoError(t, err)
+	g.Close()
+	h.waitEvent("start d")
+	h.waitEvent("start c")
+
+	// Children write their lines concurrently: only causal order shows in the file.
+	ev := h.events()
+	assert.Less(t, index(ev, "ready a"), index(ev, "start b"), "b starts after a is ready: %v", ev)
+	assert.Less(t, index(ev, "ready b"), index(ev, "start c"), "c starts after b is ready: %v", ev)
+	assert.Equal(t, []string{"a", "b", "c", "d"}, h.spawnOrder(), "execd spawns dependencies first, ties in manifest order")
+
+	assert.Equal(t, 0, h.stop(), "execd exits 0 after SIGTERM")
+	var stops []string
+	for _, l := range h.events() {
+		if strings.HasPrefix(l, "sigterm ") {
+			stops = append(stops, l)
+		}
+	}
+	assert.Equal(t, []string{"sigterm d", "sigterm c", "sigterm b", "sigterm a"}, stops, "stop order is the reverse of start order")
+}
+
+// spawnOrder is the order of execd's "started" log lines.
+func (h *harness) spawnOrder() []string {
+	var ids []string
+	for _, l := range strings.Split(h.out.String(), "\n") {
+		if _, rest, ok := strings.Cut(l, "\tstarted\t{\"subject\": \""); ok {
+			id, _, _ := strings.Cut(rest, "\"")
+			ids = append(ids, id)
+		}
+	}
+	return ids
+}
+
+func withDeps(s svc, deps ...string) svc {
+	s.DependsOn = deps
+	return s
+}
+
+func TestDependencyExitingBeforeReadyFailsStartup(t *testing.T) {
+	h := start(t, []svc{
+		child("a", "--exit", "2"),
+		withDeps(child("b"), "a"),
+	})
+	assert.Equal(t, 1, h.exitCode())
+	assert.Contains(t, h.out.String(), "dependency a exited before it was ready (exit=2)")
+	assert.Equal(t, -1, index(h.events(), "start b"))
+}
+
+func TestBadManifestExitsNonZeroWithPosition(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "m.json")
+	require.NoError(t, os.WriteFile(path, []byte("{\"services\": [\n {\"id\": \"a\", \"arg\": []}]}"), 0o600))
+	out, err := exec.Command(execdBin, "--manifest", path, "--runtime-dir", filepath.Join(dir, "rt")).CombinedOutput()
+	var ee *exec.ExitError
+	require.ErrorAs(t, err, &ee)
+	assert.Equal(t, 1, ee.ExitCode())
+	assert.Contains(t, string(out), `unknown field \"arg\" in services[0] at 2:14`)
+}
+
+func TestEarlyExitIsReported(t *testing.T) {
+	// "quick" starts before the watchdog and exits at once: its report waits in the
+	// backlog until the watcher registers.
+	h := start(t, []svc{
+		child("quick", "--exit", "3"),
+		watchdog(),
+		withDeps(child("late", "--exit", "4"), "wd"),
+	})
+	exits := h.watchExits()
+	r := nextExit(t, exits, "quick")
+	assert.Equal(t, report{Subject: "quick", Instance: 1, Pid: r.Pid, ExitCode: 3}, r)
+	assert.NotZero(t, r.Pid)
+	r = nextExit(t, exits, "late")
+	assert.Equal(t, int32(4), r.ExitCode)
+	assert.Equal(t, 0, h.stop())
+}
+
+func TestTerminate(t *testing.T) {
+	victim := withDeps(child("victim"), "wd")
+	victim.Restart = "always" // terminate is a kill: never restarted
+	stubborn := withDeps(child("stubborn", "--ignore-term"), "wd")
+	stubborn.StopTimeoutMs = 200
+	crit := withDeps(child("crit"), "wd")
+	crit.Critical = true
+	h := start(t, []svc{watchdog(), victim, stubborn, crit})
+	exits := h.watchExits()
+	pids := map[string]int32{}
+	for range 3 {
+		ho := h.nextHandoff()
+		pids[ho.subject] = ho.pid
+	}
+	h.waitEvent("start crit")
+
+	t.Run("graceful", func(t *testing.T) {
+		res := h.terminate("victim", 1)
+		assert.Equal(t, oomdpb.Refusal_none, res.refusal, res.detail)
+		assert.Equal(t, pids["victim"], res.pid)
+		r := nextExit(t, exits, "victim")
+		assert.Equal(t, report{Subject: "victim", Instance: 1, Pid: pids["victim"], Terminated: true}, r)
+		h.waitEvent("sigterm victim")
+		res = h.terminate("victim", 1)
+		assert.Equal(t, oomdpb.Refusal_notRunning, res.refusal, "terminate after exit")
+	})
+	t.Run("killed after stop timeout", func(t *testing.T) {
+		res := h.terminate("stubborn", 1)
+		require.Equal(t, oomdpb.Refusal_none, res.refusal, res.detail)
+		r := nextExit(t, exits, "stubborn")
+		assert.Equal(t, report{Subject: "stubborn", Instance: 1, Pid: pids["stubborn"],
+			Signal: int32(syscall.SIGKILL), Killed: true, Terminated: true}, r)
+	})
+	t.Run("refusals", func(t *testing.T) {
+		for _, tc := range []struct {
+			subject  string
+			instance uint64
+			want     oomdpb.Refusal
+			detail   string
+		}{
+			{"crit", 1, oomdpb.Refusal_critical, "critical"},
+			{"wd", 1, oomdpb.Refusal_critical, "critical"},
+			{"nobody", 1, oomdpb.Refusal_unknown, "no subject"},
+			{"../etc", 1, oomdpb.Refusal_unknown, "no subject"},
+			{"", 1, oomdpb.Refusal_unknown, "no subject"},
+			{"stubborn", 2, oomdpb.Refusal_notRunning, "not running"},
+		} {
+			res := h.terminate(tc.subject, tc.instance)
+			assert.Equal(t, tc.want, res.refusal, "%s#%d: %s", tc.subject, tc.instance, res.detail)
+			assert.Contains(t, res.detail, tc.detail, tc.subject)
+			assert.Zero(t, res.pid)
+		}
+		assert.Equal(t, -1, index(h.events(), "sigterm crit"), "a refused terminate sends nothing")
+	})
+
+	assert.Equal(t, 0, h.stop())
+	starts := 0
+	for _, l := range h.events() {
+		if l == "start victim" {
+			starts++
+		}
+	}
+	assert.Equal(t, 1, starts, "a terminated service is not restarted")
+}
+
+func TestIdentityAndGrants(t *testing.T) {
+	a := child("a", "--whoami", "${RUNTIME_DIR}/a.json")
+	a.Critical = true
+	b := child("b", "--whoami", "${RUNTIME_DIR}/b.json")
+	h := start(t, []svc{a, b})
+	for _, tc := range []struct {
+		id       string
+		critical bool
+	}{{"a", true}, {"b", false}} {
+		var w struct {
+			Subject   string
+			Instance  uint64
+			Critical  bool
+			GrantsErr string
+			EnvClaim  string
+		}
+		path := h.path(tc.id + ".json")
+		h.waitFor(path, func() bool { _, err := os.Stat(path); return err == nil })
+		data, err := os.ReadFile(path)
+		require.NoError(t, err)
+		require.NoError(t, json.Unmarshal(data, &w))
+		assert.Equal(t, tc.id, w.Subject, "whoami is the child's own subject")
+		assert.Equal(t, uint64(1), w.Instance)
+		assert.Equal(t, tc.critical, w.Critical)
+		assert.Equal(t, tc.id, w.EnvClaim)
+		assert.Contains(t, w.GrantsErr, fmt.Sprintf("grants: subject %s is not the watchdog", tc.id))
+	}
+	assert.Equal(t, 0, h.stop())
+}
+
+func TestChildGetsOnlyTheFdsExecdPasses(t *testing.T) {
+	// A stray fd without close-on-exec in execd's environment must not reach children.
+	leak, err := os.Open(os.DevNull)
+	require.NoError(t, err)
+	defer leak.Close()
+
+	h := start(t, []svc{
+		child("plain", "--fds", "${RUNTIME_DIR}/plain.fds"),
+		watchdog(),
+	}, leak)
+	h.stop()
+	var got []string
+	data, err := os.ReadFile(h.path("plain.fds"))
+	require.NoError(t, err)
+	require.NoError(t, json.Unmarshal(data, &got))
+	inherited := map[string]string{}
+	for _, l := range got {
+		f := strings.Fields(l)
+		require.Len(t, f, 3, l)
+		if f[2] == "true" {
+			inherited[f[0]] = f[1]
+		}
+	}
+	assert.Len(t, inherited, 5, "exactly stdin, stdout, stderr, session and memstat: %v", got)
+	assert.Equal(t, os.DevNull, inherited["0"])
+	assert.True(t, strings.HasPrefix(inherited["3"], "socket:"), "fd 3 is the session socket: %v", got)
+	assert.True(t, strings.HasPrefix(inherited["4"], "socket:"), "fd 4 is the memstat socket: %v", got)
+}
+
+func TestBrokerHandsEachChildsSocketToTheWatchdog(t *testing.T) {
+	early := child("early", "--memstat-byte")
+	early.Critical = true
+	late := withDeps(child("late", "--memstat-byte"), "wd")
+	late.Injectable = true
+	h := start(t, []svc{early, watchdog(), late})
+
+	got := map[string]receivedHandoff{}
+	for range 2 {
+		ho := h.nextHandoff()
+		got[ho.subject] = ho
+	}
+	require.Contains(t, got, "early", "a child started before the watchdog is handed over too")
+	require.Contains(t, got, "late")
+	assert.True(t, got["early"].critical)
+	assert.False(t, got["early"].injectable)
+	assert.True(t, got["late"].injectable)
+	for subject, ho := range got {
+		assert.Equal(t, uint64(1), ho.instance, subject)
+		// SO_PEERCRED of a socketpair names its creator (execd), so the kernel's word on
+		// the peer comes from SCM_CREDENTIALS: the pid attached to what the peer sends.
+		uc := ho.conn.(*net.UnixConn)
+		cred, err := rpcx.PeerCred(uc)
+		require.NoError(t, err)
+		assert.Equal(t, int32(h.cmd.Process.Pid), cred.Pid, "%s: SO_PEERCRED of a socketpair is its creator, execd", subject)
+		raw, err := uc.SyscallConn()
+		require.NoError(t, err)
+		require.NoError(t, raw.Control(func(fd uintptr) {
+			require.NoError(t, unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PASSCRED, 1))
+		}))
+		uc.SetDeadline(time.Now().Add(deadline))
+		_, err = uc.Write([]byte{'?'})
+		require.NoError(t, err, subject)
+		b, oob := make([]byte, 1), make([]byte, unix.CmsgSpace(unix.SizeofUcred))
+		n, oobn, _, _, err := uc.ReadMsgUnix(b, oob)
+		require.NoError(t, err, subject)
+		require.Equal(t, 1, n, subject)
+		assert.Equal(t, byte('x'), b[0], "%s: the passed socket's peer is that child", subject)
+		scms, err := unix.ParseSocketControlMessage(oob[:oobn])
+		require.NoError(t, err)
+		require.Len(t, scms, 1, subject)
+		sender, err := unix.ParseUnixCredentials(&scms[0])
+		require.NoError(t, err)
+		assert.Equal(t, ho.pid, sender.Pid, "%s: the kernel-attached sender pid is the handoff pid", subject)
+	}
+	select {
+	case ho := <-h.handoffs:
+		t.Errorf("unexpected handoff for %s (the watchdog gets none of its own)", ho.subject)
+	default:
+	}
+	assert.Equal(t, 0, h.stop())
+}
+
+func TestOrphansAreReapedAndManagedStatusesKept(t *testing.T) {
+	h := start(t, []svc{
+		watchdog(),
+		withDeps(child("parent", "--orphan", "${RUNTIME_DIR}/grandchild.pid", "--exit", "7"), "wd"),
+	})
+	exits := h.watchExits()
+	r := nextExit(t, exits, "parent")
+	assert.Equal(t, int32(7), r.ExitCode, "the orphan reaper must not take a managed child's status")
+
+	data, err := os.ReadFile(h.path("grandchild.pid"))
+	require.NoError(t, err)
+	gpid := strings.TrimSpace(string(data))
+	h.waitFor("grandchild "+gpid+" to be reaped", func() bool {
+		_, err := os.Stat("/proc/" + gpid)
+		return errors.Is(err, os.ErrNotExist)
+	})
+	assert.Equal(t, 0, h.stop())
+}
+
+func TestRestartOnFailure(t *testing.T) {
+	crashy := withDeps(child("crashy", "--fail-first", "2", "--whoami", "${RUNTIME_DIR}/crashy.json"), "wd")
+	crashy.Restart = "on-failure"
+	h := start(t, []svc{watchdog(), crashy})
+	exits := h.watchExits()
+	for i := uint64(1); i <= 2; i++ {
+		r := nextExit(t, exits, "crashy")
+		assert.Equal(t, report{Subject: "crashy", Instance: i, Pid: r.Pid, ExitCode: 1}, r)
+	}
+	path := h.path("crashy.json")
+	h.waitFor("instance 3", func() bool { _, err := os.Stat(path); return err == nil })
+	var w struct{ Instance uint64 }
+	data, err := os.ReadFile(path)
+	require.NoError(t, err)
+	require.NoError(t, json.Unmarshal(data, &w))
+	assert.Equal(t, uint64(3), w.Instance)
+
+	// Each instance gets its own handoff; earlier ones may be dropped if they exited
+	// before it was sent, but the running one is always handed over.
+	for {
+		ho := h.nextHandoff()
+		if ho.instance == 3 {
+			break
+		}
+	}
+	res := h.terminate("crashy", 3)
+	assert.Equal(t, oomdpb.Refusal_none, res.refusal, res.detail)
+	r := nextExit(t, exits, "crashy")
+	assert.True(t, r.Terminated)
+	assert.Equal(t, 0, h.stop())
+}

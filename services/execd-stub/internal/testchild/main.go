@@ -1,0 +1,321 @@
+// Command testchild is a child program for execd's integration tests. Each flag turns
+// on one behaviour; without --exit it runs until SIGTERM. Events go to --log as lines
+// "<event> <name>", one write each (O_APPEND), so the test sees the order in which
+// children saw them.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	capnp "capnproto.org/go/capnp/v3"
+	"capnproto.org/go/capnp/v3/rpc"
+
+	"oomd.dev/oomd/gen/oomdpb"
+	"oomd.dev/oomd/internal/rpcx"
+)
+
+var (
+	name        = flag.String("name", "", "name used in --log lines")
+	logPath     = flag.String("log", "", "append event lines here")
+	fdsPath     = flag.String("fds", "", "write the open fds (fd and target, one a line) here, first thing")
+	exitCode    = flag.Int("exit", -1, "exit with this code right after start (and the other one-shot actions)")
+	ready       = flag.Bool("ready", false, "call Session.ready()")
+	gate        = flag.String("gate", "", "before ready: block until a byte arrives on this FIFO")
+	ignoreTerm  = flag.Bool("ignore-term", false, "log SIGTERM but keep running")
+	memstatByte = flag.Bool("memstat-byte", false, "on OOMD_MEMSTAT_FD: wait for one byte, answer 'x'")
+	whoamiPath  = flag.String("whoami", "", "write whoami and the grants error as JSON here")
+	orphanPath  = flag.String("orphan", "", "start a grandchild that outlives us; write its pid here")
+	failFirst   = flag.Uint64("fail-first", 0, "exit 1 if whoami's instance is at most this")
+	proxyTerm   = flag.String("proxy-term", "", "watchdog: dial this stream socket and serve the granted Terminator on it")
+	proxyHand   = flag.String("proxy-handoffs", "", "watchdog: dial this seqpacket socket and forward every handoff to it")
+	grandchild  = flag.Bool("grandchild", false, "internal: block until fd 3 reaches EOF, then exit")
+)
+
+// Whoami is what --whoami writes.
+type Whoami struct {
+	Subject   string `json:"subject"`
+	Instance  uint64 `json:"instance"`
+	Critical  bool   `json:"critical"`
+	GrantsErr string `json:"grantsErr"`
+	EnvClaim  string `json:"envClaim"`
+}
+
+func main() {
+	flag.Parse()
+	if *fdsPath != "" {
+		listFds(*fdsPath) // first, before the runtime or this program opens anything
+	}
+	if *grandchild {
+		f := os.NewFile(3, "pipe")
+		buf := make([]byte, 1)
+		f.Read(buf)
+		os.Exit(0)
+	}
+	terms := make(chan os.Signal, 1)
+	signal.Notify(terms, syscall.SIGTERM)
+	if err := run(terms); err != nil {
+		fmt.Fprintf(os.Stderr, "testchild %s: %v\n", *name, err)
+		os.Exit(2)
+	}
+}
+
+func run(terms chan os.Signal) error {
+	event("start")
+	ctx := context.Background()
+
+	var sess oomdpb.Session
+	needSession := *ready || *whoamiPath != "" || *failFirst > 0 || *proxyTerm != ""
+	if needSession {
+		c, err := rpcx.InheritedConn(rpcx.EnvSessionFD)
+		if err != nil {
+			return err
+		}
+		conn := rpcx.NewConn(c, capnp.Client{}, nil)
+		defer conn.Close()
+		sess = oomdpb.Session(conn.Bootstrap(ctx))
+		defer sess.Release()
+	}
+	if *failFirst > 0 {
+		w, err := whoami(ctx, sess)
+		if err != nil {
+			return err
+		}
+		if w.Instance <= *failFirst {
+			event("fail")
+			os.Exit(1)
+		}
+	}
+	if *whoamiPath != "" {
+		w, err := whoami(ctx, sess)
+		if err != nil {
+			return err
+		}
+		f, rel := sess.Grants(ctx, nil)
+		if _, err := f.Struct(); err != nil {
+			w.GrantsErr = err.Error()
+		}
+		rel()
+		w.EnvClaim = os.Getenv(rpcx.EnvSubject)
+		b, _ := json.Marshal(w)
+		if err := writeAtomic(*whoamiPath, b); err != nil {
+			return err
+		}
+	}
+	if *memstatByte {
+		c, err := rpcx.InheritedConn(rpcx.EnvMemstatFD)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		// Wait for the peer first, so it can turn on SO_PASSCRED before our reply.
+		if _, err := c.Read(make([]byte, 1)); err != nil {
+			return fmt.Errorf("memstat read: %w", err)
+		}
+		if _, err := c.Write([]byte{'x'}); err != nil {
+			return fmt.Errorf("memstat write: %w", err)
+		}
+	}
+	if *orphanPath != "" {
+		if err := startGrandchild(*orphanPath); err != nil {
+			return err
+		}
+	}
+	if *proxyTerm != "" {
+		stop, err := proxy(ctx, sess)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
+	if *gate != "" {
+		f, err := os.Open(*gate)
+		if err != nil {
+			return err
+		}
+		b := make([]byte, 1)
+		_, err = f.Read(b)
+		f.Close()
+		if err != nil {
+			return fmt.Errorf("gate: %w", err)
+		}
+	}
+	if *ready {
+		event("ready")
+		f, rel := sess.Ready(ctx, nil)
+		_, err := f.Struct()
+		rel()
+		if err != nil {
+			return fmt.Errorf("ready: %w", err)
+		}
+	}
+	if *exitCode >= 0 {
+		event("exit")
+		os.Exit(*exitCode)
+	}
+	for range terms {
+		event("sigterm")
+		if !*ignoreTerm {
+			return nil
+		}
+	}
+	return nil
+}
+
+func event(what string) {
+	if *logPath == "" {
+		return
+	}
+	f, err := os.OpenFile(*logPath, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "testchild log:", err)
+		os.Exit(3)
+	}
+	f.WriteString(what + " " + *name + "\n")
+	f.Close()
+}
+
+func whoami(ctx context.Context, sess oomdpb.Session) (Whoami, error) {
+	f, rel := sess.Whoami(ctx, nil)
+	defer rel()
+	res, err := f.Struct()
+	if err != nil {
+		return Whoami{}, fmt.Errorf("whoami: %w", err)
+	}
+	subject, _ := res.Subject()
+	return Whoami{Subject: subject, Instance: res.Instance(), Critical: res.Critical()}, nil
+}
+
+func writeAtomic(path string, b []byte) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+// listFds writes "fd target inherited" lines for every open fd except the directory
+// handle used to list them. inherited is true when the fd lacks O_CLOEXEC: this
+// program's own fds (the Go runtime opens some at start-up) all have it, so those
+// without it came through exec from execd.
+func listFds(path string) {
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "testchild fds:", err)
+		os.Exit(3)
+	}
+	self := "/proc/" + strconv.Itoa(os.Getpid()) + "/fd"
+	var lines []string
+	for _, e := range ents {
+		target, err := os.Readlink(filepath.Join("/proc/self/fd", e.Name()))
+		if err != nil || target == self {
+			continue // the listing's own fd, already closed
+		}
+		info, err := os.ReadFile(filepath.Join("/proc/self/fdinfo", e.Name()))
+		if err != nil {
+			continue
+		}
+		inherited := true
+		for _, l := range strings.Split(string(info), "\n") {
+			if v, ok := strings.CutPrefix(l, "flags:"); ok {
+				flags, _ := strconv.ParseUint(strings.TrimSpace(v), 8, 64)
+				inherited = flags&syscall.O_CLOEXEC == 0
+			}
+		}
+		lines = append(lines, fmt.Sprintf("%s %s %t", e.Name(), target, inherited))
+	}
+	sort.Strings(lines)
+	b, _ := json.Marshal(lines)
+	if err := writeAtomic(path, b); err != nil {
+		fmt.Fprintln(os.Stderr, "testchild fds:", err)
+		os.Exit(3)
+	}
+}
+
+var keepAlive *os.File
+
+// startGrandchild starts a process that blocks on a pipe we hold, so it is still alive
+// when we exit and is re-parented to execd (the subreaper), then exits on EOF.
+func startGrandchild(pidPath string) error {
+	r, w, err := os.Pipe()
+	if err != nil {
+		return err
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(exe, "--grandchild")
+	cmd.ExtraFiles = []*os.File{r}
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	r.Close()
+	keepAlive = w // the write end stays open (no finalizer close) until we exit
+	return writeAtomic(pidPath, []byte(strconv.Itoa(cmd.Process.Pid)))
+}
+
+// proxy exposes the watchdog's grants to the test: the test listens on --proxy-term
+// (stream) and --proxy-handoffs (seqpacket); we dial both.
+func proxy(ctx context.Context, sess oomdpb.Session) (func(), error) {
+	f, rel := sess.Grants(ctx, nil)
+	defer rel()
+	res, err := f.Struct()
+	if err != nil {
+		return nil, fmt.Errorf("grants: %w", err)
+	}
+	term := res.Terminator().AddRef()
+	tc, err := net.DialTimeout("unix", *proxyTerm, 10*time.Second)
+	if err != nil {
+		term.Release()
+		return nil, fmt.Errorf("dial %s: %w", *proxyTerm, err)
+	}
+	termConn := rpcx.NewConn(tc, capnp.Client(term), nil)
+
+	broker, err := rpcx.InheritedConn(rpcx.EnvBrokerFD)
+	if err != nil {
+		return nil, err
+	}
+	hc, err := net.DialTimeout("unixpacket", *proxyHand, 10*time.Second)
+	if err != nil {
+		return nil, fmt.Errorf("dial %s: %w", *proxyHand, err)
+	}
+	go func() {
+		for {
+			msg, f, err := rpcx.RecvMsgFD(broker.(*net.UnixConn))
+			if err != nil {
+				if !errors.Is(err, net.ErrClosed) {
+					fmt.Fprintln(os.Stderr, "testchild broker:", err)
+				}
+				return
+			}
+			if err := rpcx.SendMsgFD(hc.(*net.UnixConn), msg, f); err != nil {
+				fmt.Fprintln(os.Stderr, "testchild forward:", err)
+			}
+			f.Close()
+		}
+	}()
+	return func() { closeConn(termConn); broker.Close(); hc.Close() }, nil
+}
+
+func closeConn(c *rpc.Conn) {
+	done := make(chan struct{})
+	go func() { c.Close(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(time.Second):
+	}
+}

@@ -1,0 +1,91 @@
+// Command execd-stub is oomd's process authority: it starts the services of a manifest,
+// gives each its identity, reaps every exit (orphans too: it is PID 1 in the VM) and is
+// the only process that signals subjects. See package supervisor for the protocol.
+//
+//	execd-stub --manifest FILE --runtime-dir DIR
+//
+// SIGTERM or SIGINT stops every service in reverse dependency order; execd then exits 0.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"oomd.dev/oomd/services/execd-stub/manifest"
+	"oomd.dev/oomd/services/execd-stub/pid1"
+	"oomd.dev/oomd/services/execd-stub/supervisor"
+)
+
+func main() {
+	code := run()
+	if pid1.IsPID1() {
+		_ = pid1.PowerOff() // returning from PID 1 would panic the kernel instead
+	}
+	os.Exit(code)
+}
+
+func run() int {
+	// First, before anything can spawn: no fd we inherited reaches a child by accident.
+	if err := markInheritedCloseOnExec(); err != nil {
+		fmt.Fprintln(os.Stderr, "execd:", err)
+		return 1
+	}
+	// Signals before slow start-up, so SIGTERM during boot still stops cleanly.
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+
+	manifestPath := flag.String("manifest", "/etc/execd/manifest.json", "the service manifest (JSON)")
+	runtimeDir := flag.String("runtime-dir", "/run/oomd", "private directory for sockets; created 0700; replaces ${RUNTIME_DIR} in the manifest")
+	debug := flag.Bool("debug", false, "log at debug level")
+	flag.Parse()
+
+	log := newLogger(*debug).Named("execd")
+	defer log.Sync()
+
+	if err := pid1.Setup(); err != nil {
+		log.Error("PID 1 setup failed", zap.Error(err))
+		return 1
+	}
+	if err := supervisor.EnableSubreaper(); err != nil {
+		log.Error("cannot become child subreaper", zap.Error(err))
+		return 1
+	}
+	if err := os.MkdirAll(*runtimeDir, 0o700); err != nil {
+		log.Error("create runtime directory", zap.String("dir", *runtimeDir), zap.Error(err))
+		return 1
+	}
+	m, err := manifest.Load(*manifestPath)
+	if err != nil {
+		log.Error("bad manifest", zap.Error(err))
+		return 1
+	}
+	m.Expand(*runtimeDir)
+
+	sup := supervisor.New(supervisor.Config{Manifest: m, Log: log, ReapOrphans: true})
+	if err := sup.Run(ctx); err != nil && !errors.Is(err, context.Canceled) {
+		log.Error("execd failed", zap.Error(err))
+		return 1
+	}
+	log.Info("stopped")
+	return 0
+}
+
+func newLogger(debug bool) *zap.Logger {
+	cfg := zap.NewProductionEncoderConfig()
+	cfg.EncodeTime = zapcore.ISO8601TimeEncoder
+	cfg.EncodeDuration = zapcore.StringDurationEncoder
+	level := zapcore.InfoLevel
+	if debug {
+		level = zapcore.DebugLevel
+	}
+	core := zapcore.NewCore(zapcore.NewConsoleEncoder(cfg), zapcore.Lock(os.Stderr), level)
+	return zap.New(core)
+}

@@ -1,0 +1,64 @@
+// Package supervisor is execd's process authority: it starts the manifest's services in
+// dependency order, gives each child its identity, observes and reaps every exit, is the
+// only code that signals a subject, restarts services by policy, and stops everything in
+// reverse order.
+//
+// # What a child gets
+//
+// Each child is started with its own process group, Pdeathsig=SIGKILL, stdin /dev/null,
+// execd's stdout and stderr, and exactly these inherited fds (everything else execd holds
+// is close-on-exec):
+//
+//	fd 3  OOMD_SESSION_FD  its connection to execd; the bootstrap is a Session bound to
+//	                       (subject, instance), so whoami is always its own identity.
+//	fd 4  OOMD_MEMSTAT_FD  every child except the watchdog: one end of a stream socketpair
+//	                       whose other end execd hands to the watchdog (its memstat sink).
+//	fd 4  OOMD_BROKER_FD   the watchdog only: a SOCK_SEQPACKET socket on which execd sends
+//	                       one SubjectHandoff (rpcx.SendMsgFD) per other child, carrying the
+//	                       watchdog's end of that child's memstat socketpair.
+//	      OOMD_SUBJECT     the subject id, informational only (logs).
+//
+// Inherited OOMD_* variables are removed from the environment execd passes on, then the
+// manifest's env is applied (it may not use the OOMD_ prefix), then the variables above.
+//
+// # Readiness and start order
+//
+// Services start one at a time in manifest.StartOrder. A service is started once every
+// service it depends on has called Session.ready (any instance, once). A dependency that
+// exits before it was ready fails start-up: execd stops what it started, in reverse
+// order, and Run returns an error naming the dependency and its exit status. A service
+// that others depend on must therefore call ready; one without dependents need not.
+//
+// # Exits
+//
+// The waiter for a child starts right after fork and reaps it with waitid on its pidfd
+// (os/exec's Wait), so no exit is lost, however early. Every exit becomes an ExitReport,
+// pushed in order to the ExitWatcher registered with Terminator.watchExits from one
+// goroutine per watcher, one call at a time. Reports that find no watcher (none yet, or
+// the last one failed) wait in a backlog of at most MaxExitBacklog reports (the oldest
+// are dropped and counted beyond that) and are delivered on the next registration.
+// Delivery is in order and at least once: a report whose call failed or was cut short
+// by a new registration is sent again to the next watcher.
+//
+// # Orphans
+//
+// execd is PID 1 in the VM (and a child subreaper on the host), so re-parented
+// grandchildren end up as its zombies. With Config.ReapOrphans, on every SIGCHLD (and
+// after each managed child was reaped) the reaper peeks with waitid(P_ALL,
+// WNOWAIT|WNOHANG) and reaps only pids that are not managed children; a spawn registers
+// its pid under the same lock as the peek, so a managed child's status is never taken.
+//
+// # Restarts
+//
+// Restart "on-failure" restarts after a non-zero exit or a signal, "always" after any
+// exit. Never after terminate() (that is a kill) nor during shutdown. The delay is
+// RestartBaseDelay doubled per consecutive failure, capped at RestartMaxDelay; an
+// instance that stayed up RestartResetAfter resets the count. Each restart is a new
+// instance with a new session and, for non-watchdog services, a new SubjectHandoff.
+//
+// # Stopping
+//
+// Stop (and Run when its context ends) refuses further terminate() calls with
+// shuttingDown, cancels pending restarts, then stops services in the reverse of start
+// order, one at a time: SIGTERM, up to the service's stopTimeoutMs, then SIGKILL.
+package supervisor

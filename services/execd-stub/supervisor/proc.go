@@ -1,0 +1,325 @@
+package supervisor
+
+import (
+	"errors"
+	"fmt"
+	"maps"
+	"net"
+	"os"
+	"os/exec"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	capnp "capnproto.org/go/capnp/v3"
+	"capnproto.org/go/capnp/v3/rpc"
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+
+	"oomd.dev/oomd/gen/oomdpb"
+	"oomd.dev/oomd/internal/rpcx"
+	"oomd.dev/oomd/services/execd-stub/manifest"
+)
+
+// Fds every child gets, in ExtraFiles order (ExtraFiles[i] is fd 3+i in the child).
+const (
+	childSessionFD = 3
+	childSecondFD  = 4 // OOMD_MEMSTAT_FD, or OOMD_BROKER_FD for the watchdog
+)
+
+// proc is one spawned instance of a service. Fields below mu are guarded by
+// Supervisor.mu.
+type proc struct {
+	svc      *service
+	instance uint64
+	pid      int
+	pidfd    int
+	cmd      *exec.Cmd
+	started  time.Time
+	session  *rpc.Conn
+	readyCh  chan struct{} // closed when the child called ready
+	exited   chan struct{} // closed after the exit was reaped and recorded
+
+	ready      bool
+	done       bool // reaped; pidfd closed
+	terminated bool // a terminate() request was accepted
+	killed     bool // SIGKILL was sent after the stop timeout
+	killTimer  *time.Timer
+	report     ExitReport
+}
+
+// ExitReport is one observed exit, as sent to the exit watcher.
+type ExitReport struct {
+	Subject    string
+	Instance   uint64
+	Pid        int32
+	ExitCode   int32 // valid when Signal == 0
+	Signal     int32 // terminating signal, 0 for a normal exit
+	Killed     bool  // execd escalated to SIGKILL and that killed it
+	Terminated bool  // the exit followed a terminate() request
+}
+
+func (r ExitReport) describe() string {
+	if r.Signal != 0 {
+		return "signal=" + unix.SignalName(syscall.Signal(r.Signal))
+	}
+	return "exit=" + strconv.Itoa(int(r.ExitCode))
+}
+
+func (r ExitReport) failed() bool { return r.Signal != 0 || r.ExitCode != 0 }
+
+// spawn starts a new instance of svc with its session (and memstat or broker socket)
+// and starts its waiter before anything can miss the exit. s.mu must be held.
+func (s *Supervisor) spawn(svc *service) (p *proc, err error) {
+	spec := svc.spec
+	svc.spawns++
+	p = &proc{
+		svc:      svc,
+		instance: svc.spawns,
+		readyCh:  make(chan struct{}),
+		exited:   make(chan struct{}),
+	}
+	log := s.log.With(zap.String("subject", spec.ID), zap.Uint64("instance", p.instance))
+
+	// Every fd below is close-on-exec in execd; ExtraFiles dup2s the child's ends into
+	// place without the flag, so the child gets exactly these.
+	var toClose []*os.File
+	defer func() {
+		for _, f := range toClose {
+			f.Close()
+		}
+	}()
+	sessExecd, sessChild, err := rpcx.Socketpair()
+	if err != nil {
+		return nil, fmt.Errorf("session socket: %w", err)
+	}
+	toClose = append(toClose, sessChild)
+	sessConn, err := rpcx.FileToConn(sessExecd)
+	if err != nil {
+		return nil, fmt.Errorf("session socket: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			sessConn.Close()
+		}
+	}()
+	extra := []*os.File{sessChild}
+	env := s.childEnv(spec)
+	env = append(env, rpcx.EnvSessionFD+"="+strconv.Itoa(childSessionFD))
+
+	var memstatOomd *os.File // the watchdog's end of this child's memstat socket
+	var brokerExecd *net.UnixConn
+	if spec.Watchdog() {
+		bExecd, bChild, err := rpcx.SeqpacketPair()
+		if err != nil {
+			return nil, fmt.Errorf("broker socket: %w", err)
+		}
+		f, err := bChild.File() // a dup; both are closed after the fork
+		bChild.Close()
+		if err != nil {
+			bExecd.Close()
+			return nil, fmt.Errorf("broker socket: %w", err)
+		}
+		toClose = append(toClose, f)
+		brokerExecd = bExecd
+		extra = append(extra, f)
+		env = append(env, rpcx.EnvBrokerFD+"="+strconv.Itoa(childSecondFD))
+	} else {
+		mOomd, mChild, err := rpcx.Socketpair()
+		if err != nil {
+			return nil, fmt.Errorf("memstat socket: %w", err)
+		}
+		toClose = append(toClose, mChild)
+		memstatOomd = mOomd
+		extra = append(extra, mChild)
+		env = append(env, rpcx.EnvMemstatFD+"="+strconv.Itoa(childSecondFD))
+	}
+	defer func() {
+		if err != nil {
+			if memstatOomd != nil {
+				memstatOomd.Close()
+			}
+			if brokerExecd != nil {
+				brokerExecd.Close()
+			}
+		}
+	}()
+
+	cmd := exec.Command(spec.Argv[0], spec.Argv[1:]...)
+	cmd.Env = env
+	cmd.Stdout = s.cfg.Stdout
+	cmd.Stderr = s.cfg.Stderr
+	cmd.ExtraFiles = extra
+	pidfd := -1
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		PidFD: &pidfd,
+		// Own process group: a terminal's Ctrl-C reaches execd alone, which then stops
+		// the children in order.
+		Setpgid:   true,
+		Pdeathsig: syscall.SIGKILL,
+	}
+
+	s.spawnMu.Lock()
+	err = cmd.Start()
+	if err == nil {
+		s.managed[cmd.Process.Pid] = true
+	}
+	s.spawnMu.Unlock()
+	if err != nil {
+		log.Error("spawn failed", zap.Strings("argv", spec.Argv), zap.Error(err))
+		return nil, fmt.Errorf("spawn %s: %w", spec.Argv[0], err)
+	}
+	if pidfd < 0 {
+		// Without a pidfd we could signal a recycled pid; execd needs Linux >= 5.4.
+		cmd.Process.Kill()
+		cmd.Wait()
+		s.spawnMu.Lock()
+		delete(s.managed, cmd.Process.Pid)
+		s.spawnMu.Unlock()
+		return nil, errors.New("spawn: the kernel returned no pidfd (Linux 5.4 or later is required)")
+	}
+	p.cmd, p.pid, p.pidfd, p.started = cmd, cmd.Process.Pid, pidfd, time.Now()
+	svc.cur = p
+	s.waiters.Add(1)
+	go s.wait(p)
+
+	log = log.With(zap.Int("pid", p.pid))
+	log.Info("started", zap.Strings("argv", spec.Argv))
+	sess := &session{s: s, p: p, log: log}
+	p.session = rpcx.NewConn(sessConn, capnp.Client(oomdpb.Session_ServerToClient(sess)), log.Named("session"))
+
+	if brokerExecd != nil {
+		s.broker.attach(brokerExecd, p.instance)
+	} else {
+		s.broker.enqueue(&handoff{
+			p:          p,
+			subject:    spec.ID,
+			instance:   p.instance,
+			pid:        int32(p.pid),
+			critical:   spec.Critical,
+			injectable: spec.Injectable,
+			file:       memstatOomd,
+		})
+	}
+	return p, nil
+}
+
+// childEnv is the inherited environment without OOMD_* variables, then the manifest's
+// env (sorted, so the order is deterministic), then OOMD_SUBJECT. The fd variables are
+// appended by spawn.
+func (s *Supervisor) childEnv(spec *manifest.Service) []string {
+	env := make([]string, 0, len(s.cfg.Env)+len(spec.Env)+3)
+	for _, kv := range s.cfg.Env {
+		name, _, _ := strings.Cut(kv, "=")
+		if strings.HasPrefix(name, manifest.ReservedEnvPrefix) {
+			continue
+		}
+		if _, overridden := spec.Env[name]; overridden {
+			continue
+		}
+		env = append(env, kv)
+	}
+	for _, k := range slices.Sorted(maps.Keys(spec.Env)) {
+		env = append(env, k+"="+spec.Env[k])
+	}
+	return append(env, rpcx.EnvSubject+"="+spec.ID)
+}
+
+// wait reaps p (waitid on its pidfd, inside os/exec) and records the exit.
+func (s *Supervisor) wait(p *proc) {
+	defer s.waiters.Done()
+	p.cmd.Wait() // the status is in ProcessState; a non-zero exit is not an error here
+	s.spawnMu.Lock()
+	delete(s.managed, p.pid)
+	s.spawnMu.Unlock()
+	s.nudgeReaper() // an orphan zombie may have been queued behind this one
+
+	ws, _ := p.cmd.ProcessState.Sys().(syscall.WaitStatus)
+	s.mu.Lock()
+	p.done = true
+	unix.Close(p.pidfd)
+	if p.killTimer != nil {
+		p.killTimer.Stop()
+	}
+	r := ExitReport{
+		Subject:    p.svc.spec.ID,
+		Instance:   p.instance,
+		Pid:        int32(p.pid),
+		Terminated: p.terminated,
+	}
+	if ws.Signaled() {
+		r.Signal = int32(ws.Signal())
+		r.Killed = p.killed && ws.Signal() == syscall.SIGKILL
+	} else {
+		r.ExitCode = int32(ws.ExitStatus())
+	}
+	p.report = r
+	svc := p.svc
+	if svc.cur == p {
+		svc.cur = nil
+	}
+	s.log.Info("exited", zap.String("subject", r.Subject), zap.Uint64("instance", r.Instance),
+		zap.Int32("pid", r.Pid), zap.String("status", r.describe()), zap.Bool("killed", r.Killed),
+		zap.Bool("terminated", r.Terminated), zap.Duration("uptime", time.Since(p.started)))
+	s.exits.push(r)
+	if svc.spec.Watchdog() {
+		s.broker.detach(p.instance)
+	} else {
+		s.broker.forget(p)
+	}
+	s.maybeRestart(p)
+	close(p.exited)
+	s.mu.Unlock()
+
+	// Closing a connection can wait on its handlers (CAPNP-NOTES trap 2); nothing waits
+	// on this goroutine.
+	go p.session.Close()
+}
+
+// maybeRestart applies the restart policy after p exited. s.mu must be held.
+func (s *Supervisor) maybeRestart(p *proc) {
+	svc := p.svc
+	r := p.report
+	switch {
+	case s.shuttingDown, p.terminated, svc.cur != nil:
+		return
+	case svc.spec.Restart == manifest.RestartAlways:
+	case svc.spec.Restart == manifest.RestartOnFailure && r.failed():
+	default:
+		return
+	}
+	if time.Since(p.started) >= RestartResetAfter {
+		svc.failures = 0
+	}
+	svc.failures++
+	delay := backoff(svc.failures)
+	s.log.Info("restart scheduled", zap.String("subject", svc.spec.ID), zap.Uint64("instance", p.instance),
+		zap.String("reason", r.describe()), zap.Duration("delay", delay))
+	s.scheduleRestart(svc, delay)
+}
+
+func (s *Supervisor) scheduleRestart(svc *service, delay time.Duration) {
+	svc.restartTimer = time.AfterFunc(delay, func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		svc.restartTimer = nil
+		if s.shuttingDown || svc.cur != nil {
+			return
+		}
+		if _, err := s.spawn(svc); err != nil {
+			svc.failures++
+			s.scheduleRestart(svc, backoff(svc.failures))
+		}
+	})
+}
+
+// backoff is RestartBaseDelay * 2^(failures-1), capped at RestartMaxDelay.
+func backoff(failures int) time.Duration {
+	d := RestartBaseDelay
+	for i := 1; i < failures && d < RestartMaxDelay; i++ {
+		d *= 2
+	}
+	return min(d, RestartMaxDelay)
+}

@@ -1,0 +1,252 @@
+package supervisor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+
+	"oomd.dev/oomd/services/execd-stub/manifest"
+)
+
+// Restart backoff (see the package documentation).
+const (
+	RestartBaseDelay  = 100 * time.Millisecond
+	RestartMaxDelay   = 30 * time.Second
+	RestartResetAfter = 10 * time.Second
+)
+
+// killGrace bounds the wait for a SIGKILLed process to be reaped during Stop; a process
+// stuck in the kernel (D state) must not hang the shutdown forever.
+const killGrace = 5 * time.Second
+
+// Config wires a Supervisor.
+type Config struct {
+	Manifest *manifest.Manifest // validated and expanded
+	Log      *zap.Logger
+	// Stdout and Stderr are given to every child as is (no copying), so markers reach
+	// the console unchanged. Nil means os.Stdout / os.Stderr.
+	Stdout, Stderr *os.File
+	// Env is the environment children start from; nil means os.Environ().
+	Env []string
+	// ReapOrphans makes Run reap zombies that are not managed children (PID 1 or a
+	// child subreaper must). Leave it off when the process has other children of its
+	// own, e.g. in a test binary.
+	ReapOrphans bool
+}
+
+// Supervisor runs the services of one manifest. Create it with New and call Run once.
+type Supervisor struct {
+	cfg Config
+	log *zap.Logger
+
+	exits  *exitQueue
+	broker *broker
+
+	// spawnMu is held from fork until the pid is in managed, and by the orphan reaper
+	// while it peeks and reaps, so the reaper never takes a managed child's status.
+	spawnMu   sync.Mutex
+	managed   map[int]bool
+	reapNudge chan struct{}
+
+	mu           sync.Mutex
+	services     map[string]*service
+	order        []*service // start order
+	shuttingDown bool
+	waiters      sync.WaitGroup
+}
+
+// service is the supervisor's state for one manifest entry.
+type service struct {
+	spec     *manifest.Service
+	spawns   uint64 // instance counter: the n-th spawn is instance n
+	cur      *proc  // the running instance, nil if none
+	wasReady bool   // some instance called ready
+
+	failures     int // consecutive failed instances, for the restart backoff
+	restartTimer *time.Timer
+}
+
+// New returns a supervisor for cfg.Manifest.
+func New(cfg Config) *Supervisor {
+	if cfg.Log == nil {
+		cfg.Log = zap.NewNop()
+	}
+	if cfg.Stdout == nil {
+		cfg.Stdout = os.Stdout
+	}
+	if cfg.Stderr == nil {
+		cfg.Stderr = os.Stderr
+	}
+	if cfg.Env == nil {
+		cfg.Env = os.Environ()
+	}
+	s := &Supervisor{
+		cfg:       cfg,
+		log:       cfg.Log,
+		managed:   make(map[int]bool),
+		reapNudge: make(chan struct{}, 1),
+		services:  make(map[string]*service),
+	}
+	s.exits = newExitQueue(cfg.Log.Named("exits"))
+	s.broker = newBroker(cfg.Log.Named("broker"))
+	for _, spec := range cfg.Manifest.StartOrder() {
+		svc := &service{spec: spec}
+		s.services[spec.ID] = svc
+		s.order = append(s.order, svc)
+	}
+	return s
+}
+
+// Run starts every service, supervises them until ctx ends, then stops them in reverse
+// order. It returns nil after an orderly stop, or the start-up error (after stopping
+// what had been started).
+func (s *Supervisor) Run(ctx context.Context) error {
+	bg, cancel := context.WithCancel(context.Background())
+	var bgDone sync.WaitGroup
+	if s.cfg.ReapOrphans {
+		bgDone.Go(func() { s.reapLoop(bg) })
+	}
+	bgDone.Go(func() { s.broker.run(bg) })
+
+	err := s.startAll(ctx)
+	switch {
+	case err == nil:
+		s.log.Info("all services started")
+		<-ctx.Done()
+		s.log.Info("stopping all services", zap.String("reason", context.Cause(ctx).Error()))
+	case ctx.Err() != nil:
+		s.log.Info("stop requested during start-up")
+		err = nil
+	default:
+		s.log.Error("start-up failed; stopping what was started", zap.Error(err))
+	}
+	s.Stop()
+	s.waiters.Wait()
+	s.exits.close()
+	cancel()
+	bgDone.Wait()
+	s.broker.close()
+	if s.cfg.ReapOrphans {
+		s.reapOrphans() // whatever the last exits left behind
+	}
+	return err
+}
+
+func (s *Supervisor) startAll(ctx context.Context) error {
+	for _, svc := range s.order {
+		for _, dep := range svc.spec.DependsOn {
+			if err := s.waitReady(ctx, s.services[dep], svc.spec.ID); err != nil {
+				return fmt.Errorf("start %s: %w", svc.spec.ID, err)
+			}
+		}
+		s.mu.Lock()
+		if s.shuttingDown {
+			s.mu.Unlock()
+			return errors.New("start-up interrupted by shutdown")
+		}
+		_, err := s.spawn(svc)
+		s.mu.Unlock()
+		if err != nil {
+			return fmt.Errorf("start %s: %w", svc.spec.ID, err)
+		}
+	}
+	return nil
+}
+
+// waitReady waits until some instance of dep called ready, and fails if the running
+// instance exits first.
+func (s *Supervisor) waitReady(ctx context.Context, dep *service, forID string) error {
+	s.mu.Lock()
+	p, ready := dep.cur, dep.wasReady
+	s.mu.Unlock()
+	if ready {
+		return nil
+	}
+	if p == nil {
+		return fmt.Errorf("dependency %s is not running and never was ready", dep.spec.ID)
+	}
+	s.log.Info("waiting for dependency to be ready", zap.String("subject", dep.spec.ID),
+		zap.Uint64("instance", p.instance), zap.String("for", forID))
+	select {
+	case <-p.readyCh:
+		return nil
+	case <-p.exited:
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if dep.wasReady {
+			return nil
+		}
+		return fmt.Errorf("dependency %s exited before it was ready (%s)", dep.spec.ID, p.report.describe())
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Stop refuses further terminate requests, cancels pending restarts and stops every
+// running service in reverse start order. It returns when all have exited (or could not
+// be reaped within a bound after SIGKILL).
+func (s *Supervisor) Stop() {
+	s.mu.Lock()
+	s.shuttingDown = true
+	for _, svc := range s.order {
+		if svc.restartTimer != nil {
+			svc.restartTimer.Stop()
+			svc.restartTimer = nil
+		}
+	}
+	s.mu.Unlock()
+	for i := len(s.order) - 1; i >= 0; i-- {
+		s.stopService(s.order[i])
+	}
+}
+
+func (s *Supervisor) stopService(svc *service) {
+	s.mu.Lock()
+	p := svc.cur
+	if p == nil {
+		s.mu.Unlock()
+		return
+	}
+	log := s.log.With(zap.String("subject", svc.spec.ID), zap.Uint64("instance", p.instance), zap.Int("pid", p.pid))
+	log.Info("stopping", zap.String("signal", "SIGTERM"), zap.Duration("stopTimeout", svc.spec.StopTimeout()))
+	s.signal(p, unix.SIGTERM)
+	s.mu.Unlock()
+
+	timer := time.NewTimer(svc.spec.StopTimeout())
+	defer timer.Stop()
+	select {
+	case <-p.exited:
+		return
+	case <-timer.C:
+	}
+	s.mu.Lock()
+	if !p.done {
+		log.Warn("did not stop in time; killing", zap.String("signal", "SIGKILL"))
+		p.killed = true
+		s.signal(p, unix.SIGKILL)
+	}
+	s.mu.Unlock()
+	select {
+	case <-p.exited:
+	case <-time.After(killGrace):
+		log.Error("still not reaped after SIGKILL; giving up on it", zap.Duration("waited", killGrace))
+	}
+}
+
+// signal sends sig through the pidfd, which cannot reach a recycled pid. s.mu must be
+// held: the pidfd is closed under it once the process was reaped.
+func (s *Supervisor) signal(p *proc, sig unix.Signal) error {
+	if p.done {
+		return unix.ESRCH
+	}
+	if err := unix.PidfdSendSignal(p.pidfd, sig, nil, 0); err != nil {
+		return fmt.Errorf("pidfd_send_signal %v to pid %d: %w", sig, p.pid, err)
+	}
+	return nil
+}
