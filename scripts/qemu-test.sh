@@ -26,14 +26,11 @@ VM_MEM=${VM_MEM:-512}
 VM_SMP=${VM_SMP:-1}
 GO=${GO:-go}
 
-# The binaries that go into the initramfs: package dir -> path in the guest. execd is /init.
-BINARIES=(
-  "services/execd-stub:/init"
-  "services/logd-stub:/bin/logd-stub"
-  "services/oomd:/bin/oomd"
-  "apps/hog:/bin/hog"
-  "apps/selftest-client:/bin/selftest-client"
-)
+# The programs in the initramfs: each is built statically into /bin/<last path element>,
+# except execd, which is /init (the kernel runs it as PID 1 with no arguments: its defaults
+# are --manifest /etc/execd/manifest.json --runtime-dir /run/oomd).
+INIT_PACKAGE=services/execd-stub
+PACKAGES=("$INIT_PACKAGE" services/logd-stub services/oomd apps/hog apps/selftest-client)
 MANIFEST=$ROOT/scripts/vm/manifest.json
 # Arguments the kernel passes to /init (everything after "--" on its command line).
 INIT_ARGS_FILE=$ROOT/scripts/vm/init-args
@@ -50,6 +47,8 @@ MARKERS=(
 )
 # Console lines proving the kernel's own OOM killer acted (the kill must be ours), and the
 # selftest's report of /proc/vmstat's oom_kill counter when it is not zero.
+# A line that ends the run at once: the selftest gave up (it prints why).
+FAILED_RE='SELFTEST: FAIL'
 KERNEL_OOM='out of memory: killed process|invoked oom-killer|oom-kill:|oom_kill[ =:]+[1-9]'
 
 log() { printf 'qemu-test: %s\n' "$*" >&2; }
@@ -128,25 +127,34 @@ fetch_kernel() {
 # build_initramfs: sets INITRD. Static binaries, the manifest and the directories the
 # services expect, packed as cpio newc + gzip with fixed owners and times (reproducible).
 build_initramfs() {
-  local stage=$CACHE/rootfs entry dir dest built=()
-  rm -rf "$stage"
-  mkdir -p "$stage"/{bin,etc/execd,proc,sys,dev,run,tmp,var/log/journal}
-  for entry in "${BINARIES[@]}"; do
-    dir=${entry%%:*} dest=${entry#*:}
-    if [ "$dest" = /init ] && [ -n "${VM_INIT:-}" ]; then
-      install -m 0755 "$VM_INIT" "$stage/init"
-      built+=("init=$(basename "$VM_INIT")")
-      continue
-    fi
+  local stage=$CACHE/rootfs bindir=$CACHE/bin dir pkgs=() names=()
+  for dir in "${PACKAGES[@]}"; do
+    if [ "$dir" = "$INIT_PACKAGE" ] && [ -n "${VM_INIT:-}" ]; then continue; fi
     if ! compgen -G "$ROOT/$dir/*.go" >/dev/null; then
-      [ "$dest" = /init ] && die "$dir does not exist yet: nothing to run as /init (set VM_INIT to try a stand-in)"
+      [ "$dir" != "$INIT_PACKAGE" ] || die "$dir does not exist yet: nothing to run as /init" \
+        "(VM_INIT=<static binary> tries a stand-in)"
       log "skipping $dir: not in the tree yet"
       continue
     fi
-    (cd "$ROOT" && CGO_ENABLED=0 "$GO" build -trimpath -ldflags='-s -w' -o "$stage$dest" "./$dir") ||
-      die "go build ./$dir failed"
-    built+=("$dest")
+    pkgs+=("./$dir")
+    names+=("$(basename "$dir")")
   done
+  # One go build for all: the links run in parallel.
+  rm -rf "$bindir" && mkdir -p "$bindir"
+  (cd "$ROOT" && CGO_ENABLED=0 "$GO" build -trimpath -ldflags='-s -w' -o "$bindir/" "${pkgs[@]}") ||
+    die "go build ${pkgs[*]} failed"
+
+  rm -rf "$stage"
+  mkdir -p "$stage"/{bin,etc/execd,proc,sys,dev,run,tmp,var/log/journal}
+  local name
+  for name in "${names[@]}"; do
+    if [ "$name" = "$(basename "$INIT_PACKAGE")" ]; then
+      mv "$bindir/$name" "$stage/init"
+    else
+      mv "$bindir/$name" "$stage/bin/$name"
+    fi
+  done
+  [ -z "${VM_INIT:-}" ] || install -m 0755 "$VM_INIT" "$stage/init"
   cp "$MANIFEST" "$stage/etc/execd/manifest.json"
   find "$stage" -exec touch -h -d @0 {} +
   INITRD=$CACHE/initramfs.cpio.gz
@@ -154,7 +162,7 @@ build_initramfs() {
     cpio --null --create --format=newc --owner=0:0 --reproducible --quiet) |
     gzip -n -1 >"$INITRD.tmp"
   mv "$INITRD.tmp" "$INITRD"
-  log "initramfs $(du -h "$INITRD" | cut -f1): ${built[*]}"
+  log "initramfs $(du -h "$INITRD" | cut -f1): /init=${VM_INIT:-$INIT_PACKAGE}, /bin: $(cd "$stage/bin" && echo *)"
 }
 
 QEMU_PID=
@@ -178,7 +186,8 @@ markers_seen() {
 # boot NAME DEADLINE_MS [extra qemu args...]: boot the VM once, serial console to
 # $CACHE/NAME.log, until all MARKERS are seen (RUN_UNTIL_MARKER=1), the guest ends, or the
 # deadline (epoch ms). Sets BOOT_SEEN (markers seen), BOOT_END (why it stopped) and BOOT_MS
-# (QEMU start to the final marker, or to the end).
+# (QEMU start to the final marker, or to the end), and BOOT_TIMES (when each was seen,
+# to the poll interval).
 boot() {
   local name=$1 deadline=$2 serial=$CACHE/$1.log
   shift 2
@@ -195,13 +204,24 @@ boot() {
     -kernel "$KERNEL" -initrd "$INITRD" -append "$cmdline" "$@" \
     </dev/null >"$CACHE/$name.qemu.log" 2>&1 &
   QEMU_PID=$!
-  BOOT_SEEN=0 BOOT_END='' BOOT_MS=''
+  BOOT_SEEN=0 BOOT_END='' BOOT_MS='' BOOT_TIMES=''
+  local seen first=''
   while :; do
-    BOOT_SEEN=$(markers_seen "$serial")
+    seen=$(markers_seen "$serial")
+    # With "quiet" the first console bytes are (about) /init starting.
+    if [ -z "$first" ] && [ -s "$serial" ]; then
+      first=$(($(now_ms) - t0))
+      BOOT_TIMES="first output $(secs "$first")"
+    fi
+    while ((BOOT_SEEN < seen)); do
+      BOOT_SEEN=$((BOOT_SEEN + 1))
+      BOOT_TIMES+=", marker $BOOT_SEEN $(secs $(($(now_ms) - t0)))"
+    done
     if ((BOOT_SEEN == n)) && [ -z "$BOOT_MS" ]; then
       BOOT_MS=$(($(now_ms) - t0))
       if [ "$RUN_UNTIL_MARKER" = 1 ]; then BOOT_END=markers; break; fi
     fi
+    if grep -qa "$FAILED_RE" "$serial"; then BOOT_END=failed; break; fi
     if ! kill -0 "$QEMU_PID" 2>/dev/null; then
       BOOT_END=exited
       break
@@ -250,6 +270,7 @@ check_boot() {
   if ((BOOT_SEEN < n)); then
     case $BOOT_END in
       timeout) report_failure "$name" "timed out after RUN_TIMEOUT=$RUN_TIMEOUT" ;;
+      failed) report_failure "$name" "$(tr -d '\r' <"$serial" | grep -m1 -ao "$FAILED_RE.*")" ;;
       exited) ((panicked)) && report_failure "$name" "the guest kernel panicked before the markers"
         report_failure "$name" "the guest powered off or rebooted before the markers" ;;
       *) report_failure "$name" "QEMU $BOOT_END" ;;
@@ -280,6 +301,7 @@ main() {
   check_boot boot1
   log "PASS: all ${#MARKERS[@]} markers in order; boot to SELFTEST $(secs "$BOOT_MS") s," \
     "whole run $(secs $(($(now_ms) - t_start))) s (console: $CACHE/boot1.log)"
+  log "timeline from QEMU start, seconds: $BOOT_TIMES"
 }
 
 main "$@"
