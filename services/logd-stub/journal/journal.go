@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"unicode/utf8"
 
 	"go.uber.org/zap"
@@ -106,6 +107,7 @@ type Status struct {
 	DurableSeq uint64 // last seq fsync'ed; Read serves up to here
 	DiskBytes  uint64 // sum of segment file sizes
 	Segments   int
+	Fsyncs     uint64 // segment fsyncs since Open; far fewer than syncs under load
 }
 
 type writerState struct {
@@ -156,6 +158,17 @@ type Journal struct {
 	err      error // sticky ErrFailed
 	closed   bool
 	failed   chan struct{}
+
+	fsyncs atomic.Uint64
+	// onWait, if set (tests), runs with mu held when a Sync caller starts waiting for an
+	// in-flight fsync.
+	onWait func()
+}
+
+// fsync syncs one segment file and counts it.
+func (j *Journal) fsync(f *os.File) error {
+	j.fsyncs.Add(1)
+	return f.Sync()
 }
 
 // Open opens or creates the journal in dir, recovering from a crash (see the package
@@ -216,7 +229,7 @@ func (j *Journal) recover() error {
 		}
 		// An fsync'ed segment's pages may still be dirty if the previous process died
 		// before syncing them; syncing now makes everything recovered durable.
-		if err := s.f.Sync(); err != nil {
+		if err := j.fsync(s.f); err != nil {
 			return fmt.Errorf("fsync segment %s: %w", s.path, err)
 		}
 	}
@@ -232,7 +245,7 @@ func (j *Journal) recover() error {
 		if err := j.writeAt(a, j.buf); err != nil {
 			return err
 		}
-		if err := a.f.Sync(); err != nil {
+		if err := j.fsync(a.f); err != nil {
 			return fmt.Errorf("fsync segment %s: %w", a.path, err)
 		}
 	}
@@ -335,7 +348,7 @@ func (j *Journal) startSegment(first uint64) error {
 		f.Close()
 		return err
 	}
-	if err := f.Sync(); err != nil {
+	if err := j.fsync(f); err != nil {
 		f.Close()
 		return fmt.Errorf("fsync segment %s: %w", path, err)
 	}
@@ -380,7 +393,7 @@ func (j *Journal) dropOldest() error {
 // and has made sure no fsync is in flight, so no file it uses is closed under it.
 func (j *Journal) rotate() error {
 	old := j.active()
-	if err := old.f.Sync(); err != nil {
+	if err := j.fsync(old.f); err != nil {
 		return fmt.Errorf("fsync segment %s before sealing: %w", old.path, err)
 	}
 	j.durable = j.last
@@ -493,6 +506,9 @@ func (j *Journal) Sync(ctx context.Context, upTo uint64) error {
 		}
 		if j.syncing {
 			done := j.syncDone
+			if j.onWait != nil {
+				j.onWait()
+			}
 			j.mu.Unlock()
 			select {
 			case <-done:
@@ -508,7 +524,7 @@ func (j *Journal) Sync(ctx context.Context, upTo uint64) error {
 		target, a := j.last, j.active()
 		j.mu.Unlock()
 
-		err := a.f.Sync()
+		err := j.fsync(a.f)
 
 		j.mu.Lock()
 		j.syncing = false
@@ -623,7 +639,8 @@ func (j *Journal) Status() Status {
 }
 
 func (j *Journal) statusLocked() Status {
-	st := Status{LastSeq: j.last, DurableSeq: j.durable, FirstSeq: j.last + 1, Segments: len(j.segments)}
+	st := Status{LastSeq: j.last, DurableSeq: j.durable, FirstSeq: j.last + 1, Segments: len(j.segments),
+		Fsyncs: j.fsyncs.Load()}
 	for _, s := range j.segments {
 		st.DiskBytes += uint64(s.size)
 		if !s.empty() && s.first < st.FirstSeq {
@@ -649,7 +666,7 @@ func (j *Journal) Close() error {
 	j.closed = true
 	var err error
 	if j.err == nil {
-		if serr := j.active().f.Sync(); serr != nil {
+		if serr := j.fsync(j.active().f); serr != nil {
 			err = fmt.Errorf("fsync on close: %w", serr)
 		} else {
 			j.durable = j.last

@@ -89,7 +89,7 @@ func TestAppendSyncReadAndReopen(t *testing.T) {
 	es2, _ := readAll(t, j2)
 	assert.Equal(t, es, es2)
 	st := j2.Status()
-	assert.Equal(t, Status{FirstSeq: 1, LastSeq: 13, DurableSeq: 13, DiskBytes: st.DiskBytes, Segments: 1}, st)
+	assert.Equal(t, Status{FirstSeq: 1, LastSeq: 13, DurableSeq: 13, DiskBytes: st.DiskBytes, Segments: 1, Fsyncs: st.Fsyncs}, st)
 	assert.Equal(t, uint64(10), j2.LastWriterSeq("oomd"))
 	assert.Equal(t, uint64(3), j2.LastWriterSeq("other"))
 }
@@ -311,7 +311,9 @@ func TestRotationKeepsDiskBoundedAndReportsMissed(t *testing.T) {
 	j = open(t, dir, opts)
 	assert.Equal(t, uint64(1), j.LastWriterSeq("early"))
 	assert.Equal(t, uint64(2000), j.LastWriterSeq("oomd"))
-	assert.Equal(t, st, j.Status())
+	st2 := j.Status()
+	st.Fsyncs, st2.Fsyncs = 0, 0
+	assert.Equal(t, st, st2)
 }
 
 func TestCorruptSealedSegmentReportedAsMissed(t *testing.T) {
@@ -411,21 +413,64 @@ func TestConcurrentWritersGroupCommit(t *testing.T) {
 	}
 }
 
+// holdFsync makes the journal look as if an fsync were in flight until the returned
+// func is called.
+func holdFsync(j *Journal) (release func()) {
+	j.mu.Lock()
+	done := make(chan struct{})
+	j.syncing, j.syncDone = true, done
+	j.mu.Unlock()
+	return func() {
+		j.mu.Lock()
+		j.syncing = false
+		close(done)
+		j.mu.Unlock()
+	}
+}
+
+func TestOneFsyncCoversAllWaitingSyncs(t *testing.T) {
+	j := open(t, t.TempDir(), Options{})
+	const writers = 8
+	seqs := make([]uint64, writers)
+	for w := range writers {
+		var err error
+		seqs[w], err = j.Append(fmt.Sprintf("w%d", w), 1, nil)
+		require.NoError(t, err)
+	}
+	waiting := make(chan struct{}, writers)
+	j.mu.Lock()
+	j.onWait = func() { waiting <- struct{}{} }
+	j.mu.Unlock()
+	release := holdFsync(j)
+	before := j.Status().Fsyncs
+
+	ctx := ctxT(t)
+	errs := make(chan error, writers)
+	for _, seq := range seqs {
+		go func() { errs <- j.Sync(ctx, seq) }()
+	}
+	for range writers {
+		<-waiting
+	}
+	release()
+	for range writers {
+		require.NoError(t, <-errs)
+	}
+	st := j.Status()
+	assert.Equal(t, before+1, st.Fsyncs, "%d waiting syncs share one fsync", writers)
+	assert.Equal(t, seqs[writers-1], st.DurableSeq)
+}
+
 func TestSyncHonoursContext(t *testing.T) {
 	j := open(t, t.TempDir(), Options{})
 	seq, err := j.Append("oomd", 1, nil)
 	require.NoError(t, err)
-	// Pretend an fsync is in flight: a waiter must give up when its context ends.
-	j.mu.Lock()
-	j.syncing, j.syncDone = true, make(chan struct{})
-	j.mu.Unlock()
+	// While an fsync is in flight, a waiter must give up when its context ends.
+	release := holdFsync(j)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	assert.ErrorIs(t, j.Sync(ctx, seq), context.Canceled)
-	j.mu.Lock()
-	j.syncing = false
-	close(j.syncDone)
-	j.mu.Unlock()
+	release()
 	assert.NoError(t, j.Sync(context.Background(), seq))
 }
 
