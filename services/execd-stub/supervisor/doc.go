@@ -13,6 +13,7 @@
 //	                       (subject, instance), so whoami is always its own identity.
 //	fd 4  OOMD_MEMSTAT_FD  every child except the watchdog: one end of a stream socketpair
 //	                       whose other end execd hands to the watchdog (its memstat sink).
+//	                       Without a watchdog in the manifest that end is closed at once.
 //	fd 4  OOMD_BROKER_FD   the watchdog only: a SOCK_SEQPACKET socket on which execd sends
 //	                       one SubjectHandoff (rpcx.SendMsgFD) per other child, carrying the
 //	                       watchdog's end of that child's memstat socketpair.
@@ -47,6 +48,17 @@
 // after each managed child was reaped) the reaper peeks with waitid(P_ALL,
 // WNOWAIT|WNOHANG) and reaps only pids that are not managed children; a spawn registers
 // its pid under the same lock as the peek, so a managed child's status is never taken.
+//
+// Only the watchdog instance running at the time receives a handoff. If the watchdog
+// itself restarts, it gets the handoffs not yet sent, but the memstat connections of
+// children handed to the previous instance are gone (their peer closed): a child has to
+// be restarted to be watched again. execd keeps no copy of a handed-over socket, since a
+// new Cap'n Proto peer cannot take over a half-used stream.
+//
+// SO_PEERCRED of a socketpair names its creator, so on a brokered socket it reports
+// execd's pid, not the child's. A watchdog that wants the kernel's word on the sender
+// turns on SO_PASSCRED and reads the pid attached (SCM_CREDENTIALS) to what the child
+// sends; it equals SubjectHandoff.pid (see the broker test).
 //
 // # Restarts
 //

@@ -190,9 +190,14 @@ func (s *Supervisor) spawn(svc *service) (p *proc, err error) {
 	sess := &session{s: s, p: p, log: log}
 	p.session = rpcx.NewConn(sessConn, capnp.Client(oomdpb.Session_ServerToClient(sess)), log.Named("session"))
 
-	if brokerExecd != nil {
+	switch {
+	case brokerExecd != nil:
 		s.broker.attach(brokerExecd, p.instance)
-	} else {
+	case !s.hasWatchdog:
+		// Nobody will ever read it: the child sees its memstat peer closed at once
+		// rather than a socket that silently fills up.
+		memstatOomd.Close()
+	default:
 		s.broker.enqueue(&handoff{
 			p:          p,
 			subject:    spec.ID,

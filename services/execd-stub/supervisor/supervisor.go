@@ -54,6 +54,8 @@ type Supervisor struct {
 	managed   map[int]bool
 	reapNudge chan struct{}
 
+	hasWatchdog bool
+
 	mu           sync.Mutex
 	services     map[string]*service
 	order        []*service // start order
@@ -99,6 +101,7 @@ func New(cfg Config) *Supervisor {
 		svc := &service{spec: spec}
 		s.services[spec.ID] = svc
 		s.order = append(s.order, svc)
+		s.hasWatchdog = s.hasWatchdog || spec.Watchdog()
 	}
 	return s
 }
@@ -127,7 +130,7 @@ func (s *Supervisor) Run(ctx context.Context) error {
 		s.log.Error("start-up failed; stopping what was started", zap.Error(err))
 	}
 	s.Stop()
-	s.waiters.Wait()
+	s.waitWaiters(killGrace)
 	s.exits.close()
 	cancel()
 	bgDone.Wait()
@@ -236,6 +239,18 @@ func (s *Supervisor) stopService(svc *service) {
 	case <-p.exited:
 	case <-time.After(killGrace):
 		log.Error("still not reaped after SIGKILL; giving up on it", zap.Duration("waited", killGrace))
+	}
+}
+
+// waitWaiters waits for every waiter to record its exit, at most d: Stop already gave up
+// on a process that SIGKILL could not end.
+func (s *Supervisor) waitWaiters(d time.Duration) {
+	done := make(chan struct{})
+	go func() { s.waiters.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(d):
+		s.log.Error("some children were never reaped; exiting without them", zap.Duration("waited", d))
 	}
 }
 
