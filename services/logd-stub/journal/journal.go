@@ -426,7 +426,8 @@ func (j *Journal) fail(err error) error {
 // Failed is closed when the journal hit a write or fsync error and refuses further work.
 func (j *Journal) Failed() <-chan struct{} { return j.failed }
 
-func validWriter(w string) bool {
+// ValidWriter reports whether w is an acceptable writer name (1..64 bytes of UTF-8).
+func ValidWriter(w string) bool {
 	return len(w) >= 1 && len(w) <= MaxWriterBytes && utf8.ValidString(w)
 }
 
@@ -434,7 +435,7 @@ func validWriter(w string) bool {
 // journal seq. It does not fsync. writerSeq must be the writer's last + 1:
 // a lower one returns ErrDuplicate (nothing written), a higher one *GapError.
 func (j *Journal) Append(writer string, writerSeq uint64, data []byte) (uint64, error) {
-	if !validWriter(writer) {
+	if !ValidWriter(writer) {
 		return 0, ErrBadWriter
 	}
 	if len(data) > MaxDataBytes {
@@ -553,7 +554,7 @@ func (j *Journal) LastWriterSeq(writer string) uint64 {
 // durable writerSeq. It fails with ErrTooManyWriters for an unknown writer when the
 // table is full, so a writer learns at open time that it could never append.
 func (j *Journal) SyncWriter(ctx context.Context, writer string) (uint64, error) {
-	if !validWriter(writer) {
+	if !ValidWriter(writer) {
 		return 0, ErrBadWriter
 	}
 	j.mu.Lock()

@@ -1,11 +1,3 @@
-// Package server serves logd's journal over Cap'n Proto: the Journal and Appender
-// interfaces of schema/oomd.capnp on top of package journal, and Run, which is the whole
-// logd daemon (open the journal, listen, tell execd it is ready, serve until stopped).
-//
-// Every connection gets its own Journal object (rpcx.Server), and every Journal.open its
-// own Appender bound to the writer name. A peer's bad input fails only its own call: a
-// rejected append (invalid field, writerSeq gap) fails that Appender's stream and every
-// later call on it; the writer opens a new Appender, learns lastWriterSeq and resends.
 package server
 
 import (
@@ -68,8 +60,8 @@ func (s *journalServer) Open(ctx context.Context, call oomdpb.Journal_open) erro
 	if err != nil {
 		return fmt.Errorf("open: read writer: %w", err)
 	}
-	if err := checkWriter(writer); err != nil {
-		return fmt.Errorf("open: %w", err)
+	if !journal.ValidWriter(writer) {
+		return fmt.Errorf("open: writer of %d bytes: %w", len(writer), journal.ErrBadWriter)
 	}
 	// Syncing the writer's records may wait for an fsync.
 	call.Go()
@@ -218,13 +210,6 @@ func (a *appender) Sync(ctx context.Context, call oomdpb.Appender_sync) error {
 		return fmt.Errorf("sync: %w", err)
 	}
 	res.SetDurableWriterSeq(durable)
-	return nil
-}
-
-func checkWriter(w string) error {
-	if len(w) < 1 || len(w) > journal.MaxWriterBytes {
-		return fmt.Errorf("writer is %d bytes, must be 1..%d", len(w), journal.MaxWriterBytes)
-	}
 	return nil
 }
 
