@@ -270,18 +270,18 @@ func (c *Core) sample(in *Input) error {
 		c.counters.Dropped++
 		return nil
 	}
-	s := &c.subjects.slots[i]
-	if s.instance != in.Instance {
+	h := &c.subjects.hot[i]
+	if h.instance != in.Instance {
 		c.counters.Dropped++
 		return nil
 	}
 	if in.Claimed != in.Subject {
-		c.rejectSample(s, in.Claimed)
+		c.rejectSample(&c.subjects.slots[i], in.Claimed)
 		return nil
 	}
-	s.pending = in.Bytes
-	s.hasPending = true
-	c.subjects.markDirty(i)
+	h.pending = in.Bytes
+	h.hasPending = true
+	c.subjects.markDirty(h, i)
 	c.counters.Accepted++
 	return nil
 }
@@ -371,8 +371,8 @@ func (c *Core) register(in *Input) error {
 	case c.subjects.len() >= MaxSubjects:
 		return fmt.Errorf("%w: %w: %s: %d subjects registered (max %d)", ErrBadInput, ErrTooManySubjects, in.Kind, c.subjects.len(), MaxSubjects)
 	}
-	s, _ = c.subjects.add(in.Subject)
-	s.instance = in.Instance
+	s, i = c.subjects.add(in.Subject)
+	c.subjects.setInstance(i, in.Instance)
 	s.critical = in.Critical
 	s.soft, s.hard = c.limits(in.Subject)
 	reason := ""
@@ -531,6 +531,10 @@ func (c *Core) doTick() {
 	c.reevalAll = false
 	c.scratch = c.subjects.takeDirty(all, c.scratch)
 	for _, i := range c.scratch {
+		if h := &c.subjects.hot[i]; h.hasPending {
+			c.subjects.slots[i].bytes = h.pending
+			h.hasPending = false
+		}
 		c.evaluate(&c.subjects.slots[i])
 	}
 	c.release()
@@ -540,10 +544,6 @@ func (c *Core) doTick() {
 // triggered both ways; hard gives a non-critical instance one kill decision in its
 // lifetime and a critical one a denial per crossing.
 func (c *Core) evaluate(s *subject) {
-	if s.hasPending {
-		s.bytes = s.pending
-		s.hasPending = false
-	}
 	u := s.bytes
 	switch {
 	case u > s.soft && !s.aboveSoft:

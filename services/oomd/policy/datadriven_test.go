@@ -11,7 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// TestScenarios runs the scenario files in testdata/. Each file is a sequence of
+// TestScenarios runs the scenario files in testdata/scenarios/. Each file is a sequence of
 // commands whose expected output follows "----"; regenerate with
 //
 //	go test ./services/oomd/policy/ -run TestScenarios -rewrite
@@ -21,7 +21,7 @@ import (
 // every step, and when a core's run ends its recorded inputs are written as a trace,
 // read back and replayed, and the replay must match the live run byte for byte.
 func TestScenarios(t *testing.T) {
-	datadriven.Walk(t, "testdata", func(t *testing.T, path string) {
+	datadriven.Walk(t, "testdata/scenarios", func(t *testing.T, path string) {
 		e := &scenarioEnv{}
 		datadriven.RunTest(t, path, func(t *testing.T, d *datadriven.TestData) string {
 			h, ok := scenarioHandlers[d.Cmd]

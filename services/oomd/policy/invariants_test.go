@@ -21,8 +21,18 @@ type checker struct {
 	regCritical  map[subjInst]bool
 	requested    map[uint64]bool
 	termAcked    map[uint64]bool
-	exitedInst   map[subjInst]bool
-	issued       []uint64 // ticks of every terminate request
+	exited       map[uint64]bool    // decision -> its instance's exit was reported
+	live         map[string]uint64  // subject -> registered instance
+	issued       []uint64           // ticks of every terminate request
+	terms        []TerminateRequest // not yet taken by takeTerminates
+}
+
+// takeTerminates returns the terminate requests seen since the last call, for a
+// simulated shell to answer.
+func (k *checker) takeTerminates() []TerminateRequest {
+	out := k.terms
+	k.terms = nil
+	return out
 }
 
 type subjInst struct {
@@ -46,7 +56,8 @@ func newChecker(c *Core, cfg Config) *checker {
 		regCritical:  map[subjInst]bool{},
 		requested:    map[uint64]bool{},
 		termAcked:    map[uint64]bool{},
-		exitedInst:   map[subjInst]bool{},
+		exited:       map[uint64]bool{},
+		live:         map[string]uint64{},
 	}
 }
 
@@ -83,24 +94,40 @@ func (k *checker) step(in Input) (string, error, error) {
 		}
 		return "", err, nil
 	}
+	k.observe(in)
+	rd := k.c.Ready()
+	cerr := k.check(rd)
+	out := FormatReady(rd)
+	k.c.Advance()
+	return out, nil, cerr
+}
+
+// observe books an input the core accepted.
+func (k *checker) observe(in Input) {
 	switch in.Kind {
 	case InputAuditAck:
 		k.acked = max(k.acked, in.Seq)
 	case InputTerminateAck:
 		k.termAcked[in.Decision] = true
 	case InputExited:
-		k.exitedInst[subjInst{in.Subject, in.Instance}] = true
+		for d, si := range k.decisionInst {
+			if si == (subjInst{in.Subject, in.Instance}) {
+				k.exited[d] = true
+			}
+		}
+		if k.live[in.Subject] == in.Instance {
+			delete(k.live, in.Subject)
+		}
 	case InputRegister:
-		si := subjInst{in.Subject, in.Instance}
-		if _, ok := k.regCritical[si]; !ok {
+		// Registering the instance already registered is a no-op; anything else
+		// starts a new lifetime with its own one-decision allowance.
+		if inst, ok := k.live[in.Subject]; !ok || inst != in.Instance {
+			si := subjInst{in.Subject, in.Instance}
+			k.live[in.Subject] = in.Instance
 			k.regCritical[si] = in.Critical
+			k.decided[si] = false
 		}
 	}
-	rd := k.c.Ready()
-	cerr := k.check(rd)
-	out := FormatReady(rd)
-	k.c.Advance()
-	return out, nil, cerr
 }
 
 func (k *checker) check(rd Ready) error {
@@ -130,13 +157,14 @@ func (k *checker) check(rd Ready) error {
 		if slices.Contains(crit, t.Subject) || k.regCritical[si] {
 			return fmt.Errorf("terminate for critical subject %s", t.Subject)
 		}
-		if k.exitedInst[si] {
+		if k.exited[t.Decision] {
 			return fmt.Errorf("terminate for exited instance %v", si)
 		}
 		if k.requested[t.Decision] {
 			return fmt.Errorf("second terminate for decision %d", t.Decision)
 		}
 		k.requested[t.Decision] = true
+		k.terms = append(k.terms, t)
 		tick := k.c.TickCount()
 		k.issued = append(k.issued, tick)
 		inWindow := 0
@@ -155,9 +183,8 @@ func (k *checker) check(rd Ready) error {
 		}
 		k.lastSeq = ev.Seq
 		if ev.Kind == EventKilled {
-			si := k.decisionInst[ev.Decision]
-			if !k.termAcked[ev.Decision] || !k.exitedInst[si] {
-				return fmt.Errorf("killed for decision %d without terminate ack (%v) and exit (%v)", ev.Decision, k.termAcked[ev.Decision], k.exitedInst[si])
+			if !k.termAcked[ev.Decision] || !k.exited[ev.Decision] {
+				return fmt.Errorf("killed for decision %d without terminate ack (%v) and exit (%v)", ev.Decision, k.termAcked[ev.Decision], k.exited[ev.Decision])
 			}
 		}
 	}

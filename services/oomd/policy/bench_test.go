@@ -1,0 +1,111 @@
+package policy
+
+import (
+	"fmt"
+	"slices"
+	"testing"
+)
+
+var benchSizes = []int{10, 1_000, 100_000}
+
+// benchCore registers n subjects and returns their ids in a fixed shuffled order:
+// independent senders do not report in id order, and the 100 000 case should pay the
+// cache misses a real flood would. The benchmarks build each Input from an id the way
+// the shell builds it from an arriving message.
+func benchCore(b *testing.B, n int) (*Core, []string) {
+	b.Helper()
+	p := DefaultPolicy()
+	c, err := New(Config{Policy: p, RingSize: 1024})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ids := make([]string, n)
+	for i := range n {
+		ids[i] = fmt.Sprintf("s%06d", i)
+		if err := c.Step(Input{Kind: InputRegister, Subject: ids[i], Instance: 1}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	x := uint64(0x9E3779B97F4A7C15)
+	for i := n - 1; i > 0; i-- { // Fisher–Yates with a fixed xorshift sequence
+		x ^= x << 13
+		x ^= x >> 7
+		x ^= x << 17
+		j := int(x % uint64(i+1))
+		ids[i], ids[j] = ids[j], ids[i]
+	}
+	// Warm up: two full rounds with a tick each, so the dirty list, the scratch slice
+	// and the Ready buffers have their steady-state capacity.
+	for range 2 {
+		for _, id := range ids {
+			if err := c.Step(sampleOf(id)); err != nil {
+				b.Fatal(err)
+			}
+		}
+		c.Tick()
+		c.Ready()
+		c.Advance()
+	}
+	return c, ids
+}
+
+// sampleOf is a steady sample below the soft limit, so ticks emit nothing.
+func sampleOf(id string) Input {
+	return Input{Kind: InputSample, Subject: id, Instance: 1, Claimed: id, Bytes: 1 << 20}
+}
+
+// BenchmarkSample is the cost of one memstat sample reaching the core: lookup,
+// instance and claim checks, coalescing. One op = one Step(InputSample).
+//
+// order=shuffled is independent senders reporting in no particular order; at 100 000
+// subjects it measures cache and TLB misses (the index, the slot and the id bytes are
+// each a random access) more than the core. order=sorted is what the oomd shell does:
+// it coalesces samples itself and feeds the core one sample per subject per tick, in
+// subject-id order.
+func BenchmarkSample(b *testing.B) {
+	for _, n := range benchSizes {
+		for _, order := range []string{"shuffled", "sorted"} {
+			b.Run(fmt.Sprintf("subjects=%d/order=%s", n, order), func(b *testing.B) {
+				c, ids := benchCore(b, n)
+				if order == "sorted" {
+					slices.Sort(ids)
+				}
+				b.ReportAllocs()
+				b.ResetTimer()
+				j := 0
+				for range b.N {
+					if err := c.Step(sampleOf(ids[j])); err != nil {
+						b.Fatal(err)
+					}
+					j++
+					if j == len(ids) {
+						j = 0
+					}
+				}
+			})
+		}
+	}
+}
+
+// BenchmarkTick is one full round as the shell drives it: every subject reports once
+// (in id order), then one Tick evaluates them all. ns/subject is ns/op divided by the
+// number of subjects.
+func BenchmarkTick(b *testing.B) {
+	for _, n := range benchSizes {
+		b.Run(fmt.Sprintf("subjects=%d", n), func(b *testing.B) {
+			c, ids := benchCore(b, n)
+			slices.Sort(ids)
+			b.ReportAllocs()
+			b.ResetTimer()
+			for range b.N {
+				for _, id := range ids {
+					if err := c.Step(sampleOf(id)); err != nil {
+						b.Fatal(err)
+					}
+				}
+				c.Tick()
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/float64(n), "ns/subject")
+		})
+	}
+}

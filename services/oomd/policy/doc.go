@@ -1,0 +1,67 @@
+// Package policy is oomd's policy core: a pure, deterministic state machine that turns
+// memstat samples and ticks into kill decisions, in the style of etcd-io/raft's
+// RawNode.
+//
+// The core performs no I/O, reads no clock, has no randomness and starts no
+// goroutine; it never iterates a map where order could show. Time is Tick, every
+// other input is Step, and everything the caller must do comes out of Ready as plain
+// data. The same inputs therefore give byte-identical outputs, which EncodeTrace,
+// DecodeTrace and Replay make checkable: a recorded trace replays to the same text.
+//
+// # The loop
+//
+// The daemon shell owns the only goroutine that touches a Core:
+//
+//	core, err := policy.New(policy.Config{Policy: policy.DefaultPolicy()})
+//	if err != nil {
+//		return err
+//	}
+//	for {
+//		select {
+//		case <-ticker.C: // one tick = Policy.SampleMs
+//			core.Tick()
+//		case s := <-samples: // from the sink execd bound to s.subject
+//			_ = core.Step(policy.Input{Kind: policy.InputSample, Subject: s.subject,
+//				Instance: s.instance, Claimed: s.claimed, Bytes: s.bytes})
+//		case in := <-answers: // audit acks, terminate answers, exits, registrations
+//			if err := core.Step(in); err != nil {
+//				log.Warn("input refused", zap.Error(err))
+//			}
+//		}
+//		if !core.HasReady() {
+//			continue
+//		}
+//		rd := core.Ready()
+//		journal.Append(rd.Audit)   // 1. audit first; when logd has synced up to
+//		                           //    seq, the shell steps InputAuditAck{Seq: seq}
+//		for _, t := range rd.Terminate {
+//			terminator.Terminate(t) // 2. its audit record is already durable;
+//			                        //    answer with InputTerminateAck/Refused
+//		}
+//		publish(rd.Events)         // 3. subscribers, markers, logs
+//		core.Advance()
+//	}
+//
+// Long operations (logd's sync, execd's terminate) run elsewhere and come back as
+// inputs on the same loop; the core never waits for anything. Advance drops exactly
+// what the last Ready returned, so output produced by a Step made while a Ready was
+// being handled is kept for the next one.
+//
+// # Guarantees
+//
+//   - A sample counts for the subject execd bound to its sink (Input.Subject), never
+//     for the subject its payload claims; a mismatch is dropped and reported
+//     (EventMemstatRejected). Samples are coalesced per subject per tick.
+//   - A non-critical subject instance gets at most one kill decision in its lifetime.
+//     Its audit record comes out first; its TerminateRequest only after
+//     InputAuditAck covers that record, and only within the kill budget.
+//   - A critical subject (DefaultCritical, the policy's list, or the registration's
+//     flag) is never the target of a TerminateRequest; crossing hard is denied, once
+//     per crossing.
+//   - EventKilled is emitted only after both the terminate acknowledgement and the
+//     exit of that instance.
+//   - Memory is bounded: MaxSubjects subjects, a fixed event ring, one decision per
+//     subject instance, at most MaxKillBudget entries of rate-limit history.
+//
+// docs/reliability/oom-policy.md describes the state machine and the threat model.
+package policy

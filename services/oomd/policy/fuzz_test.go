@@ -1,0 +1,116 @@
+package policy
+
+import (
+	"testing"
+)
+
+// fuzzPolicies are the policies a fuzzed sequence can switch between: tight budgets and
+// windows so throttling happens, one that makes "hog" critical and one that is invalid.
+var fuzzPolicies = []Policy{
+	{SoftBytes: 100, HardBytes: 200, SampleMs: 100, KillBudget: 1, KillWindowTicks: 3},
+	{SoftBytes: 100, HardBytes: 200, SampleMs: 100, KillBudget: 2, KillWindowTicks: 5, Critical: []string{"hog"}},
+	{SoftBytes: 50, HardBytes: 150, SampleMs: 100, KillBudget: 3, KillWindowTicks: 1, Overrides: []SubjectLimit{{Subject: "app", SoftBytes: 300, HardBytes: 400}}},
+	{SoftBytes: 300, HardBytes: 100, SampleMs: 100, KillBudget: 1, KillWindowTicks: 1}, // invalid
+}
+
+var fuzzSubjects = []string{"hog", "app", "samgrd", "svc", "init", "Bad", ""}
+
+var fuzzBytes = []uint64{0, 49, 99, 100, 101, 150, 199, 200, 201, 400, 401, 1 << 40}
+
+// fuzzInputs turns bytes into an input sequence, three bytes per input. Acks and
+// answers are aimed near what the core produced so far (lastWriter, lastDecision), so
+// the fuzzer reaches the interesting states instead of mostly producing errors.
+type fuzzGen struct {
+	data []byte
+	chk  *checker
+}
+
+func (g *fuzzGen) next() (Input, bool) {
+	if len(g.data) < 3 {
+		return Input{}, false
+	}
+	op, a, b := g.data[0], g.data[1], g.data[2]
+	g.data = g.data[3:]
+	subject := fuzzSubjects[int(a)%len(fuzzSubjects)]
+	instance := uint64(1 + (a>>4)%2)
+	switch op % 10 {
+	case 0, 1:
+		return Input{Kind: InputTick}, true
+	case 2:
+		return Input{Kind: InputRegister, Subject: subject, Instance: instance, Critical: b&1 == 1}, true
+	case 3, 4:
+		claimed := subject
+		if b&0x80 != 0 {
+			claimed = fuzzSubjects[int(b>>4)%len(fuzzSubjects)]
+		}
+		return Input{Kind: InputSample, Subject: subject, Instance: instance, Claimed: claimed, Bytes: fuzzBytes[int(b)%len(fuzzBytes)]}, true
+	case 5:
+		seq := g.chk.lastWriter
+		seq = seq - min(seq, uint64(b%4)) + uint64(b>>7) // sometimes one beyond: an error
+		return Input{Kind: InputAuditAck, Seq: seq}, true
+	case 6:
+		return Input{Kind: InputTerminateAck, Decision: g.lastDecision() - min(g.lastDecision(), uint64(b%3)) + uint64(b>>7)}, true
+	case 7:
+		return Input{Kind: InputTerminateRefused, Decision: g.lastDecision() - min(g.lastDecision(), uint64(b%3)), Reason: "notRunning"}, true
+	case 8:
+		return Input{Kind: InputExited, Subject: subject, Instance: instance, Reason: "exit=0"}, true
+	default:
+		if b == 0xff {
+			return Input{Kind: InputKind(op)}, true // unknown kind: must be an error
+		}
+		p := fuzzPolicies[int(b)%len(fuzzPolicies)]
+		return Input{Kind: InputPolicy, Policy: &p}, true
+	}
+}
+
+func (g *fuzzGen) lastDecision() uint64 {
+	var last uint64
+	for d := range g.chk.decisionSeq {
+		last = max(last, d)
+	}
+	return last
+}
+
+// FuzzStep drives random input sequences through a core with the invariant checker
+// after every step: no panic, no terminate before its audit ack, none for a critical
+// subject or an exited instance, at most one decision per instance, terminate
+// requests per window within budget, killed only after ack and exit, gap-free
+// sequences, ring within capacity, and failed steps change nothing. The seeds below
+// run on every `go test`; `go test -fuzz FuzzStep ./services/oomd/policy/` explores.
+func FuzzStep(f *testing.F) {
+	for _, seed := range [][]byte{
+		// register hog, sample above hard, tick, ack, terminate ack, exit
+		{2, 0, 0, 3, 0, 9, 0, 0, 0, 5, 0, 0, 6, 0, 0, 8, 0, 0},
+		// two subjects over hard with budget 1: throttle then release over ticks
+		{9, 0, 0, 2, 0, 0, 2, 1, 0, 3, 0, 9, 3, 1, 9, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0},
+		// critical samgrd over hard, then policy making hog critical mid-decision
+		{2, 2, 0, 3, 2, 10, 2, 0, 0, 3, 0, 10, 0, 0, 0, 9, 0, 1, 5, 0, 0, 0, 0, 0},
+		// spoofed samples, unknown and malformed subjects, unknown kind, invalid policy
+		{2, 0, 0, 3, 0, 0x99, 3, 5, 3, 3, 6, 3, 9, 0, 0xff, 9, 0, 3, 5, 0, 0x80},
+		// exit before ack, re-register with a new instance, refuse
+		{2, 0, 0, 3, 0, 9, 0, 0, 0, 8, 0, 0, 2, 16, 0, 3, 16, 9, 0, 0, 0, 5, 0, 0, 7, 0, 0, 6, 0, 0},
+	} {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		if len(data) > 3*2000 {
+			data = data[:3*2000]
+		}
+		cfg := Config{Policy: fuzzPolicies[0], RingSize: 8}
+		c, err := New(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		chk := newChecker(c, cfg)
+		g := &fuzzGen{data: data, chk: chk}
+		for n := 0; ; n++ {
+			in, ok := g.next()
+			if !ok {
+				return
+			}
+			if _, _, err := chk.step(in); err != nil {
+				t.Fatalf("step %d %s: %v", n, FormatInput(in), err)
+			}
+		}
+	})
+}
