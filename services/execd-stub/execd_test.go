@@ -157,6 +157,8 @@ func start(t *testing.T, services []svc, extra ...*os.File) *harness {
 
 	h.cmd = exec.Command(execdBin, "--manifest", manifest, "--runtime-dir", rt, "--debug")
 	h.cmd.Stdout, h.cmd.Stderr = h.out, h.out
+	// Race-enabled binaries otherwise sleep 1 s at exit; children inherit this.
+	h.cmd.Env = append(os.Environ(), "GORACE=atexit_sleep_ms=0 halt_on_error=1")
 	h.cmd.ExtraFiles = extra
 	h.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	require.NoError(t, h.cmd.Start())
@@ -169,7 +171,7 @@ func start(t *testing.T, services []svc, extra ...*os.File) *harness {
 			h.cmd.Process.Kill()
 			<-h.waited
 		}
-		if t.Failed() {
+		if t.Failed() || os.Getenv("EXECD_TEST_OUTPUT") != "" {
 			t.Logf("execd output:\n%s", h.out.String())
 		}
 	})
@@ -490,7 +492,10 @@ func TestTerminate(t *testing.T) {
 		ho := h.nextHandoff()
 		pids[ho.subject] = ho.pid
 	}
-	h.waitEvent("start crit")
+	// Children handle SIGTERM from the moment they log "start".
+	for _, id := range []string{"victim", "stubborn", "crit"} {
+		h.waitEvent("start " + id)
+	}
 
 	t.Run("graceful", func(t *testing.T) {
 		res := h.terminate("victim", 1)
@@ -581,7 +586,8 @@ func TestChildGetsOnlyTheFdsExecdPasses(t *testing.T) {
 		child("plain", "--fds", "${RUNTIME_DIR}/plain.fds"),
 		watchdog(),
 	}, leak)
-	h.stop()
+	h.waitEvent("start plain") // written after the fd list
+	assert.Equal(t, 0, h.stop())
 	var got []string
 	data, err := os.ReadFile(h.path("plain.fds"))
 	require.NoError(t, err)
@@ -702,4 +708,26 @@ func TestRestartOnFailure(t *testing.T) {
 	r := nextExit(t, exits, "crashy")
 	assert.True(t, r.Terminated)
 	assert.Equal(t, 0, h.stop())
+}
+
+func TestSIGTERMDuringStartupStopsCleanly(t *testing.T) {
+	h := start(t, []svc{
+		child("never-ready"), // never calls ready: its dependent waits forever
+		withDeps(child("waiting"), "never-ready"),
+	})
+	h.waitEvent("start never-ready")
+	assert.Equal(t, 0, h.stop())
+	assert.GreaterOrEqual(t, index(h.events(), "sigterm never-ready"), 0)
+	assert.Equal(t, -1, index(h.events(), "start waiting"))
+}
+
+func TestStopKillsAServiceThatIgnoresSIGTERM(t *testing.T) {
+	stubborn := child("stubborn", "--ignore-term", "--ready")
+	stubborn.StopTimeoutMs = 100
+	h := start(t, []svc{stubborn, withDeps(child("after"), "stubborn")})
+	h.waitEvent("start after")
+	assert.Equal(t, 0, h.stop(), "a SIGKILLed service does not fail the shutdown")
+	assert.Contains(t, h.out.String(), "did not stop in time; killing")
+	ev := h.events()
+	assert.Less(t, index(ev, "sigterm after"), index(ev, "sigterm stubborn"), "reverse order: %v", ev)
 }
