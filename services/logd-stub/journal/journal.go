@@ -227,8 +227,9 @@ func (j *Journal) recover() error {
 		if err := j.scan(s, i == len(j.segments)-1); err != nil {
 			return err
 		}
-		// An fsync'ed segment's pages may still be dirty if the previous process died
-		// before syncing them; syncing now makes everything recovered durable.
+		// Frames the previous process wrote but never fsync'ed can still sit dirty in
+		// the page cache; syncing now makes everything recovered durable before any of
+		// it is served or acknowledged.
 		if err := j.fsync(s.f); err != nil {
 			return fmt.Errorf("fsync segment %s: %w", s.path, err)
 		}

@@ -13,6 +13,7 @@ import (
 	"capnproto.org/go/capnp/v3/flowcontrol"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 
 	"oomd.dev/oomd/gen/oomdpb"
@@ -42,7 +43,7 @@ type logd struct {
 // startLogd serves a journal in dir on a real Unix socket, as Run does.
 func startLogd(t testing.TB, dir string) *logd {
 	t.Helper()
-	log := zaptest.NewLogger(t)
+	log := testLogger(t)
 	j, err := journal.Open(dir, journal.Options{}, log)
 	require.NoError(t, err)
 	socket := filepath.Join(t.TempDir(), "logd.sock")
@@ -67,6 +68,15 @@ func startLogd(t testing.TB, dir string) *logd {
 	return &logd{dir: dir, socket: socket, j: j, stop: stop}
 }
 
+// testLogger logs at debug in tests; benchmarks measure logd, not per-record debug
+// lines written through testing.B.
+func testLogger(t testing.TB) *zap.Logger {
+	if _, bench := t.(*testing.B); bench {
+		return zaptest.NewLogger(t, zaptest.Level(zap.InfoLevel))
+	}
+	return zaptest.NewLogger(t)
+}
+
 func ctxT(t testing.TB) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	t.Cleanup(cancel)
@@ -75,7 +85,7 @@ func ctxT(t testing.TB) context.Context {
 
 func dial(t testing.TB, socket string) oomdpb.Journal {
 	t.Helper()
-	conn, c, err := rpcx.Dial(ctxT(t), socket, zaptest.NewLogger(t))
+	conn, c, err := rpcx.Dial(ctxT(t), socket, testLogger(t))
 	require.NoError(t, err)
 	t.Cleanup(func() { conn.Close() })
 	j := oomdpb.Journal(c)
