@@ -70,6 +70,7 @@ type svc struct {
 	Env           map[string]string `json:"env,omitempty"`
 	Role          string            `json:"role,omitempty"`
 	Injectable    bool              `json:"injectable,omitempty"`
+	ExitWith      bool              `json:"exitWith,omitempty"`
 }
 
 // child returns a service running the test child with the given flags, logging its
@@ -730,4 +731,13 @@ func TestStopKillsAServiceThatIgnoresSIGTERM(t *testing.T) {
 	assert.Contains(t, h.out.String(), "did not stop in time; killing")
 	ev := h.events()
 	assert.Less(t, index(ev, "sigterm after"), index(ev, "sigterm stubborn"), "reverse order: %v", ev)
+}
+
+func TestExitWithEndsExecdWithThatStatus(t *testing.T) {
+	oneshot := withDeps(child("oneshot", "--exit", "5"), "base")
+	oneshot.ExitWith = true
+	h := start(t, []svc{child("base", "--ready"), oneshot})
+	assert.Equal(t, 5, h.exitCode(), "execd exits with the exitWith service's code")
+	assert.GreaterOrEqual(t, index(h.events(), "sigterm base"), 0, "the others were stopped")
+	assert.Contains(t, h.out.String(), "oneshot exited (exit=5) and is marked exitWith")
 }

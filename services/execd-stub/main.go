@@ -5,11 +5,12 @@
 //	execd-stub --manifest FILE --runtime-dir DIR
 //
 // SIGTERM or SIGINT stops every service in reverse dependency order; execd then exits 0.
+// When a service marked exitWith exits, execd stops the others the same way and exits
+// with that service's status.
 package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -70,12 +71,13 @@ func run() int {
 	m.Expand(*runtimeDir)
 
 	sup := supervisor.New(supervisor.Config{Manifest: m, Log: log, ReapOrphans: true})
-	if err := sup.Run(ctx); err != nil && !errors.Is(err, context.Canceled) {
+	code, err := sup.Run(ctx)
+	if err != nil {
 		log.Error("execd failed", zap.Error(err))
-		return 1
+		return code
 	}
-	log.Info("stopped")
-	return 0
+	log.Info("stopped", zap.Int("exitCode", code))
+	return code
 }
 
 func newLogger(debug bool) *zap.Logger {

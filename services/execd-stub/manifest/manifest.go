@@ -25,6 +25,9 @@
 //   - role: "" or "watchdog" (at most one service): the watchdog (oomd) receives the
 //     Terminator and SystemControl capabilities and every other child's memstat socket.
 //   - injectable: the child serves a TestHook on its memstat connection.
+//   - exitWith: when this service exits on its own, execd stops the others and exits
+//     with its status (the exit code, or 128+signal): for one-shot runs like the
+//     selftest. Needs restart "never".
 //
 // "${RUNTIME_DIR}" in argv and env values is replaced by execd's runtime directory
 // (Expand).
@@ -85,6 +88,7 @@ type Service struct {
 	Env           map[string]string `json:"env"`
 	Role          string            `json:"role"`
 	Injectable    bool              `json:"injectable"`
+	ExitWith      bool              `json:"exitWith"`
 }
 
 // StopTimeout is the grace between SIGTERM and SIGKILL.
@@ -208,6 +212,9 @@ func (m *Manifest) validate() error {
 		default:
 			return fmt.Errorf("%s: restart: %q is not one of %q, %q, %q", where, s.Restart,
 				RestartNever, RestartOnFailure, RestartAlways)
+		}
+		if s.ExitWith && s.Restart != RestartNever {
+			return fmt.Errorf("%s: exitWith: needs restart %q (got %q): execd exits when it does", where, RestartNever, s.Restart)
 		}
 		switch s.Role {
 		case "":
@@ -351,7 +358,7 @@ func decodeError(data []byte, err error) error {
 // the document to locate the first other key, since encoding/json does not say where.
 var (
 	topFields     = []string{"services"}
-	serviceFields = []string{"id", "argv", "critical", "dependsOn", "stopTimeoutMs", "restart", "env", "role", "injectable"}
+	serviceFields = []string{"id", "argv", "critical", "dependsOn", "stopTimeoutMs", "restart", "env", "role", "injectable", "exitWith"}
 )
 
 // findUnknownKey returns the byte offset and path of the first object key that is not

@@ -70,7 +70,8 @@
 //
 // # Stopping
 //
-// Stop (and Run when its context ends) refuses further terminate() calls with
+// Run stops when its context ends (SIGTERM) or when a service marked exitWith exits on
+// its own; then it returns that service's status as the exit code. Stop (and Run) refuses further terminate() calls with
 // shuttingDown, cancels pending restarts, then stops services in the reverse of start
 // order, one at a time: SIGTERM, up to the service's stopTimeoutMs, then SIGKILL.
 package supervisor

@@ -275,6 +275,13 @@ func (s *Supervisor) wait(p *proc) {
 		s.broker.forget(p)
 	}
 	s.maybeRestart(p)
+	if svc.spec.ExitWith && !s.shuttingDown && s.finish != nil {
+		code := int(r.ExitCode)
+		if r.Signal != 0 {
+			code = 128 + int(r.Signal)
+		}
+		s.finish(exitWithCause{subject: r.Subject, status: r.describe(), code: code})
+	}
 	close(p.exited)
 	s.mu.Unlock()
 

@@ -55,6 +55,7 @@ type Supervisor struct {
 	reapNudge chan struct{}
 
 	hasWatchdog bool
+	finish      context.CancelCauseFunc // ends Run early when an exitWith service exits
 
 	mu           sync.Mutex
 	services     map[string]*service
@@ -106,10 +107,17 @@ func New(cfg Config) *Supervisor {
 	return s
 }
 
-// Run starts every service, supervises them until ctx ends, then stops them in reverse
-// order. It returns nil after an orderly stop, or the start-up error (after stopping
-// what had been started).
-func (s *Supervisor) Run(ctx context.Context) error {
+// Run starts every service, supervises them until ctx ends (or a service marked exitWith
+// exits), then stops them in reverse order. exitCode is what execd should exit with: 0
+// after a stop request, the exitWith service's status (its exit code, or 128+signal),
+// or 1 with the start-up error (returned after stopping what had been started).
+func (s *Supervisor) Run(ctx context.Context) (exitCode int, err error) {
+	runCtx, finish := context.WithCancelCause(ctx)
+	defer finish(nil)
+	s.mu.Lock()
+	s.finish = finish
+	s.mu.Unlock()
+
 	bg, cancel := context.WithCancel(context.Background())
 	var bgDone sync.WaitGroup
 	if s.cfg.ReapOrphans {
@@ -117,17 +125,22 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	}
 	bgDone.Go(func() { s.broker.run(bg) })
 
-	err := s.startAll(ctx)
-	switch {
-	case err == nil:
+	err = s.startAll(runCtx)
+	if err == nil {
 		s.log.Info("all services started")
-		<-ctx.Done()
-		s.log.Info("stopping all services", zap.String("reason", context.Cause(ctx).Error()))
+		<-runCtx.Done()
+	}
+	var ew exitWithCause
+	switch {
+	case errors.As(context.Cause(runCtx), &ew):
+		s.log.Info("stopping all services", zap.String("reason", ew.Error()))
+		exitCode, err = ew.code, nil
 	case ctx.Err() != nil:
-		s.log.Info("stop requested during start-up")
+		s.log.Info("stopping all services", zap.String("reason", context.Cause(ctx).Error()))
 		err = nil
 	default:
 		s.log.Error("start-up failed; stopping what was started", zap.Error(err))
+		exitCode = 1
 	}
 	s.Stop()
 	s.waitWaiters(killGrace)
@@ -138,7 +151,18 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	if s.cfg.ReapOrphans {
 		s.reapOrphans() // whatever the last exits left behind
 	}
-	return err
+	return exitCode, err
+}
+
+// exitWithCause ends Run when a service marked exitWith exited.
+type exitWithCause struct {
+	subject string
+	status  string
+	code    int
+}
+
+func (e exitWithCause) Error() string {
+	return fmt.Sprintf("%s exited (%s) and is marked exitWith", e.subject, e.status)
 }
 
 func (s *Supervisor) startAll(ctx context.Context) error {
