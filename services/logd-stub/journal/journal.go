@@ -391,7 +391,7 @@ func (j *Journal) dropOldest() error {
 }
 
 // rotate seals the active segment (fsync) and starts the next one. The caller holds mu
-// and has made sure no fsync is in flight, so no file it uses is closed under it.
+// and has made sure no fsync is in flight.
 func (j *Journal) rotate() error {
 	old := j.active()
 	if err := j.fsync(old.f); err != nil {
@@ -449,7 +449,8 @@ func (j *Journal) Append(writer string, writerSeq uint64, data []byte) (uint64, 
 		if err := j.usableLocked(); err != nil {
 			return 0, err
 		}
-		// Rotation seals the active file; wait for an fsync that is using it.
+		// Rotation may close the oldest segment; let an in-flight fsync finish first so
+		// its file is never closed under it. Costs a wait once per segment at most.
 		if !j.syncing || j.active().size+n <= j.opts.MaxSegmentBytes {
 			break
 		}
