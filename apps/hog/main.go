@@ -50,10 +50,13 @@ type config struct {
 }
 
 func run(cfg config, log *zap.Logger) error {
+	// Notifying on a signal re-enables it, so a stuck hog must not ask for SIGTERM at all.
+	sigs := []os.Signal{os.Interrupt, syscall.SIGTERM}
 	if cfg.ignoreTerm {
 		signal.Ignore(syscall.SIGTERM)
+		sigs = sigs[:1]
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, stop := signal.NotifyContext(context.Background(), sigs...)
 	defer stop()
 
 	a := newArena(cfg.maxBytes)

@@ -86,7 +86,7 @@ func (l rpcLogger) Error(msg string, args ...any) {
 
 func isDisconnectNoise(msg string, args []any) bool {
 	text := msg + fmt.Sprint(args...)
-	for _, s := range []string{"EOF", "closed", "broken pipe", "connection reset", "disconnected", "abort"} {
+	for _, s := range []string{"EOF", "closed", "broken pipe", "connection reset", "disconnected", "abort", "context canceled"} {
 		if strings.Contains(text, s) {
 			return true
 		}
