@@ -1,0 +1,305 @@
+// Package cli is oomctl: command parsing, the calls to oomd's control API, and the
+// output in both forms (aligned text for people, one JSON object per line for scripts).
+//
+// It uses the standard flag package, one flag.FlagSet per command, rather than cobra: five
+// commands and a dozen flags fit a small dispatch table, and flag keeps every binary in
+// this module on one flag syntax and keeps a CLI framework out of the watchdog's module
+// graph. What cobra adds (shell completion, generated nested help, suggestions) does not
+// pay for itself at this size, and the one thing flag lacks here, global flags on either
+// side of the command, takes a few lines: they are registered on every FlagSet.
+package cli
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"go.uber.org/zap"
+
+	"oomd.dev/oomd/internal/ctlclient"
+)
+
+// Exit codes, as documented in the usage text.
+const (
+	ExitOK      = 0
+	ExitRuntime = 1 // oomd unreachable, a call failed or timed out
+	ExitUsage   = 2 // bad command line or invalid input, including a policy oomd refused
+)
+
+// DefaultSocket is used when neither --socket nor OOMD_SOCKET is given.
+const DefaultSocket = "/run/oomd/oomd.sock"
+
+// Env is what a run of oomctl talks to; tests pass buffers and a fixed environment.
+type Env struct {
+	Stdout, Stderr io.Writer
+	Getenv         func(string) string
+	Log            *zap.Logger // RPC plumbing logs; nil discards them
+}
+
+// inputError is an error in what the user gave us (exit 2): a flag value, a policy file,
+// a policy oomd refused.
+type inputError struct{ err error }
+
+func (e inputError) Error() string { return e.err.Error() }
+func (e inputError) Unwrap() error { return e.err }
+
+func invalidf(format string, args ...any) error {
+	return inputError{fmt.Errorf(format, args...)}
+}
+
+// globals are the flags every command accepts.
+type globals struct {
+	socket  string
+	json    bool
+	timeout time.Duration
+}
+
+// register adds the global flags to fs, keeping values parsed earlier (before the
+// command name) as the defaults, so they can be given on either side of the command.
+func (g *globals) register(fs *flag.FlagSet) {
+	fs.StringVar(&g.socket, "socket", g.socket, "`path` of oomd's control socket (default $OOMD_SOCKET, else "+DefaultSocket+")")
+	fs.BoolVar(&g.json, "json", g.json, "print one JSON object per line, for scripts")
+	fs.DurationVar(&g.timeout, "timeout", g.timeout, "deadline for connecting and for each call except --follow's stream (0: none)")
+}
+
+// command is one entry of the dispatch table.
+type command struct {
+	name    string // "policy set" for nested commands
+	args    string
+	summary string
+	flags   func(fs *flag.FlagSet) any // registers the command's own flags, returns its options
+	run     func(ctx context.Context, r *runner, opts any) error
+}
+
+var commands []command // filled in init, since the entries refer to usage
+
+func init() {
+	commands = []command{
+		{name: "status", summary: "oomd's tick and counters, and every subject's usage, limits and state",
+			run: func(ctx context.Context, r *runner, _ any) error { return r.status(ctx) }},
+		{name: "policy get", summary: "the policy in force and its version",
+			run: func(ctx context.Context, r *runner, _ any) error { return r.policyGet(ctx) }},
+		{name: "policy set", args: "[flags] | --file policy.json",
+			summary: "change fields of the policy in force, or replace it with a JSON file",
+			flags:   func(fs *flag.FlagSet) any { return registerSetFlags(fs) },
+			run:     func(ctx context.Context, r *runner, o any) error { return r.policySet(ctx, o.(*setFlags)) }},
+		{name: "events", args: "[--since N] [--limit N] [--follow]",
+			summary: "oomd's event history; --follow then prints new events as they happen",
+			flags:   func(fs *flag.FlagSet) any { return registerPageFlags(fs, true) },
+			run:     func(ctx context.Context, r *runner, o any) error { return r.events(ctx, o.(*pageFlags)) }},
+		{name: "audit", args: "[--since N] [--limit N]",
+			summary: "the durable audit journal (logd's), read through oomd",
+			flags:   func(fs *flag.FlagSet) any { return registerPageFlags(fs, false) },
+			run:     func(ctx context.Context, r *runner, o any) error { return r.audit(ctx, o.(*pageFlags)) }},
+	}
+}
+
+func usage(w io.Writer) {
+	fmt.Fprint(w, `oomctl operates oomd, the memory watchdog, through its control socket.
+
+Usage:
+  oomctl [global flags] <command> [flags]
+
+Commands:
+`)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	for _, c := range commands {
+		fmt.Fprintf(tw, "  %s %s\t%s\n", c.name, c.args, c.summary)
+	}
+	fmt.Fprintf(tw, "  help [command]\tthis text, or one command's flags\n")
+	tw.Flush()
+	fmt.Fprint(w, `
+Global flags (accepted before or after the command):
+  --socket PATH   oomd's control socket (default $OOMD_SOCKET, else `+DefaultSocket+`)
+  --json          one JSON object per line, with stable field names, for scripts
+  --timeout D     deadline for connecting and for each call, except the stream of
+                  events --follow (default 10s; 0 means none)
+
+Sizes (--soft-bytes, --hard-bytes, --override) are a byte count or take a 1024-based
+suffix: K/KiB, M/MiB, G/GiB, T/TiB (so 8M = 8MiB = 8388608).
+
+Exit status:
+  0  success (also when events --follow is ended by Ctrl-C or SIGTERM)
+  1  runtime error: oomd is not running or not accessible, a call failed or timed out
+  2  usage error or invalid input: unknown command or flag, a bad value, an unreadable
+     or invalid policy file, or a policy oomd refused (its message names the field)
+
+Examples:
+  oomctl status
+  oomctl policy set --hard-bytes 512M --override db=1G:2G --critical sshd
+  oomctl policy get --json | jq .policy > p.json && oomctl policy set --file p.json
+  oomctl events --follow --json
+`)
+}
+
+// Main runs oomctl with args (without the program name) and returns the exit code.
+func Main(ctx context.Context, args []string, env Env) int {
+	if env.Log == nil {
+		env.Log = zap.NewNop()
+	}
+	if env.Getenv == nil {
+		env.Getenv = os.Getenv
+	}
+	err := run(ctx, args, env)
+	switch {
+	case err == nil, errors.Is(err, flag.ErrHelp):
+		return ExitOK
+	case errors.As(err, new(inputError)):
+		fmt.Fprintf(env.Stderr, "oomctl: %v\n", err)
+		return ExitUsage
+	case errors.Is(err, errUsageShown):
+		return ExitUsage
+	default:
+		fmt.Fprintf(env.Stderr, "oomctl: %v\n", err)
+		return ExitRuntime
+	}
+}
+
+// errUsageShown: the flag package already printed the error and the usage.
+var errUsageShown = errors.New("usage error")
+
+func run(ctx context.Context, args []string, env Env) error {
+	g := &globals{socket: env.Getenv("OOMD_SOCKET"), timeout: 10 * time.Second}
+	if g.socket == "" {
+		g.socket = DefaultSocket
+	}
+	top := flag.NewFlagSet("oomctl", flag.ContinueOnError)
+	top.SetOutput(env.Stderr)
+	top.Usage = func() {} // printed below, to stdout when asked for
+	g.register(top)
+	if err := top.Parse(args); err != nil {
+		return parseErr(err, env, func(w io.Writer) { usage(w) })
+	}
+	rest := top.Args()
+	if len(rest) == 0 {
+		usage(env.Stderr)
+		return errUsageShown
+	}
+	if rest[0] == "help" {
+		return help(rest[1:], env)
+	}
+	cmd, rest, err := lookup(rest)
+	if err != nil {
+		return err
+	}
+	fs := flag.NewFlagSet("oomctl "+cmd.name, flag.ContinueOnError)
+	fs.SetOutput(env.Stderr)
+	var opts any
+	if cmd.flags != nil {
+		opts = cmd.flags(fs)
+	}
+	g.register(fs)
+	fs.Usage = func() {}
+	if err := fs.Parse(rest); err != nil {
+		return parseErr(err, env, func(w io.Writer) { commandUsage(w, cmd, fs) })
+	}
+	if fs.NArg() > 0 {
+		return invalidf("%s: unexpected argument %q (see oomctl help %s)", cmd.name, fs.Arg(0), cmd.name)
+	}
+	if g.timeout < 0 {
+		return invalidf("--timeout %v: must not be negative", g.timeout)
+	}
+	r := &runner{g: g, env: env}
+	return cmd.run(ctx, r, opts)
+}
+
+// parseErr prints the usage after a flag error (which the flag package has printed to
+// stderr already), or to stdout for -h/--help, and returns what Main maps to the exit code.
+func parseErr(err error, env Env, show func(io.Writer)) error {
+	if errors.Is(err, flag.ErrHelp) {
+		show(env.Stdout)
+		return err
+	}
+	show(env.Stderr)
+	return errUsageShown
+}
+
+// lookup finds the command named by the first one or two words of args.
+func lookup(args []string) (command, []string, error) {
+	for _, c := range commands {
+		words := strings.Fields(c.name)
+		if len(args) >= len(words) && strings.Join(args[:len(words)], " ") == c.name {
+			return c, args[len(words):], nil
+		}
+	}
+	if args[0] == "policy" {
+		if len(args) == 1 {
+			return command{}, nil, invalidf("policy: say get or set (see oomctl help)")
+		}
+		return command{}, nil, invalidf("policy %s: unknown command: say get or set (see oomctl help)", args[1])
+	}
+	return command{}, nil, invalidf("unknown command %q (see oomctl help)", args[0])
+}
+
+func help(args []string, env Env) error {
+	if len(args) == 0 {
+		usage(env.Stdout)
+		return nil
+	}
+	cmd, rest, err := lookup(args)
+	if err != nil {
+		return err
+	}
+	if len(rest) > 0 {
+		return invalidf("help: unexpected argument %q", rest[0])
+	}
+	fs := flag.NewFlagSet("oomctl "+cmd.name, flag.ContinueOnError)
+	if cmd.flags != nil {
+		cmd.flags(fs)
+	}
+	(&globals{}).register(fs)
+	commandUsage(env.Stdout, cmd, fs)
+	return nil
+}
+
+func commandUsage(w io.Writer, cmd command, fs *flag.FlagSet) {
+	fmt.Fprintf(w, "Usage: oomctl %s %s\n\n%s.\n\nFlags:\n", cmd.name, cmd.args, capitalize(cmd.summary))
+	fs.SetOutput(w)
+	fs.PrintDefaults()
+	fmt.Fprintf(w, "\nExit status: 0 ok, 1 runtime error, 2 usage error or invalid input (see oomctl help).\n")
+}
+
+func capitalize(s string) string {
+	if s == "" {
+		return s
+	}
+	return strings.ToUpper(s[:1]) + s[1:]
+}
+
+// runner holds what every command needs: the global options and where to write.
+type runner struct {
+	g   *globals
+	env Env
+}
+
+// callCtx bounds one call (or the connect) by --timeout.
+func (r *runner) callCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	if r.g.timeout == 0 {
+		return context.WithCancel(ctx)
+	}
+	return context.WithTimeout(ctx, r.g.timeout)
+}
+
+// dial connects once to oomd, turning the usual failures into messages that say what
+// to do.
+func (r *runner) dial(ctx context.Context) (*ctlclient.Client, error) {
+	c, err := ctlclient.DialOnce(ctx, r.g.socket, r.env.Log)
+	if err != nil {
+		return nil, r.explain(dialError(r.g.socket, err))
+	}
+	return c, nil
+}
+
+// explain turns a context deadline into a message naming --timeout.
+func (r *runner) explain(err error) error {
+	if errors.Is(err, context.DeadlineExceeded) || strings.Contains(err.Error(), context.DeadlineExceeded.Error()) {
+		return fmt.Errorf("%w (oomd did not answer within --timeout %v)", err, r.g.timeout)
+	}
+	return err
+}

@@ -1,0 +1,682 @@
+package cli
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"io/fs"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"oomd.dev/oomd/internal/ctlclient"
+	"oomd.dev/oomd/services/oomd/policy"
+)
+
+// helperEnv makes the test binary run oomctl itself (see TestMain): the permission test
+// runs it as another user.
+const helperEnv = "OOMCTL_TEST_RUN_AS_OOMCTL"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(helperEnv) == "1" {
+		os.Exit(Main(context.Background(), os.Args[1:], Env{Stdout: os.Stdout, Stderr: os.Stderr}))
+	}
+	os.Exit(m.Run())
+}
+
+// oomctl runs Main with args and a fixed environment and returns its exit code and
+// output.
+func oomctl(t *testing.T, env map[string]string, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	code = Main(ctx, args, Env{Stdout: &out, Stderr: &errb, Getenv: func(k string) string { return env[k] }})
+	return code, out.String(), errb.String()
+}
+
+func TestParseSize(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want uint64
+		err  string
+	}{
+		{in: "0", want: 0},
+		{in: "4096", want: 4096},
+		{in: "8M", want: 8 << 20},
+		{in: "8MiB", want: 8 << 20},
+		{in: "8mib", want: 8 << 20},
+		{in: "512k", want: 512 << 10},
+		{in: "2G", want: 2 << 30},
+		{in: "1TiB", want: 1 << 40},
+		{in: "100B", want: 100},
+		{in: " 3 M ", want: 3 << 20},
+		{in: "", err: `"" is not a size`},
+		{in: "M", err: `"M" is not a size`},
+		{in: "1.5G", err: `"1.5G" is not a size`},
+		{in: "-1", err: `"-1" is not a size`},
+		{in: "8MB", err: `"8MB" is not a size`},
+		{in: "16777216T", err: `"16777216T" is too large`},
+	} {
+		got, err := parseSize(tc.in)
+		if tc.err != "" {
+			assert.ErrorContains(t, err, tc.err, "parseSize(%q)", tc.in)
+			continue
+		}
+		if assert.NoError(t, err, "parseSize(%q)", tc.in) {
+			assert.Equal(t, tc.want, got, "parseSize(%q)", tc.in)
+		}
+	}
+}
+
+func TestHumanBytes(t *testing.T) {
+	for _, tc := range []struct {
+		in   uint64
+		want string
+	}{
+		{0, "0"},
+		{1, "1 B"},
+		{1023, "1023 B"},
+		{1024, "1 KiB"},
+		{1536, "1.5 KiB"},
+		{8 << 20, "8 MiB"},
+		{(8 << 20) + (1 << 19), "8.5 MiB"},
+		{1<<20 - 1, "1 MiB"}, // 1023.999 KiB rounds up to the next unit
+		{1 << 50, "1 PiB"},
+		{1<<64 - 1, "16 EiB"},
+	} {
+		assert.Equal(t, tc.want, humanBytes(tc.in), "humanBytes(%d)", tc.in)
+	}
+}
+
+func TestParseOverride(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want policy.SubjectLimit
+		err  string
+	}{
+		{in: "db=1G:2G", want: policy.SubjectLimit{Subject: "db", SoftBytes: 1 << 30, HardBytes: 2 << 30}},
+		{in: "hog=4194304:8388608", want: policy.SubjectLimit{Subject: "hog", SoftBytes: 4 << 20, HardBytes: 8 << 20}},
+		{in: "a.b-c=1k:1k", want: policy.SubjectLimit{Subject: "a.b-c", SoftBytes: 1024, HardBytes: 1024}},
+		{in: "db", err: `"db": want subject=soft:hard`},
+		{in: "=1G:2G", err: `"=1G:2G": want subject=soft:hard`},
+		{in: "db=1G", err: `"db=1G": want subject=soft:hard`},
+		{in: "db=x:2G", err: `db: soft: "x" is not a size`},
+		{in: "db=1G:", err: `db: hard: "" is not a size`},
+	} {
+		got, err := parseOverride(tc.in)
+		if tc.err != "" {
+			assert.ErrorContains(t, err, tc.err, "parseOverride(%q)", tc.in)
+			continue
+		}
+		if assert.NoError(t, err, "parseOverride(%q)", tc.in) {
+			assert.Equal(t, tc.want, got, "parseOverride(%q)", tc.in)
+		}
+	}
+}
+
+// TestSetFlagsApply: field flags change only what they name, over the policy in force.
+func TestSetFlagsApply(t *testing.T) {
+	cur := policy.DefaultPolicy()
+	cur.Critical = []string{"db"}
+	cur.Overrides = []policy.SubjectLimit{{Subject: "hog", SoftBytes: 1 << 20, HardBytes: 2 << 20}}
+	with := func(edit func(p *policy.Policy)) policy.Policy {
+		p := cur
+		p.Critical = append([]string(nil), cur.Critical...)
+		p.Overrides = append([]policy.SubjectLimit(nil), cur.Overrides...)
+		edit(&p)
+		return p
+	}
+	for _, tc := range []struct {
+		name string
+		args []string
+		want policy.Policy
+		err  string // from parsing or applying
+	}{
+		{name: "hard only", args: []string{"--hard-bytes", "1G"}, want: with(func(p *policy.Policy) { p.HardBytes = 1 << 30 })},
+		{name: "scalars", args: []string{"--soft-bytes=1M", "--sample-ms", "20", "--kill-budget", "3", "--kill-window-ticks", "7", "--oom-timeout-ms", "5000"},
+			want: with(func(p *policy.Policy) {
+				p.SoftBytes, p.SampleMs, p.KillBudget, p.KillWindowTicks, p.OOMTimeoutMs = 1<<20, 20, 3, 7, 5000
+			})},
+		{name: "critical replaces", args: []string{"--critical", "a, b,"}, want: with(func(p *policy.Policy) { p.Critical = []string{"a", "b"} })},
+		{name: "critical cleared", args: []string{"--critical", ""}, want: with(func(p *policy.Policy) { p.Critical = nil })},
+		{name: "override replaces and appends", args: []string{"--override", "hog=3M:4M", "--override", "db=1G:2G"},
+			want: with(func(p *policy.Policy) {
+				p.Overrides = []policy.SubjectLimit{{Subject: "hog", SoftBytes: 3 << 20, HardBytes: 4 << 20}, {Subject: "db", SoftBytes: 1 << 30, HardBytes: 2 << 30}}
+			})},
+		{name: "remove override", args: []string{"--remove-override", "hog"}, want: with(func(p *policy.Policy) { p.Overrides = []policy.SubjectLimit{} })},
+		{name: "remove unknown override", args: []string{"--remove-override", "nope"}, err: `--remove-override nope: the policy in force has no override for "nope"`},
+		{name: "override twice", args: []string{"--override", "a=1:2", "--override", "a=1:3"}, err: `invalid value "a=1:3" for flag -override: a is given twice`},
+		{name: "uint32 overflow", args: []string{"--sample-ms", "4294967296"}, err: `"4294967296" is out of range (at most 4294967295)`},
+		{name: "not a number", args: []string{"--kill-budget", "two"}, err: `"two" is not a whole number`},
+		{name: "bad size", args: []string{"--hard-bytes", "lots"}, err: `"lots" is not a size`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fs := flag.NewFlagSet("test", flag.ContinueOnError)
+			fs.SetOutput(io.Discard)
+			f := registerSetFlags(fs)
+			err := fs.Parse(tc.args)
+			var got policy.Policy
+			if err == nil {
+				require.True(t, f.edits())
+				got, err = f.apply(cur)
+			}
+			if tc.err != "" {
+				assert.ErrorContains(t, err, tc.err)
+				return
+			}
+			require.NoError(t, err)
+			assert.Equal(t, tc.want, got)
+			assert.Equal(t, []string{"db"}, cur.Critical, "apply must not modify the policy it was given")
+			assert.Len(t, cur.Overrides, 1, "apply must not modify the policy it was given")
+		})
+	}
+}
+
+// TestUsageErrors: bad command lines exit 2 with a message saying what is wrong, and
+// never reach the socket.
+func TestUsageErrors(t *testing.T) {
+	noSocket := map[string]string{"OOMD_SOCKET": "/nonexistent/oomd.sock"}
+	for _, tc := range []struct {
+		args   []string
+		stderr string
+	}{
+		{nil, "Usage:\n  oomctl [global flags] <command> [flags]"},
+		{[]string{"frobnicate"}, `oomctl: unknown command "frobnicate" (see oomctl help)`},
+		{[]string{"policy"}, "oomctl: policy: say get or set"},
+		{[]string{"policy", "delete"}, "oomctl: policy delete: unknown command: say get or set"},
+		{[]string{"status", "extra"}, `oomctl: status: unexpected argument "extra"`},
+		{[]string{"status", "--bogus"}, "flag provided but not defined: -bogus"},
+		{[]string{"events", "--since", "x"}, `invalid value "x" for flag -since`},
+		{[]string{"audit", "--follow"}, "flag provided but not defined: -follow"},
+		{[]string{"--timeout", "-1s", "status"}, "oomctl: --timeout -1s: must not be negative"},
+		{[]string{"policy", "set"}, "oomctl: policy set: nothing to set; give field flags"},
+		{[]string{"policy", "set", "--file", "p.json", "--hard-bytes", "1G"}, "oomctl: policy set: give either --file or field flags, not both"},
+		{[]string{"policy", "set", "--override", "db"}, `invalid value "db" for flag -override: "db": want subject=soft:hard`},
+		{[]string{"policy", "set", "--file", "/nonexistent/p.json"}, "oomctl: policy file: open /nonexistent/p.json: no such file or directory"},
+	} {
+		code, stdout, stderr := oomctl(t, noSocket, tc.args...)
+		assert.Equal(t, ExitUsage, code, "oomctl %q", tc.args)
+		assert.Contains(t, stderr, tc.stderr, "oomctl %q", tc.args)
+		assert.Empty(t, stdout, "oomctl %q", tc.args)
+	}
+}
+
+func TestHelp(t *testing.T) {
+	for _, args := range [][]string{{"--help"}, {"-h"}, {"help"}} {
+		code, stdout, stderr := oomctl(t, nil, args...)
+		assert.Equal(t, ExitOK, code, "oomctl %q", args)
+		assert.Empty(t, stderr)
+		for _, want := range []string{"policy set", "events [--since N] [--limit N] [--follow]", "Exit status:",
+			"0  success", "1  runtime error", "2  usage error or invalid input"} {
+			assert.Contains(t, stdout, want, "oomctl %q", args)
+		}
+	}
+	code, stdout, _ := oomctl(t, nil, "help", "policy", "set")
+	assert.Equal(t, ExitOK, code)
+	assert.Contains(t, stdout, "-override subject=soft:hard")
+	code, stdout, _ = oomctl(t, nil, "events", "--help")
+	assert.Equal(t, ExitOK, code)
+	assert.Contains(t, stdout, "-follow")
+}
+
+// TestDialErrorMessages: the text a user sees for each way of not reaching oomd. This
+// is also the permission-denied coverage when the tests run as root (where the kernel
+// skips the permission check); TestPermissionDenied adds the real thing when it can.
+func TestDialErrorMessages(t *testing.T) {
+	const p = "/run/oomd/oomd.sock"
+	wrap := func(sentinel, cause error) error { return fmt.Errorf("%w: %w", sentinel, cause) }
+	for _, tc := range []struct {
+		err  error
+		want string
+	}{
+		{wrap(ctlclient.ErrNotRunning, &fs.PathError{Op: "stat", Path: p, Err: syscall.ENOENT}),
+			"oomd is not running: no socket at /run/oomd/oomd.sock (is the stack up? set --socket or OOMD_SOCKET)"},
+		{wrap(ctlclient.ErrNotRunning, &net.OpError{Op: "dial", Net: "unix", Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)}),
+			"oomd is not running: nothing accepts connections on /run/oomd/oomd.sock (a socket left by a stopped oomd? set --socket or OOMD_SOCKET)"},
+		{wrap(ctlclient.ErrNoAccess, &net.OpError{Op: "dial", Net: "unix", Err: os.NewSyscallError("connect", syscall.EACCES)}),
+			"cannot access /run/oomd/oomd.sock: permission denied (the socket is owner-only; run as the user that runs oomd)"},
+		{wrap(ctlclient.ErrNoAccess, &fs.PathError{Op: "stat", Path: p, Err: syscall.EACCES}),
+			"cannot access /run/oomd/oomd.sock: permission denied (the socket is owner-only; run as the user that runs oomd)"},
+		{fmt.Errorf("%s: %w", p, ctlclient.ErrNotSocket),
+			"/run/oomd/oomd.sock is not a socket (set --socket or OOMD_SOCKET to oomd's control socket)"},
+		{errors.New("bootstrap: boom"), "connect to oomd at /run/oomd/oomd.sock: bootstrap: boom"},
+	} {
+		assert.Equal(t, tc.want, dialError(p, tc.err).Error())
+	}
+}
+
+func shortTempDir(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "oomctl")
+	require.NoError(t, err)
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
+// TestNotRunning: the real failures, fast and without retrying.
+func TestNotRunning(t *testing.T) {
+	dir := shortTempDir(t)
+	missing := filepath.Join(dir, "oomd.sock")
+
+	start := time.Now()
+	code, stdout, stderr := oomctl(t, map[string]string{"OOMD_SOCKET": missing}, "status")
+	assert.Equal(t, ExitRuntime, code)
+	assert.Empty(t, stdout)
+	assert.Equal(t, "oomctl: oomd is not running: no socket at "+missing+" (is the stack up? set --socket or OOMD_SOCKET)\n", stderr)
+	assert.Less(t, time.Since(start), 5*time.Second, "a missing socket must fail at once, not retry")
+
+	// --socket wins over OOMD_SOCKET.
+	code, _, stderr = oomctl(t, map[string]string{"OOMD_SOCKET": "/elsewhere.sock"}, "events", "--socket", missing)
+	assert.Equal(t, ExitRuntime, code)
+	assert.Contains(t, stderr, "no socket at "+missing)
+
+	// Default path when neither is set.
+	_, _, stderr = oomctl(t, nil, "status")
+	assert.Contains(t, stderr, "at "+DefaultSocket+" ")
+
+	// A socket file nobody listens on (oomd died without removing it).
+	stale := filepath.Join(dir, "stale.sock")
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: stale, Net: "unix"})
+	require.NoError(t, err)
+	l.SetUnlinkOnClose(false)
+	require.NoError(t, l.Close())
+	code, _, stderr = oomctl(t, nil, "--socket", stale, "policy", "get")
+	assert.Equal(t, ExitRuntime, code)
+	assert.Equal(t, "oomctl: oomd is not running: nothing accepts connections on "+stale+" (a socket left by a stopped oomd? set --socket or OOMD_SOCKET)\n", stderr)
+
+	// Not a socket at all.
+	file := filepath.Join(dir, "file")
+	require.NoError(t, os.WriteFile(file, nil, 0o600))
+	code, _, stderr = oomctl(t, nil, "--socket", file, "audit")
+	assert.Equal(t, ExitRuntime, code)
+	assert.Equal(t, "oomctl: "+file+" is not a socket (set --socket or OOMD_SOCKET to oomd's control socket)\n", stderr)
+}
+
+// TestPermissionDenied: an owner-only socket (here mode 0000, with oomd listening) is
+// refused to anyone else. Root bypasses the check, so as root the test runs oomctl as
+// the user nobody; if that is impossible it is skipped (TestDialErrorMessages still
+// covers the message).
+func TestPermissionDenied(t *testing.T) {
+	f := startFake(t)
+	sock := f.path
+	require.NoError(t, os.Chmod(sock, 0))
+	want := "oomctl: cannot access " + sock + ": permission denied (the socket is owner-only; run as the user that runs oomd)\n"
+
+	if os.Geteuid() != 0 {
+		code, stdout, stderr := oomctl(t, nil, "--socket", sock, "status")
+		assert.Equal(t, ExitRuntime, code)
+		assert.Empty(t, stdout)
+		assert.Equal(t, want, stderr)
+		return
+	}
+	// As root: copy this test binary where nobody can run it and make the socket's
+	// directory searchable, so only the socket's own mode stands in the way.
+	require.NoError(t, os.Chmod(filepath.Dir(sock), 0o755))
+	exe, err := os.Executable()
+	require.NoError(t, err)
+	bin := filepath.Join(filepath.Dir(sock), "oomctl.test")
+	b, err := os.ReadFile(exe)
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(bin, b, 0o755))
+	cmd := exec.Command(bin, "--socket", sock, "status")
+	cmd.Env = []string{helperEnv + "=1"}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err = cmd.Run()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) {
+		t.Skipf("cannot run oomctl as nobody here (%v); the message is covered by TestDialErrorMessages", err)
+	}
+	assert.Equal(t, ExitRuntime, ee.ExitCode(), "stderr: %s", stderr.String())
+	assert.Empty(t, stdout.String())
+	assert.Equal(t, want, stderr.String())
+}
+
+func sampleStatus() statusView {
+	return statusView{
+		Tick: 1234, PolicyVersion: 2, LastEventSeq: 17, Kills: 1, Throttled: 2,
+		AcceptedSamples: 120, RejectedSamples: 3, Level: "normal", InjectEnabled: true,
+		Subjects: []subjectView{
+			// Deliberately out of order: the table sorts by subject id.
+			{Subject: "oomd", Instance: 1, State: "normal", SoftBytes: 256 << 20, HardBytes: 512 << 20, Critical: true},
+			{Subject: "hog", Instance: 3, State: "terminating", Bytes: 16 << 20, SoftBytes: 4 << 20, HardBytes: 8 << 20},
+			{Subject: "spoofer", Instance: 1, State: "normal", Bytes: 1536, SoftBytes: 256 << 20, HardBytes: 512 << 20, Rejected: 3},
+		},
+	}
+}
+
+func TestStatus(t *testing.T) {
+	f := startFake(t)
+	f.do(func() { f.status = sampleStatus() })
+
+	code, stdout, stderr := oomctl(t, nil, "--socket", f.path, "status")
+	require.Equal(t, ExitOK, code, stderr)
+	assert.Equal(t, `tick 1234, policy version 2, last event seq 17
+kills 1, denied 0, throttled 2; samples accepted 120, rejected 3
+inject enabled (test mode)
+
+SUBJECT  STATE        BYTES    SOFT     HARD     CRITICAL  REJECTED
+hog      terminating  16 MiB   4 MiB    8 MiB    no        0
+oomd     normal       0        256 MiB  512 MiB  yes       0
+spoofer  normal       1.5 KiB  256 MiB  512 MiB  no        3
+`, stdout)
+
+	code, stdout, _ = oomctl(t, nil, "status", "--json", "--socket", f.path)
+	require.Equal(t, ExitOK, code)
+	assert.Equal(t, `{"tick":1234,"policyVersion":2,"lastEventSeq":17,"kills":1,"denied":0,"throttled":2,`+
+		`"acceptedSamples":120,"rejectedSamples":3,"level":"normal","memAvailableBytes":0,"haltClaimed":false,`+
+		`"injectEnabled":true,"truncated":false,"subjects":[`+
+		`{"subject":"hog","instance":3,"state":"terminating","bytes":16777216,"softBytes":4194304,"hardBytes":8388608,"critical":false,"rejected":0},`+
+		`{"subject":"oomd","instance":1,"state":"normal","bytes":0,"softBytes":268435456,"hardBytes":536870912,"critical":true,"rejected":0},`+
+		`{"subject":"spoofer","instance":1,"state":"normal","bytes":1536,"softBytes":268435456,"hardBytes":536870912,"critical":false,"rejected":3}]}`+"\n", stdout)
+
+	f.do(func() {
+		f.status = statusView{Tick: 5, Level: "warning", MemAvailableBytes: 3 << 30, HaltClaimed: true, Truncated: true,
+			Subjects: []subjectView{{Subject: "a", State: "exited"}}}
+	})
+	_, stdout, _ = oomctl(t, nil, "--socket", f.path, "status")
+	assert.Equal(t, `tick 5, policy version 0, last event seq 0
+kills 0, denied 0, throttled 0; samples accepted 0, rejected 0
+pressure level warning (MemAvailable 3 GiB); HALT CLAIMED (system OOM teardown under way)
+
+SUBJECT  STATE   BYTES  SOFT  HARD  CRITICAL  REJECTED
+a        exited  0      0     0     no        0
+(only the first 1 subjects are shown: oomd bounds one status answer)
+`, stdout)
+}
+
+func TestPolicyGet(t *testing.T) {
+	f := startFake(t)
+	f.do(func() {
+		f.pol.Critical = []string{"db", "sshd"}
+		f.pol.Overrides = []policy.SubjectLimit{{Subject: "hog", SoftBytes: 4 << 20, HardBytes: 8 << 20}}
+		f.version = 3
+	})
+
+	code, stdout, stderr := oomctl(t, nil, "--socket", f.path, "policy", "get")
+	require.Equal(t, ExitOK, code, stderr)
+	assert.Equal(t, `version          3
+softBytes        268435456 (256 MiB)
+hardBytes        536870912 (512 MiB)
+sampleMs         100
+killBudget       2 per killWindowTicks
+killWindowTicks  50
+critical         db, sshd (always critical too: execd, init, logd, oomd, policyd, samgrd)
+oomTimeoutMs     default (30000)
+levels           off
+override         hog: soft 4194304 (4 MiB), hard 8388608 (8 MiB)
+`, stdout)
+
+	code, stdout, _ = oomctl(t, nil, "--socket", f.path, "--json", "policy", "get")
+	require.Equal(t, ExitOK, code)
+	assert.Equal(t, `{"version":3,"policy":{"softBytes":268435456,"hardBytes":536870912,"sampleMs":100,"killBudget":2,`+
+		`"killWindowTicks":50,"critical":["db","sshd"],"overrides":[{"subject":"hog","softBytes":4194304,"hardBytes":8388608}],"levels":{}}}`+"\n", stdout)
+
+	// What get --json prints under "policy" is a policy file set --file accepts.
+	var v policyView
+	require.NoError(t, json.Unmarshal([]byte(stdout), &v))
+	pol, err := json.Marshal(v.Policy)
+	require.NoError(t, err)
+	file := filepath.Join(t.TempDir(), "p.json")
+	require.NoError(t, os.WriteFile(file, pol, 0o600))
+	code, stdout, stderr = oomctl(t, nil, "--socket", f.path, "policy", "set", "--file", file)
+	require.Equal(t, ExitOK, code, stderr)
+	assert.Equal(t, "policy version 4 in force\n", stdout)
+	assert.Equal(t, v.Policy, f.policy())
+}
+
+func TestPolicySet(t *testing.T) {
+	f := startFake(t)
+	f.do(func() { f.pol.Critical = []string{"db"} })
+
+	code, stdout, stderr := oomctl(t, nil, "--socket", f.path, "policy", "set", "--hard-bytes", "1G", "--override", "hog=4M:8M")
+	require.Equal(t, ExitOK, code, stderr)
+	assert.Equal(t, "policy version 2 in force\n", stdout)
+	want := policy.DefaultPolicy()
+	want.HardBytes = 1 << 30
+	want.Critical = []string{"db"}
+	want.Overrides = []policy.SubjectLimit{{Subject: "hog", SoftBytes: 4 << 20, HardBytes: 8 << 20}}
+	assert.Equal(t, want, f.policy(), "flags apply over the policy in force")
+
+	code, stdout, _ = oomctl(t, nil, "--socket", f.path, "policy", "set", "--json", "--kill-budget", "5")
+	require.Equal(t, ExitOK, code)
+	assert.Equal(t, `{"version":3}`+"\n", stdout)
+	assert.Equal(t, uint32(5), f.policy().KillBudget)
+	assert.Equal(t, uint64(1<<30), f.policy().HardBytes)
+
+	// oomd refuses: exit 2, oomd's words naming the field and the bound, nothing changed.
+	before := f.policy()
+	code, stdout, stderr = oomctl(t, nil, "--socket", f.path, "policy", "set", "--hard-bytes", "1M")
+	assert.Equal(t, ExitUsage, code)
+	assert.Empty(t, stdout)
+	assert.Equal(t, "oomctl: oomd refused the policy and keeps the one in force: "+
+		"invalid policy: hardBytes = 1048576: must be >= softBytes (268435456)\n", stderr)
+	code, _, stderr = oomctl(t, nil, "--socket", f.path, "policy", "set", "--override", "Bad=1:2")
+	assert.Equal(t, ExitUsage, code)
+	assert.Contains(t, stderr, `invalid policy: overrides[1].subject = "Bad": must be a subject id`)
+	assert.Equal(t, before, f.policy())
+	assert.Equal(t, 2, f.sets())
+}
+
+func TestPolicySetFile(t *testing.T) {
+	f := startFake(t)
+	dir := t.TempDir()
+	write := func(name, body string) string {
+		p := filepath.Join(dir, name)
+		require.NoError(t, os.WriteFile(p, []byte(body), 0o600))
+		return p
+	}
+	ok := write("ok.json", `{"softBytes": 4194304, "hardBytes": 8388608, "sampleMs": 10}`)
+	code, stdout, stderr := oomctl(t, nil, "--socket", f.path, "policy", "set", "--file", ok)
+	require.Equal(t, ExitOK, code, stderr)
+	assert.Equal(t, "policy version 2 in force\n", stdout)
+	want := policy.DefaultPolicy()
+	want.SoftBytes, want.HardBytes, want.SampleMs = 4<<20, 8<<20, 10
+	assert.Equal(t, want, f.policy(), "a file replaces the policy over the defaults")
+
+	for _, tc := range []struct{ name, body, stderr string }{
+		{"unknown.json", "{\n  \"hardLimit\": 1\n}", `oomctl: policy file %s: json: unknown field "hardLimit"`},
+		{"syntax.json", "{\n  \"hardBytes\": 1,\n}", `oomctl: policy file %s: line 3, column `},
+		{"type.json", "{\n  \"sampleMs\": \"fast\"\n}", `oomctl: policy file %s: line 2, column `},
+		{"invalid.json", `{"sampleMs": 5}`, `oomctl: policy file %s: invalid policy: sampleMs = 5: must be in 10..60000`},
+	} {
+		p := write(tc.name, tc.body)
+		code, stdout, stderr := oomctl(t, nil, "--socket", f.path, "policy", "set", "--file", p)
+		assert.Equal(t, ExitUsage, code, tc.name)
+		assert.Empty(t, stdout, tc.name)
+		assert.Contains(t, stderr, fmt.Sprintf(tc.stderr, p), tc.name)
+	}
+	assert.Equal(t, 1, f.sets(), "an invalid file is never sent")
+}
+
+func testEvents() []policy.Event {
+	return []policy.Event{
+		{Seq: 1, Tick: 0, Kind: policy.EventSubjectRegistered, Subject: "hog"},
+		{Seq: 2, Tick: 3, Kind: policy.EventSoftExceeded, Subject: "hog", Bytes: 5 << 20, Limit: 4 << 20},
+		{Seq: 3, Tick: 4, Kind: policy.EventKillDecided, Subject: "hog", Bytes: 16 << 20, Limit: 8 << 20, Decision: 1},
+		{Seq: 4, Tick: 9, Kind: policy.EventKilled, Subject: "hog", Bytes: 16 << 20, Limit: 8 << 20, Decision: 1},
+		{Seq: 5, Tick: 9, Kind: policy.EventSubjectExited, Subject: "hog", Reason: "signal=terminated"},
+		{Seq: 6, Tick: 10, Kind: policy.EventKind(99)},
+	}
+}
+
+func TestEvents(t *testing.T) {
+	f := startFake(t)
+	f.do(func() {
+		f.events = testEvents()
+		f.dropped = 2 // the ring overwrote seq 1 and 2
+	})
+
+	code, stdout, stderr := oomctl(t, nil, "--socket", f.path, "events")
+	require.Equal(t, ExitOK, code, stderr)
+	assert.Equal(t, `missed=2 (overwritten in oomd's event ring before they were read)
+seq=3 tick=4 killDecided subject=hog bytes=16777216 limit=8388608 decision=1
+seq=4 tick=9 killed subject=hog bytes=16777216 limit=8388608 decision=1
+seq=5 tick=9 subjectExited subject=hog reason=signal=terminated
+seq=6 tick=10 unknown
+`, stdout)
+
+	code, stdout, _ = oomctl(t, nil, "--socket", f.path, "events", "--json", "--since", "3", "--limit", "2")
+	require.Equal(t, ExitOK, code)
+	assert.Equal(t, `{"seq":4,"tick":9,"kind":"killed","subject":"hog","bytes":16777216,"limit":8388608,"decision":1,"reason":""}
+{"seq":5,"tick":9,"kind":"subjectExited","subject":"hog","bytes":0,"limit":0,"decision":0,"reason":"signal=terminated"}
+`, stdout)
+
+	_, stdout, _ = oomctl(t, nil, "--socket", f.path, "events", "--json", "--since", "5")
+	assert.Equal(t, `{"seq":6,"tick":10,"kind":"unknown(99)","subject":"","bytes":0,"limit":0,"decision":0,"reason":""}`+"\n", stdout)
+	_, stdout, _ = oomctl(t, nil, "--socket", f.path, "events", "--json", "--since", "0", "--limit", "1")
+	assert.Equal(t, `{"missed":2}`+"\n"+`{"seq":3,"tick":4,"kind":"killDecided","subject":"hog","bytes":16777216,"limit":8388608,"decision":1,"reason":""}`+"\n", stdout)
+	code, stdout, _ = oomctl(t, nil, "--socket", f.path, "events", "--since", "6")
+	assert.Equal(t, ExitOK, code)
+	assert.Empty(t, stdout)
+}
+
+// TestEventsPaging: more events than one page (1024) are all printed, in order.
+func TestEventsPaging(t *testing.T) {
+	f := startFake(t)
+	f.do(func() {
+		for i := uint64(1); i <= 2500; i++ {
+			f.events = append(f.events, policy.Event{Seq: i, Tick: i, Kind: policy.EventSoftCleared, Subject: "s"})
+		}
+	})
+	code, stdout, _ := oomctl(t, nil, "--socket", f.path, "events")
+	require.Equal(t, ExitOK, code)
+	lines := strings.Split(strings.TrimSuffix(stdout, "\n"), "\n")
+	require.Len(t, lines, 2500)
+	assert.Equal(t, "seq=2500 tick=2500 softCleared subject=s", lines[2499])
+	_, stdout, _ = oomctl(t, nil, "--socket", f.path, "events", "--since", "1000", "--limit", "1030")
+	lines = strings.Split(strings.TrimSuffix(stdout, "\n"), "\n")
+	require.Len(t, lines, 1030)
+	assert.Equal(t, "seq=1001 tick=1001 softCleared subject=s", lines[0])
+	assert.Equal(t, "seq=2030 tick=2030 softCleared subject=s", lines[1029])
+}
+
+// TestEventsFollow: follow subscribes from --since, prints each pushed batch as it
+// arrives (including a missed report), and exits 0 when interrupted.
+func TestEventsFollow(t *testing.T) {
+	f := startFake(t)
+	evs := testEvents()
+	pr, pw := io.Pipe()
+	var errb bytes.Buffer
+	ctx, interrupt := context.WithCancel(context.Background())
+	defer interrupt()
+	exit := make(chan int, 1)
+	go func() {
+		exit <- Main(ctx, []string{"--socket", f.path, "events", "--follow", "--since", "2"}, Env{Stdout: pw, Stderr: &errb})
+		pw.Close()
+	}()
+	lines := make(chan string)
+	go func() {
+		sc := bufio.NewScanner(pr)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+	}()
+	next := func() string {
+		t.Helper()
+		select {
+		case l, ok := <-lines:
+			require.True(t, ok, "oomctl stopped printing; stderr: %s", errb.String())
+			return l
+		case <-time.After(10 * time.Second):
+			t.Fatal("no line from events --follow within 10s")
+			return ""
+		}
+	}
+
+	select {
+	case <-f.subscribed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("oomctl did not subscribe")
+	}
+	f.do(func() { assert.Equal(t, uint64(2), f.subSince) })
+	f.push(t, evs[2:3], 0)
+	assert.Equal(t, "seq=3 tick=4 killDecided subject=hog bytes=16777216 limit=8388608 decision=1", next())
+	f.push(t, evs[3:5], 7)
+	assert.Equal(t, "missed=7 (overwritten in oomd's event ring before they could be sent)", next())
+	assert.Equal(t, "seq=4 tick=9 killed subject=hog bytes=16777216 limit=8388608 decision=1", next())
+	assert.Equal(t, "seq=5 tick=9 subjectExited subject=hog reason=signal=terminated", next())
+
+	interrupt()
+	select {
+	case code := <-exit:
+		assert.Equal(t, ExitOK, code, "stderr: %s", errb.String())
+	case <-time.After(10 * time.Second):
+		t.Fatal("events --follow did not exit after the interrupt")
+	}
+}
+
+// TestEventsFollowLimitAndDisconnect: --limit ends follow after that many events; an
+// oomd that goes away ends it with exit 1 and where to resume.
+func TestEventsFollowLimitAndDisconnect(t *testing.T) {
+	f := startFake(t)
+	var out, errb bytes.Buffer
+	exit := make(chan int, 1)
+	go func() {
+		exit <- Main(context.Background(), []string{"--socket", f.path, "--json", "events", "--follow", "--limit", "2"}, Env{Stdout: &out, Stderr: &errb})
+	}()
+	<-f.subscribed
+	f.push(t, testEvents()[:1], 0)
+	f.push(t, testEvents()[1:3], 0)
+	select {
+	case code := <-exit:
+		assert.Equal(t, ExitOK, code, errb.String())
+	case <-time.After(10 * time.Second):
+		t.Fatal("events --follow --limit 2 did not exit after two events")
+	}
+	assert.Equal(t, `{"seq":1,"tick":0,"kind":"subjectRegistered","subject":"hog","bytes":0,"limit":0,"decision":0,"reason":""}
+{"seq":2,"tick":3,"kind":"softExceeded","subject":"hog","bytes":5242880,"limit":4194304,"decision":0,"reason":""}
+`, out.String())
+
+	g := startFake(t)
+	errb.Reset()
+	go func() {
+		exit <- Main(context.Background(), []string{"--socket", g.path, "events", "--follow"}, Env{Stdout: io.Discard, Stderr: &errb})
+	}()
+	<-g.subscribed
+	g.push(t, testEvents()[:1], 0)
+	g.srv.Close(time.Second) // oomd goes away: every connection drops
+	select {
+	case code := <-exit:
+		assert.Equal(t, ExitRuntime, code)
+		assert.Equal(t, "oomctl: oomd closed the connection (stopped or restarted?) after event seq 1; resume with --since 1\n", errb.String())
+	case <-time.After(10 * time.Second):
+		t.Fatal("events --follow did not notice oomd going away")
+	}
+}
+
+func TestAudit(t *testing.T) {
+	f := startFake(t)
+	f.do(func() {
+		f.audit = []auditView{
+			{Seq: 7, Writer: "oomd", WriterSeq: 1, Tick: 4, Kind: "killDecided", Subject: "hog", Instance: 1, Bytes: 16 << 20, Limit: 8 << 20, Decision: 1},
+			{Seq: 8, Writer: "oomd", WriterSeq: 2, Tick: 5, Kind: "memstatRejected", Subject: "spoofer", Instance: 2, Reason: "claimed=hog"},
+		}
+	})
+	code, stdout, stderr := oomctl(t, nil, "--socket", f.path, "audit")
+	require.Equal(t, ExitOK, code, stderr)
+	assert.Equal(t, `seq=7 writer=oomd writerSeq=1 tick=4 killDecided subject=hog instance=1 bytes=16777216 limit=8388608 decision=1
+seq=8 writer=oomd writerSeq=2 tick=5 memstatRejected subject=spoofer instance=2 reason=claimed=hog
+`, stdout)
+	code, stdout, _ = oomctl(t, nil, "--socket", f.path, "audit", "--json", "--since", "7")
+	require.Equal(t, ExitOK, code)
+	assert.Equal(t, `{"seq":8,"writer":"oomd","writerSeq":2,"tick":5,"kind":"memstatRejected","subject":"spoofer","instance":2,"bytes":0,"limit":0,"decision":0,"reason":"claimed=hog"}`+"\n", stdout)
+	_, stdout, _ = oomctl(t, nil, "--socket", f.path, "audit", "--limit", "1")
+	assert.Equal(t, 1, strings.Count(stdout, "\n"))
+}

@@ -1,0 +1,232 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+
+	"oomd.dev/oomd/gen/oomdpb"
+	"oomd.dev/oomd/internal/wire"
+	"oomd.dev/oomd/services/oomd/policy"
+)
+
+// pageFlags are the options of events and audit.
+type pageFlags struct {
+	since  uint64
+	limit  uint64
+	follow bool
+}
+
+func registerPageFlags(fs *flag.FlagSet, follow bool) *pageFlags {
+	f := &pageFlags{}
+	fs.Uint64Var(&f.since, "since", 0, "print entries with a sequence number above `N` (0: the oldest still held)")
+	fs.Uint64Var(&f.limit, "limit", 0, "print at most `N` entries, then exit (0: no limit)")
+	if follow {
+		fs.BoolVar(&f.follow, "follow", false, "after the history, keep printing events as oomd publishes them until Ctrl-C or SIGTERM")
+	}
+	return f
+}
+
+// eventView is one event in --json. The names are the schema's; add, never rename.
+type eventView struct {
+	Seq      uint64 `json:"seq"`
+	Tick     uint64 `json:"tick"`
+	Kind     string `json:"kind"`
+	Subject  string `json:"subject"`
+	Bytes    uint64 `json:"bytes"`
+	Limit    uint64 `json:"limit"`
+	Decision uint64 `json:"decision"`
+	Reason   string `json:"reason"`
+}
+
+// missedView is the line printed in --json where entries were lost: oomd's ring (or
+// logd's rotation) dropped them before they could be read. It has no "seq" key, which
+// is how a script tells it from an entry.
+type missedView struct {
+	Missed uint64 `json:"missed"`
+}
+
+// printer writes entries in the chosen form and counts them against --limit.
+type printer struct {
+	w       io.Writer
+	json    bool
+	limit   uint64
+	printed uint64
+	what    string // where missed entries were lost, for the text form
+}
+
+// full reports whether --limit was reached.
+func (p *printer) full() bool { return p.limit > 0 && p.printed >= p.limit }
+
+// room is how many more entries may be printed, capped at n.
+func (p *printer) room(n uint64) uint64 {
+	if p.limit == 0 {
+		return n
+	}
+	return min(n, p.limit-p.printed)
+}
+
+func (p *printer) missed(n uint64) error {
+	if n == 0 {
+		return nil
+	}
+	if p.json {
+		return jsonLine(p.w, missedView{Missed: n})
+	}
+	_, err := fmt.Fprintf(p.w, "missed=%d (%s)\n", n, p.what)
+	return err
+}
+
+func (p *printer) event(e policy.Event) error {
+	p.printed++
+	if p.json {
+		return jsonLine(p.w, eventView{
+			Seq: e.Seq, Tick: e.Tick, Kind: enumName(e.Kind.String(), uint16(e.Kind)), Subject: e.Subject,
+			Bytes: e.Bytes, Limit: e.Limit, Decision: e.Decision, Reason: e.Reason,
+		})
+	}
+	_, err := fmt.Fprintln(p.w, wire.FormatEvent(e))
+	return err
+}
+
+func (r *runner) events(ctx context.Context, f *pageFlags) error {
+	if f.follow {
+		return r.follow(ctx, f)
+	}
+	ctx, cancel := r.callCtx(ctx)
+	defer cancel()
+	c, err := r.dial(ctx)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	p := &printer{w: r.env.Stdout, json: r.g.json, limit: f.limit, what: "overwritten in oomd's event ring before they were read"}
+	since := f.since
+	for !p.full() {
+		evs, next, missed, err := readEvents(ctx, c.Ctl, since, uint32(p.room(wire.MaxPage)))
+		if err != nil {
+			return r.explain(err)
+		}
+		if err := p.missed(missed); err != nil {
+			return err
+		}
+		for _, e := range evs {
+			if err := p.event(e); err != nil {
+				return err
+			}
+		}
+		if len(evs) == 0 || next <= since {
+			return nil
+		}
+		since = next
+	}
+	return nil
+}
+
+func readEvents(ctx context.Context, ctl oomdpb.Control, since uint64, limit uint32) ([]policy.Event, uint64, uint64, error) {
+	f, rel := ctl.Events(ctx, func(p oomdpb.Control_events_Params) error {
+		p.SetSinceSeq(since)
+		p.SetLimit(limit)
+		return nil
+	})
+	defer rel()
+	res, err := f.Struct()
+	if err != nil {
+		return nil, 0, 0, fmt.Errorf("events: %w", err)
+	}
+	l, err := res.Events()
+	if err != nil {
+		return nil, 0, 0, fmt.Errorf("events: %w", err)
+	}
+	evs, err := wire.Events(l)
+	if err != nil {
+		return nil, 0, 0, fmt.Errorf("events: %w", err)
+	}
+	return evs, res.NextSeq(), res.Missed(), nil
+}
+
+// batch is one push of the subscription.
+type batch struct {
+	events []policy.Event
+	missed uint64
+}
+
+// subscriber hands each push to follow's loop. It returns only once the loop took the
+// batch, so oomd's flow control paces the stream to how fast we print.
+type subscriber struct {
+	batches chan<- batch
+	done    <-chan struct{}
+}
+
+func (s subscriber) Push(ctx context.Context, call oomdpb.EventSubscriber_push) error {
+	l, err := call.Args().Events()
+	if err != nil {
+		return err
+	}
+	evs, err := wire.Events(l)
+	if err != nil {
+		return err
+	}
+	select {
+	case s.batches <- batch{events: evs, missed: call.Args().Missed()}:
+		return nil
+	case <-s.done:
+		return errors.New("oomctl stopped following")
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// follow prints the history after --since, then every new event as oomd publishes it,
+// until ctx ends (Ctrl-C, SIGTERM: exit 0), --limit is reached, or oomd goes away.
+func (r *runner) follow(ctx context.Context, f *pageFlags) error {
+	setup, cancel := r.callCtx(ctx)
+	defer cancel()
+	c, err := r.dial(setup)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+
+	batches := make(chan batch)
+	done := make(chan struct{})
+	defer close(done)
+	sf, rel := c.Ctl.Subscribe(setup, func(p oomdpb.Control_subscribe_Params) error {
+		p.SetSinceSeq(f.since)
+		return p.SetSubscriber(oomdpb.EventSubscriber_ServerToClient(subscriber{batches: batches, done: done}))
+	})
+	defer rel()
+	res, err := sf.Struct()
+	if err != nil {
+		return r.explain(fmt.Errorf("subscribe: %w", err))
+	}
+	sub := res.Subscription().AddRef()
+	defer sub.Release()
+
+	p := &printer{w: r.env.Stdout, json: r.g.json, limit: f.limit, what: "overwritten in oomd's event ring before they could be sent"}
+	last := f.since
+	for !p.full() {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-c.Done():
+			return fmt.Errorf("oomd closed the connection (stopped or restarted?) after event seq %d; resume with --since %d", last, last)
+		case b := <-batches:
+			if err := p.missed(b.missed); err != nil {
+				return err
+			}
+			for _, e := range b.events {
+				if p.full() {
+					break
+				}
+				if err := p.event(e); err != nil {
+					return err
+				}
+				last = e.Seq
+			}
+		}
+	}
+	return nil
+}

@@ -1,0 +1,410 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+
+	"oomd.dev/oomd/gen/oomdpb"
+	"oomd.dev/oomd/internal/ctlclient"
+	"oomd.dev/oomd/internal/wire"
+	"oomd.dev/oomd/services/oomd/daemon"
+	"oomd.dev/oomd/services/oomd/policy"
+)
+
+// policyView is `policy get --json`: the version and the policy in the same JSON form
+// as a policy file, so `jq .policy` of it can be given back to `policy set --file`.
+type policyView struct {
+	Version uint64        `json:"version"`
+	Policy  policy.Policy `json:"policy"`
+}
+
+func (r *runner) policyGet(ctx context.Context) error {
+	ctx, cancel := r.callCtx(ctx)
+	defer cancel()
+	c, err := r.dial(ctx)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	p, v, err := r.getPolicy(ctx, c)
+	if err != nil {
+		return err
+	}
+	if r.g.json {
+		return jsonLine(r.env.Stdout, policyView{Version: v, Policy: p})
+	}
+	return writePolicy(r.env.Stdout, v, p)
+}
+
+func (r *runner) getPolicy(ctx context.Context, c *ctlclient.Client) (policy.Policy, uint64, error) {
+	f, rel := c.Ctl.GetPolicy(ctx, nil)
+	defer rel()
+	res, err := f.Struct()
+	if err != nil {
+		return policy.Policy{}, 0, r.explain(fmt.Errorf("getPolicy: %w", err))
+	}
+	src, err := res.Policy()
+	if err != nil {
+		return policy.Policy{}, 0, fmt.Errorf("getPolicy: %w", err)
+	}
+	p, err := wire.Policy(src)
+	if err != nil {
+		return p, 0, fmt.Errorf("getPolicy: oomd returned a policy that does not validate: %w", err)
+	}
+	return p, res.Version(), nil
+}
+
+// writePolicy prints one aligned line per field, sizes exact and readable.
+func writePolicy(w io.Writer, version uint64, p policy.Policy) error {
+	size := func(n uint64) string { return fmt.Sprintf("%d (%s)", n, humanBytes(n)) }
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(tw, "version\t%d\n", version)
+	fmt.Fprintf(tw, "softBytes\t%s\n", size(p.SoftBytes))
+	fmt.Fprintf(tw, "hardBytes\t%s\n", size(p.HardBytes))
+	fmt.Fprintf(tw, "sampleMs\t%d\n", p.SampleMs)
+	fmt.Fprintf(tw, "killBudget\t%d per killWindowTicks\n", p.KillBudget)
+	fmt.Fprintf(tw, "killWindowTicks\t%d\n", p.KillWindowTicks)
+	crit := "none"
+	if len(p.Critical) > 0 {
+		crit = strings.Join(p.Critical, ", ")
+	}
+	fmt.Fprintf(tw, "critical\t%s (always critical too: %s)\n", crit, strings.Join(sorted(policy.DefaultCritical), ", "))
+	if p.OOMTimeoutMs == 0 {
+		fmt.Fprintf(tw, "oomTimeoutMs\tdefault (%d)\n", policy.DefaultOOMTimeout)
+	} else {
+		fmt.Fprintf(tw, "oomTimeoutMs\t%d\n", p.OOMTimeoutMs)
+	}
+	if l := p.Levels; l.Enabled() {
+		fmt.Fprintf(tw, "levels\twarning %s, imminentOom %s, oom %s, hysteresis %s, intervalMs %d\n",
+			size(l.WarningBytes), size(l.ImminentOOMBytes), size(l.OOMBytes), size(l.HysteresisBytes), l.IntervalMs)
+	} else {
+		fmt.Fprintf(tw, "levels\toff\n")
+	}
+	if len(p.Overrides) == 0 {
+		fmt.Fprintf(tw, "overrides\tnone\n")
+	}
+	for _, o := range p.Overrides {
+		fmt.Fprintf(tw, "override\t%s: soft %s, hard %s\n", o.Subject, size(o.SoftBytes), size(o.HardBytes))
+	}
+	return tw.Flush()
+}
+
+func sorted(s []string) []string {
+	s = slices.Clone(s)
+	slices.Sort(s)
+	return s
+}
+
+// setFlags are the options of `policy set`. Each field flag is applied over the policy
+// in force only if it was given; --file replaces the policy whole.
+type setFlags struct {
+	fs                                                *flag.FlagSet
+	soft, hard                                        sizeValue
+	sampleMs, killBudget, killWindowTicks, oomTimeout uint32Value
+	critical                                          listValue
+	overrides                                         overrideList
+	remove                                            repeated
+	file                                              string
+}
+
+func registerSetFlags(fs *flag.FlagSet) *setFlags {
+	f := &setFlags{fs: fs}
+	fs.Var(&f.soft, "soft-bytes", "global soft limit (`size`)")
+	fs.Var(&f.hard, "hard-bytes", "global hard limit (`size`): a subject above it is killed once")
+	fs.Var(&f.sampleMs, "sample-ms", "tick length in `ms` ("+bound(policy.MinSampleMs, policy.MaxSampleMs)+")")
+	fs.Var(&f.killBudget, "kill-budget", "terminate requests allowed per kill window (`n`, "+bound(1, policy.MaxKillBudget)+")")
+	fs.Var(&f.killWindowTicks, "kill-window-ticks", "length of the kill window in `ticks` ("+bound(1, policy.MaxKillWindow)+")")
+	fs.Var(&f.oomTimeout, "oom-timeout-ms", "bound on the system OOM teardown in `ms` (0 = default)")
+	fs.Var(&f.critical, "critical", "comma-separated `subjects` that are never killed, replacing the list in force (\"\" clears it; the defaults stay critical)")
+	fs.Var(&f.overrides, "override", "per-subject limits `subject=soft:hard`, added or replaced (repeatable)")
+	fs.Var(&f.remove, "remove-override", "drop the override of `subject` (repeatable)")
+	fs.StringVar(&f.file, "file", "", "replace the whole policy with this JSON `file` (\"-\" reads stdin); fields it omits take oomd's defaults")
+	return f
+}
+
+func bound(lo, hi int) string { return fmt.Sprintf("%d..%d", lo, hi) }
+
+// given reports which flags were set on the command line, by name.
+func (f *setFlags) given() map[string]bool {
+	set := map[string]bool{}
+	f.fs.Visit(func(fl *flag.Flag) { set[fl.Name] = true })
+	return set
+}
+
+// fieldFlags are the flags that edit the policy in force (everything but --file and
+// the global flags).
+var fieldFlags = []string{"soft-bytes", "hard-bytes", "sample-ms", "kill-budget", "kill-window-ticks",
+	"oom-timeout-ms", "critical", "override", "remove-override"}
+
+// edits reports whether any field flag was given.
+func (f *setFlags) edits() bool {
+	set := f.given()
+	return slices.ContainsFunc(fieldFlags, func(n string) bool { return set[n] })
+}
+
+// apply returns cur with the given field flags applied. It does not validate: oomd
+// does, and its error names the field.
+func (f *setFlags) apply(cur policy.Policy) (policy.Policy, error) {
+	p := cur
+	p.Critical = slices.Clone(cur.Critical)
+	p.Overrides = slices.Clone(cur.Overrides)
+	set := f.given()
+	if set["soft-bytes"] {
+		p.SoftBytes = f.soft.n
+	}
+	if set["hard-bytes"] {
+		p.HardBytes = f.hard.n
+	}
+	if set["sample-ms"] {
+		p.SampleMs = f.sampleMs.n
+	}
+	if set["kill-budget"] {
+		p.KillBudget = f.killBudget.n
+	}
+	if set["kill-window-ticks"] {
+		p.KillWindowTicks = f.killWindowTicks.n
+	}
+	if set["oom-timeout-ms"] {
+		p.OOMTimeoutMs = f.oomTimeout.n
+	}
+	if set["critical"] {
+		p.Critical = slices.Clone(f.critical.items)
+	}
+	for _, s := range f.remove {
+		i := slices.IndexFunc(p.Overrides, func(o policy.SubjectLimit) bool { return o.Subject == s })
+		if i < 0 {
+			return p, invalidf("--remove-override %s: the policy in force has no override for %q", s, s)
+		}
+		p.Overrides = slices.Delete(p.Overrides, i, i+1)
+	}
+	for _, o := range f.overrides {
+		if i := slices.IndexFunc(p.Overrides, func(x policy.SubjectLimit) bool { return x.Subject == o.Subject }); i >= 0 {
+			p.Overrides[i] = o
+		} else {
+			p.Overrides = append(p.Overrides, o)
+		}
+	}
+	return p, nil
+}
+
+// policyResult is `policy set --json`.
+type policyResult struct {
+	Version uint64 `json:"version"`
+}
+
+func (r *runner) policySet(ctx context.Context, f *setFlags) error {
+	edits := f.edits()
+	switch {
+	case f.file != "" && edits:
+		return invalidf("policy set: give either --file or field flags, not both")
+	case f.file == "" && !edits:
+		return invalidf("policy set: nothing to set; give field flags (e.g. --hard-bytes 512M) or --file (see oomctl help policy set)")
+	}
+	var fromFile policy.Policy
+	if f.file != "" {
+		var err error
+		if fromFile, err = readPolicyFile(f.file); err != nil {
+			return err
+		}
+	}
+
+	ctx, cancel := r.callCtx(ctx)
+	defer cancel()
+	c, err := r.dial(ctx)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	p := fromFile
+	if edits {
+		// Not atomic: a change someone makes between this read and our set is lost.
+		// The contract has no compare-and-set; oomd's policyChanged events show who won.
+		cur, _, err := r.getPolicy(ctx, c)
+		if err != nil {
+			return err
+		}
+		if p, err = f.apply(cur); err != nil {
+			return err
+		}
+	}
+	v, err := r.setPolicy(ctx, c, p)
+	if err != nil {
+		return err
+	}
+	if r.g.json {
+		return jsonLine(r.env.Stdout, policyResult{Version: v})
+	}
+	fmt.Fprintf(r.env.Stdout, "policy version %d in force\n", v)
+	return nil
+}
+
+func (r *runner) setPolicy(ctx context.Context, c *ctlclient.Client, p policy.Policy) (uint64, error) {
+	f, rel := c.Ctl.SetPolicy(ctx, func(a oomdpb.Control_setPolicy_Params) error {
+		dst, err := a.NewPolicy()
+		if err != nil {
+			return err
+		}
+		return wire.SetPolicy(dst, p)
+	})
+	defer rel()
+	res, err := f.Struct()
+	if err != nil {
+		if why, ok := refusedPolicy(err); ok {
+			return 0, invalidf("oomd refused the policy and keeps the one in force: %s", why)
+		}
+		return 0, r.explain(fmt.Errorf("setPolicy: %w", err))
+	}
+	return res.Version(), nil
+}
+
+// readPolicyFile parses a policy file strictly, as oomd parses its own --policy file,
+// so a mistake is reported with its line and column before anything is sent.
+func readPolicyFile(path string) (policy.Policy, error) {
+	var b []byte
+	var err error
+	if path == "-" {
+		b, err = io.ReadAll(os.Stdin)
+	} else {
+		b, err = os.ReadFile(path)
+	}
+	if err != nil {
+		return policy.Policy{}, invalidf("policy file: %w", err)
+	}
+	p, err := daemon.ParsePolicy(b)
+	if err != nil {
+		return p, invalidf("policy file %s: %w", path, err)
+	}
+	return p, nil
+}
+
+// sizeValue is a flag holding a byte count with an optional unit suffix.
+type sizeValue struct{ n uint64 }
+
+func (v *sizeValue) String() string {
+	if v == nil {
+		return ""
+	}
+	return strconv.FormatUint(v.n, 10)
+}
+
+func (v *sizeValue) Set(s string) (err error) {
+	v.n, err = parseSize(s)
+	return err
+}
+
+// uint32Value is a flag holding a uint32 (policy fields are UInt32 on the wire; a
+// larger number must fail here, not wrap).
+type uint32Value struct{ n uint32 }
+
+func (v *uint32Value) String() string {
+	if v == nil {
+		return ""
+	}
+	return strconv.FormatUint(uint64(v.n), 10)
+}
+
+func (v *uint32Value) Set(s string) error {
+	n, err := strconv.ParseUint(s, 10, 32)
+	if err != nil {
+		if errors.Is(err, strconv.ErrRange) {
+			return fmt.Errorf("%q is out of range (at most %d)", s, math.MaxUint32)
+		}
+		return fmt.Errorf("%q is not a whole number", s)
+	}
+	v.n = uint32(n)
+	return nil
+}
+
+// listValue is a comma-separated list flag; "" is the empty list.
+type listValue struct{ items []string }
+
+func (v *listValue) String() string {
+	if v == nil {
+		return ""
+	}
+	return strings.Join(v.items, ",")
+}
+
+func (v *listValue) Set(s string) error {
+	v.items = nil
+	for _, it := range strings.Split(s, ",") {
+		if it = strings.TrimSpace(it); it != "" {
+			v.items = append(v.items, it)
+		}
+	}
+	return nil
+}
+
+// repeated collects every value of a repeatable flag.
+type repeated []string
+
+func (v *repeated) String() string {
+	if v == nil {
+		return ""
+	}
+	return strings.Join(*v, ",")
+}
+
+func (v *repeated) Set(s string) error {
+	if s == "" {
+		return errors.New("empty subject")
+	}
+	*v = append(*v, s)
+	return nil
+}
+
+// overrideList collects --override subject=soft:hard flags.
+type overrideList []policy.SubjectLimit
+
+func (v *overrideList) String() string {
+	if v == nil {
+		return ""
+	}
+	var parts []string
+	for _, o := range *v {
+		parts = append(parts, fmt.Sprintf("%s=%d:%d", o.Subject, o.SoftBytes, o.HardBytes))
+	}
+	return strings.Join(parts, ",")
+}
+
+func (v *overrideList) Set(s string) error {
+	o, err := parseOverride(s)
+	if err != nil {
+		return err
+	}
+	if slices.ContainsFunc(*v, func(x policy.SubjectLimit) bool { return x.Subject == o.Subject }) {
+		return fmt.Errorf("%s is given twice", o.Subject)
+	}
+	*v = append(*v, o)
+	return nil
+}
+
+// parseOverride reads "subject=soft:hard", the sizes as parseSize reads them.
+func parseOverride(s string) (policy.SubjectLimit, error) {
+	subject, limits, ok := strings.Cut(s, "=")
+	if !ok || subject == "" {
+		return policy.SubjectLimit{}, fmt.Errorf("%q: want subject=soft:hard, e.g. db=1G:2G", s)
+	}
+	softS, hardS, ok := strings.Cut(limits, ":")
+	if !ok {
+		return policy.SubjectLimit{}, fmt.Errorf("%q: want subject=soft:hard, e.g. db=1G:2G", s)
+	}
+	soft, err := parseSize(softS)
+	if err != nil {
+		return policy.SubjectLimit{}, fmt.Errorf("%s: soft: %w", subject, err)
+	}
+	hard, err := parseSize(hardS)
+	if err != nil {
+		return policy.SubjectLimit{}, fmt.Errorf("%s: hard: %w", subject, err)
+	}
+	return policy.SubjectLimit{Subject: subject, SoftBytes: soft, HardBytes: hard}, nil
+}

@@ -1,0 +1,139 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+	"text/tabwriter"
+
+	"oomd.dev/oomd/gen/oomdpb"
+)
+
+// statusView is oomd's Status as oomctl prints it. The JSON names are the schema's and
+// are part of oomctl's interface to scripts: add fields, never rename one.
+type statusView struct {
+	Tick              uint64        `json:"tick"`
+	PolicyVersion     uint64        `json:"policyVersion"`
+	LastEventSeq      uint64        `json:"lastEventSeq"`
+	Kills             uint64        `json:"kills"`
+	Denied            uint64        `json:"denied"`
+	Throttled         uint64        `json:"throttled"`
+	AcceptedSamples   uint64        `json:"acceptedSamples"`
+	RejectedSamples   uint64        `json:"rejectedSamples"`
+	Level             string        `json:"level"`
+	MemAvailableBytes uint64        `json:"memAvailableBytes"`
+	HaltClaimed       bool          `json:"haltClaimed"`
+	InjectEnabled     bool          `json:"injectEnabled"`
+	Truncated         bool          `json:"truncated"`
+	Subjects          []subjectView `json:"subjects"`
+}
+
+type subjectView struct {
+	Subject   string `json:"subject"`
+	Instance  uint64 `json:"instance"`
+	State     string `json:"state"`
+	Bytes     uint64 `json:"bytes"`
+	SoftBytes uint64 `json:"softBytes"`
+	HardBytes uint64 `json:"hardBytes"`
+	Critical  bool   `json:"critical"`
+	Rejected  uint64 `json:"rejected"`
+}
+
+func (r *runner) status(ctx context.Context) error {
+	ctx, cancel := r.callCtx(ctx)
+	defer cancel()
+	c, err := r.dial(ctx)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	f, rel := c.Ctl.Status(ctx, nil)
+	defer rel()
+	res, err := f.Struct()
+	if err != nil {
+		return r.explain(fmt.Errorf("status: %w", err))
+	}
+	st, err := res.Status()
+	if err != nil {
+		return fmt.Errorf("status: %w", err)
+	}
+	v, err := readStatus(st)
+	if err != nil {
+		return fmt.Errorf("status: %w", err)
+	}
+	if r.g.json {
+		return jsonLine(r.env.Stdout, v)
+	}
+	return writeStatus(r.env.Stdout, v)
+}
+
+func readStatus(st oomdpb.Status) (statusView, error) {
+	v := statusView{
+		Tick: st.Tick(), PolicyVersion: st.PolicyVersion(), LastEventSeq: st.LastEventSeq(),
+		Kills: st.Kills(), Denied: st.Denied(), Throttled: st.Throttled(),
+		AcceptedSamples: st.AcceptedSamples(), RejectedSamples: st.RejectedSamples(),
+		Level:             enumName(st.Level().String(), uint16(st.Level())),
+		MemAvailableBytes: st.MemAvailableBytes(), HaltClaimed: st.HaltClaimed(),
+		InjectEnabled: st.InjectEnabled(), Truncated: st.Truncated(),
+		Subjects: []subjectView{},
+	}
+	l, err := st.Subjects()
+	if err != nil {
+		return v, fmt.Errorf("subjects: %w", err)
+	}
+	for i := 0; i < l.Len(); i++ {
+		s := l.At(i)
+		id, err := s.Subject()
+		if err != nil {
+			return v, fmt.Errorf("subjects[%d].subject: %w", i, err)
+		}
+		v.Subjects = append(v.Subjects, subjectView{
+			Subject: id, Instance: s.Instance(), State: enumName(s.State().String(), uint16(s.State())),
+			Bytes: s.Bytes(), SoftBytes: s.SoftBytes(), HardBytes: s.HardBytes(),
+			Critical: s.Critical(), Rejected: s.Rejected(),
+		})
+	}
+	// oomd sends them sorted; sort anyway so the table's order never depends on it.
+	slices.SortFunc(v.Subjects, func(a, b subjectView) int { return strings.Compare(a.Subject, b.Subject) })
+	return v, nil
+}
+
+// writeStatus prints a summary and one aligned row per subject.
+func writeStatus(w io.Writer, v statusView) error {
+	fmt.Fprintf(w, "tick %d, policy version %d, last event seq %d\n", v.Tick, v.PolicyVersion, v.LastEventSeq)
+	fmt.Fprintf(w, "kills %d, denied %d, throttled %d; samples accepted %d, rejected %d\n",
+		v.Kills, v.Denied, v.Throttled, v.AcceptedSamples, v.RejectedSamples)
+	var notes []string
+	if v.MemAvailableBytes != 0 || v.Level != "normal" {
+		notes = append(notes, fmt.Sprintf("pressure level %s (MemAvailable %s)", v.Level, humanBytes(v.MemAvailableBytes)))
+	}
+	if v.HaltClaimed {
+		notes = append(notes, "HALT CLAIMED (system OOM teardown under way)")
+	}
+	if v.InjectEnabled {
+		notes = append(notes, "inject enabled (test mode)")
+	}
+	if len(notes) > 0 {
+		fmt.Fprintln(w, strings.Join(notes, "; "))
+	}
+	fmt.Fprintln(w)
+	if len(v.Subjects) == 0 {
+		fmt.Fprintln(w, "no subjects")
+		return nil
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "SUBJECT\tSTATE\tBYTES\tSOFT\tHARD\tCRITICAL\tREJECTED")
+	for _, s := range v.Subjects {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\n", s.Subject, s.State,
+			humanBytes(s.Bytes), humanBytes(s.SoftBytes), humanBytes(s.HardBytes), yesNo(s.Critical), s.Rejected)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if v.Truncated {
+		fmt.Fprintf(w, "(only the first %d subjects are shown: oomd bounds one status answer)\n", len(v.Subjects))
+	}
+	return nil
+}
