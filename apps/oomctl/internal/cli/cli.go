@@ -299,7 +299,7 @@ func (r *runner) dial(ctx context.Context) (*ctlclient.Client, error) {
 // explain turns a context deadline into a message naming --timeout.
 func (r *runner) explain(err error) error {
 	if errors.Is(err, context.DeadlineExceeded) || strings.Contains(err.Error(), context.DeadlineExceeded.Error()) {
-		return fmt.Errorf("%w (oomd did not answer within --timeout %v)", err, r.g.timeout)
+		return fmt.Errorf("oomd did not answer within %v (--timeout; is it stopped or overloaded?): %w", r.g.timeout, err)
 	}
 	return err
 }

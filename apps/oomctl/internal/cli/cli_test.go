@@ -680,3 +680,30 @@ seq=8 writer=oomd writerSeq=2 tick=5 memstatRejected subject=spoofer instance=2 
 	_, stdout, _ = oomctl(t, nil, "--socket", f.path, "audit", "--limit", "1")
 	assert.Equal(t, 1, strings.Count(stdout, "\n"))
 }
+
+// TestTimeout: a socket that accepts but never answers (oomd stopped, say with SIGSTOP)
+// fails after --timeout with a message that says so.
+func TestTimeout(t *testing.T) {
+	sock := filepath.Join(shortTempDir(t), "oomd.sock")
+	l, err := net.Listen("unix", sock)
+	require.NoError(t, err)
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		if c, err := l.Accept(); err == nil {
+			accepted <- c // held open and silent until the test ends
+		}
+	}()
+	defer func() {
+		l.Close()
+		select {
+		case c := <-accepted:
+			c.Close()
+		default:
+		}
+	}()
+	code, stdout, stderr := oomctl(t, nil, "--socket", sock, "--timeout", "200ms", "status")
+	assert.Equal(t, ExitRuntime, code)
+	assert.Empty(t, stdout)
+	assert.True(t, strings.HasPrefix(stderr, "oomctl: oomd did not answer within 200ms (--timeout; is it stopped or overloaded?): "), stderr)
+	assert.Contains(t, stderr, "context deadline exceeded")
+}
