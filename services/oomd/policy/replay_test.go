@@ -124,7 +124,7 @@ func TestReplayByteIdentical(t *testing.T) {
 	assert.True(t, bytes.Equal(first, second), "replay is not deterministic")
 }
 
-func TestDecodeTraceRejects(t *testing.T) {
+func TestDecodeTraceRefusesMalformed(t *testing.T) {
 	cases := map[string]string{
 		"no header":     `{"kind":"tick"}` + "\n",
 		"wrong version": `{"trace":"oomd-policy","version":2}` + "\n",
