@@ -741,3 +741,33 @@ func TestExitWithEndsExecdWithThatStatus(t *testing.T) {
 	assert.GreaterOrEqual(t, index(h.events(), "sigterm base"), 0, "the others were stopped")
 	assert.Contains(t, h.out.String(), "oneshot exited (exit=5) and is marked exitWith")
 }
+
+func TestNoFdLeakAcrossRestarts(t *testing.T) {
+	cycler := withDeps(child("cycler"), "wd")
+	cycler.Restart = "always"
+	h := start(t, []svc{watchdog(), cycler})
+	fds := func() int {
+		ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", h.cmd.Process.Pid))
+		require.NoError(t, err)
+		return len(ents)
+	}
+	baseline := 0
+	for instance := uint64(1); instance <= 5; instance++ {
+		var ho receivedHandoff
+		for ho.instance != instance {
+			ho = h.nextHandoff()
+		}
+		h.waitFor(fmt.Sprintf("cycler#%d to handle SIGTERM", instance), func() bool {
+			return strings.Count(strings.Join(h.events(), "\n"), "start cycler") >= int(instance)
+		})
+		if instance == 2 {
+			baseline = fds()
+		}
+		if instance > 2 {
+			// The previous instance's session closes asynchronously; a leak never settles.
+			h.waitFor(fmt.Sprintf("execd's fd count back to %d", baseline), func() bool { return fds() == baseline })
+		}
+		require.NoError(t, syscall.Kill(int(ho.pid), syscall.SIGTERM))
+	}
+	assert.Equal(t, 0, h.stop())
+}

@@ -112,7 +112,7 @@ func (q *exitQueue) pushTo(ctx context.Context, gen uint64, w oomdpb.ExitWatcher
 			// The report stays at the head for the next watcher.
 			q.mu.Lock()
 			if q.gen == gen {
-				q.log.Warn("exit watcher failed; keeping reports for the next one",
+				q.log.Info("exit watcher gone; keeping reports for the next one",
 					zap.String("subject", head.r.Subject), zap.Uint64("instance", head.r.Instance), zap.Error(err))
 				q.wake = nil
 			}
