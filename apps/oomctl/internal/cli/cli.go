@@ -1,12 +1,3 @@
-// Package cli is oomctl: command parsing, the calls to oomd's control API, and the
-// output in both forms (aligned text for people, one JSON object per line for scripts).
-//
-// It uses the standard flag package, one flag.FlagSet per command, rather than cobra: five
-// commands and a dozen flags fit a small dispatch table, and flag keeps every binary in
-// this module on one flag syntax and keeps a CLI framework out of the watchdog's module
-// graph. What cobra adds (shell completion, generated nested help, suggestions) does not
-// pay for itself at this size, and the one thing flag lacks here, global flags on either
-// side of the command, takes a few lines: they are registered on every FlagSet.
 package cli
 
 import (

@@ -14,11 +14,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	capnp "capnproto.org/go/capnp/v3"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -34,7 +37,20 @@ func TestMain(m *testing.M) {
 	if os.Getenv(helperEnv) == "1" {
 		os.Exit(Main(context.Background(), os.Args[1:], Env{Stdout: os.Stdout, Stderr: os.Stderr}))
 	}
-	os.Exit(m.Run())
+	// Every capability oomctl (or the fake) takes must be released.
+	var mu sync.Mutex
+	var leaks []string
+	capnp.SetClientLeakFunc(func(msg string) { mu.Lock(); leaks = append(leaks, msg); mu.Unlock() })
+	code := m.Run()
+	runtime.GC() // leaks are reported by finalizers
+	runtime.GC()
+	mu.Lock()
+	if len(leaks) > 0 {
+		fmt.Fprintf(os.Stderr, "leaked capnp clients:\n%s\n", strings.Join(leaks, "\n"))
+		code = 1
+	}
+	mu.Unlock()
+	os.Exit(code)
 }
 
 // oomctl runs Main with args and a fixed environment and returns its exit code and
