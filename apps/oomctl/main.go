@@ -18,7 +18,7 @@ func main() {
 	// Signals end --follow cleanly (exit 0) and abort a pending call.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	log := logx.New("oomctl")
-	code := cli.Main(ctx, os.Args[1:], cli.Env{Stdout: os.Stdout, Stderr: os.Stderr, Getenv: os.Getenv, Log: log})
+	code := cli.Main(ctx, os.Args[1:], cli.Env{Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr, Getenv: os.Getenv, Log: log})
 	log.Sync()
 	stop()
 	os.Exit(code)

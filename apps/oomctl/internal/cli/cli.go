@@ -28,6 +28,7 @@ const DefaultSocket = "/run/oomd/oomd.sock"
 
 // Env is what a run of oomctl talks to; tests pass buffers and a fixed environment.
 type Env struct {
+	Stdin          io.Reader // policy set --file -
 	Stdout, Stderr io.Writer
 	Getenv         func(string) string
 	Log            *zap.Logger // RPC plumbing logs; nil discards them
@@ -133,6 +134,9 @@ Examples:
 func Main(ctx context.Context, args []string, env Env) int {
 	if env.Log == nil {
 		env.Log = zap.NewNop()
+	}
+	if env.Stdin == nil {
+		env.Stdin = strings.NewReader("")
 	}
 	if env.Getenv == nil {
 		env.Getenv = os.Getenv

@@ -518,6 +518,14 @@ func TestPolicySetFile(t *testing.T) {
 		assert.Contains(t, stderr, fmt.Sprintf(tc.stderr, p), tc.name)
 	}
 	assert.Equal(t, 1, f.sets(), "an invalid file is never sent")
+
+	// "-" reads the policy from stdin.
+	var out, errb bytes.Buffer
+	code = Main(context.Background(), []string{"--socket", f.path, "policy", "set", "--file", "-"},
+		Env{Stdin: strings.NewReader(`{"softBytes": 1048576, "hardBytes": 2097152}`), Stdout: &out, Stderr: &errb})
+	require.Equal(t, ExitOK, code, errb.String())
+	assert.Equal(t, "policy version 3 in force\n", out.String())
+	assert.Equal(t, uint64(2<<20), f.policy().HardBytes)
 }
 
 func testEvents() []policy.Event {

@@ -212,7 +212,7 @@ func (r *runner) policySet(ctx context.Context, f *setFlags) error {
 	var fromFile policy.Policy
 	if f.file != "" {
 		var err error
-		if fromFile, err = readPolicyFile(f.file); err != nil {
+		if fromFile, err = readPolicyFile(f.file, r.env.Stdin); err != nil {
 			return err
 		}
 	}
@@ -268,11 +268,11 @@ func (r *runner) setPolicy(ctx context.Context, c *ctlclient.Client, p policy.Po
 
 // readPolicyFile parses a policy file strictly, as oomd parses its own --policy file,
 // so a mistake is reported with its line and column before anything is sent.
-func readPolicyFile(path string) (policy.Policy, error) {
+func readPolicyFile(path string, stdin io.Reader) (policy.Policy, error) {
 	var b []byte
 	var err error
 	if path == "-" {
-		b, err = io.ReadAll(os.Stdin)
+		b, err = io.ReadAll(stdin)
 	} else {
 		b, err = os.ReadFile(path)
 	}
