@@ -84,9 +84,15 @@ func (l rpcLogger) Error(msg string, args ...any) {
 	l.s.Errorw(msg, args...)
 }
 
+// disconnectNoise are the phrases of go-capnp's ordinary end-of-connection reports.
+var disconnectNoise = []string{
+	"EOF", "connection closed", "use of closed network connection", "broken pipe",
+	"connection reset by peer", "disconnected", "context canceled",
+}
+
 func isDisconnectNoise(msg string, args []any) bool {
 	text := msg + fmt.Sprint(args...)
-	for _, s := range []string{"EOF", "closed", "broken pipe", "connection reset", "disconnected", "abort", "context canceled"} {
+	for _, s := range disconnectNoise {
 		if strings.Contains(text, s) {
 			return true
 		}
@@ -94,11 +100,24 @@ func isDisconnectNoise(msg string, args []any) bool {
 	return false
 }
 
+// ErrSocketInUse means another live process serves the socket path.
+var ErrSocketInUse = errors.New("socket is in use by a running process")
+
 // Listen opens a Unix socket at path that only the owner may connect to. A stale socket
-// file left by a dead process is removed; the directory should itself be private.
+// left by a dead process is removed; a live one, or anything that is not a socket, is
+// left alone and reported. The directory should itself be private.
 func Listen(path string) (*net.UnixListener, error) {
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("remove stale socket %s: %w", path, err)
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode()&os.ModeSocket == 0 {
+			return nil, fmt.Errorf("listen on %s: a file that is not a socket is in the way", path)
+		}
+		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("listen on %s: %w", path, ErrSocketInUse)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("remove stale socket %s: %w", path, err)
+		}
 	}
 	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
 	if err != nil {

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"io"
 	"net"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -139,4 +140,31 @@ func TestRecvMsgFDRoundTrip(t *testing.T) {
 	_, err = f.Read(buf)
 	require.NoError(t, err)
 	assert.Equal(t, "x", string(buf))
+}
+
+func TestListenRefusesLiveSocketAndNonSocket(t *testing.T) {
+	dir := t.TempDir()
+	live := filepath.Join(dir, "live.sock")
+	l, err := Listen(live)
+	require.NoError(t, err)
+	defer l.Close()
+	_, err = Listen(live)
+	require.ErrorIs(t, err, ErrSocketInUse)
+
+	plain := filepath.Join(dir, "plain")
+	require.NoError(t, os.WriteFile(plain, []byte("keep me"), 0o600))
+	_, err = Listen(plain)
+	require.ErrorContains(t, err, "not a socket")
+	b, err := os.ReadFile(plain)
+	require.NoError(t, err)
+	assert.Equal(t, "keep me", string(b))
+
+	stale := filepath.Join(dir, "stale.sock")
+	sl, err := Listen(stale)
+	require.NoError(t, err)
+	sl.SetUnlinkOnClose(false)
+	sl.Close()
+	l2, err := Listen(stale)
+	require.NoError(t, err, "a socket nobody serves is stale and may be replaced")
+	l2.Close()
 }
