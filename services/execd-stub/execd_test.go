@@ -316,7 +316,7 @@ func (w *exitWatcher) Exited(_ context.Context, call oomdpb.ExitWatcher_exited) 
 	return nil
 }
 
-func (h *harness) watchExits() chan report {
+func (h *harness) watchExits() *exits {
 	h.t.Helper()
 	w := &exitWatcher{ch: make(chan report, 256)}
 	ctx, cancel := context.WithTimeout(context.Background(), deadline)
@@ -327,18 +327,28 @@ func (h *harness) watchExits() chan report {
 	defer rel()
 	_, err := f.Struct()
 	require.NoError(h.t, err)
-	return w.ch
+	return &exits{ch: w.ch}
 }
 
-func nextExit(t *testing.T, ch chan report, subject string) report {
+// exits hands out reports per subject; reports of other subjects wait their turn.
+type exits struct {
+	ch      chan report
+	pending []report
+}
+
+func nextExit(t *testing.T, e *exits, subject string) report {
 	t.Helper()
 	timeout := time.After(deadline)
 	for {
-		select {
-		case r := <-ch:
+		for i, r := range e.pending {
 			if r.Subject == subject {
+				e.pending = append(e.pending[:i], e.pending[i+1:]...)
 				return r
 			}
+		}
+		select {
+		case r := <-e.ch:
+			e.pending = append(e.pending, r)
 		case <-timeout:
 			t.Fatalf("no exit report for %s within %v", subject, deadline)
 		}
