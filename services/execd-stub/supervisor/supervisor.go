@@ -172,6 +172,9 @@ func (s *Supervisor) startAll(ctx context.Context) error {
 				return fmt.Errorf("start %s: %w", svc.spec.ID, err)
 			}
 		}
+		if err := ctx.Err(); err != nil {
+			return err // stop requested: start nothing more
+		}
 		s.mu.Lock()
 		if s.shuttingDown {
 			s.mu.Unlock()
