@@ -267,31 +267,32 @@ func (c *Core) sample(in *Input) error {
 		if err := ValidateSubjectID(in.Subject); err != nil {
 			return badInput(in, "subject %q: want %v", in.Subject, err)
 		}
-		c.counters.Dropped++
+		c.counters.Dropped += max(in.Count, 1)
 		return nil
 	}
+	n := max(in.Count, 1)
 	h := &c.subjects.hot[i]
 	if h.instance != in.Instance {
-		c.counters.Dropped++
+		c.counters.Dropped += n
 		return nil
 	}
 	if in.Claimed != in.Subject {
-		c.rejectSample(&c.subjects.slots[i], in.Claimed)
+		c.rejectSample(&c.subjects.slots[i], in.Claimed, n)
 		return nil
 	}
 	h.pending = in.Bytes
 	h.hasPending = true
 	c.subjects.markDirty(h, i)
-	c.counters.Accepted++
+	c.counters.Accepted += n
 	return nil
 }
 
 // rejectSample drops a sample that claims to be someone else. Every rejection is
 // counted, but at most one memstatRejected event per subject per tick is emitted: a
 // spoofing flood must not be able to push the kill history out of the ring.
-func (c *Core) rejectSample(s *subject, claimed string) {
-	s.rejected++
-	c.counters.Rejected++
+func (c *Core) rejectSample(s *subject, claimed string, n uint64) {
+	s.rejected += n
+	c.counters.Rejected += n
 	if s.rejectTick == c.tick+1 {
 		return
 	}

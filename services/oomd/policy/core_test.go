@@ -123,6 +123,16 @@ func TestRejectFakeMemstat(t *testing.T) {
 	// A sample claiming nothing is not the sender's claim either: rejected.
 	h.must(Input{Kind: InputSample, Subject: "evil", Instance: 1, Bytes: 1 << 40})
 	assert.Equal(t, uint64(11), h.c.Counters().Rejected)
+
+	// The shell coalesces a flood into one input carrying the count: the count is
+	// exact, the event is still one per tick, and the usage still untouched.
+	h.tick()
+	h.must(Input{Kind: InputSample, Subject: "evil", Instance: 1, Claimed: "victim", Bytes: 1 << 40, Count: 10_000})
+	assert.Equal(t, uint64(10_011), h.c.Counters().Rejected)
+	evil, _ = h.c.Subject("evil")
+	assert.Equal(t, uint64(10_011), evil.Rejected)
+	assert.Equal(t, uint64(0), evil.Bytes)
+	assert.Len(t, h.kinds(EventMemstatRejected), 3, "one per tick: ticks 1, 2 and 3")
 }
 
 // TestRejectCriticalServiceKill: samgrd (a default critical service) crossing the

@@ -161,10 +161,11 @@ func handleRegister(t *testing.T, e *scenarioEnv, d *datadriven.TestData) string
 	return e.step(t, in)
 }
 
-// sample subject=<id> bytes=<n> [instance=<n>] [claimed=<id>] [repeat=<n>]
+// sample subject=<id> bytes=<n> [instance=<n>] [claimed=<id>] [count=<n>] [repeat=<n>]
 //
 // Steps InputSample as if it arrived on subject's own sink; claimed (what the payload
-// says) defaults to subject, instance to 1. repeat sends the same sample n times.
+// says) defaults to subject, instance to 1. count is Input.Count (samples the shell
+// coalesced into this input). repeat sends the same input n times.
 func handleSample(t *testing.T, e *scenarioEnv, d *datadriven.TestData) string {
 	in := Input{Kind: InputSample, Instance: 1}
 	d.ScanArgs(t, "subject", &in.Subject)
@@ -172,6 +173,7 @@ func handleSample(t *testing.T, e *scenarioEnv, d *datadriven.TestData) string {
 	d.MaybeScanArgs(t, "instance", &in.Instance)
 	in.Claimed = in.Subject
 	d.MaybeScanArgs(t, "claimed", &in.Claimed)
+	d.MaybeScanArgs(t, "count", &in.Count)
 	repeat := 1
 	d.MaybeScanArgs(t, "repeat", &repeat)
 	var out strings.Builder

@@ -43,7 +43,7 @@ func (g *fuzzGen) next() (Input, bool) {
 		if b&0x80 != 0 {
 			claimed = fuzzSubjects[int(b>>4)%len(fuzzSubjects)]
 		}
-		return Input{Kind: InputSample, Subject: subject, Instance: instance, Claimed: claimed, Bytes: fuzzBytes[int(b)%len(fuzzBytes)]}, true
+		return Input{Kind: InputSample, Subject: subject, Instance: instance, Claimed: claimed, Bytes: fuzzBytes[int(b)%len(fuzzBytes)], Count: uint64(a >> 6)}, true
 	case 5:
 		seq := g.chk.lastWriter
 		seq = seq - min(seq, uint64(b%4)) + uint64(b>>7) // sometimes one beyond: an error

@@ -219,6 +219,9 @@ func FormatInput(in Input) string {
 		l.str("instance", strconv.FormatUint(in.Instance, 10))
 		l.id("claimed", in.Claimed)
 		l.str("bytes", strconv.FormatUint(in.Bytes, 10))
+		if in.Count > 1 {
+			l.num("count", in.Count)
+		}
 	case InputAuditAck:
 		l.str("seq", strconv.FormatUint(in.Seq, 10))
 	case InputTerminateAck:

@@ -19,7 +19,9 @@ const (
 	// InputRegister: execd handed over Subject/Instance, with Critical from the manifest.
 	InputRegister
 	// InputSample: a memstat sample that arrived on Subject/Instance's sink (the
-	// authenticated identity), claiming to be Claimed, with Bytes.
+	// authenticated identity), claiming to be Claimed, with Bytes. Count says how many
+	// samples of that kind (accepted, or claiming that same Claimed) the shell
+	// coalesced into this one input; 0 means 1. Bytes is always a usage in bytes.
 	InputSample
 	// InputAuditAck: every audit record with WriterSeq <= Seq is durable.
 	InputAuditAck
@@ -83,6 +85,7 @@ type Input struct {
 	Decision uint64    `json:"decision,omitempty"`
 	Reason   string    `json:"reason,omitempty"`
 	Policy   *Policy   `json:"policy,omitempty"`
+	Count    uint64    `json:"count,omitempty"`
 }
 
 // EventKind mirrors oomdpb.EventKind value for value.
