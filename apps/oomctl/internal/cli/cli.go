@@ -69,27 +69,23 @@ type command struct {
 	run     func(ctx context.Context, r *runner, opts any) error
 }
 
-var commands []command // filled in init, since the entries refer to usage
-
-func init() {
-	commands = []command{
-		{name: "status", summary: "oomd's tick and counters, and every subject's usage, limits and state",
-			run: func(ctx context.Context, r *runner, _ any) error { return r.status(ctx) }},
-		{name: "policy get", summary: "the policy in force and its version",
-			run: func(ctx context.Context, r *runner, _ any) error { return r.policyGet(ctx) }},
-		{name: "policy set", args: "[flags] | --file policy.json",
-			summary: "change fields of the policy in force, or replace it with a JSON file",
-			flags:   func(fs *flag.FlagSet) any { return registerSetFlags(fs) },
-			run:     func(ctx context.Context, r *runner, o any) error { return r.policySet(ctx, o.(*setFlags)) }},
-		{name: "events", args: "[--since N] [--limit N] [--follow]",
-			summary: "oomd's event history; --follow then prints new events as they happen",
-			flags:   func(fs *flag.FlagSet) any { return registerPageFlags(fs, true) },
-			run:     func(ctx context.Context, r *runner, o any) error { return r.events(ctx, o.(*pageFlags)) }},
-		{name: "audit", args: "[--since N] [--limit N]",
-			summary: "the durable audit journal (logd's), read through oomd",
-			flags:   func(fs *flag.FlagSet) any { return registerPageFlags(fs, false) },
-			run:     func(ctx context.Context, r *runner, o any) error { return r.audit(ctx, o.(*pageFlags)) }},
-	}
+var commands = []command{
+	{name: "status", summary: "oomd's tick and counters, and every subject's usage, limits and state",
+		run: func(ctx context.Context, r *runner, _ any) error { return r.status(ctx) }},
+	{name: "policy get", summary: "the policy in force and its version",
+		run: func(ctx context.Context, r *runner, _ any) error { return r.policyGet(ctx) }},
+	{name: "policy set", args: "[flags] | --file policy.json",
+		summary: "change fields of the policy in force, or replace it with a JSON file",
+		flags:   func(fs *flag.FlagSet) any { return registerSetFlags(fs) },
+		run:     func(ctx context.Context, r *runner, o any) error { return r.policySet(ctx, o.(*setFlags)) }},
+	{name: "events", args: "[--since N] [--limit N] [--follow]",
+		summary: "oomd's event history; --follow then prints new events as they happen",
+		flags:   func(fs *flag.FlagSet) any { return registerPageFlags(fs, true) },
+		run:     func(ctx context.Context, r *runner, o any) error { return r.events(ctx, o.(*pageFlags)) }},
+	{name: "audit", args: "[--since N] [--limit N]",
+		summary: "the durable audit journal (logd's), read through oomd",
+		flags:   func(fs *flag.FlagSet) any { return registerPageFlags(fs, false) },
+		run:     func(ctx context.Context, r *runner, o any) error { return r.audit(ctx, o.(*pageFlags)) }},
 }
 
 func usage(w io.Writer) {
