@@ -545,6 +545,8 @@ func TestTerminate(t *testing.T) {
 			assert.Zero(t, res.pid)
 		}
 		assert.Equal(t, -1, index(h.events(), "sigterm crit"), "a refused terminate sends nothing")
+		assert.GreaterOrEqual(t, index(h.events(), "teardown-unimplemented wd"), 0,
+			"SystemControl.teardown answers unimplemented for now: %v", h.events())
 	})
 
 	assert.Equal(t, 0, h.stop())

@@ -277,6 +277,14 @@ func proxy(ctx context.Context, sess oomdpb.Session) (func(), error) {
 	if err != nil {
 		return nil, fmt.Errorf("grants: %w", err)
 	}
+	// SystemControl is granted but not implemented yet: it must say so.
+	tf, trel := res.System().Teardown(ctx, nil)
+	if _, err := tf.Struct(); capnp.IsUnimplemented(err) {
+		event("teardown-unimplemented")
+	} else {
+		event(fmt.Sprintf("teardown-unexpected(%v)", err))
+	}
+	trel()
 	term := res.Terminator().AddRef()
 	tc, err := net.DialTimeout("unix", *proxyTerm, 10*time.Second)
 	if err != nil {
