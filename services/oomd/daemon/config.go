@@ -7,6 +7,9 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"reflect"
+	"slices"
+	"strings"
 
 	"oomd.dev/oomd/services/oomd/policy"
 )
@@ -44,13 +47,60 @@ func ParsePolicy(b []byte) (policy.Policy, error) {
 	if _, err := dec.Token(); err != io.EOF {
 		return p, errors.New("trailing data after the policy object")
 	}
+	if err := exactKeys(b, reflect.TypeOf(p), "policy"); err != nil {
+		return p, err
+	}
 	return p, p.Validate()
+}
+
+// exactKeys rejects object keys that differ from the json tags only in case: Go's
+// decoder matches case-insensitively, and a strict policy file should not.
+func exactKeys(b []byte, t reflect.Type, where string) error {
+	var obj map[string]json.RawMessage
+	if err := json.Unmarshal(b, &obj); err != nil {
+		return nil // not an object here; the typed decode already judged it
+	}
+	fields := map[string]reflect.Type{}
+	for i := 0; i < t.NumField(); i++ {
+		name, _, _ := strings.Cut(t.Field(i).Tag.Get("json"), ",")
+		fields[name] = t.Field(i).Type
+	}
+	keys := make([]string, 0, len(obj))
+	for k := range obj {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	for _, k := range keys {
+		ft, ok := fields[k]
+		if !ok {
+			return fmt.Errorf("%s: unknown field %q (field names are case-sensitive)", where, k)
+		}
+		if ft.Kind() == reflect.Struct {
+			if err := exactKeys(obj[k], ft, where+"."+k); err != nil {
+				return err
+			}
+		}
+		if ft.Kind() == reflect.Slice && ft.Elem().Kind() == reflect.Struct {
+			var elems []json.RawMessage
+			if json.Unmarshal(obj[k], &elems) == nil {
+				for i, e := range elems {
+					if err := exactKeys(e, ft.Elem(), fmt.Sprintf("%s.%s[%d]", where, k, i)); err != nil {
+						return err
+					}
+				}
+			}
+		}
+	}
+	return nil
 }
 
 // position turns a byte offset into "line L, column C".
 func position(b []byte, off int64) string {
 	if off > int64(len(b)) {
 		off = int64(len(b))
+	}
+	if off > 0 {
+		off-- // the decoder's offset is just past the offending byte
 	}
 	line := 1 + bytes.Count(b[:off], []byte{'\n'})
 	col := off - int64(bytes.LastIndexByte(b[:off], '\n'))
