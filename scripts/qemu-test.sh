@@ -210,7 +210,7 @@ boot() {
     -no-reboot -nodefaults -no-user-config -display none \
     -chardev "file,id=con,path=$serial" -serial chardev:con \
     -kernel "$KERNEL" -initrd "$INITRD" -append "$cmdline" "$@" \
-    </dev/null >"$CACHE/$name.qemu.log" 2>&1 &
+    </dev/null >"$CACHE/$name.qemu.log" 2>&1 9>&- &
   QEMU_PID=$!
   BOOT_SEEN=0 BOOT_END='' BOOT_MS='' BOOT_TIMES=''
   local seen first=''
@@ -301,6 +301,13 @@ main() {
   timeout_s=$(parse_timeout "$RUN_TIMEOUT")
   t_start=$(now_ms)
   mkdir -p "$CACHE"
+  # One run at a time per cache: a second make test in the same tree waits, instead of
+  # rebuilding the initramfs or truncating the console log under the first.
+  exec 9>"$CACHE/.lock"
+  if ! flock -n 9; then
+    log "another qemu-test is using $CACHE; waiting for it"
+    flock -w 600 9 || die "$CACHE stayed locked for 10 minutes"
+  fi
   t=$(now_ms); ensure_tools; prep+="tools $(secs $(($(now_ms) - t))) s"
   t=$(now_ms); fetch_kernel; prep+=", kernel $(secs $(($(now_ms) - t))) s"
   t=$(now_ms); build_initramfs; prep+=", build $(secs $(($(now_ms) - t))) s"
