@@ -96,9 +96,11 @@ type harness struct {
 	waited chan struct{}
 	err    error // execd's exit, valid after waited is closed
 
-	// Set when the manifest has a watchdog().
-	term     oomdpb.Terminator
-	handoffs chan receivedHandoff
+	// Set when the manifest has a watchdog(); acceptWatchdog replaces term with the
+	// next watchdog instance's.
+	termLn, handLn *net.UnixListener
+	term           oomdpb.Terminator
+	handoffs       chan receivedHandoff
 }
 
 type receivedHandoff struct {
@@ -146,14 +148,16 @@ func start(t *testing.T, services []svc, extra ...*os.File) *harness {
 	for _, s := range services {
 		hasWatchdog = hasWatchdog || s.Role == "watchdog"
 	}
-	var termLn, handLn *net.UnixListener
 	if hasWatchdog {
+		var termLn, handLn *net.UnixListener
 		require.NoError(t, os.MkdirAll(rt, 0o700))
 		termLn, err = net.ListenUnix("unix", &net.UnixAddr{Name: filepath.Join(rt, "term.sock"), Net: "unix"})
 		require.NoError(t, err)
 		handLn, err = net.ListenUnix("unixpacket", &net.UnixAddr{Name: filepath.Join(rt, "handoffs.sock"), Net: "unixpacket"})
 		require.NoError(t, err)
 		t.Cleanup(func() { termLn.Close(); handLn.Close() })
+		h.termLn, h.handLn = termLn, handLn
+		h.handoffs = make(chan receivedHandoff, 64)
 	}
 
 	h.cmd = exec.Command(execdBin, "--manifest", manifest, "--runtime-dir", rt, "--debug")
@@ -177,26 +181,28 @@ func start(t *testing.T, services []svc, extra ...*os.File) *harness {
 		}
 	})
 	if hasWatchdog {
-		h.acceptWatchdog(termLn, handLn)
+		h.acceptWatchdog()
 	}
 	return h
 }
 
-func (h *harness) acceptWatchdog(termLn, handLn *net.UnixListener) {
+// acceptWatchdog takes the connections of the next watchdog instance's proxy.
+func (h *harness) acceptWatchdog() {
 	t := h.t
+	termLn, handLn := h.termLn, h.handLn
 	termLn.SetDeadline(time.Now().Add(deadline))
 	c, err := termLn.Accept()
 	require.NoError(t, err, "the watchdog child did not dial the terminator socket")
 	conn := rpcx.NewConn(c, capnp.Client{}, zaptest.NewLogger(t).Named("test-rpc"))
 	t.Cleanup(func() { closeConn(conn) })
-	h.term = oomdpb.Terminator(conn.Bootstrap(context.Background()))
-	t.Cleanup(h.term.Release)
+	term := oomdpb.Terminator(conn.Bootstrap(context.Background()))
+	h.term = term
+	t.Cleanup(term.Release)
 
 	handLn.SetDeadline(time.Now().Add(deadline))
 	hc, err := handLn.AcceptUnix()
 	require.NoError(t, err, "the watchdog child did not dial the handoff socket")
 	t.Cleanup(func() { hc.Close() })
-	h.handoffs = make(chan receivedHandoff, 64)
 	go func() {
 		for {
 			msg, f, err := rpcx.RecvMsgFD(hc)
@@ -278,6 +284,18 @@ func (h *harness) waitFor(what string, cond func() bool) {
 			return
 		case <-time.After(10 * time.Millisecond):
 		}
+	}
+}
+
+// eventually polls cond until it holds or the deadline passes.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	end := time.Now().Add(deadline)
+	for !cond() {
+		if time.Now().After(end) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 
@@ -782,4 +800,67 @@ func TestNoFdLeakAcrossRestarts(t *testing.T) {
 		require.NoError(t, syscall.Kill(int(ho.pid), syscall.SIGTERM))
 	}
 	assert.Equal(t, 0, h.stop())
+}
+
+func TestWatchdogRestartGetsBacklogAndNewHandoffs(t *testing.T) {
+	wd := watchdog()
+	wd.Critical = false
+	wd.Restart = "on-failure"
+	worker := withDeps(child("worker", "--ready"), "wd")
+	worker.Restart = "on-failure"
+	h := start(t, []svc{wd, worker})
+	exits := h.watchExits()
+	ho := h.nextHandoff()
+	require.Equal(t, "worker", ho.subject)
+	h.waitEvent("start worker")
+
+	// The watchdog crashes (and is restarted); the worker crashes meanwhile.
+	wdPid := h.pidOf("wd")
+	require.NoError(t, syscall.Kill(wdPid, syscall.SIGKILL))
+	require.NoError(t, syscall.Kill(int(ho.pid), syscall.SIGKILL))
+	h.acceptWatchdog()
+
+	exits = h.watchExits()
+	r := nextExit(t, exits, "wd")
+	assert.Equal(t, report{Subject: "wd", Instance: 1, Pid: int32(wdPid), Signal: int32(syscall.SIGKILL)}, r,
+		"the first watchdog's own exit waited in the backlog for the next watcher")
+	r = nextExit(t, exits, "worker")
+	assert.Equal(t, report{Subject: "worker", Instance: 1, Pid: ho.pid, Signal: int32(syscall.SIGKILL)}, r)
+
+	ho2 := h.nextHandoff()
+	assert.Equal(t, "worker", ho2.subject, "the restarted worker is handed to the new watchdog")
+	assert.Equal(t, uint64(2), ho2.instance)
+	assert.Equal(t, 0, h.stop())
+}
+
+func TestChildrenDieWithExecd(t *testing.T) {
+	h := start(t, []svc{child("orphaned")})
+	h.waitEvent("start orphaned")
+	pid := h.pidOf("orphaned")
+	require.NoError(t, h.cmd.Process.Kill())
+	<-h.waited
+	eventually(t, "the child to die with execd (Pdeathsig)", func() bool {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			return true // reaped
+		}
+		_, rest, _ := strings.Cut(string(b), ") ")
+		return strings.HasPrefix(rest, "Z") // dead, waiting for its new parent
+	})
+}
+
+// pidOf reads a child's pid from execd's "started" log line.
+func (h *harness) pidOf(id string) int {
+	h.t.Helper()
+	for _, l := range strings.Split(h.out.String(), "\n") {
+		if _, rest, ok := strings.Cut(l, "\tstarted\t{\"subject\": \""+id+"\""); ok {
+			var pid int
+			_, after, _ := strings.Cut(rest, `"pid": `)
+			_, err := fmt.Sscanf(after, "%d", &pid)
+			require.NoError(h.t, err, l)
+			return pid
+		}
+	}
+	h.t.Fatalf("no started line for %s", id)
+	return 0
 }
