@@ -63,6 +63,10 @@ func run() int {
 		log.Error("create runtime directory", zap.String("dir", *runtimeDir), zap.Error(err))
 		return 1
 	}
+	if fi, err := os.Stat(*runtimeDir); err == nil && fi.Mode().Perm()&0o077 != 0 {
+		log.Warn("runtime directory is open to other users; sockets in it should be private",
+			zap.String("dir", *runtimeDir), zap.Stringer("mode", fi.Mode().Perm()))
+	}
 	m, err := manifest.Load(*manifestPath)
 	if err != nil {
 		log.Error("bad manifest", zap.Error(err))

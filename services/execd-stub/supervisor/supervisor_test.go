@@ -12,6 +12,7 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"oomd.dev/oomd/gen/oomdpb"
+	"oomd.dev/oomd/services/execd-stub/manifest"
 )
 
 func TestBackoff(t *testing.T) {
@@ -102,4 +103,33 @@ func TestFailedReportGoesToTheNextWatcher(t *testing.T) {
 	assert.Equal(t, report(1), receive(t, next.got), "the failed report is delivered again")
 	assert.Equal(t, report(2), receive(t, next.got))
 	assert.Empty(t, broken.got)
+}
+
+func TestTerminateRefusalsWithoutProcesses(t *testing.T) {
+	m, err := manifest.Parse([]byte(`{"services": [
+		{"id": "crit", "argv": ["x"], "critical": true},
+		{"id": "app", "argv": ["x"]}]}`))
+	require.NoError(t, err)
+	s := New(Config{Manifest: m, Log: zaptest.NewLogger(t)})
+	for _, tc := range []struct {
+		name     string
+		subject  string
+		shutdown bool
+		want     oomdpb.Refusal
+	}{
+		{"unknown", "nobody", false, oomdpb.Refusal_unknown},
+		{"invalid id", "App", false, oomdpb.Refusal_unknown},
+		{"critical", "crit", false, oomdpb.Refusal_critical},
+		{"critical during shutdown", "crit", true, oomdpb.Refusal_critical},
+		{"not running", "app", false, oomdpb.Refusal_notRunning},
+		{"during shutdown", "app", true, oomdpb.Refusal_shuttingDown},
+	} {
+		s.mu.Lock()
+		s.shuttingDown = tc.shutdown
+		s.mu.Unlock()
+		refusal, detail, pid := s.terminate(tc.subject, 1, 7, "test")
+		assert.Equal(t, tc.want, refusal, "%s: %s", tc.name, detail)
+		assert.NotEmpty(t, detail, tc.name)
+		assert.Zero(t, pid, tc.name)
+	}
 }
