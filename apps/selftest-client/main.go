@@ -15,6 +15,8 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -62,6 +64,10 @@ func run(ctx context.Context, o options, log *zap.Logger) error {
 	}
 	if o.inject <= o.hardBytes {
 		return fmt.Errorf("--inject (%d) must exceed --hard-bytes (%d)", o.inject, o.hardBytes)
+	}
+	oomBefore, err := kernelOOMKills()
+	if err != nil {
+		return err
 	}
 	sess, err := session.Open(ctx, log)
 	if err != nil {
@@ -142,8 +148,33 @@ func run(ctx context.Context, o options, log *zap.Logger) error {
 	if err := c.AuditHas(ctx, o.target, decided.Decision); err != nil {
 		return err
 	}
+	// The kill must have been ours: the kernel's own OOM killer must not have acted.
+	oomAfter, err := kernelOOMKills()
+	if err != nil {
+		return err
+	}
+	n := oomAfter - oomBefore
+	fmt.Printf("SELFTEST: vmstat oom_kill=%d\n", n)
+	if n != 0 {
+		return fmt.Errorf("the kernel's OOM killer acted %d times during the selftest", n)
+	}
 	fmt.Println("SELFTEST: oom kill ok")
 	return nil
+}
+
+// kernelOOMKills reads oom_kill from /proc/vmstat: the kernel's OOM kills since boot.
+// The selftest compares it before and after, so earlier kills on a host do not count.
+func kernelOOMKills() (uint64, error) {
+	b, err := os.ReadFile("/proc/vmstat")
+	if err != nil {
+		return 0, fmt.Errorf("read /proc/vmstat: %w", err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "oom_kill "); ok {
+			return strconv.ParseUint(strings.TrimSpace(v), 10, 64)
+		}
+	}
+	return 0, nil // kernels without the counter have no OOM kills to report
 }
 
 // proveSpoofRejected publishes, on this process's own memstat connection, a sample that
