@@ -49,7 +49,11 @@
 // WNOWAIT|WNOHANG) and reaps only pids that are not managed children; a spawn registers
 // its pid under the same lock as the peek, so a managed child's status is never taken.
 //
-// Only the watchdog instance running at the time receives a handoff. If the watchdog
+// # Broker
+//
+// Handoffs are sent in spawn order from one goroutine (a slow watchdog never blocks a
+// spawn); those for children started before the watchdog wait in a queue that holds only
+// live children. Only the watchdog instance running at the time receives a handoff. If the watchdog
 // itself restarts, it gets the handoffs not yet sent, but the memstat connections of
 // children handed to the previous instance are gone (their peer closed): a child has to
 // be restarted to be watched again. execd keeps no copy of a handed-over socket, since a
@@ -71,7 +75,9 @@
 // # Stopping
 //
 // Run stops when its context ends (SIGTERM) or when a service marked exitWith exits on
-// its own; then it returns that service's status as the exit code. Stop (and Run) refuses further terminate() calls with
-// shuttingDown, cancels pending restarts, then stops services in the reverse of start
-// order, one at a time: SIGTERM, up to the service's stopTimeoutMs, then SIGKILL.
+// its own; then it returns that service's status as the exit code. Stop (and Run)
+// refuses further terminate() calls with shuttingDown, cancels pending restarts, then
+// stops services in the reverse of start order, one at a time: SIGTERM, up to the
+// service's stopTimeoutMs, then SIGKILL. If execd itself dies, Pdeathsig kills every
+// child (Go never ends the OS thread that forked them: nothing in execd locks a thread).
 package supervisor
