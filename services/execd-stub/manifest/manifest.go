@@ -340,6 +340,11 @@ func decodeError(data []byte, err error) error {
 		if field == "" {
 			field = "(top level)"
 		}
+		if rest, ok := strings.CutPrefix(field, "services."); ok {
+			if i, id, ok := serviceAt(data, int(typ.Offset)); ok {
+				field = fmt.Sprintf("services[%d].%s (service %q)", i, rest, id)
+			}
+		}
 		return fmt.Errorf("field %s at %d:%d: expected %v, got JSON %s", field, line, col, typ.Type, typ.Value)
 	case errors.Is(err, io.EOF):
 		return errors.New("empty manifest: expected an object {\"services\": [...]}")
@@ -412,6 +417,45 @@ func findUnknownKey(data []byte) (off int, path string, ok bool) {
 		if _, err := dec.Token(); err != nil { // ']'
 			return 0, "", false
 		}
+	}
+	return 0, "", false
+}
+
+// serviceAt returns the index and id of the services entry that contains byte offset off.
+func serviceAt(data []byte, off int) (idx int, id string, ok bool) {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
+		return 0, "", false
+	}
+	for dec.More() {
+		t, err := dec.Token()
+		if err != nil {
+			return 0, "", false
+		}
+		if key, _ := t.(string); !strings.EqualFold(key, "services") {
+			var skip json.RawMessage
+			if dec.Decode(&skip) != nil {
+				return 0, "", false
+			}
+			continue
+		}
+		if t, err := dec.Token(); err != nil || t != json.Delim('[') {
+			return 0, "", false
+		}
+		for i := 0; dec.More(); i++ {
+			start := int(dec.InputOffset())
+			var raw json.RawMessage
+			if dec.Decode(&raw) != nil {
+				return 0, "", false
+			}
+			if off >= start && off <= int(dec.InputOffset()) {
+				var entry struct{ ID any }
+				_ = json.Unmarshal(raw, &entry)
+				id, _ := entry.ID.(string)
+				return i, id, true
+			}
+		}
+		return 0, "", false
 	}
 	return 0, "", false
 }
