@@ -79,3 +79,28 @@ func TestParseDefaultsAndStartOrder(t *testing.T) {
 	assert.Equal(t, "/run/x/x", hog.Env["A"])
 	assert.Equal(t, []string{"oomd", "--dir=/run/x"}, m.Lookup("oomd").Argv)
 }
+
+// FuzzParse: any input either fails cleanly or yields a start order that contains every
+// service once, each after its dependencies.
+func FuzzParse(f *testing.F) {
+	f.Add([]byte(`{"services": [{"id": "a", "argv": ["x"]}, {"id": "b", "argv": ["y"], "dependsOn": ["a"]}]}`))
+	f.Add([]byte(`{"services": [{"id": "a", "argv": ["x"], "dependsOn": ["b"]}, {"id": "b", "argv": ["x"], "dependsOn": ["a"]}]}`))
+	f.Add([]byte(`{"services": [{"id": "a", "argv": ["x"], "stopTimeoutMs": "1"}]}`))
+	f.Add([]byte(`{"services": [{"id": "a", "argv": ["x"], "zz": 1}]}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		m, err := Parse(data)
+		if err != nil {
+			return
+		}
+		pos := map[string]int{}
+		for i, s := range m.StartOrder() {
+			pos[s.ID] = i
+		}
+		require.Len(t, pos, len(m.Services))
+		for _, s := range m.Services {
+			for _, d := range s.DependsOn {
+				require.Less(t, pos[d], pos[s.ID])
+			}
+		}
+	})
+}
