@@ -18,8 +18,8 @@ import (
 	"syscall"
 
 	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
 
+	"oomd.dev/oomd/internal/logx"
 	"oomd.dev/oomd/services/execd-stub/manifest"
 	"oomd.dev/oomd/services/execd-stub/pid1"
 	"oomd.dev/oomd/services/execd-stub/supervisor"
@@ -48,7 +48,11 @@ func run() int {
 	debug := flag.Bool("debug", false, "log at debug level")
 	flag.Parse()
 
-	log := newLogger(*debug).Named("execd")
+	if *debug {
+		// Children inherit the level, so --debug makes the whole stack verbose.
+		os.Setenv(logx.LevelEnv, "debug")
+	}
+	log := logx.New("execd")
 	defer log.Sync()
 
 	if err := pid1.Setup(); err != nil {
@@ -82,16 +86,4 @@ func run() int {
 	}
 	log.Info("stopped", zap.Int("exitCode", code))
 	return code
-}
-
-func newLogger(debug bool) *zap.Logger {
-	cfg := zap.NewProductionEncoderConfig()
-	cfg.EncodeTime = zapcore.ISO8601TimeEncoder
-	cfg.EncodeDuration = zapcore.StringDurationEncoder
-	level := zapcore.InfoLevel
-	if debug {
-		level = zapcore.DebugLevel
-	}
-	core := zapcore.NewCore(zapcore.NewConsoleEncoder(cfg), zapcore.Lock(os.Stderr), level)
-	return zap.New(core)
 }

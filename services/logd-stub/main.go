@@ -19,6 +19,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"oomd.dev/oomd/internal/logx"
 	"oomd.dev/oomd/services/logd-stub/journal"
 	"oomd.dev/oomd/services/logd-stub/server"
 )
@@ -40,12 +41,7 @@ func main() {
 		os.Exit(2)
 	}
 
-	log, err := zap.NewProduction()
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "logd: build logger: %v\n", err)
-		os.Exit(1)
-	}
-	log = log.Named("logd")
+	log := logx.New("logd")
 	defer log.Sync()
 
 	if err := server.Run(ctx, cfg, log); err != nil {
