@@ -137,10 +137,10 @@ func (d *Daemon) tick() {
 			s.mu.Lock()
 			claimed := s.claimed
 			s.mu.Unlock()
-			d.stepLocked(policy.Input{Kind: policy.InputSample, Subject: s.subject, Instance: s.instance, Claimed: claimed, Bytes: n})
+			d.stepLocked(policy.Input{Kind: policy.InputSample, Subject: s.subject, Instance: s.instance, Claimed: claimed, Count: n})
 		}
-		if s.fresh.Swap(false) {
-			d.stepLocked(policy.Input{Kind: policy.InputSample, Subject: s.subject, Instance: s.instance, Claimed: s.subject, Bytes: s.bytes.Load()})
+		if n := s.accepted.Swap(0); n > 0 {
+			d.stepLocked(policy.Input{Kind: policy.InputSample, Subject: s.subject, Instance: s.instance, Claimed: s.subject, Bytes: s.bytes.Load(), Count: n})
 		}
 	}
 	d.stepLocked(policy.Input{Kind: policy.InputTick})

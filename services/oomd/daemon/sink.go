@@ -25,7 +25,7 @@ type slot struct {
 	conn       *rpc.Conn // the brokered connection; its bootstrap is the child's TestHook
 
 	bytes    atomic.Uint64
-	fresh    atomic.Bool   // a valid sample arrived since the last drain
+	accepted atomic.Uint64 // valid samples since the last drain (the latest wins)
 	rejected atomic.Uint64 // samples claiming another subject, since the last drain
 	queued   atomic.Bool   // already on the dirty list for the next tick
 
@@ -83,7 +83,7 @@ func (s *sinkServer) Report(_ context.Context, call oomdpb.MemstatSink_report) e
 	// An empty claim claims nothing: the connection alone says who the sender is.
 	if len(claimed) == 0 || bytes.Equal(claimed, sl.subjectB) {
 		sl.bytes.Store(sample.Bytes())
-		sl.fresh.Store(true)
+		sl.accepted.Add(1)
 	} else {
 		if sl.rejected.Add(1) == 1 {
 			sl.mu.Lock()

@@ -297,7 +297,12 @@ func (c *Core) rejectSample(s *subject, claimed string, n uint64) {
 		return
 	}
 	s.rejectTick = c.tick + 1
-	c.emit(Event{Subject: s.id, Kind: EventMemstatRejected, Bytes: 0, Reason: "claimed=" + printableID(claimed)})
+	// Audited as well as evented (invariant 2), at the same bounded rate: the record
+	// says how many attempts this input stood for.
+	reason := "claimed=" + printableID(claimed)
+	c.appendAudit(AuditRecord{Kind: EventMemstatRejected, Subject: s.id, Instance: s.instance,
+		Reason: reason + " attempts=" + strconv.FormatUint(n, 10)})
+	c.emit(Event{Subject: s.id, Kind: EventMemstatRejected, Bytes: 0, Reason: reason})
 }
 
 // printableID renders an untrusted subject id for a reason string: a valid id as is,

@@ -108,7 +108,10 @@ func TestRejectFakeMemstat(t *testing.T) {
 	assert.Equal(t, "claimed=victim", rejected[0].Reason)
 	assert.Empty(t, h.kinds(EventKillDecided), "a spoofed sample must not cause a decision")
 	assert.Empty(t, h.kinds(EventSoftExceeded))
-	assert.Empty(t, h.audit)
+	require.Len(t, h.audit, 1, "the rejection is audited, at the same bounded rate as the event")
+	assert.Equal(t, EventMemstatRejected, h.audit[0].Kind)
+	assert.Equal(t, "evil", h.audit[0].Subject)
+	assert.Equal(t, "claimed=victim attempts=1", h.audit[0].Reason)
 
 	victim, ok := h.c.Subject("victim")
 	require.True(t, ok)

@@ -1,0 +1,144 @@
+package daemon
+
+import (
+	"bytes"
+	"context"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/zap/zaptest"
+
+	"oomd.dev/oomd/services/oomd/policy"
+)
+
+// fakeAuditor holds records until the test acknowledges them.
+type fakeAuditor struct {
+	mu   sync.Mutex
+	recs []policy.AuditRecord
+	ack  func(uint64)
+}
+
+func (a *fakeAuditor) Submit(r []policy.AuditRecord) {
+	a.mu.Lock()
+	a.recs = append(a.recs, r...)
+	a.mu.Unlock()
+}
+func (a *fakeAuditor) Start(_ context.Context, ack func(uint64)) error { a.ack = ack; return nil }
+
+// fakeTerminator records requests and acknowledges them.
+type fakeTerminator struct{ calls chan policy.TerminateRequest }
+
+func (f fakeTerminator) Terminate(_ context.Context, r policy.TerminateRequest) (string, error) {
+	f.calls <- r
+	return "", nil
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
+
+func newTestDaemon(t *testing.T) (*Daemon, *fakeAuditor, fakeTerminator, *syncBuffer) {
+	p := policy.DefaultPolicy()
+	p.SoftBytes, p.HardBytes = 50, 100
+	aud := &fakeAuditor{}
+	term := fakeTerminator{calls: make(chan policy.TerminateRequest, 8)}
+	markers := &syncBuffer{}
+	d, err := New(Config{Policy: p, Markers: markers, Log: zaptest.NewLogger(t)}, aud, term)
+	require.NoError(t, err)
+	require.NoError(t, d.Start(context.Background()))
+	return d, aud, term, markers
+}
+
+// report simulates a sample arriving on a subject's sink.
+func report(d *Daemon, s *slot, claimed string, n uint64) {
+	srv := &sinkServer{slot: s, dirty: &d.dirty}
+	if claimed == s.subject {
+		s.bytes.Store(n)
+		s.accepted.Add(1)
+	} else if s.rejected.Add(1) == 1 {
+		s.claimed = claimed
+	}
+	srv.dirty.mark(s)
+}
+
+func TestTerminateWaitsForDurableAudit(t *testing.T) {
+	d, aud, term, markers := newTestDaemon(t)
+	hog := &slot{subject: "hog", instance: 1}
+	d.Register(hog)
+	report(d, hog, "hog", 500)
+	for range 10 {
+		d.tick()
+	}
+	aud.mu.Lock()
+	require.Len(t, aud.recs, 1, "one kill decision, one audit record")
+	rec := aud.recs[0]
+	aud.mu.Unlock()
+	assert.Equal(t, policy.EventKillDecided, rec.Kind)
+	select {
+	case r := <-term.calls:
+		t.Fatalf("terminate %+v sent before its audit record was durable", r)
+	default:
+	}
+
+	aud.ack(rec.WriterSeq)
+	var req policy.TerminateRequest
+	select {
+	case req = <-term.calls:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no terminate after the audit ack")
+	}
+	assert.Equal(t, "hog", req.Subject)
+	assert.Equal(t, rec.Decision, req.Decision)
+
+	// The terminate ack alone is not a kill: the exit must be observed too.
+	require.Eventually(t, func() bool {
+		var st policy.SubjectStatus
+		d.withCore(func(c *policy.Core) { st, _ = c.Subject("hog") })
+		return st.State == policy.StateTerminating
+	}, 10*time.Second, time.Millisecond)
+	assert.NotContains(t, markers.String(), "oomd: kill")
+	d.Exited("hog", 1, "signal=15")
+	assert.Equal(t, "oomd: kill app=hog bytes=500\n", markers.String())
+}
+
+func TestSpoofFloodIsCoalescedPerTick(t *testing.T) {
+	d, _, _, _ := newTestDaemon(t)
+	hog := &slot{subject: "hog", instance: 1}
+	evil := &slot{subject: "evil", instance: 1}
+	d.Register(hog)
+	d.Register(evil)
+	for range 10_000 {
+		report(d, evil, "hog", 1<<40)
+	}
+	assert.Len(t, d.dirty.slots, 1, "a flood occupies one dirty entry")
+	d.tick()
+	var hs, es policy.SubjectStatus
+	var rejectedEvents int
+	d.withCore(func(c *policy.Core) {
+		hs, _ = c.Subject("hog")
+		es, _ = c.Subject("evil")
+		evs, _, _ := c.Events(0, 1024)
+		for _, e := range evs {
+			if e.Kind == policy.EventMemstatRejected {
+				rejectedEvents++
+				assert.Equal(t, "evil", e.Subject)
+				assert.True(t, strings.HasPrefix(e.Reason, "claimed=hog"))
+			}
+		}
+	})
+	assert.Equal(t, uint64(0), hs.Bytes)
+	assert.Equal(t, uint64(10_000), es.Rejected)
+	assert.Equal(t, 1, rejectedEvents)
+}

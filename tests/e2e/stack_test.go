@@ -1,0 +1,232 @@
+// Package e2e runs the real stack — execd, logd, oomd, hogs — as separate processes over
+// real Unix sockets and checks the kill path from outside, through the same control API
+// and markers a user sees. Binaries are built once in TestMain.
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"capnproto.org/go/capnp/v3/rpc"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/zap/zaptest"
+
+	"oomd.dev/oomd/gen/oomdpb"
+	"oomd.dev/oomd/internal/rpcx"
+)
+
+var binDir string
+
+var programs = map[string]string{
+	"execd-stub":      "./services/execd-stub",
+	"logd-stub":       "./services/logd-stub",
+	"oomd":            "./services/oomd",
+	"hog":             "./apps/hog",
+	"selftest-client": "./apps/selftest-client",
+	"oomctl":          "./apps/oomctl",
+	"spoofer":         "./tests/e2e/spoofer",
+}
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "oomd-e2e-bin")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	root, _ := filepath.Abs("../..")
+	for name, pkg := range programs {
+		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, name), pkg)
+		cmd.Dir = root
+		if out, err := cmd.CombinedOutput(); err != nil {
+			fmt.Fprintf(os.Stderr, "build %s: %v\n%s", name, err, out)
+			os.RemoveAll(dir)
+			os.Exit(1)
+		}
+	}
+	binDir = dir
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// stack is one running execd with its children.
+type stack struct {
+	t     *testing.T
+	rt    string
+	cmd   *exec.Cmd
+	lines *lines
+	done  chan struct{}
+	err   error
+}
+
+// startStack writes manifest (with ${BIN} replaced by the built binaries' directory)
+// and starts execd on it.
+func startStack(t *testing.T, manifest string, files map[string]string) *stack {
+	t.Helper()
+	rt := t.TempDir()
+	for name, body := range files {
+		require.NoError(t, os.WriteFile(filepath.Join(rt, name), []byte(body), 0o600))
+	}
+	mpath := filepath.Join(rt, "manifest.json")
+	require.NoError(t, os.WriteFile(mpath, []byte(strings.ReplaceAll(manifest, "${BIN}", binDir)), 0o600))
+	cmd := exec.Command(filepath.Join(binDir, "execd-stub"), "--manifest", mpath, "--runtime-dir", rt)
+	s := &stack{t: t, rt: rt, cmd: cmd, lines: newLines(), done: make(chan struct{})}
+	pr, pw := io.Pipe()
+	cmd.Stdout, cmd.Stderr = pw, pw
+	cmd.Env = append(os.Environ(), "LOG_LEVEL=debug")
+	require.NoError(t, cmd.Start())
+	go s.lines.read(pr, t)
+	go func() {
+		s.err = cmd.Wait()
+		pw.Close()
+		close(s.done)
+	}()
+	t.Cleanup(func() {
+		select {
+		case <-s.done:
+		default:
+			cmd.Process.Signal(syscall.SIGTERM)
+			select {
+			case <-s.done:
+			case <-time.After(20 * time.Second):
+				cmd.Process.Kill()
+				<-s.done
+			}
+		}
+		if t.Failed() {
+			t.Logf("console of the failed stack:\n%s", s.lines.dump())
+		}
+	})
+	return s
+}
+
+// stop sends SIGTERM to execd and waits for it to exit.
+func (s *stack) stop(timeout time.Duration) error {
+	s.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-s.done:
+		return s.err
+	case <-time.After(timeout):
+		return fmt.Errorf("execd did not exit within %v of SIGTERM", timeout)
+	}
+}
+
+// wait waits for execd to exit on its own.
+func (s *stack) wait(timeout time.Duration) error {
+	select {
+	case <-s.done:
+		return s.err
+	case <-time.After(timeout):
+		return fmt.Errorf("execd still running after %v", timeout)
+	}
+}
+
+func (s *stack) waitLine(substr string, timeout time.Duration) string {
+	s.t.Helper()
+	l, err := s.lines.wait(substr, timeout)
+	require.NoError(s.t, err)
+	return l
+}
+
+func (s *stack) path(name string) string { return filepath.Join(s.rt, name) }
+
+// control connects to oomd's control socket once "oomd: ready" was printed.
+func (s *stack) control(ctx context.Context) (oomdpb.Control, *rpc.Conn) {
+	s.t.Helper()
+	s.waitLine("oomd: ready", 20*time.Second)
+	conn, boot, err := rpcx.Dial(ctx, s.path("oomd.sock"), zaptest.NewLogger(s.t))
+	require.NoError(s.t, err)
+	s.t.Cleanup(func() { boot.Release(); conn.Close() })
+	return oomdpb.Control(boot), conn
+}
+
+// lines collects a process's output and lets tests wait for a line.
+type lines struct {
+	mu   sync.Mutex
+	all  []string
+	wake chan struct{}
+	eof  bool
+}
+
+func newLines() *lines { return &lines{wake: make(chan struct{})} }
+
+func (l *lines) read(r io.Reader, t *testing.T) {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		l.mu.Lock()
+		l.all = append(l.all, sc.Text())
+		close(l.wake)
+		l.wake = make(chan struct{})
+		l.mu.Unlock()
+	}
+	l.mu.Lock()
+	l.eof = true
+	close(l.wake)
+	l.wake = make(chan struct{})
+	l.mu.Unlock()
+}
+
+// wait returns the first line (from the start) containing substr.
+func (l *lines) wait(substr string, timeout time.Duration) (string, error) {
+	deadline := time.After(timeout)
+	for {
+		l.mu.Lock()
+		for _, s := range l.all {
+			if strings.Contains(s, substr) {
+				l.mu.Unlock()
+				return s, nil
+			}
+		}
+		eof, wake := l.eof, l.wake
+		l.mu.Unlock()
+		if eof {
+			return "", fmt.Errorf("output ended without a line containing %q", substr)
+		}
+		select {
+		case <-wake:
+		case <-deadline:
+			return "", fmt.Errorf("no line containing %q within %v", substr, timeout)
+		}
+	}
+}
+
+// index returns the position of the first line containing substr, or -1.
+func (l *lines) index(substr string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for i, s := range l.all {
+		if strings.Contains(s, substr) {
+			return i
+		}
+	}
+	return -1
+}
+
+func (l *lines) count(substr string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for _, s := range l.all {
+		if strings.Contains(s, substr) {
+			n++
+		}
+	}
+	return n
+}
+
+func (l *lines) dump() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return strings.Join(l.all, "\n")
+}
