@@ -133,73 +133,33 @@ func (c *Client) WaitEvent(ctx context.Context, what string, pred func(policy.Ev
 // CountKind counts matching events in oomd's ring (not just the subscription).
 func (c *Client) CountKind(ctx context.Context, subject, kind string) (int, error) {
 	n := 0
-	since := uint64(0)
-	for {
-		f, rel := c.Ctl.Events(ctx, func(p oomdpb.Control_events_Params) error {
-			p.SetSinceSeq(since)
-			p.SetLimit(wire.MaxPage)
-			return nil
-		})
-		res, err := f.Struct()
-		if err != nil {
-			rel()
-			return 0, fmt.Errorf("events: %w", err)
-		}
-		l, err := res.Events()
-		if err != nil {
-			rel()
-			return 0, err
-		}
-		evs, err := wire.Events(l)
-		next := res.NextSeq()
-		rel()
-		if err != nil {
-			return 0, err
-		}
+	match := IsKind(subject, kind)
+	err := pages(0, func(since uint64) ([]policy.Event, uint64, error) {
+		evs, next, _, err := c.ReadEvents(ctx, since, wire.MaxPage)
+		return evs, next, err
+	}, func(evs []policy.Event) bool {
 		for _, e := range evs {
-			if IsKind(subject, kind)(e) {
+			if match(e) {
 				n++
 			}
 		}
-		if len(evs) == 0 || next == since {
-			return n, nil
-		}
-		since = next
-	}
+		return true
+	})
+	return n, err
 }
 
 // SetLimits keeps oomd's policy but gives each subject a small override, so only the
 // subjects under test can be pushed over their limits.
 func (c *Client) SetLimits(ctx context.Context, hard uint64, subjects []string) error {
-	f, rel := c.Ctl.GetPolicy(ctx, nil)
-	defer rel()
-	res, err := f.Struct()
-	if err != nil {
-		return fmt.Errorf("getPolicy: %w", err)
-	}
-	src, err := res.Policy()
+	p, _, err := c.GetPolicy(ctx)
 	if err != nil {
 		return err
-	}
-	p, err := wire.Policy(src)
-	if err != nil {
-		return fmt.Errorf("getPolicy returned an invalid policy: %w", err)
 	}
 	for _, s := range subjects {
 		p.Overrides = append(p.Overrides, policy.SubjectLimit{Subject: s, SoftBytes: hard / 2, HardBytes: hard})
 	}
-	sf, srel := c.Ctl.SetPolicy(ctx, func(a oomdpb.Control_setPolicy_Params) error {
-		dst, err := a.NewPolicy()
-		if err != nil {
-			return err
-		}
-		return wire.SetPolicy(dst, p)
-	})
-	defer srel()
-	if _, err := sf.Struct(); err != nil {
-		return fmt.Errorf("setPolicy: %w", err)
-	}
-	return nil
+	_, err = c.SetPolicy(ctx, p)
+	return err
 }
 
 // Inject asks oomd to make app's test hook allocate n more bytes.
@@ -241,30 +201,37 @@ func (c *Client) SubjectBytes(ctx context.Context, subject string) (uint64, erro
 
 // AuditHas checks that logd durably holds the kill decision's audit record.
 func (c *Client) AuditHas(ctx context.Context, subject string, decision uint64) error {
-	f, rel := c.Ctl.Audit(ctx, func(p oomdpb.Control_audit_Params) error {
-		p.SetSinceSeq(0)
-		p.SetLimit(wire.MaxPage)
-		return nil
+	_, err := c.FindAudit(ctx, func(r policy.AuditRecord) bool {
+		return r.Subject == subject && r.Decision == decision && r.Kind == policy.EventKillDecided
 	})
-	defer rel()
-	res, err := f.Struct()
 	if err != nil {
-		return fmt.Errorf("audit: %w", err)
+		return fmt.Errorf("killDecided record of %s, decision %d: %w", subject, decision, err)
 	}
-	l, err := res.Entries()
+	return nil
+}
+
+// FindAudit returns the first journal entry whose record matches, reading every page.
+func (c *Client) FindAudit(ctx context.Context, match func(policy.AuditRecord) bool) (AuditEntry, error) {
+	var found *AuditEntry
+	err := pages(0, func(since uint64) ([]AuditEntry, uint64, error) {
+		entries, next, _, err := c.ReadAudit(ctx, since, wire.MaxPage)
+		return entries, next, err
+	}, func(entries []AuditEntry) bool {
+		for i := range entries {
+			if match(entries[i].Record) {
+				found = &entries[i]
+				return false
+			}
+		}
+		return true
+	})
 	if err != nil {
-		return err
+		return AuditEntry{}, err
 	}
-	for i := 0; i < l.Len(); i++ {
-		r, err := l.At(i).Record()
-		if err != nil {
-			return err
-		}
-		if s, _ := r.Subject(); s == subject && r.Decision() == decision && r.Kind() == oomdpb.EventKind_killDecided {
-			return nil
-		}
+	if found == nil {
+		return AuditEntry{}, errors.New("audit: no matching record in logd's journal")
 	}
-	return errors.New("audit: logd has no killDecided record for " + subject)
+	return *found, nil
 }
 
 // Events returns a copy of every event pushed so far.

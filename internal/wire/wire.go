@@ -207,3 +207,19 @@ func FormatEvent(e policy.Event) string {
 	}
 	return s
 }
+
+// AuditRecord reads an audit record from the wire.
+func AuditRecord(src oomdpb.AuditRecord) (policy.AuditRecord, error) {
+	subject, err := src.Subject()
+	if err != nil {
+		return policy.AuditRecord{}, fmt.Errorf("record.subject: %w", err)
+	}
+	reason, err := src.Reason()
+	if err != nil {
+		return policy.AuditRecord{}, fmt.Errorf("record.reason: %w", err)
+	}
+	return policy.AuditRecord{
+		WriterSeq: src.WriterSeq(), Tick: src.Tick(), Kind: policy.EventKind(src.Kind()), Subject: subject,
+		Instance: src.Instance(), Bytes: src.Bytes(), Limit: src.Limit(), Decision: src.Decision(), Reason: reason,
+	}, nil
+}

@@ -15,9 +15,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"oomd.dev/oomd/gen/oomdpb"
 	"oomd.dev/oomd/internal/ctlclient"
-	"oomd.dev/oomd/internal/wire"
 	"oomd.dev/oomd/services/oomd/policy"
 )
 
@@ -52,12 +50,12 @@ func TestControlRejectsBadInputWithoutChangingState(t *testing.T) {
 
 	bad := before
 	bad.HardBytes = bad.SoftBytes - 1
-	err := setPolicy(ctx, c, bad)
+	_, err := c.SetPolicy(ctx, bad)
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "hardBytes")
 	bad = before
 	bad.SampleMs = 1
-	err = setPolicy(ctx, c, bad)
+	_, err = c.SetPolicy(ctx, bad)
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "sampleMs")
 	after, afterVer := getPolicy(t, ctx, c)
@@ -114,26 +112,7 @@ func TestInjectIsRefusedUnlessEnabled(t *testing.T) {
 
 func getPolicy(t *testing.T, ctx context.Context, c *ctlclient.Client) (policy.Policy, uint64) {
 	t.Helper()
-	f, rel := c.Ctl.GetPolicy(ctx, nil)
-	defer rel()
-	res, err := f.Struct()
+	p, v, err := c.GetPolicy(ctx)
 	require.NoError(t, err)
-	src, err := res.Policy()
-	require.NoError(t, err)
-	p, err := wire.Policy(src)
-	require.NoError(t, err)
-	return p, res.Version()
-}
-
-func setPolicy(ctx context.Context, c *ctlclient.Client, p policy.Policy) error {
-	f, rel := c.Ctl.SetPolicy(ctx, func(a oomdpb.Control_setPolicy_Params) error {
-		dst, err := a.NewPolicy()
-		if err != nil {
-			return err
-		}
-		return wire.SetPolicy(dst, p)
-	})
-	defer rel()
-	_, err := f.Struct()
-	return err
+	return p, v
 }

@@ -170,7 +170,7 @@ func TestSpoofedSamplesChangeNothing(t *testing.T) {
 	for _, e := range c.Events() {
 		assert.NotEqual(t, policy.EventKillDecided, e.Kind, "a spoof caused a kill decision: %+v", e)
 	}
-	require.NoError(t, auditHasKind(ctx, c, "spoofer", oomdpb.EventKind_memstatRejected))
+	require.NoError(t, auditHasKind(ctx, c, "spoofer", policy.EventMemstatRejected))
 }
 
 func subjectStatus(t *testing.T, ctx context.Context, c *ctlclient.Client, subject string) oomdpb.SubjectStatus {
@@ -186,24 +186,9 @@ func subjectStatus(t *testing.T, ctx context.Context, c *ctlclient.Client, subje
 	return oomdpb.SubjectStatus{}
 }
 
-func auditHasKind(ctx context.Context, c *ctlclient.Client, subject string, kind oomdpb.EventKind) error {
-	f, rel := c.Ctl.Audit(ctx, func(p oomdpb.Control_audit_Params) error { p.SetLimit(1024); return nil })
-	defer rel()
-	res, err := f.Struct()
-	if err != nil {
-		return err
-	}
-	l, err := res.Entries()
-	if err != nil {
-		return err
-	}
-	for i := 0; i < l.Len(); i++ {
-		r, _ := l.At(i).Record()
-		if s, _ := r.Subject(); s == subject && r.Kind() == kind {
-			return nil
-		}
-	}
-	return fmt.Errorf("no %s audit record for %s among %d entries", kind, subject, l.Len())
+func auditHasKind(ctx context.Context, c *ctlclient.Client, subject string, kind policy.EventKind) error {
+	_, err := c.FindAudit(ctx, func(r policy.AuditRecord) bool { return r.Subject == subject && r.Kind == kind })
+	return err
 }
 
 // pidOf finds a child's pid from execd's "started" log line.

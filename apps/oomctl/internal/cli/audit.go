@@ -6,7 +6,7 @@ import (
 	"io"
 	"strings"
 
-	"oomd.dev/oomd/gen/oomdpb"
+	"oomd.dev/oomd/internal/ctlclient"
 	"oomd.dev/oomd/internal/wire"
 )
 
@@ -48,28 +48,13 @@ func formatAudit(a auditView) string {
 	return b.String()
 }
 
-func readAuditEntry(e oomdpb.JournalEntry) (auditView, error) {
-	writer, err := e.Writer()
-	if err != nil {
-		return auditView{}, fmt.Errorf("writer: %w", err)
-	}
-	r, err := e.Record()
-	if err != nil {
-		return auditView{}, fmt.Errorf("record: %w", err)
-	}
-	subject, err := r.Subject()
-	if err != nil {
-		return auditView{}, fmt.Errorf("record.subject: %w", err)
-	}
-	reason, err := r.Reason()
-	if err != nil {
-		return auditView{}, fmt.Errorf("record.reason: %w", err)
-	}
+func auditViewOf(e ctlclient.AuditEntry) auditView {
+	r := e.Record
 	return auditView{
-		Seq: e.Seq(), Writer: writer, WriterSeq: r.WriterSeq(), Tick: r.Tick(),
-		Kind: enumName(r.Kind().String(), uint16(r.Kind())), Subject: subject, Instance: r.Instance(),
-		Bytes: r.Bytes(), Limit: r.Limit(), Decision: r.Decision(), Reason: reason,
-	}, nil
+		Seq: e.Seq, Writer: e.Writer, WriterSeq: r.WriterSeq, Tick: r.Tick,
+		Kind: enumName(r.Kind.String(), uint16(r.Kind)), Subject: r.Subject, Instance: r.Instance,
+		Bytes: r.Bytes, Limit: r.Limit, Decision: r.Decision, Reason: r.Reason,
+	}
 }
 
 func (r *runner) audit(ctx context.Context, f *pageFlags) error {
@@ -83,7 +68,7 @@ func (r *runner) audit(ctx context.Context, f *pageFlags) error {
 	p := &printer{w: r.env.Stdout, json: r.g.json, limit: f.limit, what: "rotated out of logd's journal"}
 	since := f.since
 	for !p.full() {
-		entries, next, missed, err := readAudit(ctx, c.Ctl, since, uint32(p.room(wire.MaxPage)))
+		entries, next, missed, err := readAudit(ctx, c, since, uint32(p.room(wire.MaxPage)))
 		if err != nil {
 			return r.explain(err)
 		}
@@ -112,28 +97,14 @@ func (p *printer) audit(a auditView) error {
 	return err
 }
 
-func readAudit(ctx context.Context, ctl oomdpb.Control, since uint64, limit uint32) ([]auditView, uint64, uint64, error) {
-	f, rel := ctl.Audit(ctx, func(p oomdpb.Control_audit_Params) error {
-		p.SetSinceSeq(since)
-		p.SetLimit(limit)
-		return nil
-	})
-	defer rel()
-	res, err := f.Struct()
+func readAudit(ctx context.Context, c *ctlclient.Client, since uint64, limit uint32) ([]auditView, uint64, uint64, error) {
+	entries, next, missed, err := c.ReadAudit(ctx, since, limit)
 	if err != nil {
-		return nil, 0, 0, fmt.Errorf("audit: %w", err)
+		return nil, 0, 0, err
 	}
-	l, err := res.Entries()
-	if err != nil {
-		return nil, 0, 0, fmt.Errorf("audit: %w", err)
+	out := make([]auditView, len(entries))
+	for i, e := range entries {
+		out[i] = auditViewOf(e)
 	}
-	out := make([]auditView, 0, l.Len())
-	for i := 0; i < l.Len(); i++ {
-		a, err := readAuditEntry(l.At(i))
-		if err != nil {
-			return nil, 0, 0, fmt.Errorf("audit: entries[%d]: %w", i, err)
-		}
-		out = append(out, a)
-	}
-	return out, res.NextSeq(), res.Missed(), nil
+	return out, next, missed, nil
 }

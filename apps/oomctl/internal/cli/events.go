@@ -105,7 +105,7 @@ func (r *runner) events(ctx context.Context, f *pageFlags) error {
 	p := &printer{w: r.env.Stdout, json: r.g.json, limit: f.limit, what: "overwritten in oomd's event ring before they were read"}
 	since := f.since
 	for !p.full() {
-		evs, next, missed, err := readEvents(ctx, c.Ctl, since, uint32(p.room(wire.MaxPage)))
+		evs, next, missed, err := c.ReadEvents(ctx, since, uint32(p.room(wire.MaxPage)))
 		if err != nil {
 			return r.explain(err)
 		}
@@ -123,28 +123,6 @@ func (r *runner) events(ctx context.Context, f *pageFlags) error {
 		since = next
 	}
 	return nil
-}
-
-func readEvents(ctx context.Context, ctl oomdpb.Control, since uint64, limit uint32) ([]policy.Event, uint64, uint64, error) {
-	f, rel := ctl.Events(ctx, func(p oomdpb.Control_events_Params) error {
-		p.SetSinceSeq(since)
-		p.SetLimit(limit)
-		return nil
-	})
-	defer rel()
-	res, err := f.Struct()
-	if err != nil {
-		return nil, 0, 0, fmt.Errorf("events: %w", err)
-	}
-	l, err := res.Events()
-	if err != nil {
-		return nil, 0, 0, fmt.Errorf("events: %w", err)
-	}
-	evs, err := wire.Events(l)
-	if err != nil {
-		return nil, 0, 0, fmt.Errorf("events: %w", err)
-	}
-	return evs, res.NextSeq(), res.Missed(), nil
 }
 
 // batch is one push of the subscription.

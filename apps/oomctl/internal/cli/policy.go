@@ -13,9 +13,7 @@ import (
 	"strings"
 	"text/tabwriter"
 
-	"oomd.dev/oomd/gen/oomdpb"
 	"oomd.dev/oomd/internal/ctlclient"
-	"oomd.dev/oomd/internal/wire"
 	"oomd.dev/oomd/services/oomd/daemon"
 	"oomd.dev/oomd/services/oomd/policy"
 )
@@ -46,21 +44,11 @@ func (r *runner) policyGet(ctx context.Context) error {
 }
 
 func (r *runner) getPolicy(ctx context.Context, c *ctlclient.Client) (policy.Policy, uint64, error) {
-	f, rel := c.Ctl.GetPolicy(ctx, nil)
-	defer rel()
-	res, err := f.Struct()
+	p, v, err := c.GetPolicy(ctx)
 	if err != nil {
-		return policy.Policy{}, 0, r.explain(fmt.Errorf("getPolicy: %w", err))
+		return p, 0, r.explain(err)
 	}
-	src, err := res.Policy()
-	if err != nil {
-		return policy.Policy{}, 0, fmt.Errorf("getPolicy: %w", err)
-	}
-	p, err := wire.Policy(src)
-	if err != nil {
-		return p, 0, fmt.Errorf("getPolicy: oomd returned a policy that does not validate: %w", err)
-	}
-	return p, res.Version(), nil
+	return p, v, nil
 }
 
 // writePolicy prints one aligned line per field, sizes exact and readable.
@@ -248,22 +236,14 @@ func (r *runner) policySet(ctx context.Context, f *setFlags) error {
 }
 
 func (r *runner) setPolicy(ctx context.Context, c *ctlclient.Client, p policy.Policy) (uint64, error) {
-	f, rel := c.Ctl.SetPolicy(ctx, func(a oomdpb.Control_setPolicy_Params) error {
-		dst, err := a.NewPolicy()
-		if err != nil {
-			return err
-		}
-		return wire.SetPolicy(dst, p)
-	})
-	defer rel()
-	res, err := f.Struct()
+	v, err := c.SetPolicy(ctx, p)
 	if err != nil {
 		if why, ok := refusedPolicy(err); ok {
 			return 0, invalidf("oomd refused the policy and keeps the one in force: %s", why)
 		}
-		return 0, r.explain(fmt.Errorf("setPolicy: %w", err))
+		return 0, r.explain(err)
 	}
-	return res.Version(), nil
+	return v, nil
 }
 
 // readPolicyFile parses a policy file strictly, as oomd parses its own --policy file,

@@ -1,0 +1,129 @@
+package ctlclient
+
+import (
+	"context"
+	"fmt"
+
+	"oomd.dev/oomd/gen/oomdpb"
+	"oomd.dev/oomd/internal/wire"
+	"oomd.dev/oomd/services/oomd/policy"
+)
+
+// GetPolicy returns the policy in force and its version.
+func (c *Client) GetPolicy(ctx context.Context) (policy.Policy, uint64, error) {
+	f, rel := c.Ctl.GetPolicy(ctx, nil)
+	defer rel()
+	res, err := f.Struct()
+	if err != nil {
+		return policy.Policy{}, 0, fmt.Errorf("getPolicy: %w", err)
+	}
+	src, err := res.Policy()
+	if err != nil {
+		return policy.Policy{}, 0, fmt.Errorf("getPolicy: %w", err)
+	}
+	p, err := wire.Policy(src)
+	if err != nil {
+		return p, 0, fmt.Errorf("getPolicy: oomd returned a policy that does not validate: %w", err)
+	}
+	return p, res.Version(), nil
+}
+
+// SetPolicy sends p as is (oomd validates it whole) and returns the new version. An
+// invalid policy comes back as oomd's error naming the field and the bound.
+func (c *Client) SetPolicy(ctx context.Context, p policy.Policy) (uint64, error) {
+	f, rel := c.Ctl.SetPolicy(ctx, func(a oomdpb.Control_setPolicy_Params) error {
+		dst, err := a.NewPolicy()
+		if err != nil {
+			return err
+		}
+		return wire.SetPolicy(dst, p)
+	})
+	defer rel()
+	res, err := f.Struct()
+	if err != nil {
+		return 0, fmt.Errorf("setPolicy: %w", err)
+	}
+	return res.Version(), nil
+}
+
+// ReadEvents returns one page of oomd's event ring after since (limit 1..1024), the
+// seq to continue from, and how many requested events were already overwritten.
+func (c *Client) ReadEvents(ctx context.Context, since uint64, limit uint32) (evs []policy.Event, next, missed uint64, err error) {
+	f, rel := c.Ctl.Events(ctx, func(p oomdpb.Control_events_Params) error {
+		p.SetSinceSeq(since)
+		p.SetLimit(limit)
+		return nil
+	})
+	defer rel()
+	res, err := f.Struct()
+	if err != nil {
+		return nil, 0, 0, fmt.Errorf("events: %w", err)
+	}
+	l, err := res.Events()
+	if err != nil {
+		return nil, 0, 0, fmt.Errorf("events: %w", err)
+	}
+	if evs, err = wire.Events(l); err != nil {
+		return nil, 0, 0, fmt.Errorf("events: %w", err)
+	}
+	return evs, res.NextSeq(), res.Missed(), nil
+}
+
+// AuditEntry is one record of logd's journal as read through oomd.
+type AuditEntry struct {
+	Seq    uint64 // logd's journal sequence
+	Writer string
+	Record policy.AuditRecord
+}
+
+// ReadAudit returns one page of logd's journal after since (limit 1..1024), the seq to
+// continue from, and how many requested entries were already rotated away.
+func (c *Client) ReadAudit(ctx context.Context, since uint64, limit uint32) (out []AuditEntry, next, missed uint64, err error) {
+	f, rel := c.Ctl.Audit(ctx, func(p oomdpb.Control_audit_Params) error {
+		p.SetSinceSeq(since)
+		p.SetLimit(limit)
+		return nil
+	})
+	defer rel()
+	res, err := f.Struct()
+	if err != nil {
+		return nil, 0, 0, fmt.Errorf("audit: %w", err)
+	}
+	l, err := res.Entries()
+	if err != nil {
+		return nil, 0, 0, fmt.Errorf("audit: %w", err)
+	}
+	out = make([]AuditEntry, 0, l.Len())
+	for i := 0; i < l.Len(); i++ {
+		e := l.At(i)
+		writer, err := e.Writer()
+		if err != nil {
+			return nil, 0, 0, fmt.Errorf("audit: entries[%d].writer: %w", i, err)
+		}
+		src, err := e.Record()
+		if err != nil {
+			return nil, 0, 0, fmt.Errorf("audit: entries[%d].record: %w", i, err)
+		}
+		r, err := wire.AuditRecord(src)
+		if err != nil {
+			return nil, 0, 0, fmt.Errorf("audit: entries[%d]: %w", i, err)
+		}
+		out = append(out, AuditEntry{Seq: e.Seq(), Writer: writer, Record: r})
+	}
+	return out, res.NextSeq(), res.Missed(), nil
+}
+
+// pages calls read from since until a page comes back empty or no further, handing
+// every page to visit; visit returns false to stop early.
+func pages[T any](since uint64, read func(since uint64) ([]T, uint64, error), visit func([]T) bool) error {
+	for {
+		page, next, err := read(since)
+		if err != nil {
+			return err
+		}
+		if !visit(page) || len(page) == 0 || next <= since {
+			return nil
+		}
+		since = next
+	}
+}
