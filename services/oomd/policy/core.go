@@ -101,12 +101,17 @@ type Core struct {
 	ring     ring
 	counters Counters
 
+	sys system // pressure level and halt token (system.go)
+
 	// Pending output. Ready hands out the first n of each; Advance drops exactly
 	// those, so output produced between Ready and Advance is never lost.
 	audit                     []AuditRecord
 	terminate                 []TerminateRequest
+	halt                      []HaltRequest
+	reboot                    []RebootOutcome
 	events                    []Event
 	handedA, handedT, handedE int
+	handedH, handedR          int
 }
 
 // New returns a core enforcing cfg.Policy, at tick 0, with no subjects.
@@ -159,6 +164,13 @@ func (c *Core) Step(in Input) error {
 		return c.terminateAnswer(&in)
 	case InputExited:
 		return c.exited(&in)
+	case InputMemAvailable:
+		c.memAvailable(in.Bytes)
+		return nil
+	case InputRebootRequest:
+		return c.rebootRequest(&in)
+	case InputTeardownDone:
+		return c.teardownDone(&in)
 	}
 	return fmt.Errorf("%w: unknown input kind %d", ErrBadInput, in.Kind)
 }
@@ -168,7 +180,8 @@ func (c *Core) Tick() { c.doTick() }
 
 // HasReady reports whether Ready has anything the shell has not been handed yet.
 func (c *Core) HasReady() bool {
-	return len(c.audit) > c.handedA || len(c.terminate) > c.handedT || len(c.events) > c.handedE
+	return len(c.audit) > c.handedA || len(c.terminate) > c.handedT || len(c.events) > c.handedE ||
+		len(c.halt) > c.handedH || len(c.reboot) > c.handedR
 }
 
 // Ready returns everything produced since the last Advance. The shell must act on it
@@ -176,7 +189,8 @@ func (c *Core) HasReady() bool {
 // Advance returns the same items plus any produced since.
 func (c *Core) Ready() Ready {
 	c.handedA, c.handedT, c.handedE = len(c.audit), len(c.terminate), len(c.events)
-	return Ready{Audit: c.audit, Terminate: c.terminate, Events: c.events}
+	c.handedH, c.handedR = len(c.halt), len(c.reboot)
+	return Ready{Audit: c.audit, Terminate: c.terminate, Halt: c.halt, Reboot: c.reboot, Events: c.events}
 }
 
 // Advance acknowledges the last Ready: exactly the items it returned are dropped.
@@ -186,7 +200,10 @@ func (c *Core) Advance() {
 	c.audit = dropFront(c.audit, c.handedA)
 	c.terminate = dropFront(c.terminate, c.handedT)
 	c.events = dropFront(c.events, c.handedE)
+	c.halt = dropFront(c.halt, c.handedH)
+	c.reboot = dropFront(c.reboot, c.handedR)
 	c.handedA, c.handedT, c.handedE = 0, 0, 0
+	c.handedH, c.handedR = 0, 0
 }
 
 // dropFront removes the first n items, reusing the backing array so a steady loop
@@ -328,6 +345,9 @@ func (c *Core) stepPolicy(in *Input) error {
 	c.polVersion++
 	c.reevalAll = true
 	c.emit(Event{Kind: EventPolicyChanged, Reason: "version=" + strconv.FormatUint(c.polVersion, 10)})
+	if !c.pol.Levels.Enabled() {
+		c.setLevel(LevelNormal, 0) // monitoring off: nothing is under pressure any more
+	}
 	return nil
 }
 
@@ -399,6 +419,7 @@ func (c *Core) auditAck(in *Input) error {
 		return nil
 	}
 	c.auditAcked = in.Seq
+	c.releaseHalt()
 	for k := range c.decisions {
 		d := &c.decisions[k]
 		if d.phase == phaseAudit && d.auditSeq <= c.auditAcked {
@@ -544,6 +565,7 @@ func (c *Core) doTick() {
 		c.evaluate(&c.subjects.slots[i])
 	}
 	c.release()
+	c.haltDeadline()
 }
 
 // evaluate applies the subject's latest sample to its thresholds. Soft is edge

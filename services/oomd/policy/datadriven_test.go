@@ -61,6 +61,10 @@ func init() {
 		"events":            handleEvents,
 		"subjects":          handleSubjects,
 		"counters":          handleCounters,
+		"mem-available":     handleMemAvailable,
+		"reboot-request":    handleRebootRequest,
+		"teardown-done":     handleTeardownDone,
+		"system":            handleSystem,
 	}
 }
 
@@ -103,6 +107,17 @@ func scanPolicy(t *testing.T, d *datadriven.TestData, p *Policy) {
 	d.MaybeScanArgs(t, "sample-ms", &p.SampleMs)
 	d.MaybeScanArgs(t, "budget", &p.KillBudget)
 	d.MaybeScanArgs(t, "window", &p.KillWindowTicks)
+	d.MaybeScanArgs(t, "oom-timeout-ms", &p.OOMTimeoutMs)
+	if arg, ok := d.Arg("levels"); ok {
+		require.Len(t, arg.Vals, 4, "%s: levels=(warning,imminentOom,oom,hysteresis)", d.Pos)
+		var v [4]uint64
+		for i := range v {
+			n, err := strconv.ParseUint(arg.Vals[i], 10, 64)
+			require.NoError(t, err, d.Pos)
+			v[i] = n
+		}
+		p.Levels = LevelThresholds{WarningBytes: v[0], ImminentOOMBytes: v[1], OOMBytes: v[2], HysteresisBytes: v[3]}
+	}
 	if arg, ok := d.Arg("critical"); ok {
 		p.Critical = append([]string(nil), arg.Vals...)
 	}
@@ -123,6 +138,7 @@ func scanPolicy(t *testing.T, d *datadriven.TestData, p *Policy) {
 // new [ring=<n>] [audit-base=<n>] [soft=<n>] [hard=<n>] [sample-ms=<n>] [budget=<n>]
 //
 //	[window=<n>] [critical=(<id>,...)] [override=(<id>:<soft>:<hard>,...)]
+//	[levels=(<warning>,<imminentOom>,<oom>,<hysteresis>)] [oom-timeout-ms=<n>]
 //
 // Starts a fresh core (ending and replay-checking the previous one). Policy fields not
 // given keep a small test default: soft=100 hard=200 sample-ms=100 budget=2 window=10.
@@ -290,4 +306,43 @@ func handleCounters(t *testing.T, e *scenarioEnv, d *datadriven.TestData) string
 	k := e.c.Counters()
 	return fmt.Sprintf("tick=%d policyVersion=%d kills=%d denied=%d throttled=%d rejected=%d accepted=%d dropped=%d\n",
 		e.c.TickCount(), e.c.PolicyVersion(), k.Kills, k.Denied, k.Throttled, k.Rejected, k.Accepted, k.Dropped)
+}
+
+// mem-available bytes=<n>
+//
+// Steps InputMemAvailable: the shell read MemAvailable.
+func handleMemAvailable(t *testing.T, e *scenarioEnv, d *datadriven.TestData) string {
+	in := Input{Kind: InputMemAvailable}
+	d.ScanArgs(t, "bytes", &in.Bytes)
+	return e.step(t, in)
+}
+
+// reboot-request [reason=<name>]
+//
+// Steps InputRebootRequest; reason defaults to userRequest.
+func handleRebootRequest(t *testing.T, e *scenarioEnv, d *datadriven.TestData) string {
+	in := Input{Kind: InputRebootRequest, Reason: RebootUserRequest}
+	d.MaybeScanArgs(t, "reason", &in.Reason)
+	return e.step(t, in)
+}
+
+// teardown-done [graceful] [not-stopped=(<id>,...)]
+//
+// Steps InputTeardownDone: execd's teardown returned with that report.
+func handleTeardownDone(t *testing.T, e *scenarioEnv, d *datadriven.TestData) string {
+	in := Input{Kind: InputTeardownDone, Graceful: d.HasArg("graceful")}
+	if arg, ok := d.Arg("not-stopped"); ok {
+		in.NotStopped = append([]string(nil), arg.Vals...)
+	}
+	return e.step(t, in)
+}
+
+// system
+//
+// Prints the pressure level, the last MemAvailable and the halt token.
+func handleSystem(t *testing.T, e *scenarioEnv, d *datadriven.TestData) string {
+	l, avail := e.c.Level()
+	h := e.c.Halt()
+	return fmt.Sprintf("level=%s memAvailable=%d halt claimed=%t reason=%q tick=%d done=%t timedOut=%t\n",
+		l, avail, h.Claimed, h.Reason, h.Tick, h.Done, h.TimedOut)
 }

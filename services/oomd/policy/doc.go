@@ -60,6 +60,12 @@
 //     per crossing.
 //   - EventKilled is emitted only after both the terminate acknowledgement and the
 //     exit of that instance.
+//   - System OOM (system.go): MemAvailable (InputMemAvailable) moves the pressure
+//     level with hysteresis; reaching oom, or InputRebootRequest, claims the halt token
+//     once per core lifetime, and every later request is refused and recorded. The
+//     HaltRequest leaves only after the haltClaimed record is durable; the bound
+//     (Policy.OOMTimeoutMs, in ticks, from the claim) ends the sequence with exactly
+//     one RebootOutcome, whichever of execd's acknowledgement and the bound comes first.
 //   - Memory is bounded: MaxSubjects subjects, a fixed event ring, one decision per
 //     subject instance, at most MaxKillBudget entries of rate-limit history.
 //

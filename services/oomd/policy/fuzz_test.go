@@ -7,11 +7,15 @@ import (
 // fuzzPolicies are the policies a fuzzed sequence can switch between: tight budgets and
 // windows so throttling happens, one that makes "hog" critical and one that is invalid.
 var fuzzPolicies = []Policy{
-	{SoftBytes: 100, HardBytes: 200, SampleMs: 100, KillBudget: 1, KillWindowTicks: 3},
+	{SoftBytes: 100, HardBytes: 200, SampleMs: 100, KillBudget: 1, KillWindowTicks: 3, Levels: fuzzLevels, OOMTimeoutMs: 1000},
 	{SoftBytes: 100, HardBytes: 200, SampleMs: 100, KillBudget: 2, KillWindowTicks: 5, Critical: []string{"hog"}},
-	{SoftBytes: 50, HardBytes: 150, SampleMs: 100, KillBudget: 3, KillWindowTicks: 1, Overrides: []SubjectLimit{{Subject: "app", SoftBytes: 300, HardBytes: 400}}},
+	{SoftBytes: 50, HardBytes: 150, SampleMs: 100, KillBudget: 3, KillWindowTicks: 1, Overrides: []SubjectLimit{{Subject: "app", SoftBytes: 300, HardBytes: 400}},
+		Levels: LevelThresholds{WarningBytes: 500, ImminentOOMBytes: 400, OOMBytes: 100, HysteresisBytes: 0}},
 	{SoftBytes: 300, HardBytes: 100, SampleMs: 100, KillBudget: 1, KillWindowTicks: 1}, // invalid
 }
+
+// fuzzLevels: fuzzBytes values sit on and around each threshold and hysteresis bound.
+var fuzzLevels = LevelThresholds{WarningBytes: 400, ImminentOOMBytes: 200, OOMBytes: 100, HysteresisBytes: 50}
 
 var fuzzSubjects = []string{"hog", "app", "samgrd", "svc", "init", "Bad", ""}
 
@@ -33,7 +37,7 @@ func (g *fuzzGen) next() (Input, bool) {
 	g.data = g.data[3:]
 	subject := fuzzSubjects[int(a)%len(fuzzSubjects)]
 	instance := uint64(1 + (a>>4)%2)
-	switch op % 10 {
+	switch op % 13 {
 	case 0, 1:
 		return Input{Kind: InputTick}, true
 	case 2:
@@ -54,6 +58,17 @@ func (g *fuzzGen) next() (Input, bool) {
 		return Input{Kind: InputTerminateRefused, Decision: g.lastDecision() - min(g.lastDecision(), uint64(b%3)), Reason: "notRunning"}, true
 	case 8:
 		return Input{Kind: InputExited, Subject: subject, Instance: instance, Reason: "exit=0"}, true
+	case 10:
+		return Input{Kind: InputMemAvailable, Bytes: fuzzBytes[int(b)%len(fuzzBytes)]}, true
+	case 11:
+		reason := []string{RebootUserRequest, RebootOOM, "bogus"}[int(b)%3]
+		return Input{Kind: InputRebootRequest, Reason: reason}, true
+	case 12:
+		var notStopped []string
+		if b&1 == 1 {
+			notStopped = []string{subject}
+		}
+		return Input{Kind: InputTeardownDone, Graceful: b&2 == 2, NotStopped: notStopped}, true
 	default:
 		if b == 0xff {
 			return Input{Kind: InputKind(op)}, true // unknown kind: must be an error
@@ -87,6 +102,11 @@ func FuzzStep(f *testing.F) {
 		{2, 2, 0, 3, 2, 10, 2, 0, 0, 3, 0, 10, 0, 0, 0, 9, 0, 1, 5, 0, 0, 0, 0, 0},
 		// spoofed samples, unknown and malformed subjects, unknown kind, invalid policy
 		{2, 0, 0, 3, 0, 0x99, 3, 5, 3, 3, 6, 3, 9, 0, 0xff, 9, 0, 3, 5, 0, 0x80},
+		// memory falls to oom, the claim is acked, a second OOM and a reboot request are
+		// refused, ticks run to the bound, and a late acknowledgement arrives
+		{10, 0, 9, 10, 0, 3, 10, 0, 1, 5, 0, 0, 11, 0, 0, 10, 0, 6, 10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 12, 0, 2},
+		// a requested reboot acknowledged in time
+		{11, 0, 0, 5, 0, 0, 0, 0, 0, 12, 0, 2, 12, 0, 3},
 		// exit before ack, re-register with a new instance, refuse
 		{2, 0, 0, 3, 0, 9, 0, 0, 0, 8, 0, 0, 2, 16, 0, 3, 16, 9, 0, 0, 0, 5, 0, 0, 7, 0, 0, 6, 0, 0},
 	} {

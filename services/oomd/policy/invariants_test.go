@@ -25,6 +25,10 @@ type checker struct {
 	live         map[string]uint64  // subject -> registered instance
 	issued       []uint64           // ticks of every terminate request
 	terms        []TerminateRequest // not yet taken by takeTerminates
+	haltSeq      uint64             // WriterSeq of the haltClaimed record (0: none yet)
+	haltDue      uint64             // tick at which the claim's bound passes
+	halts        int                // HaltRequests handed out
+	reboots      int                // RebootOutcomes handed out
 }
 
 // takeTerminates returns the terminate requests seen since the last call, for a
@@ -138,6 +142,12 @@ func (k *checker) check(rd Ready) error {
 			return fmt.Errorf("audit writerSeq %d after %d: not gap-free", a.WriterSeq, k.lastWriter)
 		}
 		k.lastWriter = a.WriterSeq
+		if a.Kind == EventHaltClaimed {
+			if k.haltSeq != 0 {
+				return fmt.Errorf("halt token claimed twice (records %d and %d)", k.haltSeq, a.WriterSeq)
+			}
+			k.haltSeq, k.haltDue = a.WriterSeq, a.Tick+k.c.timeoutTicks()
+		}
 		if a.Kind == EventKillDecided {
 			si := subjInst{a.Subject, a.Instance}
 			if k.decided[si] {
@@ -175,6 +185,31 @@ func (k *checker) check(rd Ready) error {
 		}
 		if inWindow > int(pol.KillBudget) {
 			return fmt.Errorf("%d terminate requests in the %d ticks up to tick %d, budget %d", inWindow, pol.KillWindowTicks, tick, pol.KillBudget)
+		}
+	}
+	for _, h := range rd.Halt {
+		k.halts++
+		if k.halts > 1 {
+			return fmt.Errorf("second halt request %+v", h)
+		}
+		if k.haltSeq == 0 || k.haltSeq > k.acked {
+			return fmt.Errorf("halt request before its haltClaimed record (seq %d) was acknowledged (acked %d)", k.haltSeq, k.acked)
+		}
+	}
+	for _, r := range rd.Reboot {
+		k.reboots++
+		if k.reboots > 1 || k.haltSeq == 0 {
+			return fmt.Errorf("reboot outcome %+v: number %d, halt claimed %v", r, k.reboots, k.haltSeq != 0)
+		}
+		if r.Graceful && (r.TimedOut || len(r.NotStopped) > 0) {
+			return fmt.Errorf("graceful outcome %+v that timed out or left services running", r)
+		}
+		want := k.haltDue
+		if r.TimedOut && k.c.TickCount() != want {
+			return fmt.Errorf("timed out at tick %d, bound passes at tick %d", k.c.TickCount(), want)
+		}
+		if !r.TimedOut && k.c.TickCount() >= want {
+			return fmt.Errorf("acknowledged at tick %d, after the bound (tick %d)", k.c.TickCount(), want)
 		}
 	}
 	for _, ev := range rd.Events {

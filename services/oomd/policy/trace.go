@@ -91,9 +91,9 @@ func Replay(cfg Config, inputs []Input) ([]byte, error) {
 	return b.Bytes(), nil
 }
 
-// FormatReady renders rd as stable text, one line per item: audit records, then
-// terminate requests, then events, each in their slice order. Zero fields are left
-// out; reasons are quoted.
+// FormatReady renders rd as stable text, one line per item: audit records, terminate
+// requests, halt requests, reboot outcomes, then events, each in their slice order.
+// Zero fields are left out; reasons are quoted.
 func FormatReady(rd Ready) string {
 	var b strings.Builder
 	for _, r := range rd.Audit {
@@ -102,6 +102,26 @@ func FormatReady(rd Ready) string {
 	}
 	for _, t := range rd.Terminate {
 		b.WriteString(FormatTerminate(t))
+		b.WriteByte('\n')
+	}
+	for _, h := range rd.Halt {
+		var l line
+		l.WriteString("halt")
+		l.str("reason", h.Reason)
+		l.str("tick", strconv.FormatUint(h.Tick, 10))
+		l.str("timeoutTicks", strconv.FormatUint(h.TimeoutTicks, 10))
+		b.WriteString(l.String())
+		b.WriteByte('\n')
+	}
+	for _, r := range rd.Reboot {
+		var l line
+		l.WriteString("reboot")
+		l.str("reason", r.Reason)
+		l.str("graceful", strconv.FormatBool(r.Graceful))
+		l.str("timedOut", strconv.FormatBool(r.TimedOut))
+		l.str("ticks", strconv.FormatUint(r.Ticks, 10))
+		l.quoted("notStopped", strings.Join(r.NotStopped, ","))
+		b.WriteString(l.String())
 		b.WriteByte('\n')
 	}
 	for _, ev := range rd.Events {
@@ -208,6 +228,10 @@ func FormatInput(in Input) string {
 		for _, o := range p.Overrides {
 			l.str("override", fmt.Sprintf("%s:%d:%d", o.Subject, o.SoftBytes, o.HardBytes))
 		}
+		if lv := p.Levels; lv.Enabled() {
+			l.str("levels", fmt.Sprintf("%d:%d:%d:%d", lv.WarningBytes, lv.ImminentOOMBytes, lv.OOMBytes, lv.HysteresisBytes))
+		}
+		l.num("oomTimeoutMs", uint64(p.OOMTimeoutMs))
 	case InputRegister:
 		l.id("subject", in.Subject)
 		l.str("instance", strconv.FormatUint(in.Instance, 10))
@@ -233,6 +257,13 @@ func FormatInput(in Input) string {
 		l.id("subject", in.Subject)
 		l.str("instance", strconv.FormatUint(in.Instance, 10))
 		l.quoted("reason", in.Reason)
+	case InputMemAvailable:
+		l.str("bytes", strconv.FormatUint(in.Bytes, 10))
+	case InputRebootRequest:
+		l.quoted("reason", in.Reason)
+	case InputTeardownDone:
+		l.str("graceful", strconv.FormatBool(in.Graceful))
+		l.quoted("notStopped", strings.Join(in.NotStopped, ","))
 	case InputTick:
 	default:
 		l.str("raw", strconv.FormatUint(uint64(in.Kind), 10))

@@ -32,6 +32,16 @@ const (
 	// InputExited: execd observed Subject/Instance exit; Reason is "exit=<n>" or
 	// "signal=<name>".
 	InputExited
+	// InputMemAvailable: the system's MemAvailable was read as Bytes. The core derives
+	// the pressure level from it (Policy.Levels); reaching LevelOOM claims the halt
+	// token. Ignored (apart from being remembered) while levels are off.
+	InputMemAvailable
+	// InputRebootRequest: a client asked for a reboot with Reason (a RebootReason name,
+	// "userRequest" or "oom"). It claims the halt token or is refused and recorded.
+	InputRebootRequest
+	// InputTeardownDone: execd acknowledged the teardown the core's HaltRequest asked
+	// for; Graceful and NotStopped are its report.
+	InputTeardownDone
 )
 
 var inputKindNames = [...]string{
@@ -43,6 +53,9 @@ var inputKindNames = [...]string{
 	InputTerminateAck:     "terminate-ack",
 	InputTerminateRefused: "terminate-refused",
 	InputExited:           "exited",
+	InputMemAvailable:     "mem-available",
+	InputRebootRequest:    "reboot-request",
+	InputTeardownDone:     "teardown-done",
 }
 
 func (k InputKind) String() string {
@@ -86,6 +99,9 @@ type Input struct {
 	Reason   string    `json:"reason,omitempty"`
 	Policy   *Policy   `json:"policy,omitempty"`
 	Count    uint64    `json:"count,omitempty"`
+	// Graceful and NotStopped carry execd's teardown report (InputTeardownDone).
+	Graceful   bool     `json:"graceful,omitempty"`
+	NotStopped []string `json:"notStopped,omitempty"`
 }
 
 // EventKind mirrors oomdpb.EventKind value for value.
@@ -179,15 +195,42 @@ type TerminateRequest struct {
 	Reason   string
 }
 
+// HaltRequest starts the system OOM (or requested reboot) sequence. The core hands it
+// out once per core lifetime, only after the haltClaimed audit record is durable. The
+// shell marks the persistent record "in progress", asks execd to tear the system down
+// with Reason, and steps InputTeardownDone with execd's report when it returns. The core
+// runs the bound itself (in ticks, from the claim): the shell does not wait for it.
+type HaltRequest struct {
+	Reason       string // RebootReason name: "oom" or "userRequest"
+	Tick         uint64 // the tick the token was claimed at
+	TimeoutTicks uint64 // the bound, counted from Tick
+}
+
+// RebootOutcome ends the sequence: exactly one per claimed token, either when execd
+// acknowledged (TimedOut false) or when the bound passed first (TimedOut true). The
+// shell persists it as the reboot record and then runs the reboot action.
+type RebootOutcome struct {
+	Reason     string
+	Graceful   bool     // execd said every service stopped in time (never when TimedOut)
+	TimedOut   bool     // the bound passed before execd's acknowledgement
+	NotStopped []string // services not reported stopped, sorted (TimedOut) or in execd's order
+	Ticks      uint64   // ticks from the claim to the outcome
+}
+
 // Ready is what the shell must do, in this order:
 //  1. append every Audit record and wait until it is durable, then Step(InputAuditAck);
 //  2. send every Terminate request (their audit records were acknowledged earlier);
-//  3. publish Events (ring readers, subscribers, markers, logs).
+//  3. start the Halt sequence (its haltClaimed record was acknowledged earlier);
+//  4. persist the Reboot outcome, then run the reboot action (its audit record is in
+//     Audit: wait a bounded time for it, never unboundedly, the reboot must happen);
+//  5. publish Events (ring readers, subscribers, markers, logs).
 //
 // Then call Advance. The slices are only valid until Advance.
 type Ready struct {
 	Audit     []AuditRecord
 	Terminate []TerminateRequest
+	Halt      []HaltRequest
+	Reboot    []RebootOutcome
 	Events    []Event
 }
 
