@@ -15,8 +15,9 @@ import (
 const (
 	// EnvSessionFD names the fd of the child's connection to execd (bootstrap: Session).
 	EnvSessionFD = "OOMD_SESSION_FD"
-	// EnvMemstatFD names the fd of the child's direct connection to oomd
-	// (bootstrap: MemstatSink bound to the child's subject).
+	// EnvMemstatFD names the fd of the child's memstat delivery socket (SOCK_SEQPACKET):
+	// execd passes on it (DeliverConn) a fresh direct connection to each watchdog
+	// instance, whose bootstrap is a MemstatSink bound to the child's subject.
 	EnvMemstatFD = "OOMD_MEMSTAT_FD"
 	// EnvBrokerFD names, in oomd only, the fd on which execd sends SubjectHandoffs.
 	EnvBrokerFD = "OOMD_BROKER_FD"

@@ -1,10 +1,16 @@
 // Package memstat publishes a process's cooperative memory signal to oomd.
 //
-// A process started by execd inherits a direct connection to oomd (OOMD_MEMSTAT_FD).
-// oomd bound that connection to the subject execd named, so nothing the process sends
-// can change who it is. The Publisher keeps only the latest value: Set never blocks and
-// never allocates, and at most one sample per period leaves the process (coalescing), so
-// a busy caller costs oomd one sample per period whatever it does.
+// A process started by execd inherits a delivery socket (OOMD_MEMSTAT_FD) on which execd
+// passes it a direct connection to each watchdog instance: one at start (once a watchdog
+// runs) and a fresh one whenever the watchdog was restarted. oomd bound every such
+// connection to the subject execd named, so nothing the process sends can change who it
+// is. The Publisher follows the deliveries: on each new connection it offers its
+// bootstrap (e.g. a TestHook) again and re-publishes the latest value at once, so a
+// restarted oomd sees the process without waiting for the value to change.
+//
+// The Publisher keeps only the latest value: Set never blocks and never allocates, and at
+// most one sample per period leaves the process (coalescing), so a busy caller costs oomd
+// one sample per period whatever it does.
 //
 //	pub, err := memstat.Connect(ctx, memstat.Options{Period: 100 * time.Millisecond}, log)
 //	if err != nil { ... }      // not started by execd: run without publishing
@@ -20,7 +26,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"runtime/metrics"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -41,7 +49,8 @@ type Options struct {
 	// rejects a sample whose claim differs from the connection's identity; honest
 	// publishers leave it empty to claim their own id (OOMD_SUBJECT).
 	Claim string
-	// Bootstrap is offered to oomd on the same connection (e.g. a TestHook); optional.
+	// Bootstrap is offered to oomd on every connection (e.g. a TestHook); optional. The
+	// Publisher takes over the reference and releases it on Close.
 	Bootstrap capnp.Client
 }
 
@@ -49,54 +58,145 @@ type Options struct {
 // so the window is far above a single message (a FixedLimiter panics otherwise).
 const flowWindow = 16 << 10
 
+// closeTimeout bounds closing a replaced connection (CAPNP-NOTES trap 2).
+const closeTimeout = 2 * time.Second
+
+// ErrDeliveryClosed is returned by Run when execd closed the delivery socket: no
+// watchdog will ever connect (there is none in the manifest, or execd is gone).
+var ErrDeliveryClosed = errors.New("memstat: delivery socket closed (no watchdog, or execd gone)")
+
 // Publisher sends the latest value to oomd at most once per period.
 type Publisher struct {
-	log    *zap.Logger
-	period time.Duration
-	claim  string
-	conn   *rpc.Conn // nil when built with New around an existing sink
-	sink   oomdpb.MemstatSink
+	log       *zap.Logger
+	period    time.Duration
+	claim     string
+	bootstrap capnp.Client
+
+	mu    sync.Mutex
+	conn  *rpc.Conn // current connection; nil when built with New or before the first delivery
+	sink  oomdpb.MemstatSink
+	gen   uint64 // increments per connection
+	close bool
+
+	delivery     *net.UnixConn
+	deliveryDone chan struct{} // closed when the delivery socket ended
+	reconnected  chan struct{} // capacity 1: a new connection arrived
 
 	latest  atomic.Uint64
+	haveVal atomic.Bool
 	changed chan struct{} // capacity 1: a pending "value changed" wake-up
 	sent    atomic.Uint64 // samples sent, for tests and status
+	conns   atomic.Uint64 // connections received, for tests and status
 }
 
-// Connect opens the inherited connection to oomd and returns a Publisher on it.
+// Connect opens the inherited delivery socket and returns a Publisher that connects to
+// each watchdog instance execd passes on it. It does not wait for the first connection:
+// a process started before the watchdog publishes once one exists.
 func Connect(ctx context.Context, opts Options, log *zap.Logger) (*Publisher, error) {
-	c, err := rpcx.InheritedConn(rpcx.EnvMemstatFD)
+	d, err := rpcx.InheritedUnixConn(rpcx.EnvMemstatFD)
 	if err != nil {
 		return nil, err
 	}
-	conn := rpcx.NewConn(c, opts.Bootstrap, log)
-	sink := oomdpb.MemstatSink(conn.Bootstrap(ctx))
-	p := New(sink, opts, log)
-	p.conn = conn
+	p := newPublisher(opts, log)
+	p.delivery = d
+	go p.receive()
 	return p, nil
 }
 
-// New wraps an existing sink (it takes over the reference).
+// New wraps an existing sink (it takes over the reference); there are no reconnections.
 func New(sink oomdpb.MemstatSink, opts Options, log *zap.Logger) *Publisher {
+	p := newPublisher(opts, log)
+	p.setSink(nil, sink)
+	return p
+}
+
+func newPublisher(opts Options, log *zap.Logger) *Publisher {
 	if opts.Period <= 0 {
 		opts.Period = 100 * time.Millisecond
 	}
 	if opts.Claim == "" {
 		opts.Claim = subjectFromEnv()
 	}
-	// The limiter must sit on the exact reference we call through (CAPNP-NOTES trap 4).
-	sink.SetFlowLimiter(flowcontrol.NewFixedLimiter(flowWindow))
 	return &Publisher{
-		log:     log.Named("memstat"),
-		period:  opts.Period,
-		claim:   opts.Claim,
-		sink:    sink,
-		changed: make(chan struct{}, 1),
+		log:          log.Named("memstat"),
+		period:       opts.Period,
+		claim:        opts.Claim,
+		bootstrap:    opts.Bootstrap,
+		changed:      make(chan struct{}, 1),
+		reconnected:  make(chan struct{}, 1),
+		deliveryDone: make(chan struct{}),
+	}
+}
+
+// receive takes every connection execd delivers until the delivery socket ends.
+func (p *Publisher) receive() {
+	defer close(p.deliveryDone)
+	for {
+		c, err := rpcx.ReceiveConn(p.delivery)
+		if err != nil {
+			p.mu.Lock()
+			closing := p.close
+			p.mu.Unlock()
+			if !closing {
+				p.log.Warn("memstat delivery socket ended", zap.Error(err))
+			}
+			return
+		}
+		var boot capnp.Client
+		if p.bootstrap.IsValid() {
+			boot = p.bootstrap.AddRef()
+		}
+		conn := rpcx.NewConn(c, boot, p.log)
+		// Bootstrap is pipelined: it needs no round trip before the first report.
+		sink := oomdpb.MemstatSink(conn.Bootstrap(context.Background()))
+		if !p.setSink(conn, sink) {
+			sink.Release()
+			closeBounded(conn)
+			return
+		}
+		n := p.conns.Add(1)
+		p.log.Debug("connected to the watchdog", zap.Uint64("connection", n))
+		select {
+		case p.reconnected <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// setSink makes (conn, sink) current and closes the previous connection. It reports
+// false after Close.
+func (p *Publisher) setSink(conn *rpc.Conn, sink oomdpb.MemstatSink) bool {
+	p.mu.Lock()
+	if p.close {
+		p.mu.Unlock()
+		return false
+	}
+	oldConn, oldSink := p.conn, p.sink
+	p.conn, p.sink = conn, sink
+	p.gen++
+	p.mu.Unlock()
+	if oldSink.IsValid() {
+		oldSink.Release()
+	}
+	if oldConn != nil {
+		go closeBounded(oldConn)
+	}
+	return true
+}
+
+func closeBounded(c *rpc.Conn) {
+	done := make(chan struct{})
+	go func() { c.Close(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(closeTimeout):
 	}
 }
 
 // Set records the latest value. It never blocks.
 func (p *Publisher) Set(bytes uint64) {
 	p.latest.Store(bytes)
+	p.haveVal.Store(true)
 	select {
 	case p.changed <- struct{}{}:
 	default:
@@ -106,54 +206,103 @@ func (p *Publisher) Set(bytes uint64) {
 // Sent is the number of samples sent so far.
 func (p *Publisher) Sent() uint64 { return p.sent.Load() }
 
-// Done is closed when the connection to oomd ends (nil channel without a connection).
+// Connections is the number of watchdog connections received so far.
+func (p *Publisher) Connections() uint64 { return p.conns.Load() }
+
+// Done is closed when no connection to oomd will come any more (the delivery socket
+// ended); nil for a Publisher built with New.
 func (p *Publisher) Done() <-chan struct{} {
-	if p.conn == nil {
+	if p.delivery == nil {
 		return nil
 	}
-	return p.conn.Done()
+	return p.deliveryDone
 }
 
-// Run sends samples until ctx ends or oomd goes away. A value that changes many times
-// within a period is sent once, at most one period after the previous sample.
+// Run sends samples until ctx ends or the delivery socket ends (ErrDeliveryClosed). A
+// value that changes many times within a period is sent once, at most one period after
+// the previous sample. After each new connection the latest value is sent at once. A
+// failed report only waits for the next connection: the watchdog may be restarting.
+// Call Run once.
 func (p *Publisher) Run(ctx context.Context) error {
 	var last time.Time
 	lastVal, haveLast := uint64(0), false
+	// sink is Run's own reference to the current connection's sink, with the flow
+	// limiter on it (CAPNP-NOTES trap 4: the limiter sits on the reference called
+	// through, and AddRef returns one without it).
+	var sink oomdpb.MemstatSink
+	var gen uint64  // connection sink belongs to
+	failed := false // a report on this connection failed: wait for the next one
+	defer func() { sink.Release() }()
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	for {
+		force := false
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-p.Done():
-			return errors.New("memstat: connection to oomd closed")
+			return ErrDeliveryClosed
+		case <-p.reconnected:
+			force = true
 		case <-p.changed:
 		case <-timer.C:
 		}
+		if g := p.generation(); g != gen {
+			sink.Release()
+			sink, gen = p.sinkRef()
+			failed, force = false, true
+		}
+		if !sink.IsValid() || failed || !p.haveVal.Load() {
+			continue // no usable connection yet: the next one sends the latest value
+		}
 		v := p.latest.Load()
-		if haveLast && v == lastVal {
+		if !force && haveLast && v == lastVal {
 			continue
 		}
-		if wait := p.period - time.Since(last); !last.IsZero() && wait > 0 {
+		if wait := p.period - time.Since(last); !force && !last.IsZero() && wait > 0 {
 			timer.Reset(wait)
 			continue
 		}
-		if err := p.send(ctx, v); err != nil {
-			return err
+		if err := p.send(ctx, sink, v); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			p.log.Debug("report failed; waiting for the next connection", zap.Error(err))
+			failed = true
+			continue
 		}
 		last, lastVal, haveLast = time.Now(), v, true
 	}
 }
 
-func (p *Publisher) send(ctx context.Context, v uint64) error {
-	p.sent.Add(1)
-	err := p.sink.Report(ctx, func(a oomdpb.MemstatSink_report_Params) error {
+func (p *Publisher) generation() uint64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.gen
+}
+
+// sinkRef returns a new reference to the current sink, with its own flow limiter, and
+// the generation it belongs to.
+func (p *Publisher) sinkRef() (oomdpb.MemstatSink, uint64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.sink.IsValid() {
+		return oomdpb.MemstatSink{}, p.gen
+	}
+	s := p.sink.AddRef()
+	s.SetFlowLimiter(flowcontrol.NewFixedLimiter(flowWindow))
+	return s, p.gen
+}
+
+func (p *Publisher) send(ctx context.Context, sink oomdpb.MemstatSink, v uint64) error {
+	n := p.sent.Add(1)
+	err := sink.Report(ctx, func(a oomdpb.MemstatSink_report_Params) error {
 		s, err := a.NewSample()
 		if err != nil {
 			return err
 		}
 		s.SetBytes(v)
-		s.SetSeq(p.sent.Load())
+		s.SetSeq(n)
 		return s.SetClaimedSubject(p.claim)
 	})
 	if err != nil {
@@ -162,11 +311,24 @@ func (p *Publisher) send(ctx context.Context, v uint64) error {
 	return nil
 }
 
-// Close releases the sink and closes the connection.
+// Close stops following deliveries, releases the sink and closes the connection.
 func (p *Publisher) Close() error {
-	p.sink.Release()
-	if p.conn != nil {
-		return p.conn.Close()
+	p.mu.Lock()
+	p.close = true
+	conn, sink := p.conn, p.sink
+	p.conn, p.sink = nil, oomdpb.MemstatSink{}
+	p.mu.Unlock()
+	if p.delivery != nil {
+		p.delivery.Close()
+	}
+	if sink.IsValid() {
+		sink.Release()
+	}
+	if p.bootstrap.IsValid() {
+		p.bootstrap.Release()
+	}
+	if conn != nil {
+		closeBounded(conn)
 	}
 	return nil
 }

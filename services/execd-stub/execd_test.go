@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -827,9 +828,48 @@ func TestWatchdogRestartGetsBacklogAndNewHandoffs(t *testing.T) {
 	r = nextExit(t, exits, "worker")
 	assert.Equal(t, report{Subject: "worker", Instance: 1, Pid: ho.pid, Signal: int32(syscall.SIGKILL)}, r)
 
+	// The new watchdog may first get a connection to the killed worker#1 (served before
+	// execd reaped it); the restarted worker#2 must follow.
 	ho2 := h.nextHandoff()
+	for ho2.subject == "worker" && ho2.instance == 1 {
+		ho2 = h.nextHandoff()
+	}
 	assert.Equal(t, "worker", ho2.subject, "the restarted worker is handed to the new watchdog")
 	assert.Equal(t, uint64(2), ho2.instance)
+	assert.Equal(t, 0, h.stop())
+}
+
+// TestWatchdogRestartReconnectsLiveChildren: a child that outlives a watchdog crash gets
+// a fresh memstat connection, delivered on its delivery socket, to the next instance.
+func TestWatchdogRestartReconnectsLiveChildren(t *testing.T) {
+	wd := watchdog()
+	wd.Critical = false
+	wd.Restart = "on-failure"
+	live := withDeps(child("live", "--memstat-byte"), "wd")
+	h := start(t, []svc{wd, live})
+	talk := func(ho receivedHandoff) {
+		t.Helper()
+		ho.conn.SetDeadline(time.Now().Add(deadline))
+		_, err := ho.conn.Write([]byte{'?'})
+		require.NoError(t, err)
+		b := make([]byte, 1)
+		_, err = io.ReadFull(ho.conn, b)
+		require.NoError(t, err, "the child answers on its connection to watchdog instance")
+		assert.Equal(t, byte('x'), b[0])
+	}
+	ho := h.nextHandoff()
+	require.Equal(t, "live", ho.subject)
+	talk(ho)
+
+	require.NoError(t, syscall.Kill(h.pidOf("wd"), syscall.SIGKILL))
+	h.acceptWatchdog()
+	ho2 := h.nextHandoff()
+	assert.Equal(t, "live", ho2.subject)
+	assert.Equal(t, ho.instance, ho2.instance, "the same child instance, not a restart")
+	assert.Equal(t, ho.pid, ho2.pid)
+	talk(ho2)
+	assert.Equal(t, 2, strings.Count(strings.Join(h.events(), "\n"), "memstat-connection live"),
+		"one delivered connection per watchdog instance")
 	assert.Equal(t, 0, h.stop())
 }
 

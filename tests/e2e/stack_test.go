@@ -230,3 +230,33 @@ func (l *lines) dump() string {
 	defer l.mu.Unlock()
 	return strings.Join(l.all, "\n")
 }
+
+// waitCount waits until at least n lines contain substr (e.g. the second "oomd: ready"
+// after a restart) and returns the n-th.
+func (s *stack) waitCount(substr string, n int, timeout time.Duration) string {
+	s.t.Helper()
+	deadline := time.After(timeout)
+	for {
+		l := s.lines
+		l.mu.Lock()
+		seen := 0
+		for _, line := range l.all {
+			if strings.Contains(line, substr) {
+				if seen++; seen == n {
+					l.mu.Unlock()
+					return line
+				}
+			}
+		}
+		eof, wake := l.eof, l.wake
+		l.mu.Unlock()
+		if eof {
+			s.t.Fatalf("output ended with %d of %d lines containing %q", seen, n, substr)
+		}
+		select {
+		case <-wake:
+		case <-deadline:
+			s.t.Fatalf("%d of %d lines containing %q within %v", seen, n, substr, timeout)
+		}
+	}
+}

@@ -17,36 +17,47 @@ import (
 )
 
 // handoffWriteTimeout bounds one sendmsg to the watchdog; a watchdog that does not read
-// its broker socket for this long loses the connection (its next instance gets the
-// pending handoffs).
+// its broker socket for this long loses the connection (its next instance is served
+// afresh).
 const handoffWriteTimeout = 5 * time.Second
 
-// handoff is one SubjectHandoff waiting to be sent with the watchdog's end of a child's
-// memstat socket.
-type handoff struct {
+// deliveryWriteTimeout bounds one sendmsg on a child's delivery socket. A child that
+// never reads its deliveries (it does not publish memstat) fills its queue only after
+// hundreds of watchdog restarts; then it simply gets no newer connection.
+const deliveryWriteTimeout = time.Second
+
+// member is a live child (not the watchdog) that the broker keeps connected to the
+// current watchdog instance.
+type member struct {
 	p          *proc
 	subject    string
 	instance   uint64
 	pid        int32
 	critical   bool
 	injectable bool
-	file       *os.File
+	delivery   *net.UnixConn // execd's end of the child's delivery socket (OOMD_MEMSTAT_FD)
 
-	inflight bool // being sent; only the sender closes file then
-	gone     bool // the child exited; drop instead of retrying
+	servedBy uint64 // watchdog instance that holds this child's current connection; 0 none
+	busy     bool   // being served; only the server closes delivery then
+	gone     bool   // the child exited; drop once no longer busy
 }
 
-// broker sends handoffs to the current watchdog instance, in spawn order, from its own
-// goroutine so a slow watchdog never blocks spawning. Handoffs queue while no watchdog
-// runs; the queue holds only live children (an exited child's handoff is dropped), so it
-// is bounded by the manifest.
+// broker connects every live child to the current watchdog instance. For each child
+// not yet served by that instance it creates a stream socketpair, sends one end to the
+// watchdog with a SubjectHandoff (broker socket) and, once that succeeded, passes the
+// other end to the child on its delivery socket. A new watchdog instance (a restart)
+// therefore gets a fresh connection to every live child, and each child's memstat
+// publisher reconnects on receipt. Serving runs in spawn order on the broker's own
+// goroutine, so a slow watchdog or child never blocks spawning. The member list holds
+// only live children, so it is bounded by the manifest. execd keeps no copy of a
+// handed-over socket: both ends are closed in execd once passed on.
 type broker struct {
 	log *zap.Logger
 
 	mu       sync.Mutex
 	conn     *net.UnixConn
 	instance uint64 // watchdog instance that conn belongs to
-	pending  []*handoff
+	members  []*member
 	wake     chan struct{}
 }
 
@@ -82,26 +93,27 @@ func (b *broker) detach(instance uint64) {
 	}
 }
 
-func (b *broker) enqueue(h *handoff) {
+// add registers a new child; it takes over m.delivery.
+func (b *broker) add(m *member) {
 	b.mu.Lock()
-	b.pending = append(b.pending, h)
+	b.members = append(b.members, m)
 	b.mu.Unlock()
 	b.nudge()
 }
 
-// forget drops p's handoff if it was not sent yet.
+// forget drops p (it exited) and closes its delivery socket.
 func (b *broker) forget(p *proc) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	b.pending = slices.DeleteFunc(b.pending, func(h *handoff) bool {
-		if h.p != p {
+	b.members = slices.DeleteFunc(b.members, func(m *member) bool {
+		if m.p != p {
 			return false
 		}
-		h.gone = true
-		if h.inflight {
-			return false
+		m.gone = true
+		if m.busy {
+			return false // serveOne closes it
 		}
-		h.file.Close()
+		m.delivery.Close()
 		return true
 	})
 }
@@ -113,45 +125,85 @@ func (b *broker) run(ctx context.Context) {
 			return
 		case <-b.wake:
 		}
-		for b.sendOne() {
+		for b.serveOne() {
 		}
 	}
 }
 
-// sendOne sends the oldest pending handoff, and reports whether to continue.
-func (b *broker) sendOne() bool {
+// serveOne connects the oldest child not yet served by the current watchdog instance,
+// and reports whether to continue.
+func (b *broker) serveOne() bool {
 	b.mu.Lock()
-	if b.conn == nil || len(b.pending) == 0 {
+	if b.conn == nil {
 		b.mu.Unlock()
 		return false
 	}
-	h, c, wd := b.pending[0], b.conn, b.instance
-	h.inflight = true
+	var m *member
+	for _, x := range b.members {
+		if !x.gone && x.servedBy != b.instance {
+			m = x
+			break
+		}
+	}
+	if m == nil {
+		b.mu.Unlock()
+		return false
+	}
+	c, wd := b.conn, b.instance
+	m.busy = true
 	b.mu.Unlock()
 
-	err := sendHandoff(c, h)
+	log := b.log.With(zap.String("subject", m.subject), zap.Uint64("instance", m.instance), zap.Int32("pid", m.pid),
+		zap.Uint64("watchdogInstance", wd))
+	handErr, deliverErr := b.connect(c, m)
 
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	h.inflight = false
-	if err == nil || h.gone {
-		b.pending = slices.DeleteFunc(b.pending, func(x *handoff) bool { return x == h })
-		h.file.Close()
+	m.busy = false
+	if handErr == nil {
+		// Served, even if the delivery failed: the child gets no retry from this
+		// instance (the watchdog sees that connection's peer closed at once).
+		m.servedBy = wd
 	}
-	log := b.log.With(zap.String("subject", h.subject), zap.Uint64("instance", h.instance), zap.Int32("pid", h.pid))
-	if err != nil {
-		log.Warn("handoff to watchdog failed; dropping its broker connection", zap.Uint64("watchdogInstance", wd), zap.Error(err))
+	if m.gone {
+		m.delivery.Close()
+		b.members = slices.DeleteFunc(b.members, func(x *member) bool { return x == m })
+	}
+	if handErr != nil {
+		log.Warn("handoff to watchdog failed; dropping its broker connection", zap.Error(handErr))
 		if b.conn == c {
 			b.conn.Close()
 			b.conn = nil
 		}
 		return false
 	}
-	log.Info("handed memstat socket to watchdog")
+	if deliverErr != nil {
+		log.Warn("could not pass the memstat connection to the child", zap.Error(deliverErr))
+	} else {
+		log.Info("connected child's memstat to the watchdog")
+	}
 	return true
 }
 
-func sendHandoff(c *net.UnixConn, h *handoff) error {
+// connect makes a socketpair, hands one end to the watchdog and then delivers the other
+// to the child. Both ends are closed in execd afterwards.
+func (b *broker) connect(c *net.UnixConn, m *member) (handErr, deliverErr error) {
+	wdEnd, childEnd, err := rpcx.Socketpair()
+	if err != nil {
+		return fmt.Errorf("memstat socket: %w", err), nil
+	}
+	defer wdEnd.Close()
+	defer childEnd.Close()
+	if err := sendHandoff(c, m, wdEnd); err != nil {
+		return err, nil
+	}
+	if err := m.delivery.SetWriteDeadline(time.Now().Add(deliveryWriteTimeout)); err != nil {
+		return nil, fmt.Errorf("set deadline: %w", err)
+	}
+	return nil, rpcx.DeliverConn(m.delivery, childEnd)
+}
+
+func sendHandoff(c *net.UnixConn, m *member, f *os.File) error {
 	msg, seg, err := capnp.NewMessage(capnp.SingleSegment(nil))
 	if err != nil {
 		return err
@@ -160,20 +212,20 @@ func sendHandoff(c *net.UnixConn, h *handoff) error {
 	if err != nil {
 		return err
 	}
-	if err := ho.SetSubject(h.subject); err != nil {
+	if err := ho.SetSubject(m.subject); err != nil {
 		return err
 	}
-	ho.SetInstance(h.instance)
-	ho.SetPid(h.pid)
-	ho.SetCritical(h.critical)
-	ho.SetInjectable(h.injectable)
+	ho.SetInstance(m.instance)
+	ho.SetPid(m.pid)
+	ho.SetCritical(m.critical)
+	ho.SetInjectable(m.injectable)
 	if err := c.SetWriteDeadline(time.Now().Add(handoffWriteTimeout)); err != nil {
 		return fmt.Errorf("set deadline: %w", err)
 	}
-	return rpcx.SendMsgFD(c, msg, h.file)
+	return rpcx.SendMsgFD(c, msg, f)
 }
 
-// close closes the connection and every unsent socket.
+// close closes the watchdog connection and every child's delivery socket.
 func (b *broker) close() {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -181,8 +233,11 @@ func (b *broker) close() {
 		b.conn.Close()
 		b.conn = nil
 	}
-	for _, h := range b.pending {
-		h.file.Close()
+	for _, m := range b.members {
+		if !m.busy {
+			m.delivery.Close()
+		}
+		m.gone = true
 	}
-	b.pending = nil
+	b.members = nil
 }

@@ -11,9 +11,11 @@
 //
 //	fd 3  OOMD_SESSION_FD  its connection to execd; the bootstrap is a Session bound to
 //	                       (subject, instance), so whoami is always its own identity.
-//	fd 4  OOMD_MEMSTAT_FD  every child except the watchdog: one end of a stream socketpair
-//	                       whose other end execd hands to the watchdog (its memstat sink).
-//	                       Without a watchdog in the manifest that end is closed at once.
+//	fd 4  OOMD_MEMSTAT_FD  every child except the watchdog: a SOCK_SEQPACKET delivery
+//	                       socket on which execd passes (rpcx.DeliverConn) one end of a
+//	                       fresh stream socketpair each time a watchdog instance appears;
+//	                       the other end goes to that watchdog (its memstat sink). Without
+//	                       a watchdog in the manifest execd closes it at once.
 //	fd 4  OOMD_BROKER_FD   the watchdog only: a SOCK_SEQPACKET socket on which execd sends
 //	                       one SubjectHandoff (rpcx.SendMsgFD) per other child, carrying the
 //	                       watchdog's end of that child's memstat socketpair.
@@ -51,13 +53,17 @@
 //
 // # Broker
 //
-// Handoffs are sent in spawn order from one goroutine (a slow watchdog never blocks a
-// spawn); those for children started before the watchdog wait in a queue that holds only
-// live children. Only the watchdog instance running at the time receives a handoff. If the watchdog
-// itself restarts, it gets the handoffs not yet sent, but the memstat connections of
-// children handed to the previous instance are gone (their peer closed): a child has to
-// be restarted to be watched again. execd keeps no copy of a handed-over socket, since a
-// new Cap'n Proto peer cannot take over a half-used stream.
+// For every live child the broker makes sure the current watchdog instance holds a
+// connection to it: it creates a stream socketpair, sends one end to the watchdog with a
+// SubjectHandoff and then delivers the other end to the child on its delivery socket.
+// This runs in spawn order from one goroutine (a slow watchdog never blocks a spawn);
+// children started before the watchdog wait in a list that holds only live children.
+// When the watchdog restarts, its new instance gets a fresh handoff for every live child,
+// and each child receives the matching new connection (lib/memstat reconnects on receipt
+// and re-publishes its latest value), so a restarted watchdog watches everything again.
+// execd keeps no copy of a handed-over socket, since a new Cap'n Proto peer cannot take
+// over a half-used stream. A child that never reads its delivery socket only fills its
+// queue (bounded by the socket buffer, deliveryWriteTimeout per attempt).
 //
 // SO_PEERCRED of a socketpair names its creator, so on a brokered socket it reports
 // execd's pid, not the child's. A watchdog that wants the kernel's word on the sender

@@ -70,7 +70,7 @@ func (r ExitReport) describe() string {
 
 func (r ExitReport) failed() bool { return r.Signal != 0 || r.ExitCode != 0 }
 
-// spawn starts a new instance of svc with its session (and memstat or broker socket)
+// spawn starts a new instance of svc with its session (and memstat delivery or broker socket)
 // and starts its waiter before anything can miss the exit. s.mu must be held.
 func (s *Supervisor) spawn(svc *service) (p *proc, err error) {
 	spec := svc.spec
@@ -109,7 +109,7 @@ func (s *Supervisor) spawn(svc *service) (p *proc, err error) {
 	env := s.childEnv(spec)
 	env = append(env, rpcx.EnvSessionFD+"="+strconv.Itoa(childSessionFD))
 
-	var memstatOomd *os.File // the watchdog's end of this child's memstat socket
+	var deliveryExecd *net.UnixConn // execd's end of this child's memstat delivery socket
 	var brokerExecd *net.UnixConn
 	if spec.Watchdog() {
 		bExecd, bChild, err := rpcx.SeqpacketPair()
@@ -127,19 +127,25 @@ func (s *Supervisor) spawn(svc *service) (p *proc, err error) {
 		extra = append(extra, f)
 		env = append(env, rpcx.EnvBrokerFD+"="+strconv.Itoa(childSecondFD))
 	} else {
-		mOomd, mChild, err := rpcx.Socketpair()
+		dExecd, dChild, err := rpcx.SeqpacketPair()
 		if err != nil {
-			return nil, fmt.Errorf("memstat socket: %w", err)
+			return nil, fmt.Errorf("memstat delivery socket: %w", err)
 		}
-		toClose = append(toClose, mChild)
-		memstatOomd = mOomd
-		extra = append(extra, mChild)
+		f, err := dChild.File() // a dup; both are closed after the fork
+		dChild.Close()
+		if err != nil {
+			dExecd.Close()
+			return nil, fmt.Errorf("memstat delivery socket: %w", err)
+		}
+		toClose = append(toClose, f)
+		deliveryExecd = dExecd
+		extra = append(extra, f)
 		env = append(env, rpcx.EnvMemstatFD+"="+strconv.Itoa(childSecondFD))
 	}
 	defer func() {
 		if err != nil {
-			if memstatOomd != nil {
-				memstatOomd.Close()
+			if deliveryExecd != nil {
+				deliveryExecd.Close()
 			}
 			if brokerExecd != nil {
 				brokerExecd.Close()
@@ -194,18 +200,18 @@ func (s *Supervisor) spawn(svc *service) (p *proc, err error) {
 	case brokerExecd != nil:
 		s.broker.attach(brokerExecd, p.instance)
 	case !s.hasWatchdog:
-		// Nobody will ever read it: the child sees its memstat peer closed at once
-		// rather than a socket that silently fills up.
-		memstatOomd.Close()
+		// No connection will ever come: the child sees its delivery socket closed at
+		// once rather than waiting forever.
+		deliveryExecd.Close()
 	default:
-		s.broker.enqueue(&handoff{
+		s.broker.add(&member{
 			p:          p,
 			subject:    spec.ID,
 			instance:   p.instance,
 			pid:        int32(p.pid),
 			critical:   spec.Critical,
 			injectable: spec.Injectable,
-			file:       memstatOomd,
+			delivery:   deliveryExecd,
 		})
 	}
 	return p, nil

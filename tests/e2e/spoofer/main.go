@@ -29,9 +29,15 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
 
-	c, err := rpcx.InheritedConn(rpcx.EnvMemstatFD)
+	// OOMD_MEMSTAT_FD is a delivery socket: the connection to oomd arrives on it.
+	d, err := rpcx.InheritedUnixConn(rpcx.EnvMemstatFD)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	c, err := rpcx.ReceiveConn(d)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "memstat delivery:", err)
 		os.Exit(1)
 	}
 	conn := rpcx.NewConn(c, capnp.Client{}, log)

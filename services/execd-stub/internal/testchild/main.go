@@ -36,7 +36,7 @@ var (
 	ready       = flag.Bool("ready", false, "call Session.ready()")
 	gate        = flag.String("gate", "", "before ready: block until a byte arrives on this FIFO")
 	ignoreTerm  = flag.Bool("ignore-term", false, "log SIGTERM but keep running")
-	memstatByte = flag.Bool("memstat-byte", false, "on OOMD_MEMSTAT_FD: wait for one byte, answer 'x'")
+	memstatByte = flag.Bool("memstat-byte", false, "on every connection delivered on OOMD_MEMSTAT_FD: answer each byte with 'x'")
 	whoamiPath  = flag.String("whoami", "", "write whoami and the grants error as JSON here")
 	orphanPath  = flag.String("orphan", "", "start a grandchild that outlives us; write its pid here")
 	failFirst   = flag.Uint64("fail-first", 0, "exit 1 if whoami's instance is at most this")
@@ -116,18 +116,12 @@ func run(terms chan os.Signal) error {
 		}
 	}
 	if *memstatByte {
-		c, err := rpcx.InheritedConn(rpcx.EnvMemstatFD)
+		d, err := rpcx.InheritedUnixConn(rpcx.EnvMemstatFD)
 		if err != nil {
 			return err
 		}
-		defer c.Close()
-		// Wait for the peer first, so it can turn on SO_PASSCRED before our reply.
-		if _, err := c.Read(make([]byte, 1)); err != nil {
-			return fmt.Errorf("memstat read: %w", err)
-		}
-		if _, err := c.Write([]byte{'x'}); err != nil {
-			return fmt.Errorf("memstat write: %w", err)
-		}
+		defer d.Close()
+		go answerMemstat(d)
 	}
 	if *orphanPath != "" {
 		if err := startGrandchild(*orphanPath); err != nil {
@@ -325,5 +319,30 @@ func closeConn(c *rpc.Conn) {
 	select {
 	case <-done:
 	case <-time.After(time.Second):
+	}
+}
+
+// answerMemstat serves every connection execd delivers (one per watchdog instance): each
+// byte read is answered with 'x'. Reading first lets the peer turn on SO_PASSCRED before
+// the reply.
+func answerMemstat(d *net.UnixConn) {
+	for {
+		c, err := rpcx.ReceiveConn(d)
+		if err != nil {
+			return
+		}
+		event("memstat-connection")
+		go func() {
+			defer c.Close()
+			b := make([]byte, 1)
+			for {
+				if _, err := c.Read(b); err != nil {
+					return
+				}
+				if _, err := c.Write([]byte{'x'}); err != nil {
+					return
+				}
+			}
+		}()
 	}
 }
