@@ -160,6 +160,8 @@ func (c *Core) Step(in Input) error {
 		return c.register(&in)
 	case InputAuditAck:
 		return c.auditAck(&in)
+	case InputAuditSpilled:
+		return c.auditSpilled(&in)
 	case InputTerminateAck, InputTerminateRefused:
 		return c.terminateAnswer(&in)
 	case InputExited:
@@ -428,6 +430,23 @@ func (c *Core) auditAck(in *Input) error {
 	}
 	c.release()
 	return nil
+}
+
+// auditSpilled reports records the shell made durable in its spill file, then
+// acknowledges them. An input covering nothing new emits nothing.
+func (c *Core) auditSpilled(in *Input) error {
+	if in.Seq > c.auditSeq {
+		return badInput(in, "seq %d beyond the last audit record %d", in.Seq, c.auditSeq)
+	}
+	if in.Seq <= c.auditAcked {
+		return nil
+	}
+	reason := "records=" + strconv.FormatUint(c.auditAcked+1, 10) + ".." + strconv.FormatUint(in.Seq, 10)
+	if in.Reason != "" {
+		reason += " cause=" + in.Reason
+	}
+	c.emit(Event{Kind: EventAuditSpilled, Reason: clip(reason)})
+	return c.auditAck(&Input{Kind: InputAuditAck, Seq: in.Seq})
 }
 
 func (c *Core) findDecision(id uint64) (int, bool) {

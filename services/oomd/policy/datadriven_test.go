@@ -55,6 +55,7 @@ func init() {
 		"sample":            handleSample,
 		"tick":              handleTick,
 		"audit-ack":         handleAuditAck,
+		"audit-spilled":     handleAuditSpilled,
 		"terminate-ack":     handleTerminateAck,
 		"terminate-refused": handleTerminateRefused,
 		"exited":            handleExited,
@@ -234,6 +235,17 @@ func handleTick(t *testing.T, e *scenarioEnv, d *datadriven.TestData) string {
 func handleAuditAck(t *testing.T, e *scenarioEnv, d *datadriven.TestData) string {
 	in := Input{Kind: InputAuditAck, Seq: e.chk.lastWriter}
 	d.MaybeScanArgs(t, "seq", &in.Seq)
+	return e.step(t, in)
+}
+
+// audit-spilled [seq=<n>] [reason=<text>]
+//
+// Steps InputAuditSpilled: the shell made every record up to seq durable in its spill
+// file. Without seq, covers the last record the core produced.
+func handleAuditSpilled(t *testing.T, e *scenarioEnv, d *datadriven.TestData) string {
+	in := Input{Kind: InputAuditSpilled, Seq: e.chk.lastWriter}
+	d.MaybeScanArgs(t, "seq", &in.Seq)
+	d.MaybeScanArgs(t, "reason", &in.Reason)
 	return e.step(t, in)
 }
 

@@ -51,6 +51,9 @@ func (g *fuzzGen) next() (Input, bool) {
 	case 5:
 		seq := g.chk.lastWriter
 		seq = seq - min(seq, uint64(b%4)) + uint64(b>>7) // sometimes one beyond: an error
+		if b&0x40 != 0 {
+			return Input{Kind: InputAuditSpilled, Seq: seq, Reason: "logd sync timeout"}, true
+		}
 		return Input{Kind: InputAuditAck, Seq: seq}, true
 	case 6:
 		return Input{Kind: InputTerminateAck, Decision: g.lastDecision() - min(g.lastDecision(), uint64(b%3)) + uint64(b>>7)}, true

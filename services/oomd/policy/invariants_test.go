@@ -109,7 +109,7 @@ func (k *checker) step(in Input) (string, error, error) {
 // observe books an input the core accepted.
 func (k *checker) observe(in Input) {
 	switch in.Kind {
-	case InputAuditAck:
+	case InputAuditAck, InputAuditSpilled:
 		k.acked = max(k.acked, in.Seq)
 	case InputTerminateAck:
 		k.termAcked[in.Decision] = true

@@ -248,6 +248,9 @@ func FormatInput(in Input) string {
 		}
 	case InputAuditAck:
 		l.str("seq", strconv.FormatUint(in.Seq, 10))
+	case InputAuditSpilled:
+		l.str("seq", strconv.FormatUint(in.Seq, 10))
+		l.quoted("reason", in.Reason)
 	case InputTerminateAck:
 		l.str("decision", strconv.FormatUint(in.Decision, 10))
 	case InputTerminateRefused:

@@ -42,6 +42,12 @@ const (
 	// InputTeardownDone: execd acknowledged the teardown the core's HaltRequest asked
 	// for; Graceful and NotStopped are its report.
 	InputTeardownDone
+	// InputAuditSpilled: logd was unreachable or slower than the shell's bound, so the
+	// shell made every audit record with WriterSeq <= Seq durable in its own spill file
+	// instead (it replays them to logd later). Reason says why. The core emits
+	// EventAuditSpilled and then treats the input as InputAuditAck{Seq}: the spill is the
+	// durable audit a kill waits for.
+	InputAuditSpilled
 )
 
 var inputKindNames = [...]string{
@@ -56,6 +62,7 @@ var inputKindNames = [...]string{
 	InputMemAvailable:     "mem-available",
 	InputRebootRequest:    "reboot-request",
 	InputTeardownDone:     "teardown-done",
+	InputAuditSpilled:     "audit-spilled",
 }
 
 func (k InputKind) String() string {
