@@ -152,6 +152,67 @@ func (m *Manifest) StartOrder() []*Service {
 	return out
 }
 
+// TeardownLevels returns the order in which a system teardown stops the services, as
+// levels. The watchdog is in none of them: it asked for the teardown and ends the system
+// itself. Every service the watchdog depends on, directly or not (logd: the audit
+// journal), comes after all the others, so it outlives everything that could still make
+// a record. Within each of these two groups a service's level is the length of the
+// longest chain of services of the same group that depend on it: level 0 holds those
+// nothing depends on. No service depends on another of its own level, so a level can be
+// stopped at once, and every dependent is stopped (in an earlier level) before what it
+// depends on. Each level lists its services in reverse start order.
+func (m *Manifest) TeardownLevels() [][]*Service {
+	order := m.StartOrder()
+	byID := make(map[string]*Service, len(order))
+	for _, s := range order {
+		byID[s.ID] = s
+	}
+	keep := map[string]bool{} // what the watchdog depends on, transitively
+	var walk func(s *Service)
+	walk = func(s *Service) {
+		for _, d := range s.DependsOn {
+			if !keep[d] {
+				keep[d] = true
+				walk(byID[d])
+			}
+		}
+	}
+	for _, s := range order {
+		if s.Watchdog() {
+			walk(s)
+		}
+	}
+	group := func(id string) int {
+		if keep[id] {
+			return 1
+		}
+		return 0
+	}
+	// Reverse start order visits every dependent before what it depends on, so a
+	// service's level is final when it is reached.
+	level := make(map[string]int, len(order))
+	var groups [2][][]*Service
+	for i := len(order) - 1; i >= 0; i-- {
+		s := order[i]
+		if s.Watchdog() {
+			continue
+		}
+		g, l := group(s.ID), level[s.ID]
+		for len(groups[g]) <= l {
+			groups[g] = append(groups[g], nil)
+		}
+		groups[g][l] = append(groups[g][l], s)
+		for _, d := range s.DependsOn {
+			// A dependency in the other group (only ever the kept one) or the watchdog
+			// is ordered by the grouping, not by levels.
+			if group(d) == g && !byID[d].Watchdog() {
+				level[d] = max(level[d], l+1)
+			}
+		}
+	}
+	return append(groups[0], groups[1]...)
+}
+
 // Lookup returns the service with that id, or nil.
 func (m *Manifest) Lookup(id string) *Service {
 	for i := range m.Services {

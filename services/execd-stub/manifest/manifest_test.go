@@ -1,6 +1,8 @@
 package manifest
 
 import (
+	"encoding/json"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -80,8 +82,58 @@ func TestParseDefaultsAndStartOrder(t *testing.T) {
 	assert.Equal(t, []string{"oomd", "--dir=/run/x"}, m.Lookup("oomd").Argv)
 }
 
+func TestTeardownLevels(t *testing.T) {
+	svc := func(id string, deps ...string) string {
+		b, _ := json.Marshal(map[string]any{"id": id, "argv": []string{"x"}, "dependsOn": deps})
+		return string(b)
+	}
+	wd := func(id string, deps ...string) string {
+		b, _ := json.Marshal(map[string]any{"id": id, "argv": []string{"x"}, "dependsOn": deps, "role": "watchdog"})
+		return string(b)
+	}
+	for _, tc := range []struct {
+		name     string
+		services []string
+		want     [][]string
+	}{
+		{"no services", nil, [][]string{}},
+		{"independent services share one level, reverse start order",
+			[]string{svc("a"), svc("b"), svc("c")}, [][]string{{"c", "b", "a"}}},
+		{"a chain is one service per level",
+			[]string{svc("a"), svc("b", "a"), svc("c", "b")}, [][]string{{"c"}, {"b"}, {"a"}}},
+		{"a level waits for the longest chain of dependents",
+			[]string{svc("base"), svc("mid", "base"), svc("top", "mid"), svc("leaf", "base")},
+			[][]string{{"leaf", "top"}, {"mid"}, {"base"}}},
+		{"the watchdog is never stopped; what it depends on goes last",
+			[]string{svc("logd"), wd("oomd", "logd"), svc("hog", "oomd"), svc("other")},
+			[][]string{{"other", "hog"}, {"logd"}}},
+		{"the watchdog's dependencies keep their own order, after a dependent outside",
+			[]string{svc("disk"), svc("logd", "disk"), svc("cfg"), wd("oomd", "logd", "cfg"), svc("app", "logd")},
+			[][]string{{"app"}, {"cfg", "logd"}, {"disk"}}},
+		{"a service depending on the watchdog and on a kept one",
+			[]string{svc("logd"), wd("oomd", "logd"), svc("a", "oomd", "logd"), svc("b", "a")},
+			[][]string{{"b"}, {"a"}, {"logd"}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m, err := Parse([]byte(`{"services": [` + strings.Join(tc.services, ",") + `]}`))
+			require.NoError(t, err)
+			got := [][]string{}
+			for _, level := range m.TeardownLevels() {
+				var ids []string
+				for _, s := range level {
+					ids = append(ids, s.ID)
+				}
+				got = append(got, ids)
+			}
+			assert.Equal(t, tc.want, got)
+		})
+	}
+}
+
 // FuzzParse: any input either fails cleanly or yields a start order that contains every
-// service once, each after its dependencies.
+// service once, each after its dependencies, and teardown levels that contain every
+// service but the watchdog once, each in a later level than everything that depends on
+// it (the watchdog aside), the watchdog's dependencies after all the others.
 func FuzzParse(f *testing.F) {
 	f.Add([]byte(`{"services": [{"id": "a", "argv": ["x"]}, {"id": "b", "argv": ["y"], "dependsOn": ["a"]}]}`))
 	f.Add([]byte(`{"services": [{"id": "a", "argv": ["x"], "dependsOn": ["b"]}, {"id": "b", "argv": ["x"], "dependsOn": ["a"]}]}`))
@@ -102,5 +154,68 @@ func FuzzParse(f *testing.F) {
 				require.Less(t, pos[d], pos[s.ID])
 			}
 		}
+
+		level, wd := map[string]int{}, ""
+		for i, l := range m.TeardownLevels() {
+			require.NotEmpty(t, l)
+			for _, s := range l {
+				_, dup := level[s.ID]
+				require.False(t, dup, s.ID)
+				level[s.ID] = i
+			}
+		}
+		kept := map[string]bool{}
+		for _, s := range m.Services {
+			if s.Watchdog() {
+				wd = s.ID
+				_, in := level[s.ID]
+				require.False(t, in, "the watchdog is not stopped")
+				for _, d := range s.DependsOn {
+					kept[d] = true
+				}
+			}
+		}
+		if wd == "" {
+			require.Len(t, level, len(m.Services))
+		} else {
+			require.Len(t, level, len(m.Services)-1)
+		}
+		for _, s := range m.Services {
+			for _, d := range s.DependsOn {
+				if s.ID != wd && d != wd {
+					require.Less(t, level[s.ID], level[d], "%s depends on %s", s.ID, d)
+				}
+			}
+		}
+		for id := range kept {
+			for _, s := range m.Services {
+				if s.ID != wd && !kept[s.ID] && level[s.ID] > level[id] {
+					// s is stopped after a direct dependency of the watchdog: only if
+					// the watchdog depends on s too, through that dependency.
+					require.Truef(t, dependsOn(m, id, s.ID), "%s stopped after %s, which the watchdog needs", s.ID, id)
+				}
+			}
+		}
 	})
+}
+
+// dependsOn reports whether a depends on b, directly or not.
+func dependsOn(m *Manifest, a, b string) bool {
+	seen := map[string]bool{}
+	var walk func(id string) bool
+	walk = func(id string) bool {
+		for _, d := range m.Lookup(id).DependsOn {
+			if d == b {
+				return true
+			}
+			if !seen[d] {
+				seen[d] = true
+				if walk(d) {
+					return true
+				}
+			}
+		}
+		return false
+	}
+	return walk(a)
 }
