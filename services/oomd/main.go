@@ -31,6 +31,9 @@ func main() {
 	flag.StringVar(&o.policyFile, "policy", "", "JSON policy file (over the defaults); empty = defaults")
 	flag.BoolVar(&o.enableInject, "enable-inject", false, "allow the test-only inject call")
 	flag.IntVar(&o.ring, "ring", 4096, "event ring capacity")
+	flag.StringVar(&o.sys.Meminfo, "meminfo", "/proc/meminfo", "where MemAvailable is read for pressure levels (tests write their own)")
+	flag.StringVar(&o.sys.RecordPath, "reboot-record", "", "reboot record store: a file or a raw block device (4 KiB at offset 0); empty = none")
+	flag.StringVar(&o.sys.Action, "reboot-action", "exit:0", "after a system OOM or requested reboot: exit:N, command:ARGV, or reboot (sync + reboot(2))")
 	flag.Parse()
 
 	log := logx.New("oomd")
@@ -49,6 +52,7 @@ type options struct {
 	socket, logd, policyFile string
 	enableInject             bool
 	ring                     int
+	sys                      daemon.SystemOptions
 }
 
 func run(ctx context.Context, o options, log *zap.Logger) error {
@@ -74,9 +78,14 @@ func run(ctx context.Context, o options, log *zap.Logger) error {
 	}
 	defer term.Release()
 	defer system.Release()
+	sys, closeSys, err := daemon.OpenSystem(o.sys, daemon.ExecdSystem{S: system}, os.Stdout, log)
+	if err != nil {
+		return err
+	}
+	defer closeSys()
 
 	d, err := daemon.New(daemon.Config{
-		Policy: pol, RingSize: o.ring, EnableInject: o.enableInject, Markers: os.Stdout, Log: log,
+		Policy: pol, RingSize: o.ring, EnableInject: o.enableInject, Markers: os.Stdout, Log: log, System: sys,
 	}, daemon.NewLogdAuditor(o.logd, log), daemon.ExecdTerminator{T: term})
 	if err != nil {
 		return err

@@ -162,10 +162,15 @@ func (s *controlServer) Status(_ context.Context, call oomdpb.Control_status) er
 		counters  policy.Counters
 		tick, ver uint64
 		last      uint64
+		level     policy.Level
+		avail     uint64
+		halt      policy.HaltStatus
 	)
 	s.d.withCore(func(c *policy.Core) {
 		subjects, truncated = c.Subjects(maxStatusSubjects)
 		counters, tick, ver, last = c.Counters(), c.TickCount(), c.PolicyVersion(), c.LastSeq()
+		level, avail = c.Level()
+		halt = c.Halt()
 	})
 	res, err := call.AllocResults()
 	if err != nil {
@@ -185,6 +190,9 @@ func (s *controlServer) Status(_ context.Context, call oomdpb.Control_status) er
 	st.SetRejectedSamples(counters.Rejected)
 	st.SetAcceptedSamples(counters.Accepted)
 	st.SetInjectEnabled(s.d.cfg.EnableInject)
+	st.SetLevel(oomdpb.PressureLevel(level))
+	st.SetMemAvailableBytes(avail)
+	st.SetHaltClaimed(halt.Claimed)
 	l, err := st.NewSubjects(int32(len(subjects)))
 	if err != nil {
 		return err
@@ -243,16 +251,63 @@ func (s *controlServer) Audit(ctx context.Context, call oomdpb.Control_audit) er
 	return res.SetEntries(entries) // deep-copied into our message
 }
 
-var errNotYet = errors.New("not implemented yet: system OOM handling (levels, halt token, reboot) is a later milestone; see README")
-
-func (s *controlServer) LastReboot(context.Context, oomdpb.Control_lastReboot) error {
-	return capnp.Unimplemented("lastReboot: " + errNotYet.Error())
+func (s *controlServer) LastReboot(_ context.Context, call oomdpb.Control_lastReboot) error {
+	res, err := call.AllocResults()
+	if err != nil {
+		return err
+	}
+	dst, err := res.NewRecord()
+	if err != nil {
+		return err
+	}
+	rec, ok := s.d.cfg.System.Boot.LastReboot()
+	if !ok {
+		return nil // valid=false, reason unknown
+	}
+	dst.SetValid(true)
+	dst.SetReason(oomdpb.RebootReason(rec.Reason))
+	dst.SetGraceful(rec.Graceful)
+	dst.SetTeardownMs(rec.TeardownMs)
+	dst.SetBootCount(rec.BootCount)
+	l, err := dst.NewNotStopped(int32(len(rec.NotStopped)))
+	if err != nil {
+		return err
+	}
+	for i, name := range rec.NotStopped {
+		if err := l.Set(i, name); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
-func (s *controlServer) WatchLevels(context.Context, oomdpb.Control_watchLevels) error {
-	return capnp.Unimplemented("watchLevels: " + errNotYet.Error())
+func (s *controlServer) WatchLevels(_ context.Context, call oomdpb.Control_watchLevels) error {
+	w := call.Args().Watcher()
+	if !w.IsValid() {
+		return errors.New("watchLevels: watcher capability is null")
+	}
+	level, cancel, err := s.d.watchLevels(w.AddRef())
+	if err != nil {
+		return fmt.Errorf("watchLevels: %w", err)
+	}
+	res, err := call.AllocResults()
+	if err != nil {
+		cancel()
+		return err
+	}
+	res.SetLevel(oomdpb.PressureLevel(level))
+	return res.SetSubscription(oomdpb.Subscription_ServerToClient(&subscription{cancel: cancel}))
 }
 
-func (s *controlServer) RequestReboot(context.Context, oomdpb.Control_requestReboot) error {
-	return capnp.Unimplemented("requestReboot: " + errNotYet.Error())
+func (s *controlServer) RequestReboot(_ context.Context, call oomdpb.Control_requestReboot) error {
+	var reason string
+	switch r := call.Args().Reason(); r {
+	case oomdpb.RebootReason_userRequest:
+		reason = policy.RebootUserRequest
+	case oomdpb.RebootReason_oom:
+		reason = policy.RebootOOM
+	default:
+		return fmt.Errorf("requestReboot: reason %s: want userRequest or oom", r)
+	}
+	return s.d.RequestReboot(reason)
 }

@@ -31,6 +31,8 @@ type Config struct {
 	// Markers receives the exact marker lines (stdout in production).
 	Markers io.Writer
 	Log     *zap.Logger
+	// System wires system OOM handling (system.go).
+	System SystemConfig
 }
 
 // Auditor makes audit records durable. Submit never blocks for long; once every record
@@ -61,6 +63,7 @@ type Daemon struct {
 	dirty    dirtyList
 	drainBuf []*slot
 	subs     subscribers
+	sys      sysState
 	ctx      context.Context
 }
 
@@ -76,7 +79,7 @@ func New(cfg Config, audit Auditor, term Terminator) (*Daemon, error) {
 	if cfg.Markers == nil {
 		cfg.Markers = io.Discard
 	}
-	return &Daemon{
+	d := &Daemon{
 		cfg:     cfg,
 		log:     cfg.Log,
 		audit:   audit,
@@ -84,7 +87,9 @@ func New(cfg Config, audit Auditor, term Terminator) (*Daemon, error) {
 		core:    core,
 		slots:   make(map[string]*slot),
 		sampleC: make(chan time.Duration, 1),
-	}, nil
+	}
+	d.sys.init()
+	return d, nil
 }
 
 // Start connects the auditor. Call it once, before Run and before serving anything.
@@ -103,6 +108,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	d.mu.Unlock()
 	t := time.NewTicker(period)
 	defer t.Stop()
+	go d.runLevels(ctx)
 	for {
 		select {
 		case <-ctx.Done():
@@ -176,6 +182,7 @@ func (d *Daemon) processReadyLocked() {
 	for _, req := range rd.Terminate {
 		go d.terminate(req)
 	}
+	d.systemReadyLocked(rd)
 	if len(rd.Events) > 0 {
 		for _, e := range rd.Events {
 			d.publishLocked(e)
@@ -209,6 +216,7 @@ func (d *Daemon) publishLocked(e policy.Event) {
 }
 
 func (d *Daemon) auditAcked(upTo uint64) {
+	d.sys.auditDurable(upTo)
 	d.step(policy.Input{Kind: policy.InputAuditAck, Seq: upTo})
 }
 
@@ -272,6 +280,7 @@ func (d *Daemon) SetPolicy(p policy.Policy) (uint64, error) {
 		return 0, err
 	}
 	d.processReadyLocked()
+	poke(d.sys.policyC)
 	if p.SampleMs != old {
 		select {
 		case d.sampleC <- time.Duration(p.SampleMs) * time.Millisecond:

@@ -6,8 +6,8 @@ import (
 )
 
 // Boot is this start's view of the record store: what the previous boot left (read
-// once, at start) and how to record this boot's sequence. A nil *Store makes every
-// write a no-op and the last reboot unknown, so oomd runs without a store too.
+// once, at start) and how to record this boot's sequence. A nil *Store (or a nil *Boot)
+// makes every write a no-op and the last reboot unknown, so oomd runs without a store.
 type Boot struct {
 	store *Store
 	boot  uint64
@@ -54,7 +54,7 @@ func (b *Boot) Number() uint64 { return b.boot }
 // already reported. A record left in progress (the machine went down during the
 // teardown) reads as not graceful.
 func (b *Boot) LastReboot() (rec Record, ok bool) {
-	if !b.fresh {
+	if b == nil || !b.fresh {
 		return Record{}, false
 	}
 	rec = b.last
@@ -86,7 +86,7 @@ func (b *Boot) Complete(reason Reason, graceful bool, teardownMs uint32, notStop
 }
 
 func (b *Boot) write(r Record) error {
-	if b.store == nil {
+	if b == nil || b.store == nil {
 		return nil
 	}
 	r.BootCount, r.LastBoot = b.boot, b.boot
