@@ -241,6 +241,13 @@ interface Session {
   grants @2 () -> (terminator :Terminator, system :SystemControl);
   # Only for the subject the manifest names as the watchdog (oomd). Any other session
   # gets an error; the capabilities exist nowhere else.
+
+  watchReboot @3 (watcher :RebootWatcher) -> ();
+  # Any child: register watcher to be told (RebootWatcher.rebooting) before a system
+  # teardown stops services. One watcher per subject: a later registration (or one
+  # through SystemControl.watchReboot by the watchdog) replaces the earlier one, and it
+  # ends when that instance exits. The watcher is named by the session's subject id in
+  # TeardownReport.watchersTimedOut. Fails once a teardown has started.
 }
 
 enum Refusal {

@@ -2,11 +2,13 @@
 // gives each its identity, reaps every exit (orphans too: it is PID 1 in the VM) and is
 // the only process that signals subjects. See package supervisor for the protocol.
 //
-//	execd-stub --manifest FILE --runtime-dir DIR
+//	execd-stub --manifest FILE --runtime-dir DIR [--reboot-watcher-timeout 5s]
 //
 // SIGTERM or SIGINT stops every service in reverse dependency order; execd then exits 0.
 // When a service marked exitWith exits, execd stops the others the same way and exits
-// with that service's status.
+// with that service's status. After a system teardown (SystemControl.teardown, asked for
+// by the watchdog) execd keeps running with the watchdog alone; when the watchdog exits,
+// execd exits with its status (as PID 1: powers off, unless the watchdog rebooted first).
 package main
 
 import (
@@ -46,6 +48,8 @@ func run() int {
 	manifestPath := flag.String("manifest", "/etc/execd/manifest.json", "the service manifest (JSON)")
 	runtimeDir := flag.String("runtime-dir", "/run/oomd", "private directory for sockets; created 0700; replaces ${RUNTIME_DIR} in the manifest")
 	debug := flag.Bool("debug", false, "log at debug level")
+	watcherTimeout := flag.Duration("reboot-watcher-timeout", supervisor.DefaultRebootWatcherTimeout,
+		"during a system teardown, how long each reboot watcher may take to answer")
 	flag.Parse()
 
 	if *debug {
@@ -55,6 +59,10 @@ func run() int {
 	log := logx.New("execd")
 	defer log.Sync()
 
+	if *watcherTimeout <= 0 {
+		log.Error("--reboot-watcher-timeout must be positive", zap.Duration("got", *watcherTimeout))
+		return 1
+	}
 	if err := pid1.Setup(); err != nil {
 		log.Error("PID 1 setup failed", zap.Error(err))
 		return 1
@@ -78,7 +86,7 @@ func run() int {
 	}
 	m.Expand(*runtimeDir)
 
-	sup := supervisor.New(supervisor.Config{Manifest: m, Log: log, ReapOrphans: true})
+	sup := supervisor.New(supervisor.Config{Manifest: m, Log: log, ReapOrphans: true, RebootWatcherTimeout: *watcherTimeout})
 	code, err := sup.Run(ctx)
 	if err != nil {
 		log.Error("execd failed", zap.Error(err))

@@ -53,6 +53,9 @@ func (s *session) Ready(context.Context, oomdpb.Session_ready) error {
 	close(s.ready)
 	return nil
 }
+func (s *session) WatchReboot(context.Context, oomdpb.Session_watchReboot) error {
+	return fmt.Errorf("logd registers no reboot watcher")
+}
 
 // startProcess runs logd-stub the way execd does (an inherited session connection on
 // fd 3) and returns once it reported ready.

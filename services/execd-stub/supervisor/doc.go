@@ -86,4 +86,38 @@
 // stops services in the reverse of start order, one at a time: SIGTERM, up to the
 // service's stopTimeoutMs, then SIGKILL. If execd itself dies, Pdeathsig kills every
 // child (Go never ends the OS thread that forked them: nothing in execd locks a thread).
+//
+// # System teardown
+//
+// The watchdog (oomd, in the role of the RFC's kernel) asks for a graceful teardown with
+// SystemControl.teardown(reason) before it reboots; execd plays userspace. Any child may
+// register a RebootWatcher first, through its own Session.watchReboot (the watchdog may
+// also use SystemControl.watchReboot): one per subject, the latest registration wins,
+// and it ends when that instance exits. Teardown (see Supervisor.Teardown) then:
+//
+//  1. shuts execd down: terminate() answers shuttingDown, pending restarts are
+//     cancelled, nothing starts or restarts any more;
+//  2. calls every reboot watcher at once and waits for each answer at most
+//     Config.RebootWatcherTimeout (execd --reboot-watcher-timeout, 5 s by default);
+//     subjects whose watcher did not answer in time are reported in watchersTimedOut
+//     (a watcher whose call failed, e.g. its process is gone, counts as answered);
+//  3. stops the services level by level (manifest.TeardownLevels): reverse dependency
+//     order, every service the watchdog depends on (transitively: logd, so the audit
+//     journal can flush) after all the others, the watchdog itself not at all. The
+//     services of one level do not depend on each other and are stopped concurrently,
+//     each with SIGTERM, its own stopTimeoutMs, then SIGKILL (reported in notStopped, in
+//     level order); the next level starts once all of them have exited. Levels rather
+//     than a fully dependency-driven start keep the stop order and the report
+//     deterministic; the price is that a slow service holds back its whole level, never
+//     more than its stop timeout plus the SIGKILL grace;
+//  4. returns the report (graceful: nothing needed SIGKILL and no watcher was late):
+//     the return is the acknowledgement.
+//
+// A teardown runs at most once per execd run: a second request fails ("teardown already
+// in progress", or "already done") and starts nothing. The handler calls call.Go() and
+// holds no lock while it waits. A SIGTERM to execd during a teardown lets the teardown
+// finish, then stops what is left (the watchdog) as usual. Afterwards execd keeps running
+// with the watchdog alone; when the watchdog exits (on the host oomd exits with its
+// configured code), Run returns its status as execd's exit code, and as PID 1 execd then
+// powers off. In the VM oomd reboots the machine itself before that.
 package supervisor

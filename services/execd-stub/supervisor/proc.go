@@ -281,19 +281,17 @@ func (s *Supervisor) wait(p *proc) {
 		s.broker.forget(p)
 	}
 	s.maybeRestart(p)
-	if svc.spec.ExitWith && !s.shuttingDown && s.finish != nil {
-		code := int(r.ExitCode)
-		if r.Signal != 0 {
-			code = 128 + int(r.Signal)
-		}
-		s.finish(exitWithCause{subject: r.Subject, status: r.describe(), code: code})
-	}
+	s.maybeFinish(p)
+	rw := s.dropRebootWatcher(p)
 	close(p.exited)
 	s.mu.Unlock()
 
 	// Closing a connection can wait on its handlers (CAPNP-NOTES trap 2); nothing waits
 	// on this goroutine.
-	go p.session.Close()
+	go func() {
+		rw.Release()
+		p.session.Close()
+	}()
 }
 
 // maybeRestart applies the restart policy after p exited. s.mu must be held.

@@ -2,11 +2,11 @@ package supervisor
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 	"unicode/utf8"
 
-	capnp "capnproto.org/go/capnp/v3"
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 
@@ -64,7 +64,18 @@ func (ss *session) Grants(_ context.Context, call oomdpb.Session_grants) error {
 		return err
 	}
 	ss.log.Info("granted Terminator and SystemControl")
-	return res.SetSystem(oomdpb.SystemControl_ServerToClient(&systemControl{}))
+	return res.SetSystem(oomdpb.SystemControl_ServerToClient(&systemControl{s: ss.s, p: ss.p, log: ss.log.Named("system")}))
+}
+
+// WatchReboot registers the child's reboot watcher (any child may): it is told before a
+// teardown stops services, and reported under this session's subject if it is late.
+func (ss *session) WatchReboot(_ context.Context, call oomdpb.Session_watchReboot) error {
+	w := call.Args().Watcher()
+	if !w.IsValid() {
+		return errors.New("watchReboot: watcher is a null capability")
+	}
+	// Params are released when this returns (CAPNP-NOTES trap 7): keep our own ref.
+	return ss.s.watchReboot(ss.p, w.AddRef())
 }
 
 // terminator is the Terminator capability, handed out only through the watchdog's
@@ -165,18 +176,4 @@ func (s *Supervisor) terminate(subject string, instance, decision uint64, reason
 		}
 	})
 	return oomdpb.Refusal_none, "", int32(p.pid)
-}
-
-// systemControl is a placeholder until the teardown issue: both methods answer
-// unimplemented, which the contract tells clients to read as "feature absent".
-type systemControl struct{}
-
-var _ oomdpb.SystemControl_Server = (*systemControl)(nil)
-
-func (*systemControl) Teardown(context.Context, oomdpb.SystemControl_teardown) error {
-	return capnp.Unimplemented("teardown: not implemented yet in execd")
-}
-
-func (*systemControl) WatchReboot(context.Context, oomdpb.SystemControl_watchReboot) error {
-	return capnp.Unimplemented("watchReboot: not implemented yet in execd")
 }

@@ -38,6 +38,9 @@ type Config struct {
 	// child subreaper must). Leave it off when the process has other children of its
 	// own, e.g. in a test binary.
 	ReapOrphans bool
+	// RebootWatcherTimeout bounds each reboot watcher's answer during a teardown; zero
+	// means DefaultRebootWatcherTimeout.
+	RebootWatcherTimeout time.Duration
 }
 
 // Supervisor runs the services of one manifest. Create it with New and call Run once.
@@ -55,13 +58,15 @@ type Supervisor struct {
 	reapNudge chan struct{}
 
 	hasWatchdog bool
-	finish      context.CancelCauseFunc // ends Run early when an exitWith service exits
+	finish      context.CancelCauseFunc // ends Run early (see maybeFinish)
 
-	mu           sync.Mutex
-	services     map[string]*service
-	order        []*service // start order
-	shuttingDown bool
-	waiters      sync.WaitGroup
+	mu             sync.Mutex
+	services       map[string]*service
+	order          []*service // start order
+	shuttingDown   bool
+	teardown       *teardownState            // the system teardown, once one was requested
+	rebootWatchers map[string]*rebootWatcher // by subject
+	waiters        sync.WaitGroup
 }
 
 // service is the supervisor's state for one manifest entry.
@@ -89,12 +94,17 @@ func New(cfg Config) *Supervisor {
 	if cfg.Env == nil {
 		cfg.Env = os.Environ()
 	}
+	if cfg.RebootWatcherTimeout <= 0 {
+		cfg.RebootWatcherTimeout = DefaultRebootWatcherTimeout
+	}
 	s := &Supervisor{
 		cfg:       cfg,
 		log:       cfg.Log,
 		managed:   make(map[int]bool),
 		reapNudge: make(chan struct{}, 1),
 		services:  make(map[string]*service),
+
+		rebootWatchers: make(map[string]*rebootWatcher),
 	}
 	s.exits = newExitQueue(cfg.Log.Named("exits"))
 	s.broker = newBroker(cfg.Log.Named("broker"))
@@ -108,9 +118,10 @@ func New(cfg Config) *Supervisor {
 }
 
 // Run starts every service, supervises them until ctx ends (or a service marked exitWith
-// exits), then stops them in reverse order. exitCode is what execd should exit with: 0
-// after a stop request, the exitWith service's status (its exit code, or 128+signal),
-// or 1 with the start-up error (returned after stopping what had been started).
+// exits, or the watchdog exits after a Teardown), then stops them in reverse order.
+// exitCode is what execd should exit with: 0 after a stop request, the status of the
+// exitWith service or of the watchdog (its exit code, or 128+signal), or 1 with the
+// start-up error (returned after stopping what had been started).
 func (s *Supervisor) Run(ctx context.Context) (exitCode int, err error) {
 	runCtx, finish := context.WithCancelCause(ctx)
 	defer finish(nil)
@@ -126,8 +137,14 @@ func (s *Supervisor) Run(ctx context.Context) (exitCode int, err error) {
 	bgDone.Go(func() { s.broker.run(bg) })
 
 	err = s.startAll(runCtx)
-	if err == nil {
+	switch {
+	case err == nil:
 		s.log.Info("all services started")
+	case s.tornDown():
+		s.log.Info("start-up cut short by the system teardown", zap.Error(err))
+		err = nil
+	}
+	if err == nil {
 		<-runCtx.Done()
 	}
 	var ew exitWithCause
@@ -144,6 +161,13 @@ func (s *Supervisor) Run(ctx context.Context) (exitCode int, err error) {
 	}
 	s.Stop()
 	s.waitWaiters(killGrace)
+	s.mu.Lock()
+	watchers := s.rebootWatchers
+	s.rebootWatchers = nil
+	s.mu.Unlock()
+	for _, w := range watchers {
+		w.client.Release()
+	}
 	s.exits.close()
 	cancel()
 	bgDone.Wait()
@@ -154,15 +178,47 @@ func (s *Supervisor) Run(ctx context.Context) (exitCode int, err error) {
 	return exitCode, err
 }
 
-// exitWithCause ends Run when a service marked exitWith exited.
+// exitWithCause ends Run when a service marked exitWith exited, or the watchdog after a
+// teardown.
 type exitWithCause struct {
 	subject string
 	status  string
 	code    int
+	why     string
 }
 
 func (e exitWithCause) Error() string {
-	return fmt.Sprintf("%s exited (%s) and is marked exitWith", e.subject, e.status)
+	return fmt.Sprintf("%s exited (%s) %s", e.subject, e.status, e.why)
+}
+
+// maybeFinish ends Run when p's exit ends execd: a service marked exitWith exited on its
+// own, or the watchdog exited after it asked for a teardown (it is ending the system;
+// execd passes its status on). s.mu must be held.
+func (s *Supervisor) maybeFinish(p *proc) {
+	var why string
+	switch spec := p.svc.spec; {
+	case s.finish == nil:
+		return
+	case spec.ExitWith && !s.shuttingDown:
+		why = "and is marked exitWith"
+	case spec.Watchdog() && s.teardown != nil:
+		why = "after the system teardown"
+	default:
+		return
+	}
+	r := p.report
+	code := int(r.ExitCode)
+	if r.Signal != 0 {
+		code = 128 + int(r.Signal)
+	}
+	s.finish(exitWithCause{subject: r.Subject, status: r.describe(), code: code, why: why})
+}
+
+// tornDown reports whether a teardown was requested.
+func (s *Supervisor) tornDown() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.teardown != nil
 }
 
 func (s *Supervisor) startAll(ctx context.Context) error {
@@ -220,9 +276,25 @@ func (s *Supervisor) waitReady(ctx context.Context, dep *service, forID string) 
 
 // Stop refuses further terminate requests, cancels pending restarts and stops every
 // running service in reverse start order. It returns when all have exited (or could not
-// be reaped within a bound after SIGKILL).
+// be reaped within a bound after SIGKILL). During a teardown it first lets the teardown
+// finish (it is bounded, and stopping the same services already), then stops what is
+// left: the watchdog.
 func (s *Supervisor) Stop() {
 	s.mu.Lock()
+	s.beginShutdown()
+	td := s.teardown
+	s.mu.Unlock()
+	if td != nil {
+		<-td.done
+	}
+	for i := len(s.order) - 1; i >= 0; i-- {
+		s.stopService(s.order[i])
+	}
+}
+
+// beginShutdown refuses terminate() from now on and cancels pending restarts; nothing
+// is started any more. s.mu must be held.
+func (s *Supervisor) beginShutdown() {
 	s.shuttingDown = true
 	for _, svc := range s.order {
 		if svc.restartTimer != nil {
@@ -230,18 +302,16 @@ func (s *Supervisor) Stop() {
 			svc.restartTimer = nil
 		}
 	}
-	s.mu.Unlock()
-	for i := len(s.order) - 1; i >= 0; i-- {
-		s.stopService(s.order[i])
-	}
 }
 
-func (s *Supervisor) stopService(svc *service) {
+// stopService stops svc's running instance, if any: SIGTERM, its stop timeout, then
+// SIGKILL. It reports whether SIGKILL was needed.
+func (s *Supervisor) stopService(svc *service) (killed bool) {
 	s.mu.Lock()
 	p := svc.cur
 	if p == nil {
 		s.mu.Unlock()
-		return
+		return false
 	}
 	log := s.log.With(zap.String("subject", svc.spec.ID), zap.Uint64("instance", p.instance), zap.Int("pid", p.pid))
 	log.Info("stopping", zap.String("signal", "SIGTERM"), zap.Duration("stopTimeout", svc.spec.StopTimeout()))
@@ -252,13 +322,14 @@ func (s *Supervisor) stopService(svc *service) {
 	defer timer.Stop()
 	select {
 	case <-p.exited:
-		return
+		return false
 	case <-timer.C:
 	}
 	s.mu.Lock()
 	if !p.done {
 		log.Warn("did not stop in time; killing", zap.String("signal", "SIGKILL"))
 		p.killed = true
+		killed = true
 		s.signal(p, unix.SIGKILL)
 	}
 	s.mu.Unlock()
@@ -267,6 +338,7 @@ func (s *Supervisor) stopService(svc *service) {
 	case <-time.After(killGrace):
 		log.Error("still not reaped after SIGKILL; giving up on it", zap.Duration("waited", killGrace))
 	}
+	return killed
 }
 
 // waitWaiters waits for every waiter to record its exit, at most d: Stop already gave up

@@ -42,6 +42,10 @@ var (
 	failFirst   = flag.Uint64("fail-first", 0, "exit 1 if whoami's instance is at most this")
 	proxyTerm   = flag.String("proxy-term", "", "watchdog: dial this stream socket and serve the granted Terminator on it")
 	proxyHand   = flag.String("proxy-handoffs", "", "watchdog: dial this seqpacket socket and forward every handoff to it")
+	proxySystem = flag.String("proxy-system", "", "watchdog: dial this stream socket and serve the granted SystemControl on it")
+	rebootWatch = flag.String("reboot-watcher", "", `register a reboot watcher through the session: "answer" or "hang" (never answers)`)
+	rebootGate  = flag.String("reboot-gate", "", "with --reboot-watcher answer: answer only once a byte arrives on this FIFO")
+	termExit    = flag.Int("term-exit", 0, "exit with this code on SIGTERM")
 	grandchild  = flag.Bool("grandchild", false, "internal: block until fd 3 reaches EOF, then exit")
 )
 
@@ -78,7 +82,7 @@ func run(terms chan os.Signal) error {
 	ctx := context.Background()
 
 	var sess oomdpb.Session
-	needSession := *ready || *whoamiPath != "" || *failFirst > 0 || *proxyTerm != ""
+	needSession := *ready || *whoamiPath != "" || *failFirst > 0 || *proxyTerm != "" || *rebootWatch != ""
 	if needSession {
 		c, err := rpcx.InheritedConn(rpcx.EnvSessionFD)
 		if err != nil {
@@ -135,6 +139,11 @@ func run(terms chan os.Signal) error {
 		}
 		defer stop()
 	}
+	if *rebootWatch != "" {
+		if err := watchReboot(ctx, sess); err != nil {
+			return err
+		}
+	}
 	if *gate != "" {
 		f, err := os.Open(*gate)
 		if err != nil {
@@ -163,6 +172,9 @@ func run(terms chan os.Signal) error {
 	for range terms {
 		event("sigterm")
 		if !*ignoreTerm {
+			if *termExit != 0 {
+				os.Exit(*termExit)
+			}
 			return nil
 		}
 	}
@@ -262,8 +274,9 @@ func startGrandchild(pidPath string) error {
 	return writeAtomic(pidPath, []byte(strconv.Itoa(cmd.Process.Pid)))
 }
 
-// proxy exposes the watchdog's grants to the test: the test listens on --proxy-term
-// (stream) and --proxy-handoffs (seqpacket); we dial both.
+// proxy exposes the watchdog's grants to the test: the test listens on --proxy-term and
+// --proxy-system (stream) and --proxy-handoffs (seqpacket); we dial them. A call the
+// test makes on the SystemControl reaches execd from the watchdog's own connection.
 func proxy(ctx context.Context, sess oomdpb.Session) (func(), error) {
 	f, rel := sess.Grants(ctx, nil)
 	defer rel()
@@ -271,21 +284,22 @@ func proxy(ctx context.Context, sess oomdpb.Session) (func(), error) {
 	if err != nil {
 		return nil, fmt.Errorf("grants: %w", err)
 	}
-	// SystemControl is granted but not implemented yet: it must say so.
-	tf, trel := res.System().Teardown(ctx, nil)
-	if _, err := tf.Struct(); capnp.IsUnimplemented(err) {
-		event("teardown-unimplemented")
-	} else {
-		event(fmt.Sprintf("teardown-unexpected(%v)", err))
-	}
-	trel()
 	term := res.Terminator().AddRef()
 	tc, err := net.DialTimeout("unix", *proxyTerm, 10*time.Second)
 	if err != nil {
 		term.Release()
 		return nil, fmt.Errorf("dial %s: %w", *proxyTerm, err)
 	}
-	termConn := rpcx.NewConn(tc, capnp.Client(term), nil)
+	conns := []*rpc.Conn{rpcx.NewConn(tc, capnp.Client(term), nil)}
+	if *proxySystem != "" {
+		system := res.System().AddRef()
+		sc, err := net.DialTimeout("unix", *proxySystem, 10*time.Second)
+		if err != nil {
+			system.Release()
+			return nil, fmt.Errorf("dial %s: %w", *proxySystem, err)
+		}
+		conns = append(conns, rpcx.NewConn(sc, capnp.Client(system), nil))
+	}
 
 	broker, err := rpcx.InheritedConn(rpcx.EnvBrokerFD)
 	if err != nil {
@@ -310,7 +324,13 @@ func proxy(ctx context.Context, sess oomdpb.Session) (func(), error) {
 			f.Close()
 		}
 	}()
-	return func() { closeConn(termConn); broker.Close(); hc.Close() }, nil
+	return func() {
+		for _, c := range conns {
+			closeConn(c)
+		}
+		broker.Close()
+		hc.Close()
+	}, nil
 }
 
 func closeConn(c *rpc.Conn) {
@@ -345,4 +365,46 @@ func answerMemstat(d *net.UnixConn) {
 			}
 		}()
 	}
+}
+
+// rebootWatcher answers RebootWatcher.rebooting as --reboot-watcher and --reboot-gate say,
+// logging "rebooting:<reason>" first.
+type rebootWatcher struct{}
+
+func (rebootWatcher) Rebooting(ctx context.Context, call oomdpb.RebootWatcher_rebooting) error {
+	event("rebooting:" + call.Args().Reason().String())
+	if *rebootWatch == "hang" {
+		<-ctx.Done() // never answers; execd gives up on us
+		return ctx.Err()
+	}
+	if *rebootGate != "" {
+		call.Go()
+		f, err := os.Open(*rebootGate)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if _, err := f.Read(make([]byte, 1)); err != nil {
+			return fmt.Errorf("reboot gate: %w", err)
+		}
+	}
+	event("rebooting-answered")
+	return nil
+}
+
+// watchReboot registers the watcher through the session and logs "watching" once execd
+// accepted it.
+func watchReboot(ctx context.Context, sess oomdpb.Session) error {
+	if *rebootWatch != "answer" && *rebootWatch != "hang" {
+		return fmt.Errorf("--reboot-watcher %q: want answer or hang", *rebootWatch)
+	}
+	f, rel := sess.WatchReboot(ctx, func(p oomdpb.Session_watchReboot_Params) error {
+		return p.SetWatcher(oomdpb.RebootWatcher_ServerToClient(rebootWatcher{}))
+	})
+	defer rel()
+	if _, err := f.Struct(); err != nil {
+		return fmt.Errorf("watchReboot: %w", err)
+	}
+	event("watching")
+	return nil
 }
