@@ -240,6 +240,33 @@ func TestTeardownRunsOnceAndRefusesTerminate(t *testing.T) {
 	assert.Equal(t, 0, h.stop())
 }
 
+func TestSIGTERMDuringTeardownLetsItFinishThenStopsTheWatchdog(t *testing.T) {
+	gate := filepath.Join(t.TempDir(), "gate")
+	require.NoError(t, unix.Mkfifo(gate, 0o600))
+	h := start(t, []svc{
+		child("logd", "--ready"),
+		withDeps(watchdog(), "logd"),
+		withDeps(child("gated", "--reboot-watcher", "answer", "--reboot-gate", gate), "wd"),
+	})
+	h.waitEvent("watching gated")
+	first := h.startTeardown(oomdpb.RebootReason_oom)
+	h.waitEvent("rebooting:oom gated")
+
+	require.NoError(t, h.cmd.Process.Signal(syscall.SIGTERM))
+	h.waitFor("execd to begin its own stop", func() bool { return strings.Contains(h.out.String(), "stopping all services") })
+	assert.Empty(t, sigterms(h.events()), "the stop waits for the teardown, which waits for the watcher")
+
+	g, err := os.OpenFile(gate, os.O_WRONLY, 0)
+	require.NoError(t, err)
+	_, err = g.Write([]byte{1})
+	require.NoError(t, err)
+	g.Close()
+	assert.Equal(t, 0, h.exitCode())
+	assert.Equal(t, []string{"gated", "logd", "wd"}, sigterms(h.events()),
+		"the teardown's order, then the watchdog, once each")
+	_, _ = first() // the watchdog may be gone before it passed the answer on
+}
+
 func TestExecdExitsWithTheWatchdogsStatusAfterTeardown(t *testing.T) {
 	h := start(t, []svc{
 		child("logd", "--ready"),
