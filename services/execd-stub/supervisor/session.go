@@ -2,7 +2,6 @@ package supervisor
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 	"unicode/utf8"
@@ -70,12 +69,7 @@ func (ss *session) Grants(_ context.Context, call oomdpb.Session_grants) error {
 // WatchReboot registers the child's reboot watcher (any child may): it is told before a
 // teardown stops services, and reported under this session's subject if it is late.
 func (ss *session) WatchReboot(_ context.Context, call oomdpb.Session_watchReboot) error {
-	w := call.Args().Watcher()
-	if !w.IsValid() {
-		return errors.New("watchReboot: watcher is a null capability")
-	}
-	// Params are released when this returns (CAPNP-NOTES trap 7): keep our own ref.
-	return ss.s.watchReboot(ss.p, w.AddRef())
+	return ss.s.watchReboot(ss.p, call.Args().Watcher())
 }
 
 // terminator is the Terminator capability, handed out only through the watchdog's

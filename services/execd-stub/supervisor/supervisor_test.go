@@ -133,3 +133,79 @@ func TestTerminateRefusalsWithoutProcesses(t *testing.T) {
 		assert.Zero(t, pid, tc.name)
 	}
 }
+
+// fakeRebootWatcher answers (or, with hold, waits for hold to close) and records what it
+// was told; released is closed when execd dropped its last reference.
+type fakeRebootWatcher struct {
+	told     chan oomdpb.RebootReason
+	hold     chan struct{}
+	released chan struct{}
+}
+
+func newFakeRebootWatcher(hold chan struct{}) *fakeRebootWatcher {
+	return &fakeRebootWatcher{told: make(chan oomdpb.RebootReason, 4), hold: hold, released: make(chan struct{})}
+}
+
+func (w *fakeRebootWatcher) Rebooting(ctx context.Context, call oomdpb.RebootWatcher_rebooting) error {
+	w.told <- call.Args().Reason()
+	if w.hold != nil {
+		select {
+		case <-w.hold:
+		case <-ctx.Done():
+		}
+	}
+	return nil
+}
+
+func (w *fakeRebootWatcher) Shutdown() { close(w.released) }
+
+func TestRebootWatchersWithoutProcesses(t *testing.T) {
+	m, err := manifest.Parse([]byte(`{"services": [
+		{"id": "a", "argv": ["x"]},
+		{"id": "b", "argv": ["x"]},
+		{"id": "c", "argv": ["x"]}]}`))
+	require.NoError(t, err)
+	s := New(Config{Manifest: m, Log: zaptest.NewLogger(t), RebootWatcherTimeout: 50 * time.Millisecond})
+	pa := &proc{svc: s.services["a"], instance: 1}
+	pb := &proc{svc: s.services["b"], instance: 1}
+	pc := &proc{svc: s.services["c"], instance: 1}
+	register := func(p *proc, w *fakeRebootWatcher) error {
+		c := oomdpb.RebootWatcher_ServerToClient(w)
+		defer c.Release() // as a call's params are: execd keeps its own reference
+		return s.watchReboot(p, c)
+	}
+
+	assert.ErrorContains(t, s.watchReboot(pa, oomdpb.RebootWatcher{}), "null capability")
+	replaced := newFakeRebootWatcher(nil)
+	require.NoError(t, register(pa, replaced))
+	answers := newFakeRebootWatcher(nil)
+	require.NoError(t, register(pa, answers))
+	select {
+	case <-replaced.released:
+	case <-time.After(10 * time.Second):
+		t.Fatal("a replaced watcher is released")
+	}
+	hold := make(chan struct{})
+	defer close(hold)
+	late := newFakeRebootWatcher(hold)
+	require.NoError(t, register(pb, late))
+	gone := newFakeRebootWatcher(nil)
+	require.NoError(t, register(pc, gone))
+	s.mu.Lock()
+	s.dropRebootWatcher(pc).Release() // c exited
+	s.mu.Unlock()
+
+	r, err := s.Teardown(oomdpb.RebootReason(99)) // an enumerant newer than execd
+	require.NoError(t, err)
+	assert.False(t, r.Graceful)
+	assert.Equal(t, []string{"b"}, r.WatchersTimedOut, "cut off at the bound")
+	assert.Empty(t, r.NotStopped, "nothing was running")
+	assert.Equal(t, oomdpb.RebootReason_unknown, <-answers.told, "unknown enumerants are passed on as unknown")
+	assert.Len(t, gone.told, 0, "the watcher of an exited instance is not told")
+
+	_, err = s.Teardown(oomdpb.RebootReason_oom)
+	assert.ErrorIs(t, err, ErrTeardownDone)
+	assert.ErrorContains(t, register(pa, newFakeRebootWatcher(nil)), "teardown has started")
+	refusal, _, _ := s.terminate("a", 1, 1, "test")
+	assert.Equal(t, oomdpb.Refusal_shuttingDown, refusal)
+}

@@ -51,9 +51,12 @@ type namedWatcher struct {
 	client  oomdpb.RebootWatcher
 }
 
-// watchReboot registers w (taking over the reference) as p's subject's reboot watcher,
-// replacing an earlier one of that subject.
+// watchReboot registers w, a call's parameter (it keeps its own reference), as p's
+// subject's reboot watcher, replacing an earlier one of that subject.
 func (s *Supervisor) watchReboot(p *proc, w oomdpb.RebootWatcher) error {
+	if !w.IsValid() {
+		return errors.New("watchReboot: watcher is a null capability")
+	}
 	s.mu.Lock()
 	var err error
 	var old oomdpb.RebootWatcher
@@ -68,18 +71,17 @@ func (s *Supervisor) watchReboot(p *proc, w oomdpb.RebootWatcher) error {
 		if prev := s.rebootWatchers[p.svc.spec.ID]; prev != nil {
 			old = prev.client
 		}
-		s.rebootWatchers[p.svc.spec.ID] = &rebootWatcher{instance: p.instance, client: w}
+		// Params are released when the call returns (CAPNP-NOTES trap 7).
+		s.rebootWatchers[p.svc.spec.ID] = &rebootWatcher{instance: p.instance, client: w.AddRef()}
 	}
 	s.mu.Unlock()
 	if err != nil {
-		w.Release()
 		return err
 	}
-	if old.IsValid() {
-		old.Release()
-	}
+	replaced := old.IsValid()
+	old.Release()
 	s.log.Info("reboot watcher registered", zap.String("subject", p.svc.spec.ID),
-		zap.Uint64("instance", p.instance), zap.Bool("replaced", old.IsValid()))
+		zap.Uint64("instance", p.instance), zap.Bool("replaced", replaced))
 	return nil
 }
 
@@ -262,12 +264,7 @@ func (sc *systemControl) Teardown(_ context.Context, call oomdpb.SystemControl_t
 }
 
 func (sc *systemControl) WatchReboot(_ context.Context, call oomdpb.SystemControl_watchReboot) error {
-	w := call.Args().Watcher()
-	if !w.IsValid() {
-		return errors.New("watchReboot: watcher is a null capability")
-	}
-	// Params are released when this returns (CAPNP-NOTES trap 7): keep our own ref.
-	return sc.s.watchReboot(sc.p, w.AddRef())
+	return sc.s.watchReboot(sc.p, call.Args().Watcher())
 }
 
 // setTextList fills a new text list of len(items) made by alloc.
