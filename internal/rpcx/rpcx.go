@@ -6,7 +6,8 @@
 // It exists so that the traps measured in shared/CAPNP-NOTES.md are handled once:
 // rpc.Serve shares one bootstrap across connections (we never use it), the rpc logger
 // reports every peer disconnect at ERROR (we demote it), and an oversized frame must
-// close only that connection (the bounded codec does).
+// close only that connection (the bounded codec does), and a peer that writes calls
+// without reading the answers must not grow this side without bound (limit.go).
 package rpcx
 
 import (
@@ -31,32 +32,30 @@ import (
 // bytes); anything larger is a broken or hostile peer and closes that connection.
 const DefaultMaxMessageBytes = 1 << 20
 
-// codec is a transport.Codec whose decoder refuses frames above a size bound.
-type codec struct {
-	dec *capnp.Decoder
-	enc *capnp.Encoder
-	c   io.Closer
-}
-
-func (c *codec) Encode(m *capnp.Message) error   { return c.enc.Encode(m) }
-func (c *codec) Decode() (*capnp.Message, error) { return c.dec.Decode() }
-func (c *codec) Close() error                    { return c.c.Close() }
-
 // NewTransport wraps rwc in a Cap'n Proto stream transport that rejects frames larger
-// than maxBytes (DefaultMaxMessageBytes if 0).
+// than maxBytes (DefaultMaxMessageBytes if 0) and applies DefaultLimits otherwise.
 func NewTransport(rwc io.ReadWriteCloser, maxBytes uint64) transport.Transport {
-	if maxBytes == 0 {
-		maxBytes = DefaultMaxMessageBytes
-	}
-	dec := capnp.NewDecoder(rwc)
-	dec.MaxMessageSize = maxBytes
-	return transport.New(&codec{dec: dec, enc: capnp.NewEncoder(rwc), c: rwc})
+	lim := DefaultLimits
+	lim.MaxMessageBytes = maxBytes
+	return NewLimitedTransport(rwc, lim, nil)
 }
 
-// NewConn starts a Cap'n Proto connection on rwc. bootstrap (may be the zero Client) is
-// what the peer gets from Bootstrap; the connection takes over that reference.
+// NewLimitedTransport wraps rwc in a Cap'n Proto stream transport that enforces lim.
+func NewLimitedTransport(rwc io.ReadWriteCloser, lim Limits, log *zap.Logger) transport.Transport {
+	return transport.New(newLimitCodec(rwc, lim, log))
+}
+
+// NewConn starts a Cap'n Proto connection on rwc with DefaultLimits. bootstrap (may be
+// the zero Client) is what the peer gets from Bootstrap; the connection takes over that
+// reference.
 func NewConn(rwc io.ReadWriteCloser, bootstrap capnp.Client, log *zap.Logger) *rpc.Conn {
-	return rpc.NewConn(NewTransport(rwc, 0), &rpc.Options{
+	return NewLimitedConn(rwc, bootstrap, log, DefaultLimits)
+}
+
+// NewLimitedConn is NewConn with explicit limits (e.g. PublisherLimits for a connection
+// from an untrusted subject).
+func NewLimitedConn(rwc io.ReadWriteCloser, bootstrap capnp.Client, log *zap.Logger, lim Limits) *rpc.Conn {
+	return rpc.NewConn(NewLimitedTransport(rwc, lim, log), &rpc.Options{
 		BootstrapClient: bootstrap,
 		Logger:          Logger(log),
 	})

@@ -1,0 +1,286 @@
+package rpcx
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+
+	capnp "capnproto.org/go/capnp/v3"
+	"capnproto.org/go/capnp/v3/rpc/transport"
+	rpccp "capnproto.org/go/capnp/v3/std/capnp/rpc"
+	"go.uber.org/zap"
+)
+
+// Limits bound what one peer can make this side of a connection hold.
+//
+// go-capnp (v3.1.0-alpha.2) has no receive-side flow control: every incoming call is
+// queued for its server object without limit, its Return waits in an unbounded send
+// queue until the socket takes it, and each answer stays in the connection's table
+// until the peer sends Finish (upstream capnproto/go-capnp#194 lists a per-connection
+// limit as future work; the C++ implementation has one, RpcSystem::setFlowLimit). A
+// peer that writes call frames without reading grows the server by ~2.7 KB per call,
+// measured in docs/perf.md. The codec below closes that gap under go-capnp, in the
+// byte stream: it counts the questions (Call and Bootstrap messages) it hands to the
+// rpc layer and the Return messages the rpc layer writes back for them, and watches the
+// peer's Finish messages.
+type Limits struct {
+	// MaxUnreturned bounds incoming questions whose Return has not yet been written.
+	// At the bound the reader holds the next question until one returns, so the
+	// socket fills and the peer's writes block: backpressure, nothing dropped. A peer
+	// that reads its Returns keeps going; one that never reads stops. 0: no bound.
+	MaxUnreturned int
+	// FinishOnReturn makes the codec hand the rpc layer a Finish for every call as soon
+	// as its Return is written, and drop the peer's own Finish when it comes. go-capnp
+	// otherwise keeps each answer, with its return message, until the peer's Finish: a
+	// peer that never sends one grows the table without bound, and even an honest
+	// go-capnp client sends its Finishes late (one goroutine per stream call releases
+	// the answer; thousands lag behind under load). Only for connections on which
+	// nothing is pipelined on a call's results, such as a MemstatSink whose one method
+	// streams (empty results). Bootstrap answers are never finished early (clients
+	// pipeline on them); more than maxOpenBootstraps unfinished ones close the
+	// connection.
+	FinishOnReturn bool
+	// MaxMessageBytes bounds one frame (DefaultMaxMessageBytes if 0); a larger one
+	// closes the connection.
+	MaxMessageBytes uint64
+}
+
+// DefaultLimits apply to every connection made with NewConn: backpressure after 256
+// unreturned calls, 1 MiB frames.
+var DefaultLimits = Limits{MaxUnreturned: 256}
+
+// PublisherLimits are for connections whose peer is an untrusted subject that only
+// publishes memstat (oomd's brokered MemstatSink connections). A sample call is about
+// 150 bytes, so 4 KiB frames leave ample room. What one such peer can make oomd hold is
+// then about 64 frames of at most 4 KiB plus go-capnp's per-call state for them, and
+// the returns of those 64 calls (docs/perf.md measures it).
+var PublisherLimits = Limits{MaxUnreturned: 64, FinishOnReturn: true, MaxMessageBytes: 4 << 10}
+
+// maxOpenBootstraps bounds Bootstrap answers without Finish under FinishOnReturn.
+const maxOpenBootstraps = 8
+
+// ErrTooManyBootstraps ends a connection whose peer keeps more than maxOpenBootstraps
+// Bootstrap questions open.
+var ErrTooManyBootstraps = errors.New("peer keeps too many bootstrap questions open")
+
+// limitCodec is a transport.Codec that enforces Limits.
+type limitCodec struct {
+	dec *capnp.Decoder
+	enc *capnp.Encoder
+	c   io.Closer
+	lim Limits
+	log *zap.Logger
+
+	mu         sync.Mutex
+	cond       *sync.Cond
+	open       map[uint32]answerState // questions received, not both returned and finished
+	unreturned int
+	bootstraps int      // open bootstrap questions
+	finishes   []uint32 // calls returned under FinishOnReturn, to be finished on the peer's behalf
+	closed     bool
+	stalls     uint64 // times the reader held a question at the bound
+}
+
+type answerState uint8
+
+const (
+	returned answerState = 1 << iota
+	finished
+	bootstrap
+)
+
+func newLimitCodec(rwc io.ReadWriteCloser, lim Limits, log *zap.Logger) *limitCodec {
+	if lim.MaxMessageBytes == 0 {
+		lim.MaxMessageBytes = DefaultMaxMessageBytes
+	}
+	if log == nil {
+		log = zap.NewNop()
+	}
+	dec := capnp.NewDecoder(rwc)
+	dec.MaxMessageSize = lim.MaxMessageBytes
+	c := &limitCodec{dec: dec, enc: capnp.NewEncoder(rwc), c: rwc, lim: lim, log: log, open: make(map[uint32]answerState)}
+	c.cond = sync.NewCond(&c.mu)
+	return c
+}
+
+// Decode returns the next message for the rpc layer: first any Finish owed on the
+// peer's behalf, then the next frame. A question (Call or Bootstrap) is handed on only
+// while fewer than MaxUnreturned are unreturned; until then this read, and so the
+// socket, waits.
+func (c *limitCodec) Decode() (*capnp.Message, error) {
+	for {
+		if m := c.owedFinish(); m != nil {
+			return m, nil
+		}
+		m, err := c.dec.Decode()
+		if err != nil {
+			return nil, err
+		}
+		rm, err := rpccp.ReadRootMessage(m)
+		if err != nil {
+			return m, nil // the rpc layer reports it
+		}
+		switch rm.Which() {
+		case rpccp.Message_Which_call:
+			call, err := rm.Call()
+			if err != nil {
+				return m, nil
+			}
+			if err := c.admit(call.QuestionId(), false); err != nil {
+				return nil, err
+			}
+		case rpccp.Message_Which_bootstrap:
+			b, err := rm.Bootstrap()
+			if err != nil {
+				return m, nil
+			}
+			if err := c.admit(b.QuestionId(), true); err != nil {
+				return nil, err
+			}
+		case rpccp.Message_Which_finish:
+			fin, err := rm.Finish()
+			if err == nil && !c.finish(fin.QuestionId()) {
+				continue // already finished on the peer's behalf
+			}
+		}
+		return m, nil
+	}
+}
+
+func (c *limitCodec) owedFinish() *capnp.Message {
+	c.mu.Lock()
+	if len(c.finishes) == 0 {
+		c.mu.Unlock()
+		return nil
+	}
+	qid := c.finishes[0]
+	c.finishes = c.finishes[1:]
+	if len(c.finishes) == 0 {
+		c.finishes = c.finishes[:0:0] // let the backing array go
+	}
+	c.mu.Unlock()
+	msg, seg, err := capnp.NewMessage(capnp.SingleSegment(make([]byte, 0, 64)))
+	if err != nil {
+		return nil
+	}
+	m, err := rpccp.NewRootMessage(seg)
+	if err != nil {
+		return nil
+	}
+	fin, err := m.NewFinish()
+	if err != nil {
+		return nil
+	}
+	fin.SetQuestionId(qid)
+	fin.SetReleaseResultCaps(false) // the peer got the Return; its caps are its own now
+	return msg
+}
+
+func (c *limitCodec) admit(qid uint32, boot bool) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, dup := c.open[qid]; dup {
+		return nil // a reused question id: the rpc layer rejects it
+	}
+	if boot && c.lim.FinishOnReturn && c.bootstraps >= maxOpenBootstraps {
+		return fmt.Errorf("%w (%d)", ErrTooManyBootstraps, c.bootstraps)
+	}
+	if c.lim.MaxUnreturned > 0 && c.unreturned >= c.lim.MaxUnreturned {
+		c.stalls++
+		if c.stalls == 1 {
+			c.log.Debug("peer reached the bound on unreturned calls; reading paused until one returns",
+				zap.Int("unreturned", c.unreturned))
+		}
+		for !c.closed && c.unreturned >= c.lim.MaxUnreturned {
+			c.cond.Wait()
+		}
+		if c.closed {
+			return io.ErrClosedPipe
+		}
+	}
+	var st answerState
+	if boot {
+		st = bootstrap
+		c.bootstraps++
+	}
+	c.open[qid] = st
+	c.unreturned++
+	return nil
+}
+
+// finish notes the peer's Finish and reports whether to pass it on.
+func (c *limitCodec) finish(qid uint32) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	st, ok := c.open[qid]
+	if !ok {
+		// Unknown: either finished on the peer's behalf (drop it) or a protocol error
+		// the rpc layer should see.
+		return !c.lim.FinishOnReturn
+	}
+	if st&returned != 0 {
+		c.forget(qid, st)
+		return true
+	}
+	c.open[qid] = st | finished
+	return true
+}
+
+func (c *limitCodec) forget(qid uint32, st answerState) {
+	delete(c.open, qid)
+	if st&bootstrap != 0 {
+		c.bootstraps--
+	}
+}
+
+// Encode writes a frame. A Return (or an Unimplemented echoing a call) for a counted
+// question is accounted before the write, so a peer that reads the Return and reuses
+// its question id can never race the bookkeeping.
+func (c *limitCodec) Encode(m *capnp.Message) error {
+	if rm, err := rpccp.ReadRootMessage(m); err == nil {
+		switch rm.Which() {
+		case rpccp.Message_Which_return:
+			if r, err := rm.Return(); err == nil {
+				c.returned(r.AnswerId(), false)
+			}
+		case rpccp.Message_Which_unimplemented:
+			if u, err := rm.Unimplemented(); err == nil && u.Which() == rpccp.Message_Which_call {
+				if call, err := u.Call(); err == nil {
+					c.returned(call.QuestionId(), true)
+				}
+			}
+		}
+	}
+	return c.enc.Encode(m)
+}
+
+func (c *limitCodec) returned(qid uint32, done bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	st, ok := c.open[qid]
+	if !ok || st&returned != 0 {
+		return
+	}
+	c.unreturned--
+	c.cond.Signal()
+	switch {
+	case done || st&finished != 0:
+		c.forget(qid, st)
+	case c.lim.FinishOnReturn && st&bootstrap == 0:
+		c.forget(qid, st)
+		c.finishes = append(c.finishes, qid)
+	default:
+		c.open[qid] = st | returned
+	}
+}
+
+func (c *limitCodec) Close() error {
+	c.mu.Lock()
+	c.closed = true
+	c.cond.Broadcast()
+	c.mu.Unlock()
+	return c.c.Close()
+}
+
+func transportFor(c *limitCodec) transport.Transport { return transport.New(c) }
