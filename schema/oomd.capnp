@@ -293,7 +293,8 @@ enum RebootReason {
 }
 
 struct TeardownReport {
-  graceful @0 :Bool;            # every service stopped within its own stop timeout
+  graceful @0 :Bool;            # every service stopped within its stop timeout and every
+                                # reboot watcher answered within its bound
   teardownMs @1 :UInt32;        # how long the teardown took
   notStopped @2 :List(Text);    # services that needed SIGKILL, in stop order
   watchersTimedOut @3 :List(Text); # reboot watchers that did not answer in time
