@@ -34,6 +34,9 @@ func main() {
 	flag.StringVar(&o.sys.Meminfo, "meminfo", "/proc/meminfo", "where MemAvailable is read for pressure levels (tests write their own)")
 	flag.StringVar(&o.sys.RecordPath, "reboot-record", "", "reboot record store: a file or a raw block device (4 KiB at offset 0); empty = none")
 	flag.StringVar(&o.sys.Action, "reboot-action", "exit:0", "after a system OOM or requested reboot: exit:N, command:ARGV, or reboot (sync + reboot(2))")
+	flag.StringVar(&o.spill, "spill", "", "audit spill file (in the runtime dir): where audit records go, fsync'ed, when logd is unreachable or slower than --audit-sync-timeout; replayed to logd later. Empty = none: records wait for logd")
+	flag.Int64Var(&o.spillMax, "spill-max-bytes", daemon.DefaultSpillMaxBytes, "bound of the spill file; when full, records wait in memory and so do their kills")
+	flag.DurationVar(&o.syncTimeout, "audit-sync-timeout", daemon.DefaultAuditSyncTimeout, "with --spill: how long logd may take to acknowledge audit records before they are spilled")
 	flag.Parse()
 
 	log := logx.New("oomd")
@@ -53,6 +56,9 @@ type options struct {
 	enableInject             bool
 	ring                     int
 	sys                      daemon.SystemOptions
+	spill                    string
+	spillMax                 int64
+	syncTimeout              time.Duration
 }
 
 func run(ctx context.Context, o options, log *zap.Logger) error {
@@ -84,12 +90,22 @@ func run(ctx context.Context, o options, log *zap.Logger) error {
 	}
 	defer closeSys()
 
+	auditor := daemon.NewLogdAuditor(o.logd, log)
+	if o.spill != "" {
+		sp, err := daemon.OpenSpill(o.spill, o.spillMax, log)
+		if err != nil {
+			return err
+		}
+		defer sp.Close()
+		auditor.UseSpill(sp, o.syncTimeout)
+	}
 	d, err := daemon.New(daemon.Config{
 		Policy: pol, RingSize: o.ring, EnableInject: o.enableInject, Markers: os.Stdout, Log: log, System: sys,
-	}, daemon.NewLogdAuditor(o.logd, log), daemon.ExecdTerminator{T: term})
+	}, auditor, daemon.ExecdTerminator{T: term})
 	if err != nil {
 		return err
 	}
+	auditor.SetSpillHook(d.AuditSpilled)
 	if err := d.Start(ctx); err != nil {
 		return err
 	}

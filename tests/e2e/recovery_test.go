@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"os"
 	"syscall"
 	"testing"
 	"time"
@@ -90,6 +91,19 @@ func checkWriterSequence(t *testing.T, entries []auditEntry) []auditEntry {
 	return mine
 }
 
+// waitAudit reads logd's journal through oomd until it holds a record of kind about
+// subject, and returns all entries.
+func waitAudit(t *testing.T, ctx context.Context, c *ctlclient.Client, subject string, kind oomdpb.EventKind) []auditEntry {
+	t.Helper()
+	for {
+		entries := readAudit(t, ctx, c)
+		if _, ok := find(entries, subject, kind); ok {
+			return entries
+		}
+		waitTicks(t, ctx, c, 1)
+	}
+}
+
 func find(entries []auditEntry, subject string, kind oomdpb.EventKind) (auditEntry, bool) {
 	for _, e := range entries {
 		if e.subject == subject && e.kind == kind {
@@ -147,5 +161,77 @@ func TestRestartedOomdStillKills(t *testing.T) {
 	require.True(t, ok, "the restarted oomd's kill decision is in logd: %+v", mine)
 	assert.Equal(t, killed.Decision, decided.decision)
 	assert.Greater(t, decided.writerSeq, denied.writerSeq, "the new oomd continues the writer sequence")
+	require.NoError(t, s.stop(20*time.Second))
+}
+
+// TestLogdOutageSpillsAndReplaysExactlyOnce: logd is SIGKILLed mid-run and cannot come
+// back for a while (its journal directory is out of the way, so execd's restarts fail).
+// oomd spills the audit records to its own fsync'ed file, which counts as the durable
+// audit: a hog that crosses hardBytes is still killed while logd is down. When logd can
+// start again, execd's next restart brings it back with its sequence numbers, oomd
+// replays the spill, and every audit record is in logd exactly once, in order.
+func TestLogdOutageSpillsAndReplaysExactlyOnce(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	s := startStack(t, recoveryManifest(`, "--spill", "${RUNTIME_DIR}/audit.spill"`), map[string]string{"policy.json": policyJSON})
+	c := dialClient(t, ctx, s)
+	for _, subj := range []string{"hog", "pinned"} {
+		_, err := c.WaitEvent(ctx, subj+" registered", ctlclient.IsKind(subj, "subjectRegistered"))
+		require.NoError(t, err)
+	}
+	// Before the outage: a denial, durable in logd.
+	require.NoError(t, c.Inject(ctx, "pinned", 16<<20))
+	_, err := c.WaitEvent(ctx, "pinned denied", ctlclient.IsKind("pinned", "killDenied"))
+	require.NoError(t, err)
+	before := waitAudit(t, ctx, c, "pinned", oomdpb.EventKind_killDenied)
+
+	// The outage: freeze logd, put a file where its journal directory was, kill it.
+	logdPid := pidOf(t, s, "logd")
+	require.NoError(t, syscall.Kill(logdPid, syscall.SIGSTOP))
+	journalDir, aside := s.path("journal"), s.path("journal.aside")
+	require.NoError(t, os.Rename(journalDir, aside))
+	require.NoError(t, os.WriteFile(journalDir, nil, 0o600))
+	require.NoError(t, syscall.Kill(logdPid, syscall.SIGKILL))
+	s.waitLine(`exited	{"subject": "logd", "instance": 2`, 20*time.Second) // a restart that failed
+
+	require.NoError(t, c.Inject(ctx, "hog", 16<<20))
+	spilled, err := c.WaitEvent(ctx, "auditSpilled", ctlclient.IsKind("", "auditSpilled"))
+	require.NoError(t, err)
+	assert.Contains(t, spilled.Reason, "cause=logd")
+	killed, err := c.WaitEvent(ctx, "hog killed while logd is down", ctlclient.IsKind("hog", "killed"))
+	require.NoError(t, err)
+	s.waitLine("oomd: kill app=hog", 10*time.Second)
+	// logd is still down: every instance after the first exited without becoming ready.
+	assert.Equal(t, 1, s.lines.count("logd ready"), "logd came back before the kill")
+	fi, err := os.Stat(s.path("audit.spill"))
+	require.NoError(t, err)
+	assert.Positive(t, fi.Size(), "the kill decision's record is durable in the spill file")
+	af, arel := c.Ctl.Audit(ctx, func(p oomdpb.Control_audit_Params) error { p.SetLimit(1); return nil })
+	_, err = af.Struct()
+	arel()
+	assert.Error(t, err, "logd is not connected")
+
+	// logd can start again: execd's next restart brings it back.
+	require.NoError(t, os.Remove(journalDir))
+	require.NoError(t, os.Rename(aside, journalDir))
+	s.waitCount("logd ready", 2, 60*time.Second)
+	s.waitLine("spill file replayed to logd and emptied", 30*time.Second)
+	fi, err = os.Stat(s.path("audit.spill"))
+	require.NoError(t, err)
+	assert.Zero(t, fi.Size(), "the spill is emptied once logd has every record")
+
+	after := readAudit(t, ctx, c)
+	mine := checkWriterSequence(t, after)
+	for i := 1; i < len(after); i++ {
+		require.Greater(t, after[i].seq, after[i-1].seq, "logd's journal seqs only grow across its restart")
+	}
+	for i, e := range before {
+		assert.Equal(t, e, after[i], "what logd held before the outage keeps its place and sequence numbers")
+	}
+	decided, ok := find(mine, "hog", oomdpb.EventKind_killDecided)
+	require.True(t, ok, "the spilled kill decision reached logd: %+v", mine)
+	assert.Equal(t, killed.Decision, decided.decision)
+	_, ok = find(mine, "pinned", oomdpb.EventKind_killDenied)
+	assert.True(t, ok)
 	require.NoError(t, s.stop(20*time.Second))
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sort"
 	"sync"
 	"time"
 
@@ -20,16 +21,51 @@ import (
 // WriterName is how oomd names itself to logd.
 const WriterName = "oomd"
 
-// LogdAuditor makes the core's audit records durable in logd. A record counts only
-// when logd's sync returned past it (fsync'ed); only then is the core told, so no
-// terminate request can overtake its audit record (security invariant 3).
+// DefaultAuditSyncTimeout is how long, with a spill file, oomd lets logd take to make a
+// batch of audit records durable before it writes them to the spill file instead
+// (--audit-sync-timeout). logd's fsync of a few records takes single-digit
+// milliseconds here; 200 ms is far above that yet adds at most 200 ms to a kill when
+// logd hangs (the kill path's budget is one sample period + 20 ms in the normal case).
+const DefaultAuditSyncTimeout = 200 * time.Millisecond
+
+const (
+	// startTimeout bounds the wait for logd at start when there is no spilled record to
+	// continue from (the writer position is then only known to logd).
+	startTimeout = 10 * time.Second
+	// dialTimeout bounds one connect + open (a frozen logd accepts but never answers).
+	dialTimeout = 2 * time.Second
+	// replayChunk records are replayed per sync, so a record produced meanwhile waits
+	// for at most one chunk (itself bounded by the sync timeout).
+	replayChunk = 64
+)
+
+// LogdAuditor makes the core's audit records durable. A record counts only when logd's
+// sync returned past it (fsync'ed) or, with a spill file (UseSpill), when it was
+// fsync'ed into the spill; only then is the core told, so no terminate request can
+// overtake its audit record (security invariant 3).
 //
 // The core numbers records from 1 in every oomd run; logd's per-writer sequence
-// survives restarts. The auditor maps one onto the other with the offset logd reported
-// when this run first opened the journal.
+// survives restarts. The auditor maps one onto the other with an offset (base): logd's
+// lastWriterSeq when this run first opened the journal, or the last spilled record's
+// journal seq when the run started with a non-empty spill file (which then holds the
+// newest records this writer ever produced: once a record is spilled, every later one
+// is too, until logd has them all and the spill is emptied).
+//
+// With a spill file, audit never waits for logd beyond the sync timeout: when logd is
+// unreachable, or does not acknowledge a batch within it, the pending records go to the
+// spill file and are acknowledged from there (InputAuditSpilled, through the spill
+// hook). While the spill holds records, new ones are appended to it too, so logd
+// receives every record in writerSeq order. When logd is reachable the spill is
+// replayed in chunks (logd drops as duplicates what it already has), and emptied once
+// logd acknowledged its last record. Records produced meanwhile go first. Without a
+// spill file, records wait for logd however long it takes.
 type LogdAuditor struct {
 	path string
 	log  *zap.Logger
+
+	spill       *Spill // nil: no spill file
+	syncTimeout time.Duration
+	onSpill     func(upTo uint64, reason string)
 
 	mu      sync.Mutex
 	pending []policy.AuditRecord // submitted, not yet durable, in WriterSeq order
@@ -41,14 +77,33 @@ type LogdAuditor struct {
 
 // NewLogdAuditor returns an auditor for the logd socket at path.
 func NewLogdAuditor(path string, log *zap.Logger) *LogdAuditor {
-	return &LogdAuditor{path: path, log: log.Named("audit"), wake: make(chan struct{}, 1)}
+	return &LogdAuditor{path: path, log: log.Named("audit"), wake: make(chan struct{}, 1),
+		syncTimeout: DefaultAuditSyncTimeout}
 }
+
+// UseSpill gives the auditor a spill file and the bound on logd's sync (0 = the
+// default). Call it before Start.
+func (a *LogdAuditor) UseSpill(s *Spill, syncTimeout time.Duration) {
+	a.spill = s
+	if syncTimeout > 0 {
+		a.syncTimeout = syncTimeout
+	}
+}
+
+// SetSpillHook sets what is called, instead of the ack callback, when records up to
+// upTo (core numbering) were made durable in the spill file; the daemon steps
+// InputAuditSpilled with it. Without a hook the ack callback is called.
+func (a *LogdAuditor) SetSpillHook(f func(upTo uint64, reason string)) { a.onSpill = f }
 
 // Submit queues records; they are sent in order by the auditor's goroutine.
 func (a *LogdAuditor) Submit(recs []policy.AuditRecord) {
 	a.mu.Lock()
 	a.pending = append(a.pending, recs...)
 	a.mu.Unlock()
+	a.nudge()
+}
+
+func (a *LogdAuditor) nudge() {
 	select {
 	case a.wake <- struct{}{}:
 	default:
@@ -65,10 +120,22 @@ func (a *LogdAuditor) Journal() (oomdpb.Journal, bool) {
 	return a.journal.AddRef(), true
 }
 
-// Start connects to logd (waiting up to startTimeout for it) and then keeps the
-// connection, reconnecting with backoff when logd goes away.
+// Start connects to logd and then keeps the connection, reconnecting with backoff when
+// logd goes away. With spilled records from an earlier run it continues from them at
+// once and leaves connecting (and replaying) to the background; otherwise it waits up to
+// startTimeout for logd, which alone knows where this writer's sequence stands.
 func (a *LogdAuditor) Start(ctx context.Context, ack func(upTo uint64)) error {
-	const startTimeout = 10 * time.Second
+	if a.spill != nil {
+		if last, ok := a.spill.Last(); ok {
+			a.mu.Lock()
+			a.base, a.opened = last, true
+			a.mu.Unlock()
+			a.log.Info("continuing from the spill file; logd gets it when reachable", zap.Uint64("base", last),
+				zap.Int("spilled", a.spill.Len()))
+			go a.run(ctx, nil, ack)
+			return nil
+		}
+	}
 	sctx, cancel := context.WithTimeout(ctx, startTimeout)
 	defer cancel()
 	var (
@@ -93,6 +160,8 @@ type logdSession struct {
 	conn     *rpc.Conn
 	appender oomdpb.Appender
 	last     uint64 // logd's lastWriterSeq at open
+	sent     uint64 // highest journal writerSeq sent on this session
+	durable  uint64 // highest journal writerSeq logd acknowledged on this session
 }
 
 func (s *logdSession) close() {
@@ -111,119 +180,298 @@ func (a *LogdAuditor) connect(ctx context.Context) (*logdSession, error) {
 	res, err := f.Struct()
 	if err != nil {
 		journal.Release()
-		conn.Close()
+		go conn.Close() // may wait on a frozen peer (CAPNP-NOTES trap 2)
 		return nil, fmt.Errorf("open journal: %w", err)
 	}
-	s := &logdSession{conn: conn, appender: res.Appender().AddRef(), last: res.LastWriterSeq()}
+	last := res.LastWriterSeq()
+	s := &logdSession{conn: conn, appender: res.Appender().AddRef(), last: last, sent: last, durable: last}
 	// The limiter must sit on the reference we call through (CAPNP-NOTES trap 4).
 	s.appender.SetFlowLimiter(flowcontrol.NewFixedLimiter(64 << 10))
 	a.mu.Lock()
 	if !a.opened {
 		a.base, a.opened = s.last, true
 	}
+	base := a.base
 	if a.journal.IsValid() {
 		a.journal.Release()
 	}
 	a.journal = journal
 	a.mu.Unlock()
-	a.log.Info("connected to logd", zap.String("socket", a.path), zap.Uint64("lastWriterSeq", s.last))
+	if a.spill != nil {
+		if sl, ok := a.spill.Last(); ok && last > sl {
+			// Cannot happen while logd keeps what it acknowledged: every record after the
+			// first spilled one was spilled. Our next records would be dropped as
+			// duplicates, so say it loudly.
+			a.log.Error("logd holds records of ours beyond the spill file", zap.Uint64("lastWriterSeq", last),
+				zap.Uint64("spillLast", sl), zap.Uint64("base", base))
+		}
+	}
+	a.log.Info("connected to logd", zap.String("socket", a.path), zap.Uint64("lastWriterSeq", last))
 	return s, nil
 }
 
+// run is the auditor's only goroutine touching sessions and the spill file.
 func (a *LogdAuditor) run(ctx context.Context, s *logdSession, ack func(uint64)) {
-	sent := s.last // highest journal writerSeq sent on this session
-	for {
-		if s == nil {
-			var err error
-			for backoff := 50 * time.Millisecond; s == nil; backoff = min(backoff*2, 2*time.Second) {
-				select {
-				case <-ctx.Done():
-					return
-				case <-time.After(backoff):
-				}
-				if s, err = a.connect(ctx); err != nil {
-					a.log.Warn("logd unreachable; audit records wait", zap.Error(err))
-				}
-			}
-			sent = s.last
-		}
-		err := a.flush(ctx, s, &sent, ack)
-		if err == nil {
-			select {
-			case <-ctx.Done():
-				s.close()
-				return
-			case <-s.conn.Done():
-				err = errors.New("logd connection closed")
-			case <-a.wake:
-				continue
-			}
-		}
-		if ctx.Err() != nil {
-			s.close()
+	sessions := make(chan *logdSession, 1)
+	dialing := false
+	backoff := time.Duration(0)
+	dial := func() {
+		if dialing || s != nil {
 			return
 		}
+		dialing = true
+		go func(delay time.Duration) {
+			select {
+			case <-ctx.Done():
+				sessions <- nil
+				return
+			case <-time.After(delay):
+			}
+			dctx, cancel := context.WithTimeout(ctx, dialTimeout)
+			ns, err := a.connect(dctx)
+			cancel()
+			if err != nil {
+				a.log.Warn("logd unreachable", zap.Error(err), zap.Bool("spill", a.spill != nil))
+			}
+			sessions <- ns
+		}(backoff)
+	}
+	cause := "logd unreachable"
+	drop := func(err error) {
 		a.log.Warn("lost logd; reconnecting", zap.Error(err))
-		s.close()
+		go s.close() // may wait on a frozen peer (CAPNP-NOTES trap 2)
+		s = nil
 		a.mu.Lock()
 		if a.journal.IsValid() {
 			a.journal.Release()
 			a.journal = oomdpb.Journal{}
 		}
 		a.mu.Unlock()
-		s = nil
+		cause = truncate("logd: "+err.Error(), 120)
+	}
+	var retry <-chan time.Time
+	spillRetry := 50 * time.Millisecond
+	defer func() {
+		if s != nil {
+			go s.close()
+		}
+	}()
+
+	for {
+		if ctx.Err() != nil {
+			return
+		}
+		recs := a.snapshot()
+		spilled := a.spill != nil && a.spill.Len() > 0
+		switch {
+		case len(recs) > 0 && a.spill != nil && (spilled || s == nil):
+			// Pending records first: they may hold a kill. Behind spilled records they go
+			// to the spill too, to keep logd's order.
+			reason := cause
+			if spilled && s != nil {
+				reason = "earlier records not yet replayed to logd"
+			}
+			if err := a.spillRecords(recs, reason, ack); err != nil {
+				a.log.Error("audit records could not be spilled; they wait (and so do their kills)",
+					zap.Int("pending", len(recs)), zap.Error(err))
+				retry = time.After(spillRetry)
+				spillRetry = min(spillRetry*2, 2*time.Second)
+				break
+			}
+			spillRetry = 50 * time.Millisecond
+			continue
+		case len(recs) > 0 && s != nil:
+			if err := a.flush(ctx, s, recs, ack); err != nil {
+				if ctx.Err() != nil {
+					return
+				}
+				drop(err)
+				continue // with a spill file the records go there now
+			}
+			continue
+		case len(recs) == 0 && spilled && s != nil:
+			done, err := a.replay(ctx, s)
+			if err != nil {
+				if ctx.Err() != nil {
+					return
+				}
+				drop(fmt.Errorf("replay: %w", err))
+				break
+			}
+			if done {
+				n, _ := a.spill.Last()
+				if err := a.spill.Reset(); err != nil {
+					a.log.Error("could not empty the replayed spill file", zap.Error(err))
+					retry = time.After(time.Second)
+					break
+				}
+				a.log.Info("spill file replayed to logd and emptied", zap.Uint64("upTo", n))
+			}
+			continue
+		}
+
+		if s == nil {
+			dial()
+		}
+		var connDone <-chan struct{}
+		if s != nil {
+			connDone = s.conn.Done()
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-a.wake:
+		case <-retry:
+			retry = nil
+		case ns := <-sessions:
+			dialing = false
+			if ns == nil {
+				backoff = min(max(backoff*2, 50*time.Millisecond), 2*time.Second)
+			} else {
+				s, backoff = ns, 0
+			}
+		case <-connDone:
+			drop(errors.New("logd connection closed"))
+		}
 	}
 }
 
-// flush sends every pending record not yet sent on this session, syncs, and acks what
-// became durable.
-func (a *LogdAuditor) flush(ctx context.Context, s *logdSession, sent *uint64, ack func(uint64)) error {
+// snapshot returns a copy of the pending records.
+func (a *LogdAuditor) snapshot() []policy.AuditRecord {
 	a.mu.Lock()
-	recs := append([]policy.AuditRecord(nil), a.pending...)
-	base := a.base
-	a.mu.Unlock()
-	if len(recs) == 0 {
-		return nil
-	}
-	for _, r := range recs {
-		seq := base + r.WriterSeq
-		if seq <= *sent {
-			continue // already durable in logd (sent before a reconnect)
-		}
-		err := s.appender.Append(ctx, func(p oomdpb.Appender_append_Params) error {
-			rec, err := p.NewRecord()
-			if err != nil {
-				return err
-			}
-			return wire.SetAuditRecord(rec, r, seq)
-		})
-		if err != nil {
-			return fmt.Errorf("append: %w", err)
-		}
-		*sent = seq
-	}
-	upTo := base + recs[len(recs)-1].WriterSeq
-	f, rel := s.appender.Sync(ctx, func(p oomdpb.Appender_sync_Params) error { p.SetUpTo(upTo); return nil })
-	defer rel()
-	res, err := f.Struct()
-	if err != nil {
-		return fmt.Errorf("sync: %w", err)
-	}
-	durable := res.DurableWriterSeq()
-	if durable < base {
-		return fmt.Errorf("sync: logd says durable up to %d, below this run's base %d", durable, base)
-	}
-	coreSeq := durable - base
+	defer a.mu.Unlock()
+	return append([]policy.AuditRecord(nil), a.pending...)
+}
+
+// done drops pending records up to coreSeq.
+func (a *LogdAuditor) done(coreSeq uint64) {
 	a.mu.Lock()
+	defer a.mu.Unlock()
 	i := 0
 	for i < len(a.pending) && a.pending[i].WriterSeq <= coreSeq {
 		i++
 	}
 	a.pending = append(a.pending[:0], a.pending[i:]...)
+}
+
+// spillRecords makes recs durable in the spill file and acknowledges them.
+func (a *LogdAuditor) spillRecords(recs []policy.AuditRecord, reason string, ack func(uint64)) error {
+	a.mu.Lock()
+	base := a.base
 	a.mu.Unlock()
+	batch := make([]SpilledRecord, len(recs))
+	for i, r := range recs {
+		batch[i] = SpilledRecord{JournalSeq: base + r.WriterSeq, Rec: r}
+	}
+	if err := a.spill.Append(batch); err != nil {
+		return err
+	}
+	upTo := recs[len(recs)-1].WriterSeq
+	a.done(upTo)
+	a.log.Warn("audit records spilled", zap.Uint64("from", recs[0].WriterSeq), zap.Uint64("upTo", upTo),
+		zap.Uint64("journalUpTo", base+upTo), zap.String("reason", reason), zap.Int64("spillBytes", a.spill.Size()))
+	if a.onSpill != nil {
+		a.onSpill(upTo, reason)
+	} else {
+		ack(upTo)
+	}
+	return nil
+}
+
+// syncCtx bounds a logd round with the sync timeout when there is a spill to fall back
+// on; without one a record has nowhere else to go, so it waits.
+func (a *LogdAuditor) syncCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	if a.spill == nil {
+		return context.WithCancel(ctx)
+	}
+	return context.WithTimeout(ctx, a.syncTimeout)
+}
+
+// send appends r as journal writerSeq seq unless this session already sent it.
+func (s *logdSession) send(ctx context.Context, r policy.AuditRecord, seq uint64) error {
+	if seq <= s.sent {
+		return nil // already sent on this session (or durable in logd before it opened)
+	}
+	err := s.appender.Append(ctx, func(p oomdpb.Appender_append_Params) error {
+		rec, err := p.NewRecord()
+		if err != nil {
+			return err
+		}
+		return wire.SetAuditRecord(rec, r, seq)
+	})
+	if err != nil {
+		return fmt.Errorf("append: %w", err)
+	}
+	s.sent = seq
+	return nil
+}
+
+// sync asks logd to make everything up to upTo durable and returns what it reports.
+func (s *logdSession) sync(ctx context.Context, upTo uint64) (uint64, error) {
+	f, rel := s.appender.Sync(ctx, func(p oomdpb.Appender_sync_Params) error { p.SetUpTo(upTo); return nil })
+	defer rel()
+	res, err := f.Struct()
+	if err != nil {
+		return 0, fmt.Errorf("sync: %w", err)
+	}
+	s.durable = max(s.durable, res.DurableWriterSeq())
+	return res.DurableWriterSeq(), nil
+}
+
+// flush sends recs not yet sent on this session, syncs, and acks what became durable.
+func (a *LogdAuditor) flush(ctx context.Context, s *logdSession, recs []policy.AuditRecord, ack func(uint64)) error {
+	a.mu.Lock()
+	base := a.base
+	a.mu.Unlock()
+	ctx, cancel := a.syncCtx(ctx)
+	defer cancel()
+	for _, r := range recs {
+		if err := s.send(ctx, r, base+r.WriterSeq); err != nil {
+			return err
+		}
+	}
+	durable, err := s.sync(ctx, base+recs[len(recs)-1].WriterSeq)
+	if err != nil {
+		return err
+	}
+	if durable < base {
+		return fmt.Errorf("sync: logd says durable up to %d, below this run's base %d", durable, base)
+	}
+	coreSeq := min(durable-base, recs[len(recs)-1].WriterSeq)
+	a.done(coreSeq)
 	a.log.Debug("audit durable", zap.Uint64("seq", coreSeq), zap.Uint64("journalSeq", durable))
 	ack(coreSeq)
 	return nil
+}
+
+// replay sends logd the next chunk of spilled records it does not have yet and reports
+// whether logd now holds them all.
+func (a *LogdAuditor) replay(ctx context.Context, s *logdSession) (bool, error) {
+	recs := a.spill.Records()
+	last := recs[len(recs)-1].JournalSeq
+	i := sort.Search(len(recs), func(i int) bool { return recs[i].JournalSeq > s.durable })
+	if i == len(recs) {
+		return true, nil
+	}
+	chunk := recs[i:min(i+replayChunk, len(recs))]
+	ctx, cancel := a.syncCtx(ctx)
+	defer cancel()
+	for _, r := range chunk {
+		if err := s.send(ctx, r.Rec, r.JournalSeq); err != nil {
+			return false, err
+		}
+	}
+	upTo := chunk[len(chunk)-1].JournalSeq
+	durable, err := s.sync(ctx, upTo)
+	if err != nil {
+		return false, err
+	}
+	if durable < upTo {
+		return false, fmt.Errorf("sync: logd says durable up to %d, want %d", durable, upTo)
+	}
+	a.log.Info("replayed spilled audit records to logd", zap.Uint64("from", chunk[0].JournalSeq), zap.Uint64("upTo", upTo),
+		zap.Uint64("spillLast", last))
+	return durable >= last, nil
 }
 
 var _ Auditor = (*LogdAuditor)(nil)
