@@ -6,7 +6,11 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"io/fs"
 	"os"
+	"path/filepath"
+	"strings"
+	"time"
 )
 
 // The persisted reboot record: one fixed-size block at offset 0 of a file or a raw block
@@ -199,13 +203,31 @@ type Store struct {
 	path string
 }
 
-// OpenStore opens path read-write, creating a regular file if it does not exist.
+// DeviceWait bounds how long OpenStore waits for a device node under /dev to appear
+// (the kernel probes disks asynchronously; oomd may start first).
+const DeviceWait = 10 * time.Second
+
+// OpenStore opens path read-write. A path under /dev/ must be an existing device: it is
+// never created (a regular file in devtmpfs would silently lose the record at the
+// reboot), and it is waited for up to DeviceWait. Any other path is a regular file,
+// created if it does not exist.
 func OpenStore(path string) (*Store, error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("open reboot record store: %w", err)
+	flags := os.O_RDWR | os.O_CREATE
+	device := strings.HasPrefix(filepath.Clean(path), "/dev/")
+	if device {
+		flags = os.O_RDWR
 	}
-	return &Store{f: f, path: path}, nil
+	deadline := time.Now().Add(DeviceWait)
+	for {
+		f, err := os.OpenFile(path, flags, 0o600)
+		if err == nil {
+			return &Store{f: f, path: path}, nil
+		}
+		if !device || !errors.Is(err, fs.ErrNotExist) || time.Now().After(deadline) {
+			return nil, fmt.Errorf("open reboot record store: %w", err)
+		}
+		time.Sleep(50 * time.Millisecond) // polling for a device node: no event to wait on
+	}
 }
 
 // Path is the store's path.
