@@ -16,6 +16,8 @@
 #   VM_APPEND         debugging: extra kernel command-line words; after "--", arguments for
 #                     /init (VM_APPEND="loglevel=7 -- --debug": kernel messages, execd debug)
 #   VM_SMP, VM_MEM    vCPUs (1) and MiB of guest memory (512)
+#   VM_TEST           selftest (default): one boot, the kill path;
+#                     oom: the two-boot system-OOM test on a raw NVMe disk (docs/qemu.md)
 set -euo pipefail
 export LC_ALL=C
 
@@ -25,6 +27,7 @@ RUN_TIMEOUT=${RUN_TIMEOUT:-120s}
 RUN_UNTIL_MARKER=${RUN_UNTIL_MARKER:-0}
 VM_MEM=${VM_MEM:-512}
 VM_SMP=${VM_SMP:-1}
+VM_TEST=${VM_TEST:-selftest}
 GO=${GO:-go}
 
 # The programs in the initramfs: each is built statically into /bin/<last path element>,
@@ -33,6 +36,17 @@ GO=${GO:-go}
 INIT_PACKAGE=services/execd-stub
 PACKAGES=("$INIT_PACKAGE" services/logd-stub services/oomd apps/hog apps/selftest-client)
 MANIFEST=$ROOT/scripts/vm/manifest.json
+# Extra files for the initramfs: "source:destination" pairs.
+EXTRA_FILES=()
+case $VM_TEST in
+  selftest) ;;
+  oom)
+    PACKAGES=("$INIT_PACKAGE" services/logd-stub services/oomd apps/hog scripts/vm/oomcheck)
+    MANIFEST=$ROOT/scripts/vm/oom-manifest.json
+    EXTRA_FILES=("$ROOT/scripts/vm/oom-policy.json:etc/oomd/policy.json")
+    ;;
+  *) printf 'qemu-test: FAIL: VM_TEST=%s: want selftest or oom\n' "$VM_TEST" >&2; exit 1 ;;
+esac
 
 # Subjects oomd must never kill (DESIGN.md, security invariant 5); the denial marker must
 # name one of them.
@@ -155,6 +169,11 @@ build_initramfs() {
   done
   [ -z "${VM_INIT:-}" ] || install -m 0755 "$VM_INIT" "$stage/init"
   cp "$MANIFEST" "$stage/etc/execd/manifest.json"
+  local extra
+  for extra in "${EXTRA_FILES[@]}"; do
+    mkdir -p "$stage/$(dirname "${extra#*:}")"
+    cp "${extra%%:*}" "$stage/${extra#*:}"
+  done
   find "$stage" -exec touch -h -d @0 {} +
   INITRD=$CACHE/initramfs.cpio.gz
   (cd "$stage" && find . -mindepth 1 -print0 | sort -z |
@@ -202,7 +221,7 @@ boot() {
   shift 2
   # panic=-1: a dying /init panics the kernel, which reboots at once, which -no-reboot turns
   # into QEMU exiting. Words after "--" in VM_APPEND become /init's arguments.
-  local cmdline="console=ttyS0 panic=-1 quiet ${VM_APPEND:-}"
+  local cmdline="console=ttyS0 panic=-1 quiet ${BOOT_APPEND:-} ${VM_APPEND:-}"
   : >"$serial"
   local t0 n=${#MARKERS[@]}
   t0=$(now_ms)
@@ -296,6 +315,48 @@ check_boot() {
   [ "$BOOT_END" != timeout ] || log "note ($name): the guest did not power off within RUN_TIMEOUT"
 }
 
+# oom_test DEADLINE_MS: the two-boot system-OOM test. A fresh 1 MiB raw disk image is the
+# record store (/dev/nvme0n1 in the guest, no filesystem). Boot 1: oomcheck grows the hog
+# until oomd's level reaches oom (with the kernel's oom_kill still 0); oomd claims the halt
+# token, has execd tear down, persists the reason to the disk and calls reboot(2), which
+# -no-reboot turns into QEMU exiting. Boot 2, same disk: oomd reports the last reboot and
+# oomcheck reads it over RPC. Each boot is judged like the selftest boot.
+oom_test() {
+  local deadline=$1 disk=$CACHE/oom-disk.img until=$RUN_UNTIL_MARKER g1 g2
+  local drive=(-drive "file=$disk,format=raw,if=none,id=d0" -device nvme,drive=d0,serial=oomd0)
+  rm -f "$disk" && truncate -s 1M "$disk"
+
+  MARKERS=(
+    'oomd: ready'
+    'SELFTEST: oom level reached level=oom .* vmstat oom_kill=0'
+    'oomd: rebooting reason=oom graceful=(true|false) timedOut=(true|false) teardownMs=[0-9]+'
+  )
+  # Boot 1 must run to its reboot: the record is written before the last marker, but the
+  # reboot itself is part of the proof.
+  RUN_UNTIL_MARKER=0 BOOT_APPEND=oomtest=boot1 boot oom-boot1 "$deadline" "${drive[@]}"
+  RUN_UNTIL_MARKER=$until
+  check_boot oom-boot1
+  [ "$BOOT_END" = exited ] || report_failure oom-boot1 "the guest did not reboot after the markers ($BOOT_END)"
+  local t1=$BOOT_TIMES ms1=$BOOT_MS
+  g1=$(tr -d '\r' <"$CACHE/oom-boot1.log" | grep -m1 -ao 'oomd: rebooting reason=oom graceful=[a-z]*' | sed 's/.*graceful=//')
+
+  MARKERS=(
+    'oomd: last reboot reason=oom graceful=(true|false)'
+    'oomd: ready'
+    'SELFTEST: last reboot oom ok'
+  )
+  BOOT_APPEND=oomtest=boot2 boot oom-boot2 "$deadline" "${drive[@]}"
+  check_boot oom-boot2
+  g2=$(tr -d '\r' <"$CACHE/oom-boot2.log" | grep -m1 -ao 'oomd: last reboot reason=oom graceful=[a-z]*' | sed 's/.*graceful=//')
+  [ "$g1" = "$g2" ] || report_failure oom-boot2 "boot 1 rebooted with graceful=$g1 but boot 2 read graceful=$g2"
+  log "PASS (oom): boot 1 reached oom with oom_kill=0 and rebooted (graceful=$g1) in $(secs "$ms1") s;" \
+    "boot 2 read it back in $(secs "$BOOT_MS") s (consoles: $CACHE/oom-boot1.log, $CACHE/oom-boot2.log)"
+  log "boot 1 timeline, seconds: $t1"
+  log "boot 2 timeline, seconds: $BOOT_TIMES"
+  tr -d '\r' <"$CACHE/oom-boot1.log" | grep -a -e 'SELFTEST: oom level' -e 'oomd: rebooting' | sed 's/^/  boot1 | /' >&2
+  tr -d '\r' <"$CACHE/oom-boot2.log" | grep -a -e 'oomd: last reboot' -e 'SELFTEST: last reboot' | sed 's/^/  boot2 | /' >&2
+}
+
 main() {
   local timeout_s deadline t_start t prep=''
   timeout_s=$(parse_timeout "$RUN_TIMEOUT")
@@ -314,13 +375,14 @@ main() {
   log "prepared ($prep); booting $(basename "$KERNEL") under TCG" \
     "(RUN_TIMEOUT=$RUN_TIMEOUT, RUN_UNTIL_MARKER=$RUN_UNTIL_MARKER)"
 
-  # One boot today. The two-boot test (issue 6) adds a raw disk and a second boot:
-  #   boot boot1 "$deadline" -drive file=$CACHE/disk.img,format=raw,if=none,id=d0 \
-  #     -device nvme,drive=d0,serial=oomd0
-  #   (set MARKERS for boot 2) boot boot2 "$deadline" <same drive>; check_boot boot2
-  # -no-reboot turns the guest's reboot into QEMU exiting, so each boot is one QEMU run and
-  # RUN_TIMEOUT still bounds them all. NVMe, not virtio-blk: the cloud kernel builds NVMe in.
+  # VM_TEST=oom is the two-boot test (oom_test). -no-reboot turns the guest's reboot into
+  # QEMU exiting, so each boot is one QEMU run and RUN_TIMEOUT bounds them all. NVMe, not
+  # virtio-blk: the cloud kernel builds NVMe in.
   deadline=$(($(now_ms) + timeout_s * 1000))
+  if [ "$VM_TEST" = oom ]; then
+    oom_test "$deadline"
+    return
+  fi
   boot boot1 "$deadline"
   check_boot boot1
   log "PASS: all ${#MARKERS[@]} markers in order; boot to SELFTEST $(secs "$BOOT_MS") s," \
