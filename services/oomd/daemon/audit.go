@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"capnproto.org/go/capnp/v3/flowcontrol"
@@ -73,6 +74,8 @@ type LogdAuditor struct {
 	journal oomdpb.Journal // current connection's journal; zero when disconnected
 	base    uint64
 	opened  bool
+
+	spillFailures atomic.Uint64 // batches the spill refused (full) or failed to write
 }
 
 // NewLogdAuditor returns an auditor for the logd socket at path.
@@ -251,6 +254,26 @@ func (a *LogdAuditor) run(ctx context.Context, s *logdSession, ack func(uint64))
 	}
 	var retry <-chan time.Time
 	spillRetry := 50 * time.Millisecond
+	// replayStep sends logd the next chunk of the spill and empties the spill once logd
+	// has it all; it reports whether that made progress.
+	replayStep := func() bool {
+		done, err := a.replay(ctx, s)
+		if err != nil {
+			if ctx.Err() == nil {
+				drop(fmt.Errorf("replay: %w", err))
+			}
+			return false
+		}
+		if done {
+			n, _ := a.spill.Last()
+			if err := a.spill.Reset(); err != nil {
+				a.log.Error("could not empty the replayed spill file", zap.Error(err))
+				return false
+			}
+			a.log.Info("spill file replayed to logd and emptied", zap.Uint64("upTo", n))
+		}
+		return true
+	}
 	defer func() {
 		if s != nil {
 			go s.close()
@@ -272,6 +295,12 @@ func (a *LogdAuditor) run(ctx context.Context, s *logdSession, ack func(uint64))
 				reason = "earlier records not yet replayed to logd"
 			}
 			if err := a.spillRecords(recs, reason, ack); err != nil {
+				a.spillFailures.Add(1)
+				// Full (or failing): the records wait in memory, and so do their kills.
+				// If logd is there, draining the spill into it makes room.
+				if spilled && s != nil && replayStep() {
+					continue
+				}
 				a.log.Error("audit records could not be spilled; they wait (and so do their kills)",
 					zap.Int("pending", len(recs)), zap.Error(err))
 				retry = time.After(spillRetry)
@@ -290,24 +319,12 @@ func (a *LogdAuditor) run(ctx context.Context, s *logdSession, ack func(uint64))
 			}
 			continue
 		case len(recs) == 0 && spilled && s != nil:
-			done, err := a.replay(ctx, s)
-			if err != nil {
-				if ctx.Err() != nil {
-					return
-				}
-				drop(fmt.Errorf("replay: %w", err))
-				break
+			if replayStep() {
+				continue
 			}
-			if done {
-				n, _ := a.spill.Last()
-				if err := a.spill.Reset(); err != nil {
-					a.log.Error("could not empty the replayed spill file", zap.Error(err))
-					retry = time.After(time.Second)
-					break
-				}
-				a.log.Info("spill file replayed to logd and emptied", zap.Uint64("upTo", n))
+			if s != nil { // the spill could not be emptied: try again later
+				retry = time.After(time.Second)
 			}
-			continue
 		}
 
 		if s == nil {

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sync"
 
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
@@ -60,9 +61,13 @@ type Spill struct {
 	log      *zap.Logger
 	f        *os.File
 	maxBytes int64
-	size     int64
-	recs     []SpilledRecord
 	buf      []byte
+
+	// mu lets Len, Last and Size be read from any goroutine (status, tests); Append,
+	// Reset and Records belong to one goroutine (the auditor's).
+	mu   sync.Mutex
+	size int64
+	recs []SpilledRecord
 }
 
 // OpenSpill opens (creating if needed) the spill file at path, bounded by maxBytes
@@ -153,10 +158,16 @@ func (s *Spill) recover() error {
 func (s *Spill) Records() []SpilledRecord { return s.recs }
 
 // Len is the number of spilled records.
-func (s *Spill) Len() int { return len(s.recs) }
+func (s *Spill) Len() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.recs)
+}
 
 // Last is the journal seq of the last spilled record, false if the spill is empty.
 func (s *Spill) Last() (uint64, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	if len(s.recs) == 0 {
 		return 0, false
 	}
@@ -164,7 +175,11 @@ func (s *Spill) Last() (uint64, bool) {
 }
 
 // Size is the file's size in bytes.
-func (s *Spill) Size() int64 { return s.size }
+func (s *Spill) Size() int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.size
+}
 
 // Append writes recs (consecutive journal seqs following Last) and fsyncs. On
 // ErrSpillFull nothing was written. After a write or fsync error the file is cut back
@@ -200,6 +215,8 @@ func (s *Spill) Append(recs []SpilledRecord) error {
 		s.f.Truncate(s.size)
 		return fmt.Errorf("spill: fsync: %w", err)
 	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	s.size += int64(len(buf))
 	for _, r := range recs {
 		r.Rec.WriterSeq = r.JournalSeq // as decodeSpilled returns it
@@ -218,6 +235,8 @@ func (s *Spill) Reset() error {
 	if err := s.f.Sync(); err != nil {
 		return fmt.Errorf("spill: fsync: %w", err)
 	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	s.size = 0
 	clear(s.recs)
 	s.recs = s.recs[:0]

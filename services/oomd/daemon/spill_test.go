@@ -391,3 +391,52 @@ func auditData(r SpilledRecord) ([]byte, error) {
 	}
 	return capnp.Canonicalize(capnp.Struct(rec))
 }
+
+// TestAuditorAtTheSpillBound: with logd down and the spill full, new records are not
+// acknowledged (their kills wait) and nothing is dropped; once logd is back the spill
+// drains into it and the waiting records follow, all in order.
+func TestAuditorAtTheSpillBound(t *testing.T) {
+	dir := t.TempDir()
+	log := zaptest.NewLogger(t)
+	sp := openSpill(t, filepath.Join(dir, "audit.spill"), spillMinMaxBytes)
+	defer sp.Close()
+	n := uint64(0)
+	for sp.Append(spillRecs(n+1, n+1)) == nil {
+		n++
+	}
+	require.Greater(t, n, uint64(replayChunk), "the replay takes several chunks")
+
+	f := startLogd(t, dir)
+	f.srv.Close(time.Second)
+	require.NoError(t, os.Remove(f.sock))
+
+	a := NewLogdAuditor(f.sock, log)
+	a.UseSpill(sp, 0)
+	k := newAcks()
+	a.SetSpillHook(k.spill)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	require.NoError(t, a.Start(ctx, k.ack))
+	a.Submit([]policy.AuditRecord{coreRec(1, "wait1"), coreRec(2, "wait2")})
+	eventually(t, "the auditor to find the spill full", func() bool { return a.spillFailures.Load() > 0 })
+	k.mu.Lock()
+	assert.Zero(t, k.acked, "nothing is acknowledged while it is durable nowhere")
+	k.mu.Unlock()
+	assert.Equal(t, int(n), sp.Len(), "the full spill is left as it is")
+
+	l, err := rpcx.Listen(f.sock)
+	require.NoError(t, err)
+	srv := rpcx.NewServer(log.Named("logd2"), server.New(f.j, log).Bootstrap)
+	sctx, scancel := context.WithCancel(context.Background())
+	defer func() { scancel(); srv.Close(2 * time.Second) }()
+	go srv.Serve(sctx, l)
+
+	k.waitAcked(t, 2)
+	got := f.entries(t)
+	require.Len(t, got, int(n)+2)
+	for i, e := range got {
+		require.Equal(t, uint64(i+1), e[0])
+	}
+	assert.Equal(t, [2]any{n + 1, "wait1"}, got[n])
+	assert.Equal(t, [2]any{n + 2, "wait2"}, got[n+1])
+}
