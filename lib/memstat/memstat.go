@@ -230,28 +230,29 @@ func (p *Publisher) Run(ctx context.Context) error {
 	// limiter on it (CAPNP-NOTES trap 4: the limiter sits on the reference called
 	// through, and AddRef returns one without it).
 	var sink oomdpb.MemstatSink
-	var gen uint64  // connection sink belongs to
-	failed := false // a report on this connection failed: wait for the next one
+	var gen uint64     // connection sink belongs to
+	var sentGen uint64 // connection the last sample went out on
+	failed := false    // a report on this connection failed: wait for the next one
 	defer func() { sink.Release() }()
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	for {
-		force := false
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-p.Done():
 			return ErrDeliveryClosed
 		case <-p.reconnected:
-			force = true
 		case <-p.changed:
 		case <-timer.C:
 		}
 		if g := p.generation(); g != gen {
 			sink.Release()
 			sink, gen = p.sinkRef()
-			failed, force = false, true
+			failed = false
 		}
+		// A new connection gets the latest value at once, whatever the period.
+		force := gen != sentGen
 		if !sink.IsValid() || failed || !p.haveVal.Load() {
 			continue // no usable connection yet: the next one sends the latest value
 		}
@@ -271,7 +272,7 @@ func (p *Publisher) Run(ctx context.Context) error {
 			failed = true
 			continue
 		}
-		last, lastVal, haveLast = time.Now(), v, true
+		last, lastVal, haveLast, sentGen = time.Now(), v, true, gen
 	}
 }
 
