@@ -167,6 +167,7 @@ func (d *Daemon) step(in policy.Input) {
 	defer d.mu.Unlock()
 	d.stepLocked(in)
 	d.processReadyLocked()
+	poke(d.sys.stepped)
 }
 
 // processReadyLocked executes the core's Ready in the order the core demands. Audit
@@ -216,7 +217,6 @@ func (d *Daemon) publishLocked(e policy.Event) {
 }
 
 func (d *Daemon) auditAcked(upTo uint64) {
-	d.sys.auditDurable(upTo)
 	d.step(policy.Input{Kind: policy.InputAuditAck, Seq: upTo})
 }
 

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -59,16 +58,15 @@ const DefaultAuditGrace = time.Second
 type sysState struct {
 	watchers levelWatchers
 
-	durable  atomic.Uint64 // highest audit WriterSeq logd acknowledged
-	durableC chan struct{} // poked on every acknowledgement
-	policyC  chan struct{} // poked on every policy change
+	stepped chan struct{} // poked after every input from outside the tick (acks among them)
+	policyC chan struct{} // poked on every policy change
 
 	mu        sync.Mutex
 	claimedAt time.Time // wall clock of the claim, for teardownMs only
 }
 
 func (s *sysState) init() {
-	s.durableC = make(chan struct{}, 1)
+	s.stepped = make(chan struct{}, 1)
 	s.policyC = make(chan struct{}, 1)
 }
 
@@ -77,17 +75,6 @@ func poke(c chan struct{}) {
 	case c <- struct{}{}:
 	default:
 	}
-}
-
-// auditDurable is told every audit acknowledgement.
-func (s *sysState) auditDurable(upTo uint64) {
-	for {
-		cur := s.durable.Load()
-		if upTo <= cur || s.durable.CompareAndSwap(cur, upTo) {
-			break
-		}
-	}
-	poke(s.durableC)
 }
 
 // systemReadyLocked carries out the system part of a Ready: note the claim time, start
@@ -168,20 +155,25 @@ func (d *Daemon) reboot(o policy.RebootOutcome, auditSeq uint64) {
 	}
 }
 
-// waitDurable waits until audit record seq is durable, at most grace.
+// waitDurable waits until audit record seq is durable (in logd or the spill file), at
+// most grace.
 func (d *Daemon) waitDurable(seq uint64, grace time.Duration) bool {
 	t := time.NewTimer(grace)
 	defer t.Stop()
-	for d.sys.durable.Load() < seq {
+	for {
+		var durable uint64
+		d.withCore(func(c *policy.Core) { durable = c.AuditDurable() })
+		if durable >= seq {
+			return true
+		}
 		select {
-		case <-d.sys.durableC:
+		case <-d.sys.stepped:
 		case <-t.C:
 			return false
 		case <-d.ctx.Done():
 			return false
 		}
 	}
-	return true
 }
 
 // runLevels samples MemAvailable into the core every levels.intervalMs (sampleMs when

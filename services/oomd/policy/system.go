@@ -118,6 +118,10 @@ type HaltStatus struct {
 // Level returns the current pressure level and the last MemAvailable read.
 func (c *Core) Level() (Level, uint64) { return c.sys.level, c.sys.avail }
 
+// AuditDurable is the highest audit WriterSeq acknowledged durable (logd or the spill
+// file).
+func (c *Core) AuditDurable() uint64 { return c.auditAcked }
+
 // Halt returns the state of the halt token.
 func (c *Core) Halt() HaltStatus {
 	h := c.sys.halt
