@@ -164,6 +164,26 @@ func TestRestartedOomdStillKills(t *testing.T) {
 	require.NoError(t, s.stop(20*time.Second))
 }
 
+// logdOutage SIGKILLs logd and keeps it down: a file stands where its journal
+// directory was, so every restart execd makes fails until restore puts the directory
+// back; restore returns once the next logd instance is ready.
+func logdOutage(t *testing.T, s *stack) (restore func()) {
+	t.Helper()
+	logdPid := pidOf(t, s, "logd")
+	require.NoError(t, syscall.Kill(logdPid, syscall.SIGSTOP)) // nothing moves while we swap
+	journalDir, aside := s.path("journal"), s.path("journal.aside")
+	require.NoError(t, os.Rename(journalDir, aside))
+	require.NoError(t, os.WriteFile(journalDir, nil, 0o600))
+	require.NoError(t, syscall.Kill(logdPid, syscall.SIGKILL))
+	s.waitLine(`exited	{"subject": "logd", "instance": 2`, 20*time.Second) // a restart that failed
+	return func() {
+		t.Helper()
+		require.NoError(t, os.Remove(journalDir))
+		require.NoError(t, os.Rename(aside, journalDir))
+		s.waitCount("logd ready", 2, 60*time.Second)
+	}
+}
+
 // TestLogdOutageSpillsAndReplaysExactlyOnce: logd is SIGKILLed mid-run and cannot come
 // back for a while (its journal directory is out of the way, so execd's restarts fail).
 // oomd spills the audit records to its own fsync'ed file, which counts as the durable
@@ -185,14 +205,7 @@ func TestLogdOutageSpillsAndReplaysExactlyOnce(t *testing.T) {
 	require.NoError(t, err)
 	before := waitAudit(t, ctx, c, "pinned", oomdpb.EventKind_killDenied)
 
-	// The outage: freeze logd, put a file where its journal directory was, kill it.
-	logdPid := pidOf(t, s, "logd")
-	require.NoError(t, syscall.Kill(logdPid, syscall.SIGSTOP))
-	journalDir, aside := s.path("journal"), s.path("journal.aside")
-	require.NoError(t, os.Rename(journalDir, aside))
-	require.NoError(t, os.WriteFile(journalDir, nil, 0o600))
-	require.NoError(t, syscall.Kill(logdPid, syscall.SIGKILL))
-	s.waitLine(`exited	{"subject": "logd", "instance": 2`, 20*time.Second) // a restart that failed
+	restore := logdOutage(t, s)
 
 	require.NoError(t, c.Inject(ctx, "hog", 16<<20))
 	spilled, err := c.WaitEvent(ctx, "auditSpilled", ctlclient.IsKind("", "auditSpilled"))
@@ -211,10 +224,7 @@ func TestLogdOutageSpillsAndReplaysExactlyOnce(t *testing.T) {
 	arel()
 	assert.Error(t, err, "logd is not connected")
 
-	// logd can start again: execd's next restart brings it back.
-	require.NoError(t, os.Remove(journalDir))
-	require.NoError(t, os.Rename(aside, journalDir))
-	s.waitCount("logd ready", 2, 60*time.Second)
+	restore()
 	s.waitLine("spill file replayed to logd and emptied", 30*time.Second)
 	fi, err = os.Stat(s.path("audit.spill"))
 	require.NoError(t, err)
@@ -233,5 +243,54 @@ func TestLogdOutageSpillsAndReplaysExactlyOnce(t *testing.T) {
 	assert.Equal(t, killed.Decision, decided.decision)
 	_, ok = find(mine, "pinned", oomdpb.EventKind_killDenied)
 	assert.True(t, ok)
+	require.NoError(t, s.stop(20*time.Second))
+}
+
+// TestSpillSurvivesOomdRestart: during a logd outage oomd spills, is SIGKILLed, and its
+// next instance starts from the spill file without logd (it continues the writer
+// sequence from the last spilled record), spills its own records after the old ones and
+// still kills. When logd is back, the spill is replayed: every record exactly once, in
+// order.
+func TestSpillSurvivesOomdRestart(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	s := startStack(t, recoveryManifest(`, "--spill", "${RUNTIME_DIR}/audit.spill"`), map[string]string{"policy.json": policyJSON})
+	c := dialClient(t, ctx, s)
+	for _, subj := range []string{"hog", "pinned"} {
+		_, err := c.WaitEvent(ctx, subj+" registered", ctlclient.IsKind(subj, "subjectRegistered"))
+		require.NoError(t, err)
+	}
+	restore := logdOutage(t, s)
+
+	require.NoError(t, c.Inject(ctx, "pinned", 16<<20))
+	_, err := c.WaitEvent(ctx, "pinned denied", ctlclient.IsKind("pinned", "killDenied"))
+	require.NoError(t, err)
+	_, err = c.WaitEvent(ctx, "the denial spilled", ctlclient.IsKind("", "auditSpilled"))
+	require.NoError(t, err)
+
+	require.NoError(t, syscall.Kill(pidOf(t, s, "oomd"), syscall.SIGKILL))
+	s.waitCount("oomd: ready", 2, 30*time.Second) // without logd: it continues from the spill
+	assert.Equal(t, 1, s.lines.count("logd ready"), "logd is still down")
+	c2 := dialClient(t, ctx, s)
+	_, err = c2.WaitEvent(ctx, "pinned denied by the new oomd", ctlclient.IsKind("pinned", "killDenied"))
+	require.NoError(t, err)
+	require.NoError(t, c2.Inject(ctx, "hog", 16<<20))
+	killed, err := c2.WaitEvent(ctx, "hog killed by the new oomd while logd is down", ctlclient.IsKind("hog", "killed"))
+	require.NoError(t, err)
+	s.waitLine("oomd: kill app=hog", 10*time.Second)
+	assert.Equal(t, 1, s.lines.count("logd ready"), "logd came back before the kill")
+
+	restore()
+	s.waitLine("spill file replayed to logd and emptied", 30*time.Second)
+	mine := checkWriterSequence(t, waitAudit(t, ctx, c2, "hog", oomdpb.EventKind_killDecided))
+	denials := 0
+	for _, e := range mine {
+		if e.subject == "pinned" && e.kind == oomdpb.EventKind_killDenied {
+			denials++
+		}
+	}
+	assert.Equal(t, 2, denials, "one denial per oomd instance, each exactly once: %+v", mine)
+	decided, _ := find(mine, "hog", oomdpb.EventKind_killDecided)
+	assert.Equal(t, killed.Decision, decided.decision)
 	require.NoError(t, s.stop(20*time.Second))
 }

@@ -116,9 +116,11 @@ func (d *Daemon) acceptHandoff(msg *capnp.Message, f *os.File) error {
 	}
 	s := &slot{subject: subject, instance: h.Instance(), critical: h.Critical(), injectable: h.Injectable()}
 	sink := oomdpb.MemstatSink_ServerToClient(&sinkServer{slot: s, dirty: &d.dirty})
-	s.conn = rpcx.NewLimitedConn(c, capnp.Client(sink), d.log.With(zap.String("subject", subject)), rpcx.PublisherLimits)
+	registered := make(chan struct{}) // no sample is read before the subject is registered
+	s.conn = rpcx.NewLimitedConn(gatedConn{Conn: c, open: registered}, capnp.Client(sink), d.log.With(zap.String("subject", subject)), rpcx.PublisherLimits)
 	d.log.Info("subject handed over", zap.String("subject", subject), zap.Uint64("instance", s.instance),
 		zap.Int32("pid", h.Pid()), zap.Bool("critical", s.critical))
 	d.Register(s)
+	close(registered)
 	return nil
 }
