@@ -264,6 +264,7 @@ func (a *LogdAuditor) run(ctx context.Context, s *logdSession, ack func(uint64))
 			}
 			return false
 		}
+		backoff = 0
 		if done {
 			n, _ := a.spill.Last()
 			if err := a.spill.Reset(); err != nil {
@@ -317,6 +318,7 @@ func (a *LogdAuditor) run(ctx context.Context, s *logdSession, ack func(uint64))
 				drop(err)
 				continue // with a spill file the records go there now
 			}
+			backoff = 0
 			continue
 		case len(recs) == 0 && spilled && s != nil:
 			if replayStep() {
@@ -342,10 +344,12 @@ func (a *LogdAuditor) run(ctx context.Context, s *logdSession, ack func(uint64))
 			retry = nil
 		case ns := <-sessions:
 			dialing = false
-			if ns == nil {
-				backoff = min(max(backoff*2, 50*time.Millisecond), 2*time.Second)
-			} else {
-				s, backoff = ns, 0
+			// The backoff grows with every failed connect and every session lost, and
+			// resets only when logd acknowledged something: a logd that accepts but stays
+			// slower than the sync timeout is not hammered.
+			backoff = min(max(backoff*2, 50*time.Millisecond), 2*time.Second)
+			if ns != nil {
+				s = ns
 			}
 		case <-connDone:
 			drop(errors.New("logd connection closed"))
