@@ -1,10 +1,12 @@
 // Command oomcheck drives the VM's two-boot system-OOM test (scripts/qemu-test.sh,
 // VM_TEST=oom). The kernel command line says which boot it is (oomtest=boot1|boot2):
 //
-//	boot1: grow the injectable hog in steps, each followed by two oomd ticks, until
-//	       oomd's level reaches oom and the halt token is claimed; then report the
-//	       kernel's OOM kills (/proc/vmstat oom_kill, must be 0) and wait to be stopped
-//	       by the teardown. Prints "SELFTEST: oom level reached ...".
+//	boot1: register as a reboot watcher with execd, then grow the injectable hog in
+//	       steps, each followed by two oomd ticks, until oomd claims the halt token.
+//	       execd tells reboot watchers before it stops anything, so the report comes
+//	       from rebooting(): oomd's level and MemAvailable, and the kernel's OOM kills
+//	       (/proc/vmstat oom_kill, must be 0). Prints "SELFTEST: oom level reached ...",
+//	       then the teardown stops this process (SIGTERM), which is the expected end.
 //	boot2: read lastReboot over RPC; it must be valid with reason oom. Prints
 //	       "SELFTEST: last reboot oom ok ..." and exits 0 (exitWith: the VM powers off).
 //
@@ -19,6 +21,7 @@ import (
 	"os/signal"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -39,15 +42,23 @@ func main() {
 
 	log := logx.New("oomcheck")
 	defer log.Sync()
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	sigCtx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	ctx, cancel := context.WithTimeout(sigCtx, *timeout)
 	defer cancel()
-	if err := run(ctx, *socket, *target, *step, log); err != nil {
+	err := run(ctx, *socket, *target, *step, log)
+	switch {
+	case err != nil && sigCtx.Err() != nil && reported.Load():
+		log.Info("stopped by the teardown after the report")
+	case err != nil:
 		fmt.Printf("SELFTEST: FAILED: %v\n", err)
 		os.Exit(1)
 	}
 }
+
+// reported is set once boot 1's report was printed: being stopped after that is the
+// expected end, not a failure.
+var reported atomic.Bool
 
 func run(ctx context.Context, socket, target string, step uint64, log *zap.Logger) error {
 	cmdline, err := os.ReadFile("/proc/cmdline")
@@ -89,6 +100,12 @@ func run(ctx context.Context, socket, target string, step uint64, log *zap.Logge
 		if rec.Valid() {
 			return fmt.Errorf("boot 1 found a last reboot record (reason %s): the disk was not fresh", rec.Reason())
 		}
+		w := oomdpb.RebootWatcher_ServerToClient(&watcher{c: c})
+		wf, wrel := sess.Client.WatchReboot(ctx, func(p oomdpb.Session_watchReboot_Params) error { return p.SetWatcher(w) })
+		defer wrel()
+		if _, err := wf.Struct(); err != nil {
+			return fmt.Errorf("watchReboot: %w", err)
+		}
 		return growToOOM(ctx, c, target, step)
 	case "boot2":
 		if !rec.Valid() || rec.Reason() != oomdpb.RebootReason_oom {
@@ -108,13 +125,9 @@ func run(ctx context.Context, socket, target string, step uint64, log *zap.Logge
 }
 
 // growToOOM injects step bytes at a time, letting oomd take two ticks of samples after
-// each, until the halt token is claimed.
+// each, until the halt token is claimed; then it waits for the teardown to stop it.
 func growToOOM(ctx context.Context, c *ctlclient.Client, target string, step uint64) error {
 	if _, err := c.WaitEvent(ctx, "registration of "+target, ctlclient.IsKind(target, "subjectRegistered")); err != nil {
-		return err
-	}
-	before, err := oomKills()
-	if err != nil {
 		return err
 	}
 	var total uint64
@@ -124,17 +137,9 @@ func growToOOM(ctx context.Context, c *ctlclient.Client, target string, step uin
 			return err
 		}
 		if st.haltClaimed {
-			after, err := oomKills()
-			if err != nil {
-				return err
-			}
-			fmt.Printf("SELFTEST: oom level reached level=%s memAvailable=%d injected=%d vmstat oom_kill=%d\n",
-				st.level, st.memAvailable, total, after-before)
-			if after != before {
-				return fmt.Errorf("the kernel's OOM killer acted %d times before oomd's OOM", after-before)
-			}
+			fmt.Fprintf(os.Stderr, "oomcheck: halt claimed after %d bytes injected\n", total)
 			<-ctx.Done() // the teardown stops us (SIGTERM); the VM then reboots
-			return nil
+			return ctx.Err()
 		}
 		if err := c.Inject(ctx, target, step); err != nil {
 			return fmt.Errorf("after %d bytes: %w", total, err)
@@ -155,6 +160,35 @@ func growToOOM(ctx context.Context, c *ctlclient.Client, target string, step uin
 			}
 		}
 	}
+}
+
+// watcher is this process's reboot watcher: execd calls rebooting() before it stops
+// any service, so this is where boot 1 reports.
+type watcher struct{ c *ctlclient.Client }
+
+func (w *watcher) Rebooting(ctx context.Context, call oomdpb.RebootWatcher_rebooting) error {
+	reason := call.Args().Reason()
+	st, err := status(ctx, w.c)
+	if err != nil {
+		fmt.Printf("SELFTEST: FAILED: rebooting(%s): %v\n", reason, err)
+		return nil
+	}
+	kills, err := oomKills() // since boot: this is a fresh VM
+	if err != nil {
+		fmt.Printf("SELFTEST: FAILED: rebooting(%s): %v\n", reason, err)
+		return nil
+	}
+	if reason != oomdpb.RebootReason_oom || !st.haltClaimed {
+		fmt.Printf("SELFTEST: FAILED: told rebooting(%s) with haltClaimed=%t, want oom\n", reason, st.haltClaimed)
+		return nil
+	}
+	fmt.Printf("SELFTEST: oom level reached level=%s memAvailable=%d vmstat oom_kill=%d\n", st.level, st.memAvailable, kills)
+	if kills != 0 {
+		fmt.Printf("SELFTEST: FAILED: the kernel's OOM killer acted %d times before oomd's OOM\n", kills)
+		return nil
+	}
+	reported.Store(true)
+	return nil
 }
 
 type snapshot struct {
