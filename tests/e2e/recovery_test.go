@@ -294,3 +294,42 @@ func TestSpillSurvivesOomdRestart(t *testing.T) {
 	assert.Equal(t, killed.Decision, decided.decision)
 	require.NoError(t, s.stop(20*time.Second))
 }
+
+// TestFrozenLogdDoesNotDelayAKill: logd is frozen (SIGSTOP): it accepts but never
+// acknowledges. After the sync timeout oomd spills the kill decision's record and the
+// kill proceeds while logd is still frozen (contrast TestKillIsAuditedBeforeTerminateAndReportedAfterExit: without
+// a spill file, where the kill waits). Once logd runs again the records are in it
+// exactly once, in order.
+func TestFrozenLogdDoesNotDelayAKill(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	s := startStack(t, recoveryManifest(`, "--spill", "${RUNTIME_DIR}/audit.spill", "--audit-sync-timeout", "200ms"`),
+		map[string]string{"policy.json": policyJSON})
+	c := dialClient(t, ctx, s)
+	_, err := c.WaitEvent(ctx, "hog registered", ctlclient.IsKind("hog", "subjectRegistered"))
+	require.NoError(t, err)
+
+	logdPid := pidOf(t, s, "logd")
+	require.NoError(t, syscall.Kill(logdPid, syscall.SIGSTOP))
+	frozen := true
+	defer func() {
+		if frozen {
+			syscall.Kill(logdPid, syscall.SIGCONT)
+		}
+	}()
+	require.NoError(t, c.Inject(ctx, "hog", 16<<20))
+	spilled, err := c.WaitEvent(ctx, "auditSpilled", ctlclient.IsKind("", "auditSpilled"))
+	require.NoError(t, err)
+	assert.Contains(t, spilled.Reason, "deadline exceeded", "spilled because logd did not sync in time")
+	killed, err := c.WaitEvent(ctx, "hog killed while logd is frozen", ctlclient.IsKind("hog", "killed"))
+	require.NoError(t, err)
+	s.waitLine("oomd: kill app=hog", 10*time.Second)
+
+	require.NoError(t, syscall.Kill(logdPid, syscall.SIGCONT))
+	frozen = false
+	s.waitLine("spill file replayed to logd and emptied", 30*time.Second)
+	mine := checkWriterSequence(t, waitAudit(t, ctx, c, "hog", oomdpb.EventKind_killDecided))
+	decided, _ := find(mine, "hog", oomdpb.EventKind_killDecided)
+	assert.Equal(t, killed.Decision, decided.decision)
+	require.NoError(t, s.stop(20*time.Second))
+}
