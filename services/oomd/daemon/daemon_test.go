@@ -29,11 +29,18 @@ func (a *fakeAuditor) Submit(r []policy.AuditRecord) {
 }
 func (a *fakeAuditor) Start(_ context.Context, ack func(uint64)) error { a.ack = ack; return nil }
 
-// fakeTerminator records requests and acknowledges them.
-type fakeTerminator struct{ calls chan policy.TerminateRequest }
+// fakeTerminator records requests and acknowledges each once the test releases it, so
+// a test decides whether execd's ack or the exit reaches oomd first.
+type fakeTerminator struct {
+	calls   chan policy.TerminateRequest
+	release chan struct{}
+}
 
 func (f fakeTerminator) Terminate(_ context.Context, r policy.TerminateRequest) (string, error) {
 	f.calls <- r
+	if f.release != nil { // nil: acknowledge at once
+		<-f.release
+	}
 	return "", nil
 }
 
@@ -53,7 +60,7 @@ func newTestDaemon(t *testing.T) (*Daemon, *fakeAuditor, fakeTerminator, *syncBu
 	p := policy.DefaultPolicy()
 	p.SoftBytes, p.HardBytes = 50, 100
 	aud := &fakeAuditor{}
-	term := fakeTerminator{calls: make(chan policy.TerminateRequest, 8)}
+	term := fakeTerminator{calls: make(chan policy.TerminateRequest, 8), release: make(chan struct{})}
 	markers := &syncBuffer{}
 	d, err := New(Config{Policy: p, Markers: markers, Log: zaptest.NewLogger(t)}, aud, term)
 	require.NoError(t, err)
@@ -102,14 +109,11 @@ func TestTerminateWaitsForDurableAudit(t *testing.T) {
 	assert.Equal(t, "hog", req.Subject)
 	assert.Equal(t, rec.Decision, req.Decision)
 
-	// The terminate ack alone is not a kill: the exit must be observed too.
-	require.Eventually(t, func() bool {
-		var st policy.SubjectStatus
-		d.withCore(func(c *policy.Core) { st, _ = c.Subject("hog") })
-		return st.State == policy.StateTerminating
-	}, 10*time.Second, time.Millisecond)
-	assert.NotContains(t, markers.String(), "oomd: kill")
+	// The exit alone is not a kill: execd's acknowledgement must arrive too.
 	d.Exited("hog", 1, "signal=15")
+	assert.NotContains(t, markers.String(), "oomd: kill", "killed reported before execd acknowledged")
+	close(term.release)
+	require.Eventually(t, func() bool { return markers.String() != "" }, 10*time.Second, time.Millisecond)
 	assert.Equal(t, "oomd: kill app=hog bytes=500\n", markers.String())
 }
 
