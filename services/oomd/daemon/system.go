@@ -62,7 +62,8 @@ type sysState struct {
 	policyC chan struct{} // poked on every policy change
 
 	mu        sync.Mutex
-	claimedAt time.Time // wall clock of the claim, for teardownMs only
+	claimedAt time.Time   // wall clock of the claim, for teardownMs
+	bound     *time.Timer // the bound on the wall clock (InputHaltTimeout)
 }
 
 func (s *sysState) init() {
@@ -84,8 +85,17 @@ func (d *Daemon) systemReadyLocked(rd policy.Ready) {
 	for _, e := range rd.Events {
 		switch e.Kind {
 		case policy.EventHaltClaimed:
+			// The core counts the bound in ticks; this timer is the same bound on the
+			// wall clock, so a tick loop that falls behind cannot stretch it.
+			ms := d.core.Policy().OOMTimeoutMs
+			if ms == 0 {
+				ms = policy.DefaultOOMTimeout
+			}
 			d.sys.mu.Lock()
 			d.sys.claimedAt = time.Now()
+			d.sys.bound = time.AfterFunc(time.Duration(ms)*time.Millisecond, func() {
+				d.step(policy.Input{Kind: policy.InputHaltTimeout})
+			})
 			d.sys.mu.Unlock()
 		case policy.EventLevelChanged:
 			levelChanged = e.Seq
@@ -134,6 +144,9 @@ func (d *Daemon) teardown(h policy.HaltRequest) {
 func (d *Daemon) reboot(o policy.RebootOutcome, auditSeq uint64) {
 	d.sys.mu.Lock()
 	ms := time.Since(d.sys.claimedAt).Milliseconds()
+	if d.sys.bound != nil {
+		d.sys.bound.Stop() // the wait is a maximum: an ack cancels it at once
+	}
 	d.sys.mu.Unlock()
 	teardownMs := uint32(min(ms, int64(^uint32(0))))
 	log := d.log.With(zap.String("reason", o.Reason), zap.Bool("graceful", o.Graceful), zap.Bool("timedOut", o.TimedOut),

@@ -50,12 +50,16 @@ type sysHarness struct {
 }
 
 // newSysHarness: levels warning 1000 / imminentOom 600 / oom 300, hysteresis 100, and a
-// bound of 1000 ms at 100 ms ticks = 10 ticks, driven by the test's own d.tick() calls
-// (the injected clock): no wall-clock timer decides anything here.
-func newSysHarness(t *testing.T) *sysHarness {
+// bound of 60 s at 6 s ticks = 10 ticks, driven by the test's own d.tick() calls (the
+// injected clock); the same bound on the wall clock is a minute away, so it decides
+// nothing here unless a test asks for it.
+func newSysHarness(t *testing.T, opts ...func(*policy.Policy)) *sysHarness {
 	p := policy.DefaultPolicy()
 	p.Levels = policy.LevelThresholds{WarningBytes: 1000, ImminentOOMBytes: 600, OOMBytes: 300, HysteresisBytes: 100}
-	p.OOMTimeoutMs = 1000
+	p.SampleMs, p.OOMTimeoutMs = 6000, 60000
+	for _, o := range opts {
+		o(&p)
+	}
 	h := &sysHarness{t: t, aud: &fakeAuditor{}, sys: &fakeSystem{calls: make(chan string, 4), answers: make(chan fakeAnswer, 4)},
 		markers: &syncBuffer{}, rebooted: make(chan struct{}, 4), path: filepath.Join(t.TempDir(), "reboot.rec")}
 	store, err := sysoom.OpenStore(h.path)
@@ -209,6 +213,28 @@ func TestOOMBoundFirst(t *testing.T) {
 		t.Fatal("a second reboot")
 	default:
 	}
+}
+
+// TestOOMBoundOnWallClock: ticks that never come (a starved tick loop) cannot stretch
+// the bound: the wall-clock timer started at the claim ends the sequence.
+func TestOOMBoundOnWallClock(t *testing.T) {
+	h := newSysHarness(t, func(p *policy.Policy) { p.SampleMs, p.OOMTimeoutMs = 60000, 1000 })
+	h.d.Register(&slot{subject: "stuck", instance: 1})
+	start := time.Now()
+	h.d.step(policy.Input{Kind: policy.InputMemAvailable, Bytes: 10})
+	h.ackAudit()
+	h.waitCall()
+	require.Eventually(t, func() bool {
+		var d bool
+		h.d.withCore(func(c *policy.Core) { d = c.Halt().Done })
+		return d
+	}, 10*time.Second, time.Millisecond)
+	assert.GreaterOrEqual(t, time.Since(start), time.Second, "not before the bound")
+	h.ackAudit()
+	h.waitReboot()
+	k := h.kinds()
+	assert.Equal(t, "rebootTimedOut notStopped=stuck by=clock", k[len(k)-1])
+	assert.Equal(t, []string{"stuck"}, h.record().NotStopped)
 }
 
 // TestTeardownUnimplemented: an execd without teardown (or one that fails) is the same

@@ -173,6 +173,8 @@ func (c *Core) Step(in Input) error {
 		return c.rebootRequest(&in)
 	case InputTeardownDone:
 		return c.teardownDone(&in)
+	case InputHaltTimeout:
+		return c.haltTimeout(&in)
 	}
 	return fmt.Errorf("%w: unknown input kind %d", ErrBadInput, in.Kind)
 }

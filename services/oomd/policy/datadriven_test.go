@@ -66,6 +66,7 @@ func init() {
 		"reboot-request":    handleRebootRequest,
 		"teardown-done":     handleTeardownDone,
 		"system":            handleSystem,
+		"halt-timeout":      handleHaltTimeout,
 	}
 }
 
@@ -357,4 +358,11 @@ func handleSystem(t *testing.T, e *scenarioEnv, d *datadriven.TestData) string {
 	h := e.c.Halt()
 	return fmt.Sprintf("level=%s memAvailable=%d halt claimed=%t reason=%q tick=%d done=%t timedOut=%t\n",
 		l, avail, h.Claimed, h.Reason, h.Tick, h.Done, h.TimedOut)
+}
+
+// halt-timeout
+//
+// Steps InputHaltTimeout: the shell's wall clock says the bound passed.
+func handleHaltTimeout(t *testing.T, e *scenarioEnv, d *datadriven.TestData) string {
+	return e.step(t, Input{Kind: InputHaltTimeout})
 }

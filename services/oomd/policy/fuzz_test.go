@@ -37,7 +37,7 @@ func (g *fuzzGen) next() (Input, bool) {
 	g.data = g.data[3:]
 	subject := fuzzSubjects[int(a)%len(fuzzSubjects)]
 	instance := uint64(1 + (a>>4)%2)
-	switch op % 13 {
+	switch op % 14 {
 	case 0, 1:
 		return Input{Kind: InputTick}, true
 	case 2:
@@ -72,6 +72,8 @@ func (g *fuzzGen) next() (Input, bool) {
 			notStopped = []string{subject}
 		}
 		return Input{Kind: InputTeardownDone, Graceful: b&2 == 2, NotStopped: notStopped}, true
+	case 13:
+		return Input{Kind: InputHaltTimeout}, true
 	default:
 		if b == 0xff {
 			return Input{Kind: InputKind(op)}, true // unknown kind: must be an error

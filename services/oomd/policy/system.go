@@ -210,13 +210,32 @@ func (c *Core) releaseHalt() {
 	c.halt = append(c.halt, HaltRequest{Reason: h.reason, Tick: h.tick, TimeoutTicks: h.deadline - h.tick})
 }
 
-// haltDeadline ends the sequence when the bound passed before execd's acknowledgement.
-// The services named are those still registered: execd never reported their exit.
+// haltDeadline ends the sequence when the bound, counted in ticks, passed before
+// execd's acknowledgement.
 func (c *Core) haltDeadline() {
 	h := &c.sys.halt
-	if !h.claimed || h.done || c.tick < h.deadline {
-		return
+	if h.claimed && !h.done && c.tick >= h.deadline {
+		c.timeOut("ticks")
 	}
+}
+
+// haltTimeout is the same bound on the shell's wall clock. After the outcome it is a
+// timer that fired late: ignored.
+func (c *Core) haltTimeout(in *Input) error {
+	h := &c.sys.halt
+	if !h.claimed {
+		return badInput(in, "no halt token was claimed")
+	}
+	if !h.done {
+		c.timeOut("clock")
+	}
+	return nil
+}
+
+// timeOut ends the sequence without execd's acknowledgement. The services named are
+// those still registered: execd never reported their exit. by says which clock.
+func (c *Core) timeOut(by string) {
+	h := &c.sys.halt
 	ids := make([]string, 0, min(c.subjects.len(), MaxNotStopped))
 	for _, i := range c.subjects.order {
 		ids = append(ids, c.subjects.slots[i].id)
@@ -228,7 +247,7 @@ func (c *Core) haltDeadline() {
 		ids[len(ids)-1] = "+" + strconv.Itoa(more+1) + " more"
 	}
 	h.timedOut = true
-	c.finishHalt(EventRebootTimedOut, RebootOutcome{TimedOut: true, NotStopped: ids}, notStoppedReason(ids))
+	c.finishHalt(EventRebootTimedOut, RebootOutcome{TimedOut: true, NotStopped: ids}, notStoppedReason(ids)+" by="+by)
 }
 
 func (c *Core) teardownDone(in *Input) error {

@@ -267,7 +267,7 @@ func FormatInput(in Input) string {
 	case InputTeardownDone:
 		l.str("graceful", strconv.FormatBool(in.Graceful))
 		l.quoted("notStopped", strings.Join(in.NotStopped, ","))
-	case InputTick:
+	case InputTick, InputHaltTimeout:
 	default:
 		l.str("raw", strconv.FormatUint(uint64(in.Kind), 10))
 	}

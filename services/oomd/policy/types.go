@@ -48,6 +48,10 @@ const (
 	// EventAuditSpilled and then treats the input as InputAuditAck{Seq}: the spill is the
 	// durable audit a kill waits for.
 	InputAuditSpilled
+	// InputHaltTimeout: the shell's wall clock says Policy.OOMTimeoutMs passed since the
+	// claim. The bound is also counted in ticks; whichever comes first ends the
+	// sequence, so ticks that run late (a starved process) cannot stretch it.
+	InputHaltTimeout
 )
 
 var inputKindNames = [...]string{
@@ -63,6 +67,7 @@ var inputKindNames = [...]string{
 	InputRebootRequest:    "reboot-request",
 	InputTeardownDone:     "teardown-done",
 	InputAuditSpilled:     "audit-spilled",
+	InputHaltTimeout:      "halt-timeout",
 }
 
 func (k InputKind) String() string {
