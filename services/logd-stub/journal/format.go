@@ -1,15 +1,15 @@
 package journal
 
 import (
-	"bufio"
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"io"
 	"sort"
 	"strconv"
 	"strings"
+
+	framing "oomd.dev/oomd/internal/frame"
 )
 
 const (
@@ -20,7 +20,7 @@ const (
 	// later schema adds.
 	MaxDataBytes = 2048
 
-	frameHeaderBytes = 8
+	frameHeaderBytes = framing.HeaderBytes
 	entryFixedBytes  = 1 + 8 + 8 + 1
 	// MaxPayloadBytes bounds a frame's payload; a larger length on disk is corruption.
 	// Checkpoints are bounded separately by Options.MaxWriters and share this limit.
@@ -35,8 +35,6 @@ const (
 	sparseEvery = 64
 )
 
-var castagnoli = crc32.MakeTable(crc32.Castagnoli)
-
 // entryFrameBytes is the on-disk size of an entry frame.
 func entryFrameBytes(writer string, data []byte) int64 {
 	return int64(frameHeaderBytes + entryFixedBytes + len(writer) + len(data))
@@ -47,27 +45,15 @@ func checkpointFrameBytes(n int) int64 {
 	return int64(frameHeaderBytes + 1 + 2 + n*(1+MaxWriterBytes+8))
 }
 
-// sealFrame fills in the header of the frame at buf[start:], whose payload was appended
-// after 8 reserved header bytes.
-func sealFrame(buf []byte, start int) []byte {
-	payload := buf[start+frameHeaderBytes:]
-	binary.LittleEndian.PutUint32(buf[start:], uint32(len(payload)))
-	crc := crc32.Update(0, castagnoli, buf[start:start+4])
-	crc = crc32.Update(crc, castagnoli, payload)
-	binary.LittleEndian.PutUint32(buf[start+4:], crc)
-	return buf
-}
-
 func encodeEntry(buf []byte, seq, writerSeq uint64, writer string, data []byte) []byte {
-	start := len(buf)
-	buf = append(buf, make([]byte, frameHeaderBytes)...)
+	buf, start := framing.Begin(buf)
 	buf = append(buf, kindEntry)
 	buf = binary.LittleEndian.AppendUint64(buf, seq)
 	buf = binary.LittleEndian.AppendUint64(buf, writerSeq)
 	buf = append(buf, byte(len(writer)))
 	buf = append(buf, writer...)
 	buf = append(buf, data...)
-	return sealFrame(buf, start)
+	return framing.Seal(buf, start)
 }
 
 // encodeCheckpoint writes the writer table sorted by name, so the same table always
@@ -78,8 +64,7 @@ func encodeCheckpoint(buf []byte, writers map[string]*writerState) []byte {
 		names = append(names, w)
 	}
 	sort.Strings(names)
-	start := len(buf)
-	buf = append(buf, make([]byte, frameHeaderBytes)...)
+	buf, start := framing.Begin(buf)
 	buf = append(buf, kindCheckpoint)
 	buf = binary.LittleEndian.AppendUint16(buf, uint16(len(names)))
 	for _, w := range names {
@@ -87,7 +72,7 @@ func encodeCheckpoint(buf []byte, writers map[string]*writerState) []byte {
 		buf = append(buf, w...)
 		buf = binary.LittleEndian.AppendUint64(buf, writers[w].lastWriterSeq)
 	}
-	return sealFrame(buf, start)
+	return framing.Seal(buf, start)
 }
 
 // frame is one decoded frame. For an entry, writer and data alias the read buffer.
@@ -107,54 +92,23 @@ type checkpointEntry struct {
 	lastWriterSeq uint64
 }
 
-// errTorn means the file ended inside a frame: the normal result of a crash mid-write.
-var errTorn = errors.New("torn frame")
-
-// frameReader decodes frames from a segment, reusing one buffer.
-type frameReader struct {
-	r   *bufio.Reader
-	buf []byte
-}
+// frameReader decodes journal frames from a segment (internal/frame does the length,
+// checksum and torn-tail detection; this adds the journal's payload kinds).
+type frameReader struct{ r *framing.Reader }
 
 func newFrameReader(r io.Reader) *frameReader {
-	return &frameReader{r: bufio.NewReaderSize(r, 64<<10)}
+	return &frameReader{r: framing.NewReader(r, MaxPayloadBytes)}
 }
 
-// next returns the next frame, io.EOF at a clean end, errTorn at a partial frame, or
-// another error describing the corruption.
+// next returns the next frame, io.EOF at a clean end, an error wrapping
+// framing.ErrTorn at a partial frame, or another error describing the corruption.
 func (fr *frameReader) next() (frame, error) {
-	var hdr [frameHeaderBytes]byte
-	n, err := io.ReadFull(fr.r, hdr[:])
-	if err == io.EOF {
-		return frame{}, io.EOF
-	}
-	if err == io.ErrUnexpectedEOF {
-		return frame{}, fmt.Errorf("%w: %d of %d header bytes", errTorn, n, frameHeaderBytes)
-	}
+	payload, err := fr.r.Next()
 	if err != nil {
 		return frame{}, err
 	}
-	size := binary.LittleEndian.Uint32(hdr[:4])
-	if size == 0 || size > MaxPayloadBytes {
-		return frame{}, fmt.Errorf("impossible frame length %d", size)
-	}
-	if cap(fr.buf) < int(size) {
-		fr.buf = make([]byte, size)
-	}
-	payload := fr.buf[:size]
-	if n, err := io.ReadFull(fr.r, payload); err != nil {
-		if err == io.ErrUnexpectedEOF || err == io.EOF {
-			return frame{}, fmt.Errorf("%w: %d of %d payload bytes", errTorn, n, size)
-		}
-		return frame{}, err
-	}
-	crc := crc32.Update(0, castagnoli, hdr[:4])
-	crc = crc32.Update(crc, castagnoli, payload)
-	if want := binary.LittleEndian.Uint32(hdr[4:]); crc != want {
-		return frame{}, fmt.Errorf("checksum mismatch: stored %08x, computed %08x", want, crc)
-	}
 	f, err := decodePayload(payload)
-	f.size = frameHeaderBytes + int64(size)
+	f.size = frameHeaderBytes + int64(len(payload))
 	return f, err
 }
 
