@@ -29,6 +29,11 @@ type Limits struct {
 	// At the bound the reader holds the next question until one returns, so the
 	// socket fills and the peer's writes block: backpressure, nothing dropped. A peer
 	// that reads its Returns keeps going; one that never reads stops. 0: no bound.
+	// Caveat (as for C++'s setFlowLimit): a handler that waits for a later message from
+	// the same peer (the Return of a call back to it) is not released while the reader
+	// holds a question; with MaxUnreturned such handlers outstanding the connection
+	// stalls. No oomd handler does that (logd's block only on its disk, execd's and
+	// oomd's never wait on their caller).
 	MaxUnreturned int
 	// FinishOnReturn makes the codec hand the rpc layer a Finish for every call as soon
 	// as its Return is written, and drop the peer's own Finish when it comes. go-capnp
