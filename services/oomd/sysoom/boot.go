@@ -3,6 +3,7 @@ package sysoom
 import (
 	"errors"
 	"fmt"
+	"sync"
 )
 
 // Boot is this start's view of the record store: what the previous boot left (read
@@ -14,6 +15,9 @@ type Boot struct {
 	last  Record
 	valid bool
 	fresh bool
+
+	mu       sync.Mutex // serialises this boot's writes
+	complete bool       // the outcome was written: nothing may overwrite it
 }
 
 // StartBoot reads the record and durably counts this boot, marking the record reported:
@@ -85,10 +89,20 @@ func (b *Boot) Complete(reason Reason, graceful bool, teardownMs uint32, notStop
 	return b.write(Record{State: StateComplete, Reason: reason, Graceful: graceful, TeardownMs: teardownMs, NotStopped: notStopped})
 }
 
+// write stamps r with this boot and writes it. Once the outcome (StateComplete) is
+// written nothing replaces it: an InProgress whose fsync was slow (the bound does not
+// wait for it) would otherwise land after the outcome, and the next boot would read
+// "in progress" instead of what happened.
 func (b *Boot) write(r Record) error {
 	if b == nil || b.store == nil {
 		return nil
 	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.complete {
+		return nil
+	}
+	b.complete = r.State == StateComplete
 	r.BootCount, r.LastBoot = b.boot, b.boot
 	return b.store.Write(r)
 }

@@ -162,3 +162,20 @@ func TestParseAction(t *testing.T) {
 		assert.Error(t, err, in)
 	}
 }
+
+// TestOutcomeIsNotOverwritten: an "in progress" write that comes after the outcome (its
+// fsync was slow and the bound did not wait for it) must not replace the outcome.
+func TestOutcomeIsNotOverwritten(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "reboot.rec")
+	s, err := OpenStore(path)
+	require.NoError(t, err)
+	defer s.Close()
+	b, err := StartBoot(s)
+	require.NoError(t, err)
+	require.NoError(t, b.Complete(ReasonOOM, false, 1000, []string{"stuck"}))
+	require.NoError(t, b.InProgress(ReasonOOM))
+	rec, err := s.Read()
+	require.NoError(t, err)
+	assert.Equal(t, StateComplete, rec.State)
+	assert.Equal(t, []string{"stuck"}, rec.NotStopped)
+}
