@@ -226,3 +226,41 @@ func TestWellBehavedStreamingClientsAreUnaffected(t *testing.T) {
 		})
 	}
 }
+
+// bufRWC is a bytes.Buffer as an io.ReadWriteCloser.
+type bufRWC struct{ bytes.Buffer }
+
+func (*bufRWC) Close() error { return nil }
+
+// TestCodecFramesLikeCapnpEncoder: the codec's single-write framing is the standard
+// stream framing, for one and several segments, and large frames take the encoder.
+func TestCodecFramesLikeCapnpEncoder(t *testing.T) {
+	for _, size := range []int{8, 300, 5000, 100 << 10} {
+		msg, seg, err := capnp.NewMessage(capnp.MultiSegment(nil))
+		require.NoError(t, err)
+		root, err := capnp.NewRootStruct(seg, capnp.ObjectSize{PointerCount: 2})
+		require.NoError(t, err)
+		// Two data blobs, the second forced into its own segment when large.
+		d1, err := capnp.NewData(seg, bytes.Repeat([]byte{1}, size))
+		require.NoError(t, err)
+		require.NoError(t, root.SetPtr(0, d1.ToPtr()))
+		d2, err := capnp.NewData(seg, bytes.Repeat([]byte{2}, size))
+		require.NoError(t, err)
+		require.NoError(t, root.SetPtr(1, d2.ToPtr()))
+
+		t.Logf("size %d: %d segments", size, msg.NumSegments())
+		var want bytes.Buffer
+		require.NoError(t, capnp.NewEncoder(&want).Encode(msg))
+		got := &bufRWC{}
+		c := newLimitCodec(got, Limits{}, nil)
+		require.NoError(t, c.Encode(msg))
+		assert.Equal(t, want.Bytes(), got.Bytes(), "size %d, %d segments", size, msg.NumSegments())
+		back, err := c.Decode()
+		require.NoError(t, err)
+		r, err := back.Root()
+		require.NoError(t, err)
+		p, err := r.Struct().Ptr(1)
+		require.NoError(t, err)
+		assert.Equal(t, bytes.Repeat([]byte{2}, size), p.Data())
+	}
+}
