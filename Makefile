@@ -25,8 +25,9 @@ run: build ## Run the stack on the host: execd starts logd, oomd and a hog, and 
 selftest: build ## Run the host selftest non-interactively; exits 0 only on SELFTEST: oom kill ok
 	@./scripts/run.sh --selftest
 
-qemu-test: ## Boot a Linux VM under QEMU (TCG) with our binaries and check the markers
+qemu-test: ## Boot a Linux VM under QEMU (TCG): the kill-path proof, then the two-boot system-OOM proof
 	RUN_UNTIL_MARKER=1 RUN_TIMEOUT=$${RUN_TIMEOUT:-120s} ./scripts/qemu-test.sh
+	VM_TEST=oom RUN_UNTIL_MARKER=1 RUN_TIMEOUT=$${OOM_RUN_TIMEOUT:-300s} ./scripts/qemu-test.sh
 
 tools: ## Install the capnp compiler (Debian) and capnpc-go pinned to go.mod's version
 	@command -v capnp >/dev/null || ./scripts/apt-install.sh capnproto
