@@ -86,6 +86,8 @@ var commands = []command{
 		summary: "the durable audit journal (logd's), read through oomd",
 		flags:   func(fs *flag.FlagSet) any { return registerPageFlags(fs, false) },
 		run:     func(ctx context.Context, r *runner, o any) error { return r.audit(ctx, o.(*pageFlags)) }},
+	{name: "last-reboot", summary: "why the system last rebooted, from the record oomd read at start",
+		run: func(ctx context.Context, r *runner, _ any) error { return r.lastReboot(ctx) }},
 }
 
 func usage(w io.Writer) {

@@ -731,3 +731,18 @@ func TestTimeout(t *testing.T) {
 	assert.True(t, strings.HasPrefix(stderr, "oomctl: oomd did not answer within 200ms (--timeout; is it stopped or overloaded?): "), stderr)
 	assert.Contains(t, stderr, "context deadline exceeded")
 }
+
+func TestLastReboot(t *testing.T) {
+	f := startFake(t)
+	code, stdout, stderr := oomctl(t, nil, "--socket", f.path, "last-reboot")
+	require.Equal(t, ExitOK, code, stderr)
+	assert.Contains(t, stdout, "no reboot reason recorded")
+
+	f.do(func() {
+		f.reboot = rebootView{Valid: true, Graceful: false, TeardownMs: 1002, BootCount: 3, NotStopped: []string{"hog-stuck"}}
+	})
+	_, stdout, _ = oomctl(t, nil, "--socket", f.path, "last-reboot")
+	assert.Equal(t, "last reboot: reason=oom graceful=no teardown=1002 ms (written by boot 3)\nnot stopped in time: hog-stuck\n", stdout)
+	_, stdout, _ = oomctl(t, nil, "--socket", f.path, "--json", "last-reboot")
+	assert.Equal(t, `{"valid":true,"reason":"oom","graceful":false,"teardownMs":1002,"notStopped":["hog-stuck"],"bootCount":3}`+"\n", stdout)
+}

@@ -34,6 +34,7 @@ type fakeOomd struct {
 	events     []policy.Event // seq 1..n; those with seq <= dropped are overwritten
 	dropped    uint64
 	audit      []auditView
+	reboot     rebootView
 	sub        oomdpb.EventSubscriber
 	subSince   uint64
 	subscribed chan struct{}
@@ -253,8 +254,33 @@ func (f *fakeOomd) Status(_ context.Context, call oomdpb.Control_status) error {
 	return nil
 }
 
-func (f *fakeOomd) LastReboot(context.Context, oomdpb.Control_lastReboot) error {
-	return capnp.Unimplemented("fake")
+func (f *fakeOomd) LastReboot(_ context.Context, call oomdpb.Control_lastReboot) error {
+	f.mu.Lock()
+	v := f.reboot
+	f.mu.Unlock()
+	res, err := call.AllocResults()
+	if err != nil {
+		return err
+	}
+	rec, err := res.NewRecord()
+	if err != nil {
+		return err
+	}
+	rec.SetValid(v.Valid)
+	rec.SetReason(oomdpb.RebootReason_oom)
+	rec.SetGraceful(v.Graceful)
+	rec.SetTeardownMs(v.TeardownMs)
+	rec.SetBootCount(v.BootCount)
+	l, err := rec.NewNotStopped(int32(len(v.NotStopped)))
+	if err != nil {
+		return err
+	}
+	for i, s := range v.NotStopped {
+		if err := l.Set(i, s); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (f *fakeOomd) WatchLevels(context.Context, oomdpb.Control_watchLevels) error {

@@ -1,0 +1,64 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"strings"
+)
+
+// rebootView is oomd's RebootRecord as oomctl prints it; JSON names are the schema's.
+type rebootView struct {
+	Valid      bool     `json:"valid"`
+	Reason     string   `json:"reason"`
+	Graceful   bool     `json:"graceful"`
+	TeardownMs uint32   `json:"teardownMs"`
+	NotStopped []string `json:"notStopped"`
+	BootCount  uint64   `json:"bootCount"`
+}
+
+func (r *runner) lastReboot(ctx context.Context) error {
+	ctx, cancel := r.callCtx(ctx)
+	defer cancel()
+	c, err := r.dial(ctx)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	f, rel := c.Ctl.LastReboot(ctx, nil)
+	defer rel()
+	res, err := f.Struct()
+	if err != nil {
+		return r.explain(fmt.Errorf("lastReboot: %w", err))
+	}
+	rec, err := res.Record()
+	if err != nil {
+		return fmt.Errorf("lastReboot: %w", err)
+	}
+	v := rebootView{Valid: rec.Valid(), Reason: enumName(rec.Reason().String(), uint16(rec.Reason())),
+		Graceful: rec.Graceful(), TeardownMs: rec.TeardownMs(), BootCount: rec.BootCount(), NotStopped: []string{}}
+	l, err := rec.NotStopped()
+	if err != nil {
+		return fmt.Errorf("lastReboot: notStopped: %w", err)
+	}
+	for i := 0; i < l.Len(); i++ {
+		s, err := l.At(i)
+		if err != nil {
+			return fmt.Errorf("lastReboot: notStopped[%d]: %w", i, err)
+		}
+		v.NotStopped = append(v.NotStopped, s)
+	}
+	if r.g.json {
+		return jsonLine(r.env.Stdout, v)
+	}
+	if !v.Valid {
+		_, err := fmt.Fprintln(r.env.Stdout, "no reboot reason recorded (no earlier system OOM or reboot request, no record store, or its record was torn or corrupt)")
+		return err
+	}
+	line := fmt.Sprintf("last reboot: reason=%s graceful=%s teardown=%d ms (written by boot %d)",
+		v.Reason, yesNo(v.Graceful), v.TeardownMs, v.BootCount)
+	if len(v.NotStopped) > 0 {
+		line += "\nnot stopped in time: " + strings.Join(v.NotStopped, ", ")
+	}
+	_, err = fmt.Fprintln(r.env.Stdout, line)
+	return err
+}
