@@ -143,10 +143,10 @@ func (d *Daemon) tick() {
 			s.mu.Lock()
 			claimed := s.claimed
 			s.mu.Unlock()
-			d.stepLocked(policy.Input{Kind: policy.InputSample, Subject: s.subject, Instance: s.instance, Claimed: claimed, Count: n})
+			d.stepLocked(policy.Input{Kind: policy.InputSample, Subject: s.subject, Instance: s.instance, Claimed: claimed, Count: n, Slot: s.coreSlot})
 		}
 		if n := s.accepted.Swap(0); n > 0 {
-			d.stepLocked(policy.Input{Kind: policy.InputSample, Subject: s.subject, Instance: s.instance, Claimed: s.subject, Bytes: s.bytes.Load(), Count: n})
+			d.stepLocked(policy.Input{Kind: policy.InputSample, Subject: s.subject, Instance: s.instance, Claimed: s.subject, Bytes: s.bytes.Load(), Count: n, Slot: s.coreSlot})
 		}
 	}
 	d.stepLocked(policy.Input{Kind: policy.InputTick})
@@ -250,6 +250,7 @@ func (d *Daemon) Register(s *slot) {
 	}
 	d.slots[s.subject] = s
 	d.stepLocked(policy.Input{Kind: policy.InputRegister, Subject: s.subject, Instance: s.instance, Critical: s.critical})
+	s.coreSlot = d.core.SlotOf(s.subject)
 	d.processReadyLocked()
 }
 

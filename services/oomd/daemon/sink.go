@@ -23,6 +23,7 @@ type slot struct {
 	critical   bool
 	injectable bool
 	conn       *rpc.Conn // the brokered connection; its bootstrap is the child's TestHook
+	coreSlot   uint32    // the core's handle for this subject (Core.SlotOf); under Daemon.mu
 
 	bytes    atomic.Uint64
 	accepted atomic.Uint64 // valid samples since the last drain (the latest wins)

@@ -77,26 +77,37 @@ func sampleOf(id string) Input {
 func BenchmarkSample(b *testing.B) {
 	for _, n := range benchSizes {
 		for _, order := range []string{"shuffled", "sorted"} {
-			b.Run(fmt.Sprintf("subjects=%d/order=%s", n, order), func(b *testing.B) {
-				c, ids := benchCore(b, n)
-				if order == "sorted" {
-					slices.Sort(ids)
-				}
-				b.ReportAllocs()
-				b.ResetTimer()
-				cpu0 := cpuNanos(b)
-				j := 0
-				for range b.N {
-					if err := c.Step(sampleOf(ids[j])); err != nil {
-						b.Fatal(err)
+			// by=id looks the subject up by id; by=slot passes the handle the shell got
+			// from SlotOf at registration, as the oomd shell does.
+			for _, by := range []string{"id", "slot"} {
+				b.Run(fmt.Sprintf("subjects=%d/order=%s/by=%s", n, order, by), func(b *testing.B) {
+					c, ids := benchCore(b, n)
+					if order == "sorted" {
+						slices.Sort(ids)
 					}
-					j++
-					if j == len(ids) {
-						j = 0
+					ins := make([]Input, len(ids))
+					for i, id := range ids {
+						ins[i] = sampleOf(id)
+						if by == "slot" {
+							ins[i].Slot = c.SlotOf(id)
+						}
 					}
-				}
-				b.ReportMetric(float64(cpuNanos(b)-cpu0)/float64(b.N), "cpu-ns/op")
-			})
+					b.ReportAllocs()
+					b.ResetTimer()
+					cpu0 := cpuNanos(b)
+					j := 0
+					for range b.N {
+						if err := c.Step(ins[j]); err != nil {
+							b.Fatal(err)
+						}
+						j++
+						if j == len(ins) {
+							j = 0
+						}
+					}
+					b.ReportMetric(float64(cpuNanos(b)-cpu0)/float64(b.N), "cpu-ns/op")
+				})
+			}
 		}
 	}
 }

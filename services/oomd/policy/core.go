@@ -256,6 +256,16 @@ func (c *Core) Subject(id string) (SubjectStatus, bool) {
 	return c.status(s), true
 }
 
+// SlotOf returns the handle of a registered subject for Input.Slot (0 if id is not
+// registered). It stays valid until the subject's instance exits; a stale handle is
+// detected and ignored.
+func (c *Core) SlotOf(id string) uint32 {
+	if i, ok := c.subjects.index[id]; ok {
+		return i + 1
+	}
+	return 0
+}
+
 // Counters returns the totals since New.
 func (c *Core) Counters() Counters { return c.counters }
 
@@ -279,11 +289,11 @@ func (c *Core) isCritical(id string, registered bool) bool {
 // ---------------------------------------------------------------------------------
 // Inputs
 
-// sample is the hot path: one map lookup, no allocation. Evaluation waits for the
+// sample is the hot path: one map lookup (none with a valid Slot), no allocation. Evaluation waits for the
 // tick so a flood of samples costs O(1) each and cannot emit more than one round of
 // threshold events per tick.
 func (c *Core) sample(in *Input) error {
-	i, ok := c.subjects.index[in.Subject]
+	i, ok := c.subjects.find(in.Slot, in.Subject)
 	if !ok {
 		if err := ValidateSubjectID(in.Subject); err != nil {
 			return badInput(in, "subject %q: want %v", in.Subject, err)

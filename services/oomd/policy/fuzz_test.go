@@ -47,7 +47,8 @@ func (g *fuzzGen) next() (Input, bool) {
 		if b&0x80 != 0 {
 			claimed = fuzzSubjects[int(b>>4)%len(fuzzSubjects)]
 		}
-		return Input{Kind: InputSample, Subject: subject, Instance: instance, Claimed: claimed, Bytes: fuzzBytes[int(b)%len(fuzzBytes)], Count: uint64(a >> 6)}, true
+		// Slot: none, the right handle, another subject's, or a freed slot's.
+		return Input{Kind: InputSample, Subject: subject, Instance: instance, Claimed: claimed, Bytes: fuzzBytes[int(b)%len(fuzzBytes)], Count: uint64(a >> 6), Slot: uint32(op/14) % 6}, true
 	case 5:
 		seq := g.chk.lastWriter
 		seq = seq - min(seq, uint64(b%4)) + uint64(b>>7) // sometimes one beyond: an error
@@ -128,13 +129,31 @@ func FuzzStep(f *testing.F) {
 		}
 		chk := newChecker(c, cfg)
 		g := &fuzzGen{data: data, chk: chk}
+		// ref gets the same inputs without slot handles: a handle may only save the
+		// lookup, never change an outcome (a wrong one must not misattribute a sample).
+		ref, err := New(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
 		for n := 0; ; n++ {
 			in, ok := g.next()
 			if !ok {
 				return
 			}
-			if _, _, err := chk.step(in); err != nil {
+			out, stepErr, err := chk.step(in)
+			if err != nil {
 				t.Fatalf("step %d %s: %v", n, FormatInput(in), err)
+			}
+			refIn := in
+			refIn.Slot = 0
+			refErr := ref.Step(refIn)
+			refOut := ""
+			if ref.HasReady() {
+				refOut = FormatReady(ref.Ready())
+				ref.Advance()
+			}
+			if (stepErr == nil) != (refErr == nil) || out != refOut {
+				t.Fatalf("step %d %s with slot %d differs from the lookup by id:\n%v %q\n%v %q", n, FormatInput(in), in.Slot, stepErr, out, refErr, refOut)
 			}
 		}
 	})

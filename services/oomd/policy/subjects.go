@@ -29,8 +29,10 @@ type subject struct {
 
 // hot is the part of a slot the sample path writes, kept in its own dense array
 // (24 bytes a slot) so a sample touches one small cache line, not the whole subject:
-// that keeps the per-sample cost flat from 10 to 100 000 subjects.
+// that keeps the per-sample cost flat from 10 to 100 000 subjects. With a slot handle
+// (Input.Slot) the sample path touches nothing else: no map probe.
 type hot struct {
+	id         string // copy of subject.id, to check a caller's slot handle ("" = free)
 	instance   uint64 // copy of subject.instance, for the stale-instance check
 	pending    uint64 // latest sample since the last tick (valid when hasPending)
 	hasPending bool
@@ -69,6 +71,18 @@ func newTable() table {
 
 func (t *table) len() int { return len(t.order) }
 
+// find returns id's live slot, trying the caller's handle (slot+1, 0 = none) first.
+// The handle is trusted only if the slot it names holds id right now.
+func (t *table) find(handle uint32, id string) (uint32, bool) {
+	if handle != 0 && int(handle) <= len(t.hot) {
+		if h := &t.hot[handle-1]; h.id == id && id != "" {
+			return handle - 1, true
+		}
+	}
+	i, ok := t.index[id]
+	return i, ok
+}
+
 func (t *table) lookup(id string) (*subject, uint32, bool) {
 	i, ok := t.index[id]
 	if !ok {
@@ -99,7 +113,7 @@ func (t *table) add(id string) (*subject, uint32) {
 	}
 	s := &t.slots[i]
 	*s = subject{id: id}
-	t.hot[i] = hot{dirty: t.hot[i].dirty}
+	t.hot[i] = hot{id: id, dirty: t.hot[i].dirty}
 	t.index[id] = i
 	// Inserting keeps order sorted at O(log n) compares plus one memmove of 4-byte slot
 	// numbers: cheap at MaxSubjects, and registrations are rare next to samples.

@@ -111,6 +111,11 @@ type Input struct {
 	Reason   string    `json:"reason,omitempty"`
 	Policy   *Policy   `json:"policy,omitempty"`
 	Count    uint64    `json:"count,omitempty"`
+	// Slot is an optional handle for Subject on InputSample, as Core.SlotOf returned it
+	// after registration; the shell passes it so a sample skips the id lookup. The core
+	// uses it only if that slot is live and holds Subject, and looks the id up otherwise,
+	// so a wrong or stale handle can never attribute a sample to another subject.
+	Slot uint32 `json:"slot,omitempty"`
 	// Graceful and NotStopped carry execd's teardown report (InputTeardownDone).
 	Graceful   bool     `json:"graceful,omitempty"`
 	NotStopped []string `json:"notStopped,omitempty"`
