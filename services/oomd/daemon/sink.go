@@ -81,8 +81,9 @@ func (s *sinkServer) Report(_ context.Context, call oomdpb.MemstatSink_report) e
 		return err
 	}
 	sl := s.slot
-	// An empty claim claims nothing: the connection alone says who the sender is.
-	if len(claimed) == 0 || bytes.Equal(claimed, sl.subjectB) {
+	// The claim must name the connection's own subject exactly; anything else, an empty
+	// claim included, is a rejection (the core and oom-policy.md say the same).
+	if bytes.Equal(claimed, sl.subjectB) {
 		sl.bytes.Store(sample.Bytes())
 		sl.accepted.Add(1)
 	} else {
