@@ -127,3 +127,41 @@ func pages[T any](since uint64, read func(since uint64) ([]T, uint64, error), vi
 		since = next
 	}
 }
+
+// RebootRecord is what oomd read from its reboot record store at start.
+type RebootRecord struct {
+	Valid      bool // false: no record, or torn/corrupt (Reason is then unknown)
+	Reason     oomdpb.RebootReason
+	Graceful   bool
+	TeardownMs uint32
+	NotStopped []string
+	BootCount  uint64
+}
+
+// LastReboot returns the reboot record the previous boot left.
+func (c *Client) LastReboot(ctx context.Context) (RebootRecord, error) {
+	f, rel := c.Ctl.LastReboot(ctx, nil)
+	defer rel()
+	res, err := f.Struct()
+	if err != nil {
+		return RebootRecord{}, fmt.Errorf("lastReboot: %w", err)
+	}
+	rec, err := res.Record()
+	if err != nil {
+		return RebootRecord{}, fmt.Errorf("lastReboot: %w", err)
+	}
+	out := RebootRecord{Valid: rec.Valid(), Reason: rec.Reason(), Graceful: rec.Graceful(),
+		TeardownMs: rec.TeardownMs(), BootCount: rec.BootCount(), NotStopped: []string{}}
+	l, err := rec.NotStopped()
+	if err != nil {
+		return RebootRecord{}, fmt.Errorf("lastReboot: notStopped: %w", err)
+	}
+	for i := 0; i < l.Len(); i++ {
+		s, err := l.At(i)
+		if err != nil {
+			return RebootRecord{}, fmt.Errorf("lastReboot: notStopped[%d]: %w", i, err)
+		}
+		out.NotStopped = append(out.NotStopped, s)
+	}
+	return out, nil
+}

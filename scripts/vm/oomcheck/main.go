@@ -85,20 +85,14 @@ func run(ctx context.Context, socket, target string, step uint64, log *zap.Logge
 	}
 	defer c.Close()
 
-	f, rel := c.Ctl.LastReboot(ctx, nil)
-	defer rel()
-	res, err := f.Struct()
+	rec, err := c.LastReboot(ctx)
 	if err != nil {
-		return fmt.Errorf("lastReboot: %w", err)
-	}
-	rec, err := res.Record()
-	if err != nil {
-		return fmt.Errorf("lastReboot: %w", err)
+		return err
 	}
 	switch boot {
 	case "boot1":
-		if rec.Valid() {
-			return fmt.Errorf("boot 1 found a last reboot record (reason %s): the disk was not fresh", rec.Reason())
+		if rec.Valid {
+			return fmt.Errorf("boot 1 found a last reboot record (reason %s): the disk was not fresh", rec.Reason)
 		}
 		w := oomdpb.RebootWatcher_ServerToClient(&watcher{c: c})
 		wf, wrel := sess.Client.WatchReboot(ctx, func(p oomdpb.Session_watchReboot_Params) error { return p.SetWatcher(w) })
@@ -108,17 +102,11 @@ func run(ctx context.Context, socket, target string, step uint64, log *zap.Logge
 		}
 		return growToOOM(ctx, c, target, step)
 	case "boot2":
-		if !rec.Valid() || rec.Reason() != oomdpb.RebootReason_oom {
-			return fmt.Errorf("boot 2: lastReboot valid=%t reason=%s, want a valid oom record", rec.Valid(), rec.Reason())
-		}
-		names, _ := rec.NotStopped()
-		var ns []string
-		for i := range names.Len() {
-			n, _ := names.At(i)
-			ns = append(ns, n)
+		if !rec.Valid || rec.Reason != oomdpb.RebootReason_oom {
+			return fmt.Errorf("boot 2: lastReboot valid=%t reason=%s, want a valid oom record", rec.Valid, rec.Reason)
 		}
 		fmt.Printf("SELFTEST: last reboot oom ok graceful=%t teardownMs=%d notStopped=%s bootCount=%d\n",
-			rec.Graceful(), rec.TeardownMs(), strings.Join(ns, ","), rec.BootCount())
+			rec.Graceful, rec.TeardownMs, strings.Join(rec.NotStopped, ","), rec.BootCount)
 		return nil
 	}
 	return fmt.Errorf("no oomtest=boot1|boot2 on the kernel command line (%q)", strings.TrimSpace(string(cmdline)))

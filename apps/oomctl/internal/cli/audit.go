@@ -7,7 +7,6 @@ import (
 	"strings"
 
 	"oomd.dev/oomd/internal/ctlclient"
-	"oomd.dev/oomd/internal/wire"
 )
 
 // auditView is one journal entry in --json: logd's seq and writer, and the record's
@@ -66,26 +65,10 @@ func (r *runner) audit(ctx context.Context, f *pageFlags) error {
 	}
 	defer c.Close()
 	p := &printer{w: r.env.Stdout, json: r.g.json, limit: f.limit, what: "rotated out of logd's journal"}
-	since := f.since
-	for !p.full() {
-		entries, next, missed, err := readAudit(ctx, c, since, uint32(p.room(wire.MaxPage)))
-		if err != nil {
-			return r.explain(err)
-		}
-		if err := p.missed(missed); err != nil {
-			return err
-		}
-		for _, a := range entries {
-			if err := p.audit(a); err != nil {
-				return err
-			}
-		}
-		if len(entries) == 0 || next <= since {
-			return nil
-		}
-		since = next
-	}
-	return nil
+	return printPages(p, f.since, func(since uint64, limit uint32) ([]auditView, uint64, uint64, error) {
+		entries, next, missed, err := readAudit(ctx, c, since, limit)
+		return entries, next, missed, r.explain(err)
+	}, p.audit)
 }
 
 func (p *printer) audit(a auditView) error {

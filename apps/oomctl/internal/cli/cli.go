@@ -291,6 +291,9 @@ func (r *runner) dial(ctx context.Context) (*ctlclient.Client, error) {
 
 // explain turns a context deadline into a message naming --timeout.
 func (r *runner) explain(err error) error {
+	if err == nil {
+		return nil
+	}
 	if errors.Is(err, context.DeadlineExceeded) || strings.Contains(err.Error(), context.DeadlineExceeded.Error()) {
 		return fmt.Errorf("oomd did not answer within %v (--timeout; is it stopped or overloaded?): %w", r.g.timeout, err)
 	}

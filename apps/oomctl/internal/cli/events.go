@@ -103,21 +103,29 @@ func (r *runner) events(ctx context.Context, f *pageFlags) error {
 	}
 	defer c.Close()
 	p := &printer{w: r.env.Stdout, json: r.g.json, limit: f.limit, what: "overwritten in oomd's event ring before they were read"}
-	since := f.since
+	return printPages(p, f.since, func(since uint64, limit uint32) ([]policy.Event, uint64, uint64, error) {
+		evs, next, missed, err := c.ReadEvents(ctx, since, limit)
+		return evs, next, missed, r.explain(err)
+	}, p.event)
+}
+
+// printPages prints pages from read until the end or the printer's limit, reporting
+// entries that were lost before they could be read.
+func printPages[T any](p *printer, since uint64, read func(since uint64, limit uint32) ([]T, uint64, uint64, error), print func(T) error) error {
 	for !p.full() {
-		evs, next, missed, err := c.ReadEvents(ctx, since, uint32(p.room(wire.MaxPage)))
+		page, next, missed, err := read(since, uint32(p.room(wire.MaxPage)))
 		if err != nil {
-			return r.explain(err)
+			return err
 		}
 		if err := p.missed(missed); err != nil {
 			return err
 		}
-		for _, e := range evs {
-			if err := p.event(e); err != nil {
+		for _, x := range page {
+			if err := print(x); err != nil {
 				return err
 			}
 		}
-		if len(evs) == 0 || next <= since {
+		if len(page) == 0 || next <= since {
 			return nil
 		}
 		since = next

@@ -24,29 +24,12 @@ func (r *runner) lastReboot(ctx context.Context) error {
 		return err
 	}
 	defer c.Close()
-	f, rel := c.Ctl.LastReboot(ctx, nil)
-	defer rel()
-	res, err := f.Struct()
+	rec, err := c.LastReboot(ctx)
 	if err != nil {
-		return r.explain(fmt.Errorf("lastReboot: %w", err))
+		return r.explain(err)
 	}
-	rec, err := res.Record()
-	if err != nil {
-		return fmt.Errorf("lastReboot: %w", err)
-	}
-	v := rebootView{Valid: rec.Valid(), Reason: enumName(rec.Reason().String(), uint16(rec.Reason())),
-		Graceful: rec.Graceful(), TeardownMs: rec.TeardownMs(), BootCount: rec.BootCount(), NotStopped: []string{}}
-	l, err := rec.NotStopped()
-	if err != nil {
-		return fmt.Errorf("lastReboot: notStopped: %w", err)
-	}
-	for i := 0; i < l.Len(); i++ {
-		s, err := l.At(i)
-		if err != nil {
-			return fmt.Errorf("lastReboot: notStopped[%d]: %w", i, err)
-		}
-		v.NotStopped = append(v.NotStopped, s)
-	}
+	v := rebootView{Valid: rec.Valid, Reason: enumName(rec.Reason.String(), uint16(rec.Reason)),
+		Graceful: rec.Graceful, TeardownMs: rec.TeardownMs, BootCount: rec.BootCount, NotStopped: rec.NotStopped}
 	if r.g.json {
 		return jsonLine(r.env.Stdout, v)
 	}
