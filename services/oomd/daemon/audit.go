@@ -460,7 +460,8 @@ func (a *LogdAuditor) flush(ctx context.Context, s *logdSession, recs []policy.A
 	}
 	coreSeq := min(durable-base, recs[len(recs)-1].WriterSeq)
 	a.done(coreSeq)
-	a.log.Debug("audit durable", zap.Uint64("seq", coreSeq), zap.Uint64("journalSeq", durable))
+	// One line per flush (at most one per tick in a flood): what is now safe in logd.
+	a.log.Info("audit durable in logd", zap.Uint64("from", recs[0].WriterSeq), zap.Uint64("seq", coreSeq), zap.Uint64("journalSeq", durable))
 	ack(coreSeq)
 	return nil
 }
