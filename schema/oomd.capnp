@@ -382,9 +382,11 @@ interface LevelWatcher {
 }
 
 interface Control {
-  setPolicy @0 (policy :Policy) -> (version :UInt64);
+  setPolicy @0 (policy :Policy, expectVersion :UInt64) -> (version :UInt64);
   # Validates the whole policy; an invalid one fails with an error naming the field and
-  # the bound, and the previous policy stays in force.
+  # the bound, and the previous policy stays in force. expectVersion (0 = don't check)
+  # makes it a compare-and-set: if the version in force differs, nothing changes and the
+  # call fails with "policy changed", so a read-modify-write cannot lose another's edit.
 
   getPolicy @1 () -> (policy :Policy, version :UInt64);
 

@@ -31,7 +31,15 @@ func (c *Client) GetPolicy(ctx context.Context) (policy.Policy, uint64, error) {
 // SetPolicy sends p as is (oomd validates it whole) and returns the new version. An
 // invalid policy comes back as oomd's error naming the field and the bound.
 func (c *Client) SetPolicy(ctx context.Context, p policy.Policy) (uint64, error) {
+	return c.SetPolicyIf(ctx, p, 0)
+}
+
+// SetPolicyIf is SetPolicy as a compare-and-set: oomd applies p only if expectVersion
+// (the version a GetPolicy returned) is still in force, and fails with "policy changed"
+// otherwise. Use it for read-modify-write.
+func (c *Client) SetPolicyIf(ctx context.Context, p policy.Policy, expectVersion uint64) (uint64, error) {
 	f, rel := c.Ctl.SetPolicy(ctx, func(a oomdpb.Control_setPolicy_Params) error {
+		a.SetExpectVersion(expectVersion)
 		dst, err := a.NewPolicy()
 		if err != nil {
 			return err

@@ -151,14 +151,14 @@ func (c *Client) CountKind(ctx context.Context, subject, kind string) (int, erro
 // SetLimits keeps oomd's policy but gives each subject a small override, so only the
 // subjects under test can be pushed over their limits.
 func (c *Client) SetLimits(ctx context.Context, hard uint64, subjects []string) error {
-	p, _, err := c.GetPolicy(ctx)
+	p, v, err := c.GetPolicy(ctx)
 	if err != nil {
 		return err
 	}
 	for _, s := range subjects {
 		p.Overrides = append(p.Overrides, policy.SubjectLimit{Subject: s, SoftBytes: hard / 2, HardBytes: hard})
 	}
-	_, err = c.SetPolicy(ctx, p)
+	_, err = c.SetPolicyIf(ctx, p, v)
 	return err
 }
 

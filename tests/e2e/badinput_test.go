@@ -62,6 +62,20 @@ func TestControlRejectsBadInputWithoutChangingState(t *testing.T) {
 	assert.Equal(t, before, after, "a rejected policy must leave the old one in force")
 	assert.Equal(t, beforeVer, afterVer)
 
+	// A compare-and-set against a version no longer in force changes nothing.
+	changed := before
+	changed.KillBudget = before.KillBudget + 1
+	_, err = c.SetPolicyIf(ctx, changed, beforeVer+7)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "policy changed")
+	after, afterVer = getPolicy(t, ctx, c)
+	assert.Equal(t, before, after)
+	assert.Equal(t, beforeVer, afterVer)
+	v, err := c.SetPolicyIf(ctx, changed, beforeVer)
+	require.NoError(t, err, "the version in force is accepted")
+	assert.Equal(t, beforeVer+1, v)
+	before, beforeVer = changed, v
+
 	err = c.Inject(ctx, "no-such-app", 1<<20)
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "unknown subject")

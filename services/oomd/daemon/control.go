@@ -40,7 +40,7 @@ func (s *controlServer) SetPolicy(_ context.Context, call oomdpb.Control_setPoli
 	if err != nil {
 		return err // names the field and the bound; the old policy stays in force
 	}
-	v, err := s.d.SetPolicy(p)
+	v, err := s.d.SetPolicy(p, call.Args().ExpectVersion())
 	if err != nil {
 		return err
 	}

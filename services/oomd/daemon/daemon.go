@@ -269,13 +269,21 @@ func (d *Daemon) Exited(subject string, instance uint64, reason string) {
 	d.processReadyLocked()
 }
 
-// SetPolicy validates and applies a new policy; it returns the new version.
-func (d *Daemon) SetPolicy(p policy.Policy) (uint64, error) {
+// ErrPolicyChanged refuses a compare-and-set whose expected version is not in force.
+var ErrPolicyChanged = errors.New("policy changed")
+
+// SetPolicy validates and applies a new policy and returns the new version. With
+// expectVersion != 0 it is a compare-and-set: nothing changes unless that version is in
+// force.
+func (d *Daemon) SetPolicy(p policy.Policy, expectVersion uint64) (uint64, error) {
 	if err := p.Validate(); err != nil {
 		return 0, err
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if cur := d.core.PolicyVersion(); expectVersion != 0 && cur != expectVersion {
+		return 0, fmt.Errorf("%w: version %d is in force, not %d; read it again and retry", ErrPolicyChanged, cur, expectVersion)
+	}
 	old := d.core.Policy().SampleMs
 	if err := d.core.Step(policy.Input{Kind: policy.InputPolicy, Policy: &p}); err != nil {
 		return 0, err

@@ -76,7 +76,7 @@ func loadRun(t *testing.T, n int, ticks uint64, bare bool) {
 	d := benchDaemon(t, ctx)
 	p := d.core.Policy()
 	p.SampleMs = 100
-	if _, err := d.SetPolicy(p); err != nil {
+	if _, err := d.SetPolicy(p, 0); err != nil {
 		t.Fatal(err)
 	}
 	var bareCount atomic.Uint64

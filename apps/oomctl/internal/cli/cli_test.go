@@ -487,6 +487,16 @@ func TestPolicySet(t *testing.T) {
 	assert.Contains(t, stderr, `invalid policy: overrides[1].subject = "Bad": must be a subject id`)
 	assert.Equal(t, before, f.policy())
 	assert.Equal(t, 2, f.sets())
+
+	// Someone sets a policy between our read and our write: ours is refused, not
+	// applied over theirs, and the user is told to run the command again.
+	f.do(func() { f.changeAfterGet = true })
+	code, stdout, stderr = oomctl(t, nil, "--socket", f.path, "policy", "set", "--kill-budget", "7")
+	assert.Equal(t, ExitRuntime, code)
+	assert.Empty(t, stdout)
+	assert.Contains(t, stderr, "someone changed the policy while we edited it, so ours was not applied; run the command again")
+	assert.Equal(t, before, f.policy())
+	assert.Equal(t, 2, f.sets())
 }
 
 func TestPolicySetFile(t *testing.T) {

@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"sync"
@@ -26,18 +27,21 @@ type fakeOomd struct {
 	path string
 	srv  *rpcx.Server
 
-	mu         sync.Mutex
-	pol        policy.Policy
-	version    uint64
-	setCalls   int
-	status     statusView
-	events     []policy.Event // seq 1..n; those with seq <= dropped are overwritten
-	dropped    uint64
-	audit      []auditView
-	reboot     rebootView
-	sub        oomdpb.EventSubscriber
-	subSince   uint64
-	subscribed chan struct{}
+	mu       sync.Mutex
+	pol      policy.Policy
+	version  uint64
+	setCalls int
+	status   statusView
+	events   []policy.Event // seq 1..n; those with seq <= dropped are overwritten
+	dropped  uint64
+	audit    []auditView
+	reboot   rebootView
+	// changeAfterGet bumps the version after answering GetPolicy, as if another client
+	// set a policy between oomctl's read and its write.
+	changeAfterGet bool
+	sub            oomdpb.EventSubscriber
+	subSince       uint64
+	subscribed     chan struct{}
 }
 
 var _ oomdpb.Control_Server = (*fakeOomd)(nil)
@@ -99,6 +103,9 @@ func (f *fakeOomd) SetPolicy(_ context.Context, call oomdpb.Control_setPolicy) e
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if ev := call.Args().ExpectVersion(); ev != 0 && ev != f.version {
+		return fmt.Errorf("policy changed: version %d is in force, not %d; read it again and retry", f.version, ev)
+	}
 	f.setCalls++
 	f.pol = p
 	f.version++
@@ -122,6 +129,9 @@ func (f *fakeOomd) GetPolicy(_ context.Context, call oomdpb.Control_getPolicy) e
 		return err
 	}
 	res.SetVersion(f.version)
+	if f.changeAfterGet { // another operator sets a policy right after our read
+		f.version++
+	}
 	return wire.SetPolicy(dst, f.pol)
 }
 

@@ -213,18 +213,20 @@ func (r *runner) policySet(ctx context.Context, f *setFlags) error {
 	}
 	defer c.Close()
 	p := fromFile
+	var expect uint64 // a file replaces the policy whole: no version to check
 	if edits {
-		// Not atomic: a change someone makes between this read and our set is lost.
-		// The contract has no compare-and-set; oomd's policyChanged events show who won.
-		cur, _, err := r.getPolicy(ctx, c)
+		// Read-modify-write as a compare-and-set: a change someone makes between this
+		// read and our set makes oomd refuse ours instead of silently losing theirs.
+		cur, v, err := r.getPolicy(ctx, c)
 		if err != nil {
 			return err
 		}
 		if p, err = f.apply(cur); err != nil {
 			return err
 		}
+		expect = v
 	}
-	v, err := r.setPolicy(ctx, c, p)
+	v, err := r.setPolicy(ctx, c, p, expect)
 	if err != nil {
 		return err
 	}
@@ -235,9 +237,12 @@ func (r *runner) policySet(ctx context.Context, f *setFlags) error {
 	return nil
 }
 
-func (r *runner) setPolicy(ctx context.Context, c *ctlclient.Client, p policy.Policy) (uint64, error) {
-	v, err := c.SetPolicy(ctx, p)
+func (r *runner) setPolicy(ctx context.Context, c *ctlclient.Client, p policy.Policy, expectVersion uint64) (uint64, error) {
+	v, err := c.SetPolicyIf(ctx, p, expectVersion)
 	if err != nil {
+		if strings.Contains(err.Error(), "policy changed") {
+			return 0, fmt.Errorf("someone changed the policy while we edited it, so ours was not applied; run the command again: %w", err)
+		}
 		if why, ok := refusedPolicy(err); ok {
 			return 0, invalidf("oomd refused the policy and keeps the one in force: %s", why)
 		}
