@@ -838,7 +838,7 @@ func TestWatchdogRestartGetsBacklogAndNewHandoffs(t *testing.T) {
 	worker := withDeps(child("worker", "--ready"), "wd")
 	worker.Restart = "on-failure"
 	h := start(t, []svc{wd, worker})
-	exits := h.watchExits()
+	h.watchExits() // registered on the first watchdog, which dies with it
 	ho := h.nextHandoff()
 	require.Equal(t, "worker", ho.subject)
 	h.waitEvent("start worker")
@@ -849,7 +849,7 @@ func TestWatchdogRestartGetsBacklogAndNewHandoffs(t *testing.T) {
 	require.NoError(t, syscall.Kill(int(ho.pid), syscall.SIGKILL))
 	h.acceptWatchdog()
 
-	exits = h.watchExits()
+	exits := h.watchExits()
 	r := nextExit(t, exits, "wd")
 	assert.Equal(t, report{Subject: "wd", Instance: 1, Pid: int32(wdPid), Signal: int32(syscall.SIGKILL)}, r,
 		"the first watchdog's own exit waited in the backlog for the next watcher")

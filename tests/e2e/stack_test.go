@@ -5,7 +5,6 @@ package e2e
 
 import (
 	"bufio"
-	"context"
 	"fmt"
 	"io"
 	"os"
@@ -17,12 +16,7 @@ import (
 	"testing"
 	"time"
 
-	"capnproto.org/go/capnp/v3/rpc"
 	"github.com/stretchr/testify/require"
-	"go.uber.org/zap/zaptest"
-
-	"oomd.dev/oomd/gen/oomdpb"
-	"oomd.dev/oomd/internal/rpcx"
 )
 
 var binDir string
@@ -139,16 +133,6 @@ func (s *stack) waitLine(substr string, timeout time.Duration) string {
 }
 
 func (s *stack) path(name string) string { return filepath.Join(s.rt, name) }
-
-// control connects to oomd's control socket once "oomd: ready" was printed.
-func (s *stack) control(ctx context.Context) (oomdpb.Control, *rpc.Conn) {
-	s.t.Helper()
-	s.waitLine("oomd: ready", 20*time.Second)
-	conn, boot, err := rpcx.Dial(ctx, s.path("oomd.sock"), zaptest.NewLogger(s.t))
-	require.NoError(s.t, err)
-	s.t.Cleanup(func() { boot.Release(); conn.Close() })
-	return oomdpb.Control(boot), conn
-}
 
 // lines collects a process's output and lets tests wait for a line.
 type lines struct {
