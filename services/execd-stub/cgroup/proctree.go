@@ -1,0 +1,119 @@
+package cgroup
+
+import (
+	"bytes"
+	"os"
+	"slices"
+	"strconv"
+	"sync"
+)
+
+// maxTree bounds the processes a proc-mode group tracks.
+const maxTree = 4096
+
+// procTree is proc mode's stand-in for a cgroup: the root process and every descendant
+// seen so far, each pinned by its start time so a recycled pid is never taken for a
+// member. A descendant that was re-parented away before it was first seen (it
+// daemonised) is missed: this is why proc mode is weaker.
+type procTree struct {
+	mu    sync.Mutex
+	root  int
+	known map[int]uint64 // pid -> start time (clock ticks since boot)
+}
+
+// refresh walks the tree from every known live member and returns the live members.
+func (t *procTree) refresh() []int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.known == nil {
+		t.known = make(map[int]uint64)
+		if st, ok := startTime(t.root); ok {
+			t.known[t.root] = st
+		}
+	}
+	// Children of every live member; repeat until nothing new appears.
+	queue := t.live()
+	for len(queue) > 0 && len(t.known) < maxTree {
+		pid := queue[0]
+		queue = queue[1:]
+		for _, c := range children(pid) {
+			if _, seen := t.known[c]; seen {
+				continue
+			}
+			if st, ok := startTime(c); ok {
+				t.known[c] = st
+				queue = append(queue, c)
+			}
+		}
+	}
+	return t.live()
+}
+
+// live returns the known members still alive with the same start time, sorted, and
+// forgets the rest.
+func (t *procTree) live() []int {
+	var out []int
+	for pid, st := range t.known {
+		if now, ok := startTime(pid); ok && now == st {
+			out = append(out, pid)
+		} else {
+			delete(t.known, pid)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+func (t *procTree) knows(pid int) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	st, ok := t.known[pid]
+	if !ok {
+		return false
+	}
+	now, ok := startTime(pid)
+	return ok && now == st
+}
+
+// children lists pid's children from every thread's children file.
+func children(pid int) []int {
+	dir := "/proc/" + strconv.Itoa(pid) + "/task"
+	tasks, err := os.ReadDir(dir)
+	if err != nil {
+		return nil
+	}
+	var out []int
+	for _, task := range tasks {
+		b, err := os.ReadFile(dir + "/" + task.Name() + "/children")
+		if err != nil {
+			continue
+		}
+		for f := range bytes.FieldsSeq(b) {
+			if c, err := strconv.Atoi(string(f)); err == nil {
+				out = append(out, c)
+			}
+		}
+	}
+	return out
+}
+
+// startTime is field 22 of /proc/PID/stat; a zombie counts as gone.
+func startTime(pid int) (uint64, bool) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, false
+	}
+	// The command name (field 2) may hold spaces and parentheses: fields count from the
+	// last ')'.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, false
+	}
+	f := bytes.Fields(b[i+1:])
+	// f[0] is field 3 (state), so field 22 is f[19].
+	if len(f) < 20 || f[0][0] == 'Z' || f[0][0] == 'X' {
+		return 0, false
+	}
+	st, err := strconv.ParseUint(string(f[19]), 10, 64)
+	return st, err == nil
+}
