@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <time.h>
 
 enum {
 	PAGE_SIZE_ = 4096,
@@ -28,19 +29,29 @@ enum {
 	OFF_BYTES = 16,  /* u64 the value */
 	OFF_COUNTER = 24,/* u64 samples published */
 	OFF_FLAGS = 32,  /* u64 bit 0: publisher closed */
-	ACQUIRE_TRIES = 4096,
 };
+/* A write cycle is a few stores: only a writer that died or stopped mid-cycle holds the
+ * page this long. Give up on the sample rather than wait without a bound. */
+static const double MAX_ACQUIRE_WAIT_S = 1.0;
 static const uint32_t MAGIC = 0x50534d4f; /* "OMSP" little-endian */
 static const uint32_t VERSION = 1;
 
 static uint64_t *word(unsigned char *page, int off) { return (uint64_t *)(page + off); }
 
+static double now(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
 /* publish runs one write cycle; it returns 0, or -1 if another writer held the page
- * (odd sequence) for ACQUIRE_TRIES attempts. */
+ * (odd sequence) for MAX_ACQUIRE_WAIT_S. */
 static int publish(unsigned char *page, uint64_t bytes)
 {
 	uint64_t *seq = word(page, OFF_SEQ);
-	for (int i = 0; i < ACQUIRE_TRIES; i++) {
+	double give_up = 0;
+	for (;;) {
 		uint64_t s = __atomic_load_n(seq, __ATOMIC_SEQ_CST);
 		/* 1. take the page: even -> odd, only if nobody else did */
 		if ((s & 1) == 0 &&
@@ -54,9 +65,12 @@ static int publish(unsigned char *page, uint64_t bytes)
 			__atomic_store_n(seq, s + 2, __ATOMIC_SEQ_CST);
 			return 0;
 		}
+		if (give_up == 0)
+			give_up = now() + MAX_ACQUIRE_WAIT_S;
+		else if (now() > give_up)
+			return -1;
 		sched_yield();
 	}
-	return -1;
 }
 
 int main(int argc, char **argv)

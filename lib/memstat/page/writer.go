@@ -7,6 +7,7 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -16,17 +17,18 @@ var (
 	// ErrClosed: the writer was closed; nothing was published.
 	ErrClosed = errors.New("memstat page: writer closed")
 	// ErrBusy: another writer of the same page (another process holding the fd) kept
-	// the sequence odd for acquireTries attempts; nothing was published. A writer that
-	// died mid-write leaves the page busy for good (oomd sees it as torn).
+	// the sequence odd for MaxAcquireWait; nothing was published. A writer that died
+	// mid-write leaves the page busy for good (oomd sees it as torn).
 	ErrBusy = errors.New("memstat page: another writer holds the page")
 )
 
-// acquireTries bounds how long a publisher waits for another process's write cycle
-// to end; after the first few tries it yields between attempts. A cycle is three stores,
-// so only a writer pre-empted mid-cycle (or dead) exhausts it.
+// MaxAcquireWait bounds how long a publisher waits for another process's write cycle to
+// end. A cycle is three stores, so only a writer pre-empted mid-cycle (for longer than a
+// scheduler time slice) or dead exhausts it. The first acquireSpins attempts are
+// back-to-back; later ones yield and look at the (vDSO, syscall-free) clock.
 const (
-	acquireTries = 4096
-	acquireSpins = 16
+	MaxAcquireWait = 10 * time.Millisecond
+	acquireSpins   = 16
 )
 
 // Writer publishes to a page (the subject's side).
@@ -35,8 +37,8 @@ const (
 // process the writers are serialised by a mutex, which also keeps Close from unmapping
 // the page under a Publish. Across processes (several processes holding the same fd)
 // each write cycle starts with a compare-and-swap of the sequence from even to odd, so
-// two processes never interleave their stores; the loser retries for a bounded time and
-// then gives up with ErrBusy rather than spin without end.
+// two processes never interleave their stores; the loser retries for at most
+// MaxAcquireWait and then gives up with ErrBusy rather than spin without end.
 type Writer struct {
 	mu  sync.Mutex
 	mem []byte // nil after Close
@@ -86,16 +88,22 @@ func (w *Writer) publish(value func(counter uint64) uint64) error {
 
 // acquire moves the sequence from even to odd and returns the odd value.
 func (w *Writer) acquire() (uint64, bool) {
-	for i := 0; i < acquireTries; i++ {
+	var give time.Time
+	for i := 0; ; i++ {
 		s := atomic.LoadUint64(&w.h.seq)
 		if s&1 == 0 && atomic.CompareAndSwapUint64(&w.h.seq, s, s+1) {
 			return s + 1, true
 		}
-		if i >= acquireSpins {
+		switch {
+		case i < acquireSpins:
+		case give.IsZero():
+			give = time.Now().Add(MaxAcquireWait)
+		case time.Now().After(give):
+			return 0, false
+		default:
 			runtime.Gosched()
 		}
 	}
-	return 0, false
 }
 
 // Close marks the page closed (FlagClosed, in a write cycle: the last value stays
