@@ -12,6 +12,13 @@
 // most one sample per period leaves the process (coalescing), so a busy caller costs oomd
 // one sample per period whatever it does.
 //
+// When execd also gave the process a memstat page (EnvPageFD, docs/memstat-page.md), the
+// page is the data path: Set stores the value on the page at once (a seqlock cycle, ~20
+// ns, no RPC, no goroutine, no period), oomd reads it on its own tick, and Run only waits
+// for ctx. The delivery socket, when present, is still followed so that the bootstrap
+// (e.g. a TestHook) stays reachable. A process with a page and no delivery socket works
+// too.
+//
 //	pub, err := memstat.Connect(ctx, memstat.Options{Period: 100 * time.Millisecond}, log)
 //	if err != nil { ... }      // not started by execd: run without publishing
 //	defer pub.Close()
@@ -27,6 +34,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"runtime/metrics"
 	"sync"
 	"sync/atomic"
@@ -39,6 +47,7 @@ import (
 
 	"oomd.dev/oomd/gen/oomdpb"
 	"oomd.dev/oomd/internal/rpcx"
+	"oomd.dev/oomd/lib/memstat/page"
 )
 
 // Options configure a Publisher.
@@ -78,6 +87,8 @@ type Publisher struct {
 	gen   uint64 // increments per connection
 	close bool
 
+	page *page.Writer // the data path when execd gave us a page; nil otherwise
+
 	delivery     *net.UnixConn
 	deliveryDone chan struct{} // closed when the delivery socket ended
 	reconnected  chan struct{} // capacity 1: a new connection arrived
@@ -89,17 +100,32 @@ type Publisher struct {
 	conns   atomic.Uint64 // connections received, for tests and status
 }
 
-// Connect opens the inherited delivery socket and returns a Publisher that connects to
-// each watchdog instance execd passes on it. It does not wait for the first connection:
-// a process started before the watchdog publishes once one exists.
+// Connect opens the inherited page (EnvPageFD) and delivery socket (OOMD_MEMSTAT_FD) and
+// returns a Publisher. With a page, Set publishes there. The delivery socket, optional
+// when there is a page, brings a connection to each watchdog instance: without a page
+// samples go over it, and either way the bootstrap is offered on it. Connect does not
+// wait for the first connection: a process started before the watchdog publishes once
+// one exists.
 func Connect(ctx context.Context, opts Options, log *zap.Logger) (*Publisher, error) {
-	d, err := rpcx.InheritedUnixConn(rpcx.EnvMemstatFD)
+	w, havePage, err := page.FromEnv()
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("memstat: %w", err)
+	}
+	var d *net.UnixConn
+	if !havePage || os.Getenv(rpcx.EnvMemstatFD) != "" {
+		if d, err = rpcx.InheritedUnixConn(rpcx.EnvMemstatFD); err != nil {
+			if w != nil {
+				w.Close()
+			}
+			return nil, err
+		}
 	}
 	p := newPublisher(opts, log)
-	p.delivery = d
-	go p.receive()
+	p.page = w
+	if d != nil {
+		p.delivery = d
+		go p.receive()
+	}
 	return p, nil
 }
 
@@ -193,24 +219,34 @@ func closeBounded(c *rpc.Conn) {
 	}
 }
 
-// Set records the latest value. It never blocks.
+// Set records the latest value. It never blocks (on a page it may wait for a write
+// cycle of another goroutine or process holding the same page: a few stores, bounded).
 func (p *Publisher) Set(bytes uint64) {
 	p.latest.Store(bytes)
 	p.haveVal.Store(true)
+	if p.page != nil {
+		if p.page.Publish(bytes) == nil {
+			p.sent.Add(1)
+		}
+		return
+	}
 	select {
 	case p.changed <- struct{}{}:
 	default:
 	}
 }
 
-// Sent is the number of samples sent so far.
+// OnPage reports whether samples go to a memstat page rather than over RPC.
+func (p *Publisher) OnPage() bool { return p.page != nil }
+
+// Sent is the number of samples sent so far (published on the page, or over RPC).
 func (p *Publisher) Sent() uint64 { return p.sent.Load() }
 
 // Connections is the number of watchdog connections received so far.
 func (p *Publisher) Connections() uint64 { return p.conns.Load() }
 
 // Done is closed when no connection to oomd will come any more (the delivery socket
-// ended); nil for a Publisher built with New.
+// ended); nil for a Publisher built with New or without a delivery socket.
 func (p *Publisher) Done() <-chan struct{} {
 	if p.delivery == nil {
 		return nil
@@ -222,8 +258,13 @@ func (p *Publisher) Done() <-chan struct{} {
 // value that changes many times within a period is sent once, at most one period after
 // the previous sample. After each new connection the latest value is sent at once. A
 // failed report only waits for the next connection: the watchdog may be restarting.
-// Call Run once.
+// With a page there is nothing to send (Set already published): Run waits for ctx and
+// returns nil, even if the delivery socket ends. Call Run once.
 func (p *Publisher) Run(ctx context.Context) error {
+	if p.page != nil {
+		<-ctx.Done()
+		return nil
+	}
 	var last time.Time
 	lastVal, haveLast := uint64(0), false
 	// sink is Run's own reference to the current connection's sink, with the flow
@@ -312,7 +353,9 @@ func (p *Publisher) send(ctx context.Context, sink oomdpb.MemstatSink, v uint64)
 	return nil
 }
 
-// Close stops following deliveries, releases the sink and closes the connection.
+// Close stops following deliveries, releases the sink and closes the connection. On a
+// page it marks the page closed (oomd sees the last value as the publisher's last word)
+// and unmaps it.
 func (p *Publisher) Close() error {
 	p.mu.Lock()
 	p.close = true
@@ -330,6 +373,11 @@ func (p *Publisher) Close() error {
 	}
 	if conn != nil {
 		closeBounded(conn)
+	}
+	if p.page != nil {
+		if err := p.page.Close(); err != nil && !errors.Is(err, page.ErrClosed) {
+			return fmt.Errorf("memstat: %w", err)
+		}
 	}
 	return nil
 }
