@@ -75,12 +75,37 @@ struct Policy {
   oomTimeoutMs @8 :UInt32;
   # Upper bound on the graceful OOM teardown before oomd reboots regardless.
   # 0 means the default (30000). Otherwise 1000..600000.
+
+  signal @9 :Signal;
+  # Which reading the limits apply to, for subjects without an override that says.
+  # Default `max`: the larger of the kernel's working set and the cooperative value.
+
+  underReport @10 :UnderReport;
+  # When the kernel's count exceeds what a subject publishes. Unset = the defaults.
+}
+
+enum Signal {
+  # The reading a subject's limits apply to (docs/reliability/oom-policy.md).
+  max @0;         # the larger of kernel and cooperative (a subject that never published
+                  # is enforced on the kernel's count alone)
+  kernel @1;      # the kernel's working set of the subject's cgroup (or /proc tree)
+  cooperative @2; # what the subject publishes on its memstat page (the seed's signal)
+}
+
+struct UnderReport {
+  # memstatUnderReported is raised once per episode when kernel > cooperative + marginBytes
+  # for ticks consecutive ticks (only for subjects that publish). An episode ends when the
+  # gap closes. All zero = the defaults (64 MiB, 3 ticks).
+  marginBytes @0 :UInt64; # 0 = default; else 1 MiB..1 PiB
+  ticks @1 :UInt32;       # 0 = default; else 1..10000
 }
 
 struct SubjectLimit {
   subject @0 :Text;     # a subject id (see SubjectHandoff.subject for the format)
   softBytes @1 :UInt64; # as Policy.softBytes
   hardBytes @2 :UInt64; # as Policy.hardBytes
+  signal @3 :Signal;    # as Policy.signal, for this subject
+  hasSignal @4 :Bool;   # signal is set here (else Policy.signal applies)
 }
 
 struct LevelThresholds {
@@ -125,6 +150,10 @@ enum EventKind {
   rebootAcked @15;        # execd acknowledged the graceful teardown before the timeout
   rebootTimedOut @16;     # the OOM timeout fired first; reason names unstopped services
   auditSpilled @17;       # logd unreachable; the audit record went to the spill file
+  memstatUnderReported @18; # kernel count > published value + margin for N ticks; once
+                            # per episode; bytes = kernel, limit = cooperative
+  kernelReadFailed @19;   # the kernel's count could not be read; once per episode;
+                          # reason says why
 }
 
 struct Event {
@@ -216,6 +245,24 @@ struct SubjectHandoff {
   pid @2 :Int32;       # the child's pid; oomd may check it against SO_PEERCRED
   critical @3 :Bool;   # the manifest marks it critical (policy may add more)
   injectable @4 :Bool; # the child serves a TestHook as its bootstrap on this connection
+  cgroupMode @5 :CgroupMode; # how the subject is contained; which reading fds follow
+  fds @6 :List(HandoffFd);   # what each passed fd is, in SCM_RIGHTS order. Empty (an old
+                             # execd): one fd, the memstat socket.
+}
+
+enum CgroupMode {
+  none @0; # no kernel reading is passed
+  v2 @1;   # usage = memory.current, stat = memory.stat of the subject's cgroup
+  v1 @2;   # usage = memory.usage_in_bytes, stat = memory.stat (cgroup v1 memory)
+  proc @3; # usage = the /proc/PID directory of the first process (weaker: a daemonising
+           # process escapes the tree)
+}
+
+enum HandoffFd {
+  memstatSocket @0; # oomd's end of the subject's socket (its TestHook, if injectable)
+  usage @1;         # read-only: the kernel's count (see CgroupMode)
+  memoryStat @2;    # read-only: memory.stat, for the working set
+  page @3;          # read-only: the subject's memstat page (docs/memstat-page.md)
 }
 
 interface TestHook {
@@ -328,6 +375,11 @@ struct SubjectStatus {
   state @5 :SubjectState;
   critical @6 :Bool;
   rejected @7 :UInt64;   # samples dropped for claiming another subject
+  kernelBytes @8 :UInt64;      # the kernel's working set at the last tick (0: no reading)
+  cooperativeBytes @9 :UInt64; # the latest value the subject published (0: none)
+  signal @10 :Signal;          # which reading its limits apply to
+  cgroupMode @11 :CgroupMode;  # how it is contained (proc = weaker)
+  published @12 :Bool;         # the subject has published at least once
 }
 
 enum SubjectState {

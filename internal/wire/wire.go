@@ -46,6 +46,19 @@ func SetPolicy(dst oomdpb.Policy, p policy.Policy) error {
 		}
 		e.SetSoftBytes(o.SoftBytes)
 		e.SetHardBytes(o.HardBytes)
+		if o.Signal != nil {
+			e.SetHasSignal(true)
+			e.SetSignal(oomdpb.Signal(*o.Signal))
+		}
+	}
+	dst.SetSignal(oomdpb.Signal(p.Signal))
+	if p.UnderReport != (policy.UnderReport{}) {
+		ur, err := dst.NewUnderReport()
+		if err != nil {
+			return err
+		}
+		ur.SetMarginBytes(p.UnderReport.MarginBytes)
+		ur.SetTicks(p.UnderReport.Ticks)
 	}
 	lv, err := dst.NewLevels()
 	if err != nil {
@@ -96,7 +109,20 @@ func Policy(src oomdpb.Policy) (policy.Policy, error) {
 		if err != nil {
 			return p, fmt.Errorf("policy.overrides[%d].subject: %w", i, err)
 		}
-		p.Overrides = append(p.Overrides, policy.SubjectLimit{Subject: s, SoftBytes: e.SoftBytes(), HardBytes: e.HardBytes()})
+		o := policy.SubjectLimit{Subject: s, SoftBytes: e.SoftBytes(), HardBytes: e.HardBytes()}
+		if e.HasSignal() {
+			sig := policy.Signal(e.Signal())
+			o.Signal = &sig
+		}
+		p.Overrides = append(p.Overrides, o)
+	}
+	p.Signal = policy.Signal(src.Signal())
+	if src.HasUnderReport() {
+		ur, err := src.UnderReport()
+		if err != nil {
+			return p, fmt.Errorf("policy.underReport: %w", err)
+		}
+		p.UnderReport = policy.UnderReport{MarginBytes: ur.MarginBytes(), Ticks: ur.Ticks()}
 	}
 	if src.HasLevels() {
 		lv, err := src.Levels()

@@ -175,6 +175,8 @@ func (c *Core) Step(in Input) error {
 		return c.teardownDone(&in)
 	case InputHaltTimeout:
 		return c.haltTimeout(&in)
+	case InputKernel:
+		return c.kernelReading(&in)
 	}
 	return fmt.Errorf("%w: unknown input kind %d", ErrBadInput, in.Kind)
 }
@@ -279,6 +281,12 @@ func (c *Core) status(s *subject) SubjectStatus {
 		State:     s.state(),
 		Critical:  c.isCritical(s.id, s.critical),
 		Rejected:  s.rejected,
+
+		Kernel:      s.kernel,
+		Cooperative: s.coop,
+		HasKernel:   s.hasKernel,
+		Published:   s.published,
+		Signal:      s.signal,
 	}
 }
 
@@ -315,6 +323,39 @@ func (c *Core) sample(in *Input) error {
 	h.hasPending = true
 	c.subjects.markDirty(h, i)
 	c.counters.Accepted += n
+	return nil
+}
+
+// kernelReading takes the kernel's count for a subject. The shell steps one per subject
+// per tick; an unchanged reading costs a lookup and nothing else, unless the subject is
+// counting an under-report gap.
+func (c *Core) kernelReading(in *Input) error {
+	i, ok := c.subjects.find(in.Slot, in.Subject)
+	if !ok {
+		if err := ValidateSubjectID(in.Subject); err != nil {
+			return badInput(in, "subject %q: want %v", in.Subject, err)
+		}
+		return nil
+	}
+	h := &c.subjects.hot[i]
+	if h.instance != in.Instance {
+		return nil
+	}
+	if in.Reason != "" {
+		s := &c.subjects.slots[i]
+		if s.kernelFailed {
+			return nil // once per episode
+		}
+		s.kernelErr = clip(in.Reason)
+		h.kernelNew = true
+		c.subjects.markDirty(h, i)
+		return nil
+	}
+	if h.hasKernel && h.kernel == in.Bytes && !h.watch && !c.subjects.slots[i].kernelFailed {
+		return nil
+	}
+	h.kernel, h.hasKernel, h.kernelNew = in.Bytes, true, true
+	c.subjects.markDirty(h, i)
 	return nil
 }
 
@@ -379,6 +420,7 @@ func (c *Core) setPolicy(p Policy) {
 	for _, i := range c.subjects.order {
 		s := &c.subjects.slots[i]
 		s.soft, s.hard = c.limits(s.id)
+		s.signal = c.signalOf(s.id)
 	}
 }
 
@@ -386,6 +428,13 @@ func clonePolicy(p Policy) Policy {
 	p.Critical = slices.Clone(p.Critical)
 	p.Overrides = slices.Clone(p.Overrides)
 	return p
+}
+
+func (c *Core) signalOf(id string) Signal {
+	if o, ok := c.overrides[id]; ok && o.Signal != nil {
+		return *o.Signal
+	}
+	return c.pol.Signal
 }
 
 func (c *Core) limits(id string) (soft, hard uint64) {
@@ -415,6 +464,7 @@ func (c *Core) register(in *Input) error {
 	c.subjects.setInstance(i, in.Instance)
 	s.critical = in.Critical
 	s.soft, s.hard = c.limits(in.Subject)
+	s.signal = c.signalOf(in.Subject)
 	reason := ""
 	if c.isCritical(s.id, s.critical) {
 		reason = ReasonCritical
@@ -589,14 +639,86 @@ func (c *Core) doTick() {
 	c.reevalAll = false
 	c.scratch = c.subjects.takeDirty(all, c.scratch)
 	for _, i := range c.scratch {
-		if h := &c.subjects.hot[i]; h.hasPending {
-			c.subjects.slots[i].bytes = h.pending
+		s, h := &c.subjects.slots[i], &c.subjects.hot[i]
+		fresh := h.hasPending || h.kernelNew
+		if h.hasPending {
+			s.coop, s.published = h.pending, true
 			h.hasPending = false
 		}
-		c.evaluate(&c.subjects.slots[i])
+		if h.kernelNew {
+			h.kernelNew = false
+			c.kernelUpdate(s, h)
+		}
+		if fresh && s.hasKernel {
+			c.underReport(s, h)
+		}
+		s.bytes = s.enforced()
+		c.evaluate(s)
 	}
 	c.release()
 	c.haltDeadline()
+}
+
+// enforced is the reading the subject's limits apply to (Policy.Signal).
+func (s *subject) enforced() uint64 {
+	switch {
+	case s.signal == SignalCooperative || !s.hasKernel:
+		return s.coop
+	case s.signal == SignalKernel:
+		return s.kernel
+	}
+	return max(s.coop, s.kernel)
+}
+
+// source names the reading that gave the enforced value, for reasons ("" when the
+// subject has no kernel reading, so v1 traces read as before).
+func (s *subject) source() string {
+	switch {
+	case !s.hasKernel || s.signal == SignalCooperative:
+		return ""
+	case s.signal == SignalKernel || s.kernel >= s.coop || !s.published:
+		return "kernel"
+	}
+	return "cooperative"
+}
+
+// kernelUpdate applies a kernel reading or failure: the failure is reported once per
+// episode, and the last good reading stays in force.
+func (c *Core) kernelUpdate(s *subject, h *hot) {
+	if s.kernelErr != "" {
+		if !s.kernelFailed {
+			s.kernelFailed = true
+			c.emit(Event{Subject: s.id, Kind: EventKernelReadFailed, Reason: s.kernelErr})
+		}
+		s.kernelErr = ""
+		return
+	}
+	s.kernelFailed = false
+	s.kernel, s.hasKernel = h.kernel, true
+}
+
+// underReport counts the ticks in which the kernel's count exceeds the published value
+// by more than the margin, and reports an episode once when the count is reached. The
+// episode ends when the gap closes (either reading may close it).
+func (c *Core) underReport(s *subject, h *hot) {
+	margin := c.pol.UnderReport.Margin()
+	if !s.published || s.kernel <= s.coop || s.kernel-s.coop <= margin {
+		s.underTicks, s.underReported, h.watch = 0, false, false
+		return
+	}
+	if s.underReported {
+		return
+	}
+	s.underTicks++
+	h.watch = true
+	if s.underTicks < c.pol.UnderReport.TickCount() {
+		return
+	}
+	s.underReported, h.watch = true, false
+	reason := "kernel=" + strconv.FormatUint(s.kernel, 10) + " published=" + strconv.FormatUint(s.coop, 10) +
+		" ticks=" + strconv.FormatUint(s.underTicks, 10)
+	c.appendAudit(AuditRecord{Kind: EventMemstatUnderReported, Subject: s.id, Instance: s.instance, Bytes: s.kernel, Limit: s.coop, Reason: reason})
+	c.emit(Event{Subject: s.id, Kind: EventMemstatUnderReported, Bytes: s.kernel, Limit: s.coop, Reason: reason})
 }
 
 // evaluate applies the subject's latest sample to its thresholds. Soft is edge
@@ -642,10 +764,18 @@ func (c *Core) deny(subject string, instance, bytes, limit, decisionID uint64) {
 func (c *Core) decide(s *subject, u uint64) {
 	c.lastDecision++
 	d := decision{id: c.lastDecision, subject: s.id, instance: s.instance, bytes: u, limit: s.hard}
-	d.auditSeq = c.appendAudit(AuditRecord{Kind: EventKillDecided, Subject: s.id, Instance: s.instance, Bytes: u, Limit: s.hard, Decision: d.id, Reason: ReasonHardLimit})
+	reason, src := ReasonHardLimit, s.source()
+	if src != "" {
+		reason += " (" + src + ")"
+	}
+	d.auditSeq = c.appendAudit(AuditRecord{Kind: EventKillDecided, Subject: s.id, Instance: s.instance, Bytes: u, Limit: s.hard, Decision: d.id, Reason: reason})
 	c.decisions = append(c.decisions, d)
 	s.decision = d.id
-	c.emit(Event{Subject: s.id, Kind: EventKillDecided, Bytes: u, Limit: s.hard, Decision: d.id})
+	evReason := ""
+	if src != "" {
+		evReason = "signal=" + src
+	}
+	c.emit(Event{Subject: s.id, Kind: EventKillDecided, Bytes: u, Limit: s.hard, Decision: d.id, Reason: evReason})
 }
 
 // release sends terminate requests for acknowledged decisions in decision-id order

@@ -67,6 +67,7 @@ func init() {
 		"teardown-done":     handleTeardownDone,
 		"system":            handleSystem,
 		"halt-timeout":      handleHaltTimeout,
+		"kernel":            handleKernel,
 	}
 }
 
@@ -123,11 +124,22 @@ func scanPolicy(t *testing.T, d *datadriven.TestData, p *Policy) {
 	if arg, ok := d.Arg("critical"); ok {
 		p.Critical = append([]string(nil), arg.Vals...)
 	}
+	if arg, ok := d.Arg("signal"); ok {
+		require.NoError(t, p.Signal.UnmarshalText([]byte(arg.Vals[0])), d.Pos)
+	}
+	d.MaybeScanArgs(t, "under-margin", &p.UnderReport.MarginBytes)
+	d.MaybeScanArgs(t, "under-ticks", &p.UnderReport.Ticks)
 	if arg, ok := d.Arg("override"); ok {
 		p.Overrides = nil
 		for _, v := range arg.Vals {
 			f := strings.Split(v, ":")
-			require.Len(t, f, 3, "%s: override is subject:soft:hard", d.Pos)
+			if len(f) == 4 { // subject:soft:hard:signal
+				var sig Signal
+				require.NoError(t, sig.UnmarshalText([]byte(f[3])), d.Pos)
+				defer func(i int) { p.Overrides[i].Signal = &sig }(len(p.Overrides))
+				f = f[:3]
+			}
+			require.Len(t, f, 3, "%s: override is subject:soft:hard[:signal]", d.Pos)
 			soft, err := strconv.ParseUint(f[1], 10, 64)
 			require.NoError(t, err, d.Pos)
 			hard, err := strconv.ParseUint(f[2], 10, 64)
@@ -139,7 +151,8 @@ func scanPolicy(t *testing.T, d *datadriven.TestData, p *Policy) {
 
 // new [ring=<n>] [audit-base=<n>] [soft=<n>] [hard=<n>] [sample-ms=<n>] [budget=<n>]
 //
-//	[window=<n>] [critical=(<id>,...)] [override=(<id>:<soft>:<hard>,...)]
+//	[window=<n>] [critical=(<id>,...)] [override=(<id>:<soft>:<hard>[:<signal>],...)]
+//	[signal=max|kernel|cooperative] [under-margin=<n>] [under-ticks=<n>]
 //	[levels=(<warning>,<imminentOom>,<oom>,<hysteresis>)] [oom-timeout-ms=<n>]
 //
 // Starts a fresh core (ending and replay-checking the previous one). Policy fields not
@@ -204,6 +217,18 @@ func handleSample(t *testing.T, e *scenarioEnv, d *datadriven.TestData) string {
 		return "ok"
 	}
 	return out.String()
+}
+
+// kernel subject=<id> (bytes=<n> | error=<reason>) [instance=<n>]
+//
+// Steps InputKernel: the shell read the subject's kernel count (or failed to).
+func handleKernel(t *testing.T, e *scenarioEnv, d *datadriven.TestData) string {
+	in := Input{Kind: InputKernel, Instance: 1}
+	d.ScanArgs(t, "subject", &in.Subject)
+	d.MaybeScanArgs(t, "bytes", &in.Bytes)
+	d.MaybeScanArgs(t, "error", &in.Reason)
+	d.MaybeScanArgs(t, "instance", &in.Instance)
+	return e.step(t, in)
 }
 
 // tick [n=<count>]
@@ -305,8 +330,12 @@ func handleSubjects(t *testing.T, e *scenarioEnv, d *datadriven.TestData) string
 	list, truncated := e.c.Subjects(limit)
 	var out strings.Builder
 	for _, s := range list {
-		fmt.Fprintf(&out, "%s instance=%d state=%s bytes=%d soft=%d hard=%d critical=%t rejected=%d\n",
+		fmt.Fprintf(&out, "%s instance=%d state=%s bytes=%d soft=%d hard=%d critical=%t rejected=%d",
 			s.Subject, s.Instance, s.State, s.Bytes, s.SoftBytes, s.HardBytes, s.Critical, s.Rejected)
+		if s.HasKernel || s.Signal != SignalMax {
+			fmt.Fprintf(&out, " signal=%s kernel=%d published=%t coop=%d", s.Signal, s.Kernel, s.Published, s.Cooperative)
+		}
+		out.WriteString("\n")
 	}
 	fmt.Fprintf(&out, "truncated=%t\n", truncated)
 	return out.String()

@@ -12,7 +12,11 @@ var fuzzPolicies = []Policy{
 	{SoftBytes: 50, HardBytes: 150, SampleMs: 100, KillBudget: 3, KillWindowTicks: 1, Overrides: []SubjectLimit{{Subject: "app", SoftBytes: 300, HardBytes: 400}},
 		Levels: LevelThresholds{WarningBytes: 500, ImminentOOMBytes: 400, OOMBytes: 100, HysteresisBytes: 0}},
 	{SoftBytes: 300, HardBytes: 100, SampleMs: 100, KillBudget: 1, KillWindowTicks: 1}, // invalid
+	{SoftBytes: 100, HardBytes: 200, SampleMs: 100, KillBudget: 2, KillWindowTicks: 5, Signal: SignalKernel,
+		Overrides: []SubjectLimit{{Subject: "app", SoftBytes: 100, HardBytes: 200, Signal: &fuzzCoop}}},
 }
+
+var fuzzCoop = SignalCooperative
 
 // fuzzLevels: fuzzBytes values sit on and around each threshold and hysteresis bound.
 var fuzzLevels = LevelThresholds{WarningBytes: 400, ImminentOOMBytes: 200, OOMBytes: 100, HysteresisBytes: 50}
@@ -43,6 +47,13 @@ func (g *fuzzGen) next() (Input, bool) {
 	case 2:
 		return Input{Kind: InputRegister, Subject: subject, Instance: instance, Critical: b&1 == 1}, true
 	case 3, 4:
+		if op%14 == 4 && b&0x40 != 0 {
+			in := Input{Kind: InputKernel, Subject: subject, Instance: instance, Bytes: fuzzBytes[int(b)%len(fuzzBytes)], Slot: uint32(op/14) % 6}
+			if b&0x20 != 0 {
+				in.Reason = "pread: ENODEV"
+			}
+			return in, true
+		}
 		claimed := subject
 		if b&0x80 != 0 {
 			claimed = fuzzSubjects[int(b>>4)%len(fuzzSubjects)]

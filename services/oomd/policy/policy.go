@@ -21,6 +21,11 @@ const (
 	MaxOOMTimeoutMs   = 600_000
 	MinLevelInterval  = 10
 	MaxLevelInterval  = 10_000
+
+	DefaultUnderReportMargin = 64 << 20
+	DefaultUnderReportTicks  = 3
+	MinUnderReportMargin     = 1 << 20
+	MaxUnderReportTicks      = 10_000
 )
 
 // DefaultCritical are always critical, whatever a policy says: a policy's list adds to
@@ -38,13 +43,83 @@ type Policy struct {
 	Overrides       []SubjectLimit  `json:"overrides,omitempty"`
 	Levels          LevelThresholds `json:"levels"`
 	OOMTimeoutMs    uint32          `json:"oomTimeoutMs,omitempty"`
+	// Signal is the reading the limits apply to for subjects whose override does not
+	// say; the zero value is SignalMax.
+	Signal      Signal      `json:"signal,omitempty"`
+	UnderReport UnderReport `json:"underReport,omitzero"`
 }
 
-// SubjectLimit replaces the global soft/hard limits for one subject.
+// SubjectLimit replaces the global soft/hard limits (and, when Signal is set, the
+// signal) for one subject.
 type SubjectLimit struct {
-	Subject   string `json:"subject"`
-	SoftBytes uint64 `json:"softBytes"`
-	HardBytes uint64 `json:"hardBytes"`
+	Subject   string  `json:"subject"`
+	SoftBytes uint64  `json:"softBytes"`
+	HardBytes uint64  `json:"hardBytes"`
+	Signal    *Signal `json:"signal,omitempty"`
+}
+
+// Signal says which reading a subject's limits apply to. Values equal oomdpb.Signal's.
+type Signal uint8
+
+const (
+	// SignalMax enforces the larger of the kernel's count and the cooperative value; a
+	// subject that never published is enforced on the kernel's count alone.
+	SignalMax Signal = iota
+	// SignalKernel enforces the kernel's count (the cgroup's working set, or the /proc
+	// tree's RSS); without a kernel reading it falls back to the cooperative value.
+	SignalKernel
+	// SignalCooperative enforces what the subject publishes (the seed's signal).
+	SignalCooperative
+)
+
+var signalNames = [...]string{"max", "kernel", "cooperative"}
+
+func (s Signal) String() string {
+	if int(s) < len(signalNames) {
+		return signalNames[s]
+	}
+	return "unknown"
+}
+
+// MarshalText writes the signal by name.
+func (s Signal) MarshalText() ([]byte, error) {
+	if int(s) >= len(signalNames) {
+		return nil, fmt.Errorf("unknown signal %d", uint8(s))
+	}
+	return []byte(signalNames[s]), nil
+}
+
+// UnmarshalText accepts max, kernel or cooperative.
+func (s *Signal) UnmarshalText(b []byte) error {
+	for i, n := range signalNames {
+		if n == string(b) {
+			*s = Signal(i)
+			return nil
+		}
+	}
+	return fmt.Errorf("signal %q: want max, kernel or cooperative", b)
+}
+
+// UnderReport configures memstatUnderReported. Zero fields mean the defaults.
+type UnderReport struct {
+	MarginBytes uint64 `json:"marginBytes,omitempty"`
+	Ticks       uint32 `json:"ticks,omitempty"`
+}
+
+// Margin is MarginBytes or its default.
+func (u UnderReport) Margin() uint64 {
+	if u.MarginBytes == 0 {
+		return DefaultUnderReportMargin
+	}
+	return u.MarginBytes
+}
+
+// TickCount is Ticks or its default.
+func (u UnderReport) TickCount() uint64 {
+	if u.Ticks == 0 {
+		return DefaultUnderReportTicks
+	}
+	return uint64(u.Ticks)
 }
 
 // LevelThresholds configure system memory-pressure levels from MemAvailable. All zero
@@ -125,6 +200,18 @@ func (p Policy) Validate() error {
 		if err := validLimits(f+".softBytes", f+".hardBytes", o.SoftBytes, o.HardBytes); err != nil {
 			return err
 		}
+		if o.Signal != nil && *o.Signal > SignalCooperative {
+			return bad(f+".signal", uint8(*o.Signal), "max, kernel or cooperative")
+		}
+	}
+	if p.Signal > SignalCooperative {
+		return bad("signal", uint8(p.Signal), "max, kernel or cooperative")
+	}
+	if m := p.UnderReport.MarginBytes; m != 0 && (m < MinUnderReportMargin || m > MaxHardBytes) {
+		return bad("underReport.marginBytes", m, fmt.Sprintf("0 (default %d) or in %d..%d", DefaultUnderReportMargin, MinUnderReportMargin, uint64(MaxHardBytes)))
+	}
+	if n := p.UnderReport.Ticks; n > MaxUnderReportTicks {
+		return bad("underReport.ticks", n, fmt.Sprintf("0 (default %d) or in 1..%d", DefaultUnderReportTicks, MaxUnderReportTicks))
 	}
 	if err := p.Levels.validate(); err != nil {
 		return err

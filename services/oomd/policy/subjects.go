@@ -14,8 +14,18 @@ type subject struct {
 	critical bool // the manifest said so at registration; the policy may add more
 
 	soft, hard uint64 // effective limits under the current policy
+	signal     Signal // which reading the limits apply to, under the current policy
 
-	bytes uint64 // usage as of the last evaluation
+	bytes     uint64 // the enforced reading as of the last evaluation
+	coop      uint64 // the latest published value (published)
+	kernel    uint64 // the latest kernel reading (hasKernel)
+	published bool
+	hasKernel bool
+
+	underTicks    uint64 // consecutive evaluations with kernel > coop + margin
+	underReported bool   // memstatUnderReported was emitted for this episode
+	kernelFailed  bool   // kernelReadFailed was emitted for this episode
+	kernelErr     string // the failure waiting for the next evaluation
 
 	aboveSoft bool   // softExceeded was emitted for the current upward crossing
 	denied    bool   // killDenied was emitted for the current crossing of hard
@@ -28,7 +38,7 @@ type subject struct {
 }
 
 // hot is the part of a slot the sample path writes, kept in its own dense array
-// (24 bytes a slot) so a sample touches one small cache line, not the whole subject:
+// (48 bytes a slot) so a sample touches one small cache line, not the whole subject:
 // that keeps the per-sample cost flat from 10 to 100 000 subjects. With a slot handle
 // (Input.Slot) the sample path touches nothing else: no map probe.
 type hot struct {
@@ -36,11 +46,21 @@ type hot struct {
 	instance   uint64 // copy of subject.instance, for the stale-instance check
 	pending    uint64 // latest sample since the last tick (valid when hasPending)
 	hasPending bool
+	kernel     uint64 // latest kernel reading, as last stepped (valid when hasKernel)
+	hasKernel  bool
+	// kernelNew: a kernel reading (or failure) to apply at the next tick. watch: the
+	// subject is counting ticks of an under-report gap, so an unchanged reading is
+	// still evaluated every tick.
+	kernelNew bool
+	watch     bool
 	// dirty means "this slot is in table.dirty". It is deliberately not cleared when a
 	// slot is freed or reused, because the slot index is still in the list; the tick
 	// skips slots that have nothing pending.
 	dirty bool
 }
+
+// due reports whether the slot has something to evaluate at this tick.
+func (h *hot) due() bool { return h.hasPending || h.kernelNew }
 
 func (s *subject) state() SubjectState {
 	switch {
@@ -160,14 +180,14 @@ func (t *table) takeDirty(all bool, scratch []uint32) []uint32 {
 			t.hot[i].dirty = false
 		}
 		for _, i := range t.order {
-			if all || t.hot[i].hasPending {
+			if all || t.hot[i].due() {
 				out = append(out, i)
 			}
 		}
 	} else {
 		for _, i := range t.dirty {
 			h := &t.hot[i]
-			if h.dirty && h.hasPending {
+			if h.dirty && h.due() {
 				out = append(out, i)
 			}
 			// Clearing here also drops duplicates (a slot reused within one tick).

@@ -52,6 +52,11 @@ const (
 	// claim. The bound is also counted in ticks; whichever comes first ends the
 	// sequence, so ticks that run late (a starved process) cannot stretch it.
 	InputHaltTimeout
+	// InputKernel: the shell read the kernel's count for Subject/Instance (its cgroup's
+	// working set, or the /proc tree's RSS) as Bytes, this tick, before InputTick. With
+	// Reason set the read failed instead (Bytes is ignored): the core reports that once
+	// per episode and keeps the last good reading. Slot is a handle as for InputSample.
+	InputKernel
 )
 
 var inputKindNames = [...]string{
@@ -68,6 +73,7 @@ var inputKindNames = [...]string{
 	InputTeardownDone:     "teardown-done",
 	InputAuditSpilled:     "audit-spilled",
 	InputHaltTimeout:      "halt-timeout",
+	InputKernel:           "kernel",
 }
 
 func (k InputKind) String() string {
@@ -143,6 +149,8 @@ const (
 	EventRebootAcked
 	EventRebootTimedOut
 	EventAuditSpilled
+	EventMemstatUnderReported
+	EventKernelReadFailed
 )
 
 var eventKindNames = [...]string{
@@ -164,6 +172,9 @@ var eventKindNames = [...]string{
 	EventRebootAcked:       "rebootAcked",
 	EventRebootTimedOut:    "rebootTimedOut",
 	EventAuditSpilled:      "auditSpilled",
+
+	EventMemstatUnderReported: "memstatUnderReported",
+	EventKernelReadFailed:     "kernelReadFailed",
 }
 
 func (k EventKind) String() string {
@@ -275,12 +286,18 @@ func (s SubjectState) String() string {
 type SubjectStatus struct {
 	Subject   string
 	Instance  uint64
-	Bytes     uint64
+	Bytes     uint64 // the enforced reading (see Signal)
 	SoftBytes uint64
 	HardBytes uint64
 	State     SubjectState
 	Critical  bool
 	Rejected  uint64
+
+	Kernel      uint64 // the kernel's count at the last evaluation (HasKernel)
+	Cooperative uint64 // the latest published value (Published)
+	HasKernel   bool
+	Published   bool
+	Signal      Signal // which reading the limits apply to
 }
 
 // Counters are monotonic totals since the core was created.
