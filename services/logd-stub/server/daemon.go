@@ -12,6 +12,7 @@ import (
 	"go.uber.org/zap"
 
 	"oomd.dev/oomd/gen/oomdpb"
+	"oomd.dev/oomd/internal/guards"
 	"oomd.dev/oomd/internal/rpcx"
 	"oomd.dev/oomd/services/logd-stub/journal"
 )
@@ -50,7 +51,7 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	if err != nil {
 		return err
 	}
-	srv := rpcx.NewServer(log, New(j, log).Bootstrap)
+	srv := rpcx.NewServer(log, New(j, log).Bootstrap, rpcx.WithGuard(guards.Journal))
 	serveCtx, stopServe := context.WithCancel(ctx)
 	defer stopServe()
 	served := make(chan error, 1)
