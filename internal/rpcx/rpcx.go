@@ -76,7 +76,7 @@ func (l rpcLogger) Debug(msg string, args ...any) { l.s.Debugw(msg, args...) }
 func (l rpcLogger) Info(msg string, args ...any)  { l.s.Debugw(msg, args...) }
 func (l rpcLogger) Warn(msg string, args ...any)  { l.s.Warnw(msg, args...) }
 func (l rpcLogger) Error(msg string, args ...any) {
-	if isDisconnectNoise(msg, args) {
+	if isDisconnectNoise(msg, args) || isReported(msg, args) {
 		l.s.Debugw(msg, args...)
 		return
 	}
@@ -87,6 +87,14 @@ func (l rpcLogger) Error(msg string, args ...any) {
 var disconnectNoise = []string{
 	"EOF", "connection closed", "use of closed network connection", "broken pipe",
 	"connection reset by peer", "disconnected", "context canceled",
+}
+
+// isReported: the codec has already logged why it closed the connection (a guard rule,
+// a frame deadline), rate-limited; go-capnp's report of the same reader error would
+// repeat it at ERROR, once per hostile connection.
+func isReported(msg string, args []any) bool {
+	text := msg + fmt.Sprint(args...)
+	return strings.Contains(text, "protocol guard") || strings.Contains(text, "i/o timeout")
 }
 
 func isDisconnectNoise(msg string, args []any) bool {
