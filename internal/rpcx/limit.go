@@ -6,7 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	capnp "capnproto.org/go/capnp/v3"
 	"capnproto.org/go/capnp/v3/rpc/transport"
@@ -51,6 +54,18 @@ type Limits struct {
 	// MaxMessageBytes bounds one frame (DefaultMaxMessageBytes if 0); a larger one
 	// closes the connection.
 	MaxMessageBytes uint64
+	// Guard, if set, is checked on every incoming message (guard.go).
+	Guard *Guard
+	// FirstMessageTimeout bounds the time from the start of the connection to its first
+	// complete frame (a peer that connects and sends nothing, or three bytes, is
+	// closed). FrameTimeout bounds the time from a frame's first byte to its last. An
+	// idle connection between frames is not bounded: control clients and logd's writer
+	// legitimately sit idle for hours. 0: no deadline. Only for connections whose
+	// reader has SetReadDeadline.
+	FirstMessageTimeout time.Duration
+	FrameTimeout        time.Duration
+
+	logGate *logGate // shared by a Server's connections: rate-limits their log lines
 }
 
 // DefaultLimits apply to every connection made with NewConn: backpressure after 256
@@ -80,6 +95,8 @@ var ErrTooManyBootstraps = errors.New("peer keeps too many bootstrap questions o
 // wrapper (oomd's gatedConn) would otherwise cost one write per segment plus one for
 // the header.
 type limitCodec struct {
+	br  *bufio.Reader
+	dl  deadliner // nil: no frame deadlines
 	dec *capnp.Decoder
 	enc *capnp.Encoder
 	w   io.Writer
@@ -96,8 +113,13 @@ type limitCodec struct {
 	bootstraps int      // open bootstrap questions
 	finishes   []uint32 // calls returned under FinishOnReturn, to be finished on the peer's behalf
 	closed     bool
-	stalls     uint64 // times the reader held a question at the bound
+	stalls     uint64      // times the reader held a question at the bound
+	guard      *guardState // nil: no guard
+	framed     atomic.Bool // a first complete frame arrived
+	start      time.Time
 }
+
+type deadliner interface{ SetReadDeadline(time.Time) error }
 
 type answerState uint8
 
@@ -114,11 +136,78 @@ func newLimitCodec(rwc io.ReadWriteCloser, lim Limits, log *zap.Logger) *limitCo
 	if log == nil {
 		log = zap.NewNop()
 	}
-	dec := capnp.NewDecoder(bufio.NewReaderSize(rwc, readBufferBytes))
+	br := bufio.NewReaderSize(rwc, readBufferBytes)
+	dec := capnp.NewDecoder(br)
 	dec.MaxMessageSize = lim.MaxMessageBytes
-	c := &limitCodec{dec: dec, enc: capnp.NewEncoder(rwc), w: rwc, c: rwc, lim: lim, log: log, open: make(map[uint32]answerState)}
+	c := &limitCodec{br: br, dec: dec, enc: capnp.NewEncoder(rwc), w: rwc, c: rwc, lim: lim, log: log, open: make(map[uint32]answerState), start: time.Now()}
+	if dl, ok := rwc.(deadliner); ok && (lim.FrameTimeout > 0 || lim.FirstMessageTimeout > 0) {
+		c.dl = dl
+	}
+	if lim.Guard != nil {
+		c.guard = newGuardState(lim.Guard)
+	}
 	c.cond = sync.NewCond(&c.mu)
 	return c
+}
+
+// readFrame reads the next frame. Until the first frame is complete the read is bounded
+// by FirstMessageTimeout from the start; after that, waiting for a frame's first byte is
+// not bounded, and the rest of the frame must follow within FrameTimeout.
+func (c *limitCodec) readFrame() (*capnp.Message, error) {
+	if c.dl == nil {
+		m, err := c.dec.Decode()
+		if err == nil {
+			c.framed.Store(true)
+		}
+		return m, err
+	}
+	if !c.framed.Load() && c.lim.FirstMessageTimeout > 0 {
+		c.dl.SetReadDeadline(c.start.Add(c.lim.FirstMessageTimeout))
+	} else {
+		if _, err := c.br.Peek(1); err != nil {
+			return nil, err
+		}
+		if c.lim.FrameTimeout > 0 {
+			c.dl.SetReadDeadline(time.Now().Add(c.lim.FrameTimeout))
+		}
+	}
+	m, err := c.dec.Decode()
+	if err != nil {
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			rule := "the rest of a frame did not arrive in time"
+			if !c.framed.Load() {
+				rule = "no complete first message in time"
+			}
+			c.logf("protocol guard: closing connection", zap.String("rule", RuleFrameTimeout), zap.String("detail", rule))
+		}
+		return nil, err
+	}
+	c.framed.Store(true)
+	c.dl.SetReadDeadline(time.Time{})
+	return m, nil
+}
+
+func (c *limitCodec) hasFramed() bool { return c.framed.Load() }
+
+// logf writes a Warn line, rate-limited per socket when the codec belongs to a Server.
+func (c *limitCodec) logf(msg string, fields ...zap.Field) {
+	if c.lim.Guard != nil {
+		fields = append(fields, zap.String("socket", c.lim.Guard.Name))
+	}
+	if c.lim.logGate != nil {
+		c.lim.logGate.warn(c.log, msg, fields...)
+		return
+	}
+	c.log.Warn(msg, fields...)
+}
+
+// reject logs why the guard closes the connection and returns the error that closes it.
+func (c *limitCodec) reject(err error) error {
+	var ge *GuardError
+	if errors.As(err, &ge) {
+		c.logf("protocol guard: closing connection", zap.String("rule", ge.Rule), zap.String("detail", ge.Detail))
+	}
+	return err
 }
 
 // Decode returns the next message for the rpc layer: first any Finish owed on the
@@ -130,39 +219,67 @@ func (c *limitCodec) Decode() (*capnp.Message, error) {
 		if m := c.owedFinish(); m != nil {
 			return m, nil
 		}
-		m, err := c.dec.Decode()
+		m, err := c.readFrame()
 		if err != nil {
 			return nil, err
 		}
+		if c.guard != nil {
+			m.DepthLimit = c.guard.g.MaxDepth
+			m.ResetReadLimit(c.guard.g.MaxTraversalWords)
+		}
 		rm, err := rpccp.ReadRootMessage(m)
 		if err != nil {
+			if c.guard != nil {
+				return nil, c.reject(violation(RuleMalformed, "%v", err))
+			}
 			return m, nil // the rpc layer reports it
 		}
-		switch rm.Which() {
-		case rpccp.Message_Which_call:
-			call, err := rm.Call()
-			if err != nil {
-				return m, nil
+		if c.guard != nil {
+			if err := c.check(rm); err != nil {
+				return nil, c.reject(err)
 			}
-			if err := c.admit(call.QuestionId(), false); err != nil {
-				return nil, err
-			}
-		case rpccp.Message_Which_bootstrap:
-			b, err := rm.Bootstrap()
-			if err != nil {
-				return m, nil
-			}
-			if err := c.admit(b.QuestionId(), true); err != nil {
-				return nil, err
-			}
-		case rpccp.Message_Which_finish:
-			fin, err := rm.Finish()
-			if err == nil && !c.finish(fin.QuestionId()) {
-				continue // already finished on the peer's behalf
-			}
+		}
+		pass, err := c.account(rm)
+		if err != nil {
+			return nil, c.reject(err)
+		}
+		if !pass {
+			continue
+		}
+		if c.guard != nil {
+			m.ResetReadLimit(ParamsTraversalFactor*frameWords(m) + c.guard.g.MaxTraversalWords)
 		}
 		return m, nil
 	}
+}
+
+// account does the bookkeeping of Limits for one incoming message and reports whether
+// to pass it on.
+func (c *limitCodec) account(rm rpccp.Message) (bool, error) {
+	switch rm.Which() {
+	case rpccp.Message_Which_call:
+		call, err := rm.Call()
+		if err != nil {
+			return true, nil
+		}
+		if err := c.admit(call.QuestionId(), false); err != nil {
+			return false, err
+		}
+	case rpccp.Message_Which_bootstrap:
+		b, err := rm.Bootstrap()
+		if err != nil {
+			return true, nil
+		}
+		if err := c.admit(b.QuestionId(), true); err != nil {
+			return false, err
+		}
+	case rpccp.Message_Which_finish:
+		fin, err := rm.Finish()
+		if err == nil && !c.finish(fin.QuestionId()) {
+			return false, nil // already finished on the peer's behalf
+		}
+	}
+	return true, nil
 }
 
 func (c *limitCodec) owedFinish() *capnp.Message {
@@ -202,6 +319,9 @@ func (c *limitCodec) admit(qid uint32, boot bool) error {
 	}
 	if boot && c.lim.FinishOnReturn && c.bootstraps >= maxOpenBootstraps {
 		return fmt.Errorf("%w (%d)", ErrTooManyBootstraps, c.bootstraps)
+	}
+	if c.guard != nil && len(c.open) >= c.guard.g.MaxQuestions {
+		return violation(RuleQuestions, "the peer holds %d questions open (at most %d)", len(c.open), c.guard.g.MaxQuestions)
 	}
 	if c.lim.MaxUnreturned > 0 && c.unreturned >= c.lim.MaxUnreturned {
 		c.stalls++
@@ -265,6 +385,12 @@ func (c *limitCodec) Encode(m *capnp.Message) error {
 			if u, err := rm.Unimplemented(); err == nil && u.Which() == rpccp.Message_Which_call {
 				if call, err := u.Call(); err == nil {
 					c.returned(call.QuestionId(), true)
+				}
+			}
+		case rpccp.Message_Which_release:
+			if c.guard != nil {
+				if r, err := rm.Release(); err == nil {
+					c.released(r.Id(), r.ReferenceCount())
 				}
 			}
 		}

@@ -76,7 +76,7 @@ func (l rpcLogger) Debug(msg string, args ...any) { l.s.Debugw(msg, args...) }
 func (l rpcLogger) Info(msg string, args ...any)  { l.s.Debugw(msg, args...) }
 func (l rpcLogger) Warn(msg string, args ...any)  { l.s.Warnw(msg, args...) }
 func (l rpcLogger) Error(msg string, args ...any) {
-	if isDisconnectNoise(msg, args) {
+	if isDisconnectNoise(msg, args) || isReported(msg, args) {
 		l.s.Debugw(msg, args...)
 		return
 	}
@@ -87,6 +87,14 @@ func (l rpcLogger) Error(msg string, args ...any) {
 var disconnectNoise = []string{
 	"EOF", "connection closed", "use of closed network connection", "broken pipe",
 	"connection reset by peer", "disconnected", "context canceled",
+}
+
+// isReported: the codec has already logged why it closed the connection (a guard rule,
+// a frame deadline), rate-limited; go-capnp's report of the same reader error would
+// repeat it at ERROR, once per hostile connection.
+func isReported(msg string, args []any) bool {
+	text := msg + fmt.Sprint(args...)
+	return strings.Contains(text, "protocol guard") || strings.Contains(text, "i/o timeout")
 }
 
 func isDisconnectNoise(msg string, args []any) bool {
@@ -159,17 +167,78 @@ type Peer struct {
 type Server struct {
 	log       *zap.Logger
 	bootstrap func(Peer) (capnp.Client, error)
+	lim       Limits
+	maxConns  int
+	gate      *logGate
 
 	mu     sync.Mutex
-	conns  map[*rpc.Conn]struct{}
+	conns  map[*rpc.Conn]*limitCodec
 	closed bool
 	wg     sync.WaitGroup
 }
 
+// Server defaults: DefaultLimits, and these.
+const (
+	// DefaultMaxConns bounds a socket's live connections.
+	DefaultMaxConns = 64
+	// DefaultFirstMessageTimeout: a peer must complete its first message this soon
+	// after connecting (an honest client sends Bootstrap at once).
+	DefaultFirstMessageTimeout = 5 * time.Second
+	// DefaultFrameTimeout: once a frame has started, the rest must follow this soon.
+	DefaultFrameTimeout = 10 * time.Second
+	// serverLogInterval: at most one refusal or guard line per socket this often.
+	serverLogInterval = time.Second
+)
+
+// A ServerOption configures a Server.
+type ServerOption func(*Server)
+
+// WithGuard checks every incoming message of every connection against g.
+func WithGuard(g *Guard) ServerOption { return func(s *Server) { s.lim.Guard = g } }
+
+// WithLimits replaces DefaultLimits (the guard and timeouts are kept unless lim sets them).
+func WithLimits(lim Limits) ServerOption {
+	return func(s *Server) {
+		if lim.Guard == nil {
+			lim.Guard = s.lim.Guard
+		}
+		if lim.FirstMessageTimeout == 0 {
+			lim.FirstMessageTimeout = s.lim.FirstMessageTimeout
+		}
+		if lim.FrameTimeout == 0 {
+			lim.FrameTimeout = s.lim.FrameTimeout
+		}
+		s.lim = lim
+	}
+}
+
+// WithMaxConns bounds the live connections (DefaultMaxConns if not given).
+func WithMaxConns(n int) ServerOption { return func(s *Server) { s.maxConns = n } }
+
+// WithTimeouts sets Limits.FirstMessageTimeout and FrameTimeout (0 keeps the default).
+func WithTimeouts(first, frame time.Duration) ServerOption {
+	return func(s *Server) {
+		if first > 0 {
+			s.lim.FirstMessageTimeout = first
+		}
+		if frame > 0 {
+			s.lim.FrameTimeout = frame
+		}
+	}
+}
+
 // NewServer returns a server whose connections get the bootstrap object that newBoot
 // builds for them. If newBoot fails, that connection is closed and the error logged.
-func NewServer(log *zap.Logger, newBoot func(Peer) (capnp.Client, error)) *Server {
-	return &Server{log: log, bootstrap: newBoot, conns: make(map[*rpc.Conn]struct{})}
+func NewServer(log *zap.Logger, newBoot func(Peer) (capnp.Client, error), opts ...ServerOption) *Server {
+	s := &Server{log: log, bootstrap: newBoot, conns: make(map[*rpc.Conn]*limitCodec),
+		lim: DefaultLimits, maxConns: DefaultMaxConns, gate: newLogGate(serverLogInterval)}
+	s.lim.FirstMessageTimeout = DefaultFirstMessageTimeout
+	s.lim.FrameTimeout = DefaultFrameTimeout
+	for _, o := range opts {
+		o(s)
+	}
+	s.lim.logGate = s.gate
+	return s
 }
 
 // Serve accepts until l is closed or ctx ends. It returns nil on an orderly stop.
@@ -188,10 +257,45 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	}
 }
 
+// admit makes room for one more connection. At the bound, the oldest connection that
+// has not completed a first message yet is closed to make room (a peer that connects
+// and sends nothing holds a slot only until a newcomer needs it); if every connection
+// is past its first message, the newcomer is refused.
+func (s *Server) admit() bool {
+	s.mu.Lock()
+	if s.maxConns <= 0 || len(s.conns) < s.maxConns {
+		s.mu.Unlock()
+		return true
+	}
+	var victim *rpc.Conn
+	var oldest time.Time
+	for conn, codec := range s.conns {
+		if !codec.hasFramed() && (victim == nil || codec.start.Before(oldest)) {
+			victim, oldest = conn, codec.start
+		}
+	}
+	if victim != nil {
+		delete(s.conns, victim) // counted as gone now; its goroutine ends with it
+	}
+	n := len(s.conns)
+	s.mu.Unlock()
+	if victim == nil {
+		s.gate.warn(s.log, "refused connection: too many connections", zap.Int("conns", n), zap.Int("max", s.maxConns))
+		return false
+	}
+	s.gate.warn(s.log, "closed a connection without a first message to make room", zap.Int("max", s.maxConns))
+	go victim.Close()
+	return true
+}
+
 // ServeConn serves one already-connected socket (accepted, inherited or passed).
-// It returns the rpc connection, or nil if the server is closed or the bootstrap
-// could not be built.
+// It returns the rpc connection, or nil if the server is closed, full, or the
+// bootstrap could not be built.
 func (s *Server) ServeConn(c net.Conn) *rpc.Conn {
+	if !s.admit() {
+		c.Close()
+		return nil
+	}
 	peer := Peer{Conn: c}
 	if uc, ok := c.(*net.UnixConn); ok {
 		peer.Cred, _ = PeerCred(uc)
@@ -202,14 +306,15 @@ func (s *Server) ServeConn(c net.Conn) *rpc.Conn {
 		c.Close()
 		return nil
 	}
-	conn := NewConn(c, boot, s.log)
+	codec := newLimitCodec(c, s.lim, s.log)
+	conn := rpc.NewConn(transport.New(codec), &rpc.Options{BootstrapClient: boot, Logger: Logger(s.log)})
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
 		conn.Close()
 		return nil
 	}
-	s.conns[conn] = struct{}{}
+	s.conns[conn] = codec
 	s.wg.Add(1)
 	s.mu.Unlock()
 	go func() {
@@ -220,6 +325,13 @@ func (s *Server) ServeConn(c net.Conn) *rpc.Conn {
 		s.mu.Unlock()
 	}()
 	return conn
+}
+
+// Conns is the number of live connections.
+func (s *Server) Conns() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.conns)
 }
 
 // Close closes every connection and waits (at most timeout) for them to finish.

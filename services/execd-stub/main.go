@@ -22,6 +22,7 @@ import (
 	"go.uber.org/zap"
 
 	"oomd.dev/oomd/internal/logx"
+	"oomd.dev/oomd/internal/memlimit"
 	"oomd.dev/oomd/services/execd-stub/manifest"
 	"oomd.dev/oomd/services/execd-stub/pid1"
 	"oomd.dev/oomd/services/execd-stub/supervisor"
@@ -50,6 +51,7 @@ func run() int {
 	debug := flag.Bool("debug", false, "log at debug level")
 	watcherTimeout := flag.Duration("reboot-watcher-timeout", supervisor.DefaultRebootWatcherTimeout,
 		"during a system teardown, how long each reboot watcher may take to answer")
+	memLimit := memlimit.Flag()
 	flag.Parse()
 
 	if *debug {
@@ -58,6 +60,7 @@ func run() int {
 	}
 	log := logx.New("execd")
 	defer log.Sync()
+	memlimit.Apply(*memLimit, memlimit.Default, log)
 
 	if *watcherTimeout <= 0 {
 		log.Error("--reboot-watcher-timeout must be positive", zap.Duration("got", *watcherTimeout))

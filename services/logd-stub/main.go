@@ -20,6 +20,7 @@ import (
 	"go.uber.org/zap"
 
 	"oomd.dev/oomd/internal/logx"
+	"oomd.dev/oomd/internal/memlimit"
 	"oomd.dev/oomd/services/logd-stub/journal"
 	"oomd.dev/oomd/services/logd-stub/server"
 )
@@ -35,6 +36,7 @@ func main() {
 	flag.Int64Var(&cfg.Journal.MaxSegmentBytes, "max-segment-bytes", journal.DefaultMaxSegmentBytes, "seal a segment file at this size")
 	flag.IntVar(&cfg.Journal.MaxSegments, "max-segments", journal.DefaultMaxSegments, "segment files kept; the oldest is deleted beyond this (disk bound = max-segments × max-segment-bytes)")
 	flag.IntVar(&cfg.Journal.MaxWriters, "max-writers", journal.DefaultMaxWriters, "distinct writer names accepted")
+	memLimit := memlimit.Flag()
 	flag.Parse()
 	if cfg.Socket == "" || cfg.Dir == "" || flag.NArg() != 0 {
 		fmt.Fprintln(os.Stderr, "usage: logd-stub --socket PATH --dir DIR [--max-segment-bytes N] [--max-segments N] [--max-writers N]")
@@ -43,6 +45,7 @@ func main() {
 
 	log := logx.New("logd")
 	defer log.Sync()
+	memlimit.Apply(*memLimit, memlimit.Default, log)
 
 	if err := server.Run(ctx, cfg, log); err != nil {
 		log.Error("logd failed", zap.Error(err))

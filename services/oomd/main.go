@@ -17,7 +17,9 @@ import (
 	"go.uber.org/zap"
 
 	"oomd.dev/oomd/gen/oomdpb"
+	"oomd.dev/oomd/internal/guards"
 	"oomd.dev/oomd/internal/logx"
+	"oomd.dev/oomd/internal/memlimit"
 	"oomd.dev/oomd/internal/rpcx"
 	"oomd.dev/oomd/internal/session"
 	"oomd.dev/oomd/services/oomd/daemon"
@@ -37,10 +39,12 @@ func main() {
 	flag.StringVar(&o.spill, "spill", "", "audit spill file (in the runtime dir): where audit records go, fsync'ed, when logd is unreachable or slower than --audit-sync-timeout; replayed to logd later. Empty = none: records wait for logd")
 	flag.Int64Var(&o.spillMax, "spill-max-bytes", daemon.DefaultSpillMaxBytes, "bound of the spill file; when full, records wait in memory and so do their kills")
 	flag.DurationVar(&o.syncTimeout, "audit-sync-timeout", daemon.DefaultAuditSyncTimeout, "with --spill: how long logd may take to acknowledge audit records before they are spilled")
+	memLimit := memlimit.Flag()
 	flag.Parse()
 
 	log := logx.New("oomd")
 	defer log.Sync()
+	memlimit.Apply(*memLimit, memlimit.Default, log)
 	// Signals first, so a SIGTERM during start-up still shuts down cleanly.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -125,7 +129,8 @@ func run(ctx context.Context, o options, log *zap.Logger) error {
 	if err != nil {
 		return err
 	}
-	srv := rpcx.NewServer(log.Named("control"), func(rpcx.Peer) (capnp.Client, error) { return d.ControlClient(), nil })
+	srv := rpcx.NewServer(log.Named("control"), func(rpcx.Peer) (capnp.Client, error) { return d.ControlClient(), nil },
+		rpcx.WithGuard(guards.Control))
 
 	errc := make(chan error, 3)
 	go func() { errc <- d.Run(ctx) }()

@@ -13,7 +13,6 @@ import (
 	"syscall"
 	"time"
 
-	capnp "capnproto.org/go/capnp/v3"
 	"capnproto.org/go/capnp/v3/rpc"
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
@@ -194,7 +193,7 @@ func (s *Supervisor) spawn(svc *service) (p *proc, err error) {
 	log = log.With(zap.Int("pid", p.pid))
 	log.Info("started", zap.Strings("argv", spec.Argv))
 	sess := &session{s: s, p: p, log: log}
-	p.session = rpcx.NewConn(sessConn, capnp.Client(oomdpb.Session_ServerToClient(sess)), log.Named("session"))
+	p.session = rpcx.NewLimitedConn(sessConn, rpcx.Recovering(oomdpb.Session_Methods(nil, sess), sess, log), log.Named("session"), SessionLimits)
 
 	switch {
 	case brokerExecd != nil:

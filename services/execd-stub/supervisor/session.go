@@ -10,6 +10,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"oomd.dev/oomd/gen/oomdpb"
+	"oomd.dev/oomd/internal/guards"
+	"oomd.dev/oomd/internal/rpcx"
 	"oomd.dev/oomd/services/oomd/policy"
 )
 
@@ -59,11 +61,11 @@ func (ss *session) Grants(_ context.Context, call oomdpb.Session_grants) error {
 		return err
 	}
 	log := ss.log.Named("terminator")
-	if err := res.SetTerminator(oomdpb.Terminator_ServerToClient(&terminator{s: ss.s, log: log})); err != nil {
+	if err := res.SetTerminator(newTerminator(&terminator{s: ss.s, log: log})); err != nil {
 		return err
 	}
 	ss.log.Info("granted Terminator and SystemControl")
-	return res.SetSystem(oomdpb.SystemControl_ServerToClient(&systemControl{s: ss.s, p: ss.p, log: ss.log.Named("system")}))
+	return res.SetSystem(newSystemControl(&systemControl{s: ss.s, p: ss.p, log: ss.log.Named("system")}))
 }
 
 // WatchReboot registers the child's reboot watcher (any child may): it is told before a
@@ -170,4 +172,22 @@ func (s *Supervisor) terminate(subject string, instance, decision uint64, reason
 		}
 	})
 	return oomdpb.Refusal_none, "", int32(p.pid)
+}
+
+// SessionLimits apply to every child's session connection: the default limits and the
+// session guard (internal/guards), so nothing a child sends outside what Session,
+// Terminator and SystemControl need reaches go-capnp.
+var SessionLimits = func() rpcx.Limits {
+	lim := rpcx.DefaultLimits
+	lim.Guard = guards.Session
+	lim.FrameTimeout = rpcx.DefaultFrameTimeout // no first-message deadline: a child may never call
+	return lim
+}()
+
+func newTerminator(t *terminator) oomdpb.Terminator {
+	return oomdpb.Terminator(rpcx.Recovering(oomdpb.Terminator_Methods(nil, t), t, t.log))
+}
+
+func newSystemControl(sc *systemControl) oomdpb.SystemControl {
+	return oomdpb.SystemControl(rpcx.Recovering(oomdpb.SystemControl_Methods(nil, sc), sc, sc.log))
 }

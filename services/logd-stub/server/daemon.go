@@ -12,6 +12,7 @@ import (
 	"go.uber.org/zap"
 
 	"oomd.dev/oomd/gen/oomdpb"
+	"oomd.dev/oomd/internal/guards"
 	"oomd.dev/oomd/internal/rpcx"
 	"oomd.dev/oomd/services/logd-stub/journal"
 )
@@ -25,6 +26,8 @@ type Config struct {
 	ReadyTimeout time.Duration
 	// ShutdownTimeout bounds closing the connections on stop (default 2s).
 	ShutdownTimeout time.Duration
+	// Server options after the Journal guard (tests shorten the deadlines).
+	Server []rpcx.ServerOption
 }
 
 // Run is the logd daemon: it opens the journal, serves it on cfg.Socket, reports ready
@@ -50,7 +53,7 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	if err != nil {
 		return err
 	}
-	srv := rpcx.NewServer(log, New(j, log).Bootstrap)
+	srv := rpcx.NewServer(log, New(j, log).Bootstrap, append([]rpcx.ServerOption{rpcx.WithGuard(guards.Journal)}, cfg.Server...)...)
 	serveCtx, stopServe := context.WithCancel(ctx)
 	defer stopServe()
 	served := make(chan error, 1)

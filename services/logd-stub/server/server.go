@@ -40,12 +40,14 @@ func (s *Service) Bootstrap(p rpcx.Peer) (capnp.Client, error) {
 	if p.Cred != nil {
 		log = log.With(zap.Int32("pid", p.Cred.Pid))
 	}
-	return capnp.Client(oomdpb.Journal_ServerToClient(&journalServer{j: s.j, log: log})), nil
+	js := &journalServer{j: s.j, log: log}
+	return rpcx.Recovering(oomdpb.Journal_Methods(nil, js), js, log), nil
 }
 
 // Client returns a Journal capability served in-process, for tests and embedding.
 func (s *Service) Client() oomdpb.Journal {
-	return oomdpb.Journal_ServerToClient(&journalServer{j: s.j, log: s.log})
+	js := &journalServer{j: s.j, log: s.log}
+	return oomdpb.Journal(rpcx.Recovering(oomdpb.Journal_Methods(nil, js), js, s.log))
 }
 
 type journalServer struct {
@@ -77,7 +79,7 @@ func (s *journalServer) Open(ctx context.Context, call oomdpb.Journal_open) erro
 	}
 	res.SetLastWriterSeq(last)
 	a := &appender{j: s.j, writer: writer, log: s.log.With(zap.String("writer", writer))}
-	if err := res.SetAppender(oomdpb.Appender_ServerToClient(a)); err != nil {
+	if err := res.SetAppender(oomdpb.Appender(rpcx.Recovering(oomdpb.Appender_Methods(nil, a), a, a.log))); err != nil {
 		return fmt.Errorf("open: set appender: %w", err)
 	}
 	a.log.Debug("writer opened", zap.Uint64("writer_seq", last))

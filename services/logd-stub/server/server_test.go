@@ -17,6 +17,7 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"oomd.dev/oomd/gen/oomdpb"
+	"oomd.dev/oomd/internal/guards"
 	"oomd.dev/oomd/internal/rpcx"
 	"oomd.dev/oomd/services/logd-stub/journal"
 )
@@ -49,7 +50,7 @@ func startLogd(t testing.TB, dir string) *logd {
 	socket := filepath.Join(t.TempDir(), "logd.sock")
 	l, err := rpcx.Listen(socket)
 	require.NoError(t, err)
-	srv := rpcx.NewServer(log, New(j, log).Bootstrap)
+	srv := rpcx.NewServer(log, New(j, log).Bootstrap, rpcx.WithGuard(guards.Journal))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ctx, l) }()

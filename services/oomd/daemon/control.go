@@ -8,6 +8,7 @@ import (
 	capnp "capnproto.org/go/capnp/v3"
 
 	"oomd.dev/oomd/gen/oomdpb"
+	"oomd.dev/oomd/internal/rpcx"
 	"oomd.dev/oomd/internal/wire"
 	"oomd.dev/oomd/services/oomd/policy"
 )
@@ -28,7 +29,8 @@ var _ oomdpb.Control_Server = (*controlServer)(nil)
 
 // ControlClient returns a new Control capability backed by d, for one connection.
 func (d *Daemon) ControlClient() capnp.Client {
-	return capnp.Client(oomdpb.Control_ServerToClient(&controlServer{d: d}))
+	s := &controlServer{d: d}
+	return rpcx.Recovering(oomdpb.Control_Methods(nil, s), s, d.log)
 }
 
 func (s *controlServer) SetPolicy(_ context.Context, call oomdpb.Control_setPolicy) error {
@@ -111,7 +113,7 @@ func (s *controlServer) Subscribe(_ context.Context, call oomdpb.Control_subscri
 		cancel()
 		return err
 	}
-	return res.SetSubscription(oomdpb.Subscription_ServerToClient(&subscription{cancel: cancel}))
+	return res.SetSubscription(newSubscription(cancel))
 }
 
 func (s *controlServer) Inject(ctx context.Context, call oomdpb.Control_inject) error {
@@ -296,7 +298,7 @@ func (s *controlServer) WatchLevels(_ context.Context, call oomdpb.Control_watch
 		return err
 	}
 	res.SetLevel(oomdpb.PressureLevel(level))
-	return res.SetSubscription(oomdpb.Subscription_ServerToClient(&subscription{cancel: cancel}))
+	return res.SetSubscription(newSubscription(cancel))
 }
 
 func (s *controlServer) RequestReboot(_ context.Context, call oomdpb.Control_requestReboot) error {

@@ -10,6 +10,7 @@ import (
 	"go.uber.org/zap"
 
 	"oomd.dev/oomd/gen/oomdpb"
+	"oomd.dev/oomd/internal/guards"
 	"oomd.dev/oomd/internal/rpcx"
 	"oomd.dev/oomd/services/oomd/policy"
 )
@@ -50,7 +51,8 @@ var _ oomdpb.ExitWatcher_Server = exitWatcher{}
 
 // ExitWatcherClient returns the capability to give to Terminator.watchExits.
 func (d *Daemon) ExitWatcherClient() oomdpb.ExitWatcher {
-	return oomdpb.ExitWatcher_ServerToClient(exitWatcher{d: d})
+	w := exitWatcher{d: d}
+	return oomdpb.ExitWatcher(rpcx.Recovering(oomdpb.ExitWatcher_Methods(nil, w), w, d.log))
 }
 
 func (w exitWatcher) Exited(_ context.Context, call oomdpb.ExitWatcher_exited) error {
@@ -115,12 +117,23 @@ func (d *Daemon) acceptHandoff(msg *capnp.Message, f *os.File) error {
 		return fmt.Errorf("handoff %s: passed fd: %w", subject, err)
 	}
 	s := &slot{subject: subject, instance: h.Instance(), critical: h.Critical(), injectable: h.Injectable()}
-	sink := oomdpb.MemstatSink_ServerToClient(&sinkServer{slot: s, dirty: &d.dirty})
+	ss := &sinkServer{slot: s, dirty: &d.dirty}
+	sink := rpcx.Recovering(oomdpb.MemstatSink_Methods(nil, ss), ss, d.log)
 	registered := make(chan struct{}) // no sample is read before the subject is registered
-	s.conn = rpcx.NewLimitedConn(gatedConn{Conn: c, open: registered}, capnp.Client(sink), d.log.With(zap.String("subject", subject)), rpcx.PublisherLimits)
+	s.conn = rpcx.NewLimitedConn(gatedConn{Conn: c, open: registered}, sink, d.log.With(zap.String("subject", subject)), publisherLimits)
 	d.log.Info("subject handed over", zap.String("subject", subject), zap.Uint64("instance", s.instance),
 		zap.Int32("pid", h.Pid()), zap.Bool("critical", s.critical))
 	d.Register(s)
 	close(registered)
 	return nil
 }
+
+// publisherLimits are rpcx.PublisherLimits with the memstat guard (internal/guards) and a
+// deadline for a started frame. No first-message deadline: a subject that never
+// publishes (it does not link lib/memstat) is legitimate.
+var publisherLimits = func() rpcx.Limits {
+	lim := rpcx.PublisherLimits
+	lim.Guard = guards.Publisher
+	lim.FrameTimeout = rpcx.DefaultFrameTimeout
+	return lim
+}()

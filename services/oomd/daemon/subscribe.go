@@ -8,6 +8,7 @@ import (
 	"go.uber.org/zap"
 
 	"oomd.dev/oomd/gen/oomdpb"
+	"oomd.dev/oomd/internal/rpcx"
 	"oomd.dev/oomd/internal/wire"
 	"oomd.dev/oomd/services/oomd/policy"
 )
@@ -130,3 +131,9 @@ func (d *Daemon) serveSubscriber(ctx context.Context, sub *subscriber) {
 type subscription struct{ cancel context.CancelFunc }
 
 func (s *subscription) Shutdown() { s.cancel() }
+
+// newSubscription is the handle a subscribe or watchLevels call returns.
+func newSubscription(cancel context.CancelFunc) oomdpb.Subscription {
+	s := &subscription{cancel: cancel}
+	return oomdpb.Subscription(rpcx.Recovering(oomdpb.Subscription_Methods(nil, s), s, nil))
+}
