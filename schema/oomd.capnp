@@ -154,6 +154,8 @@ enum EventKind {
                             # per episode; bytes = kernel, limit = cooperative
   kernelReadFailed @19;   # the kernel's count could not be read; once per episode;
                           # reason says why
+  memstatInvalid @20;     # the subject's memstat page was unreadable (bad magic or
+                          # version, or torn on every retry); once per episode
 }
 
 struct Event {

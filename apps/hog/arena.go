@@ -18,10 +18,18 @@ func newArena(max uint64) *arena { return &arena{max: max} }
 
 var pageSize = os.Getpagesize()
 
-// grow adds up to n bytes (never beyond max) and returns the new total.
-func (a *arena) grow(n uint64) uint64 {
+// grow adds up to n bytes (never beyond max) and returns the new total. publish, if
+// not nil, is called with the new total before the lock is released, so totals are
+// published in the order they were reached: a value never goes backwards because two
+// grows raced (the start-up grow and an inject, say).
+func (a *arena) grow(n uint64, publish func(uint64)) uint64 {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	defer func() {
+		if publish != nil {
+			publish(a.total)
+		}
+	}()
 	if room := a.max - a.total; n > room {
 		n = room
 	}

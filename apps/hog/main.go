@@ -1,10 +1,16 @@
 // Command hog is a deterministic memory hog, the test fixture for oomd's kill path.
 //
 // It grows an arena in fixed steps up to a cap, touching every page so the memory is
-// really resident, and publishes the arena size as its memstat after each step. Its
-// bootstrap on the memstat connection is a TestHook: oomd's inject reaches it and makes
-// it allocate more at once. It exits cleanly on SIGTERM unless --ignore-sigterm (the
-// stuck-process case that execd must SIGKILL).
+// really resident, and publishes the arena size as its memstat after each step (on its
+// memstat page when execd gave it one). Its bootstrap on the memstat connection is a
+// TestHook: oomd's inject reaches it and makes it allocate more at once. It exits
+// cleanly on SIGTERM unless --ignore-sigterm (the stuck-process case that execd must
+// SIGKILL).
+//
+// For kernel truth it can also behave like a program that never heard of oomd:
+// --no-publish publishes nothing, --under-report N publishes a tenth (1/N) of what it
+// holds, and --fork N starts N member processes that each hold --member-bytes (they
+// log their pids; the whole family must go when the subject is killed).
 package main
 
 import (
@@ -12,7 +18,9 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"os/exec"
 	"os/signal"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -33,7 +41,19 @@ func main() {
 	flag.Uint64Var(&cfg.startBytes, "start-bytes", 0, "bytes allocated at start")
 	flag.BoolVar(&cfg.ignoreTerm, "ignore-sigterm", false, "ignore SIGTERM (a stuck process execd must SIGKILL)")
 	flag.DurationVar(&cfg.period, "sample-period", 50*time.Millisecond, "minimum time between two memstat samples")
+	flag.BoolVar(&cfg.noPublish, "no-publish", false, "publish no memstat at all (a program that never heard of oomd)")
+	flag.Uint64Var(&cfg.underReport, "under-report", 1, "publish 1/N of the arena (N > 1: a subject that under-reports)")
+	flag.IntVar(&cfg.fork, "fork", 0, "start N member processes, each holding --member-bytes")
+	flag.Uint64Var(&cfg.memberBytes, "member-bytes", 16<<20, "bytes each --fork member holds")
+	member := flag.Bool("member", false, "internal: run as a --fork member (hold --start-bytes until a signal)")
 	flag.Parse()
+	if *member {
+		os.Exit(runMember(cfg.startBytes))
+	}
+	if cfg.underReport == 0 {
+		fmt.Fprintln(os.Stderr, "hog: --under-report must be >= 1")
+		os.Exit(2)
+	}
 
 	log := logx.New("hog")
 	defer log.Sync()
@@ -47,6 +67,10 @@ type config struct {
 	stepBytes, maxBytes, startBytes uint64
 	stepEvery, period               time.Duration
 	ignoreTerm                      bool
+	noPublish                       bool
+	underReport                     uint64
+	fork                            int
+	memberBytes                     uint64
 }
 
 func run(cfg config, log *zap.Logger) error {
@@ -60,7 +84,7 @@ func run(cfg config, log *zap.Logger) error {
 	defer stop()
 
 	a := newArena(cfg.maxBytes)
-	hook := &testHook{arena: a}
+	hook := &testHook{arena: a, cfg: cfg}
 	pub, err := memstat.Connect(ctx, memstat.Options{
 		Period:    cfg.period,
 		Bootstrap: capnp.Client(oomdpb.TestHook_ServerToClient(hook)),
@@ -79,11 +103,20 @@ func run(cfg config, log *zap.Logger) error {
 	}
 	defer sess.Close()
 
-	pub.Set(a.grow(cfg.startBytes))
+	a.grow(cfg.startBytes, hook.publish)
+	for i := range cfg.fork {
+		m, err := startMember(cfg.memberBytes)
+		if err != nil {
+			return fmt.Errorf("fork member %d: %w", i, err)
+		}
+		defer m.Wait()
+		log.Info("hog member started", zap.Int("pid", m.Process.Pid), zap.Uint64("bytes", cfg.memberBytes))
+	}
 	if err := sess.Ready(ctx); err != nil {
 		return err
 	}
-	log.Info("hog ready", zap.Uint64("bytes", a.size()), zap.Uint64("max", cfg.maxBytes))
+	log.Info("hog ready", zap.Uint64("bytes", a.size()), zap.Uint64("max", cfg.maxBytes),
+		zap.Bool("publishes", !cfg.noPublish), zap.Uint64("underReport", cfg.underReport), zap.Bool("page", pub.OnPage()))
 
 	var steps <-chan time.Time
 	if cfg.stepEvery > 0 {
@@ -103,10 +136,8 @@ func run(cfg config, log *zap.Logger) error {
 			return err
 		case <-steps:
 			before := a.size()
-			n := a.grow(cfg.stepBytes)
-			if n != before {
+			if n := a.grow(cfg.stepBytes, hook.publish); n != before {
 				log.Info("hog grew", zap.Uint64("bytes", n))
-				pub.Set(n)
 			}
 		}
 	}
@@ -115,20 +146,44 @@ func run(cfg config, log *zap.Logger) error {
 // testHook serves oomdpb.TestHook on the memstat connection.
 type testHook struct {
 	arena *arena
+	cfg   config
 	pub   *memstat.Publisher
+}
+
+// publish reports total as the hog's memstat, as configured (nothing, or 1/N of it).
+// The arena calls it under its lock, so totals leave in the order they were reached.
+func (h *testHook) publish(total uint64) {
+	if h.pub != nil && !h.cfg.noPublish {
+		h.pub.Set(total / h.cfg.underReport)
+	}
 }
 
 var _ oomdpb.TestHook_Server = (*testHook)(nil)
 
 func (h *testHook) Inject(_ context.Context, call oomdpb.TestHook_inject) error {
-	n := h.arena.grow(call.Args().Bytes())
-	if h.pub != nil {
-		h.pub.Set(n)
-	}
+	n := h.arena.grow(call.Args().Bytes(), h.publish)
 	res, err := call.AllocResults()
 	if err != nil {
 		return err
 	}
 	res.SetTotalBytes(n)
 	return nil
+}
+
+// startMember starts a copy of the hog as a --fork member holding n bytes. It is the
+// hog's own child: it runs in the subject's cgroup and is part of the subject.
+func startMember(n uint64) (*exec.Cmd, error) {
+	cmd := exec.Command("/proc/self/exe", "--member", "--start-bytes", strconv.FormatUint(n, 10))
+	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+	return cmd, cmd.Start()
+}
+
+// runMember holds n touched bytes until SIGTERM or SIGINT.
+func runMember(n uint64) int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	a := newArena(n)
+	a.grow(n, nil)
+	<-ctx.Done()
+	return 0
 }

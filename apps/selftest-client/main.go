@@ -11,21 +11,27 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
 	"os/signal"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
+	capnp "capnproto.org/go/capnp/v3"
+
 	"go.uber.org/zap"
 
+	"oomd.dev/oomd/gen/oomdpb"
 	"oomd.dev/oomd/internal/ctlclient"
 	"oomd.dev/oomd/internal/logx"
+	"oomd.dev/oomd/internal/rpcx"
 	"oomd.dev/oomd/internal/session"
-	"oomd.dev/oomd/lib/memstat"
+	"oomd.dev/oomd/services/oomd/policy"
 )
 
 func main() {
@@ -35,7 +41,11 @@ func main() {
 	flag.StringVar(&o.critical, "critical", "", "subject id of a critical hog to prove kill denial (empty: skip)")
 	flag.Uint64Var(&o.hardBytes, "hard-bytes", 8<<20, "hardBytes override set for the target and the critical hog")
 	flag.Uint64Var(&o.inject, "inject", 16<<20, "bytes injected into each hog (must exceed --hard-bytes)")
-	flag.BoolVar(&o.spoof, "spoof", true, "prove that a spoofed sample is rejected")
+	flag.BoolVar(&o.spoof, "spoof", true, "prove that a subject cannot publish for another subject")
+	flag.StringVar(&o.silent, "silent", "", "subject id of a hog that publishes nothing: prove it is killed on the kernel's count (empty: skip)")
+	flag.StringVar(&o.family, "family", "", "subject id of a hog that forks members: prove the kill takes every process (empty: skip)")
+	flag.StringVar(&o.liar, "liar", "", "subject id of a hog that under-reports: prove memstatUnderReported (empty: skip)")
+	flag.Uint64Var(&o.kernelHard, "kernel-hard-bytes", 32<<20, "hardBytes on the kernel's count for --silent and --family")
 	flag.DurationVar(&o.timeout, "timeout", 60*time.Second, "deadline for the whole selftest")
 	flag.Parse()
 
@@ -53,7 +63,9 @@ func main() {
 
 type options struct {
 	socket, target, critical string
+	silent, family, liar     string
 	hardBytes, inject        uint64
+	kernelHard               uint64
 	spoof                    bool
 	timeout                  time.Duration
 }
@@ -88,19 +100,37 @@ func run(ctx context.Context, o options, log *zap.Logger) error {
 	}
 	defer c.Close()
 
-	want := []string{o.target}
+	// The inject proofs run on the cooperative signal (what the hog publishes), the
+	// kernel proofs on the kernel's count.
+	cooperative := []string{o.target, self}
 	if o.critical != "" {
-		want = append(want, o.critical)
+		cooperative = append(cooperative, o.critical)
 	}
-	if o.spoof {
-		want = append(want, self)
+	var kernel []string
+	for _, id := range []string{o.silent, o.family} {
+		if id != "" {
+			kernel = append(kernel, id)
+		}
 	}
-	for _, s := range want {
+	all := append(slices.Clone(cooperative), kernel...)
+	if o.liar != "" {
+		all = append(all, o.liar)
+	}
+	for _, s := range all {
 		if _, err := c.WaitEvent(ctx, "registration of "+s, ctlclient.IsKind(s, "subjectRegistered")); err != nil {
 			return err
 		}
 	}
-	if err := c.SetLimits(ctx, o.hardBytes, want); err != nil {
+	coop, kern := policy.SignalCooperative, policy.SignalKernel
+	if err := c.UpdatePolicy(ctx, func(p *policy.Policy) {
+		for _, id := range cooperative {
+			p.Overrides = append(p.Overrides, policy.SubjectLimit{Subject: id, SoftBytes: o.hardBytes / 2, HardBytes: o.hardBytes, Signal: &coop})
+		}
+		for _, id := range kernel {
+			p.Overrides = append(p.Overrides, policy.SubjectLimit{Subject: id, SoftBytes: o.kernelHard / 2, HardBytes: o.kernelHard, Signal: &kern})
+		}
+		p.UnderReport = policy.UnderReport{MarginBytes: 16 << 20, Ticks: 3}
+	}); err != nil {
 		return err
 	}
 
@@ -120,7 +150,11 @@ func run(ctx context.Context, o options, log *zap.Logger) error {
 		fmt.Println("SELFTEST: kill denied ok")
 	}
 
-	if err := c.Inject(ctx, o.target, o.inject); err != nil {
+	if err := proveKernelTruth(ctx, c, o); err != nil {
+		return err
+	}
+
+	if err := c.Inject(ctx, o.target, o.inject); err != nil && !errors.Is(err, ctlclient.ErrSubjectGone) {
 		return err
 	}
 	decided, err := c.WaitEvent(ctx, "killDecided for "+o.target, ctlclient.IsKind(o.target, "killDecided"))
@@ -177,32 +211,127 @@ func kernelOOMKills() (uint64, error) {
 	return 0, nil // kernels without the counter have no OOM kills to report
 }
 
-// proveSpoofRejected publishes, on this process's own memstat connection, a sample that
-// claims to be the target. oomd must reject it, attribute the attempt to us, and leave
-// the target's usage alone.
+// proveSpoofRejected tries what a v1 subject could do: call MemstatSink.report on its own
+// brokered connection with a sample that claims to be the target. A subject that has a
+// memstat page reaches no RPC endpoint of oomd at all (security invariant 8): the call
+// must fail, nothing may reach oomd's core (no sample accepted or rejected), and the
+// target's reading must not change.
 func proveSpoofRejected(ctx context.Context, c *ctlclient.Client, self, target string, log *zap.Logger) error {
-	pub, err := memstat.Connect(ctx, memstat.Options{Claim: target, Period: time.Millisecond}, log)
-	if err != nil {
-		return fmt.Errorf("spoof: connect memstat: %w", err)
-	}
-	defer pub.Close()
-	pctx, stop := context.WithCancel(ctx)
-	defer stop()
-	go pub.Run(pctx)
-	pub.Set(1 << 40)
-	ev, err := c.WaitEvent(ctx, "memstatRejected for "+self, ctlclient.IsKind(self, "memstatRejected"))
+	rejBefore, _, _, err := c.Counters(ctx)
 	if err != nil {
 		return err
 	}
-	if ev.Reason != "claimed="+target {
-		return fmt.Errorf("spoof: rejection reason %q, want %q", ev.Reason, "claimed="+target)
+	d, err := rpcx.InheritedUnixConn(rpcx.EnvMemstatFD)
+	if err != nil {
+		return fmt.Errorf("spoof: %w", err)
 	}
-	after, err := c.SubjectBytes(ctx, target)
+	defer d.Close()
+	d.SetReadDeadline(time.Now().Add(10 * time.Second))
+	conn, err := rpcx.ReceiveConn(d)
+	if err != nil {
+		return fmt.Errorf("spoof: receive the brokered connection: %w", err)
+	}
+	rc := rpcx.NewConn(conn, capnp.Client{}, log.Named("spoof"))
+	defer rc.Close()
+	sink := oomdpb.MemstatSink(rc.Bootstrap(ctx))
+	defer sink.Release()
+	callErr := sink.Report(ctx, func(p oomdpb.MemstatSink_report_Params) error {
+		m, err := p.NewSample()
+		if err != nil {
+			return err
+		}
+		m.SetBytes(1 << 40)
+		return m.SetClaimedSubject(target)
+	})
+	if callErr == nil {
+		callErr = sink.WaitStreaming()
+	}
+	if callErr == nil {
+		return errors.New("spoof: oomd accepted a MemstatSink.report from a subject")
+	}
+	log.Info("spoof refused: oomd serves subjects no RPC endpoint", zap.Error(callErr))
+	if err := c.WaitTicks(ctx, 3); err != nil {
+		return err
+	}
+	rejAfter, _, _, err := c.Counters(ctx)
 	if err != nil {
 		return err
 	}
-	if after == 1<<40 {
-		return fmt.Errorf("spoof: target usage changed to the spoofed value %d", after)
+	if rejAfter != rejBefore {
+		return fmt.Errorf("spoof: oomd saw %d spoofed samples: the RPC path is still reachable", rejAfter-rejBefore)
+	}
+	if b, err := c.SubjectBytes(ctx, target); err != nil || b == 1<<40 {
+		return fmt.Errorf("spoof: target usage is %d (%v)", b, err)
 	}
 	return nil
+}
+
+// proveKernelTruth: a hog that publishes nothing is killed on the kernel's count; a hog
+// that forks members is killed whole (no process of it outlives its killed event); a
+// hog that publishes a tenth of what it holds is reported as under-reporting.
+func proveKernelTruth(ctx context.Context, c *ctlclient.Client, o options) error {
+	for _, id := range []string{o.silent, o.family} {
+		if id == "" {
+			continue
+		}
+		killed, err := c.WaitEvent(ctx, "killed for "+id, ctlclient.IsKind(id, "killed"))
+		if err != nil {
+			return err
+		}
+		if killed.Bytes <= o.kernelHard {
+			return fmt.Errorf("%s killed at %d bytes, not above its hardBytes %d", id, killed.Bytes, o.kernelHard)
+		}
+		if left := survivors(id); len(left) > 0 {
+			return fmt.Errorf("%s: processes %v outlived the killed event", id, left)
+		}
+		if id == o.silent {
+			fmt.Printf("SELFTEST: kernel kill ok (subject=%s)\n", id)
+		} else {
+			fmt.Printf("SELFTEST: family kill ok (subject=%s)\n", id)
+		}
+	}
+	if o.liar != "" {
+		ev, err := c.WaitEvent(ctx, "memstatUnderReported for "+o.liar, ctlclient.IsKind(o.liar, "memstatUnderReported"))
+		if err != nil {
+			return err
+		}
+		if ev.Bytes <= ev.Limit+16<<20 {
+			return fmt.Errorf("under-report event with kernel %d and published %d: not a gap above the margin", ev.Bytes, ev.Limit)
+		}
+		fmt.Printf("SELFTEST: under-report detected ok (subject=%s)\n", o.liar)
+	}
+	return nil
+}
+
+// survivors lists live processes of subject id that were execd's (our parent's):
+// re-parented members of a killed subject would be there. A subject's processes carry
+// OOMD_SUBJECT=<id> in their environment.
+func survivors(id string) []int {
+	want := "OOMD_SUBJECT=" + id
+	ppid := strconv.Itoa(os.Getppid())
+	ents, _ := os.ReadDir("/proc")
+	var out []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		stat, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		i := strings.LastIndexByte(string(stat), ')')
+		f := strings.Fields(string(stat[i+1:]))
+		if len(f) < 2 || f[0] == "Z" || f[0] == "X" || f[1] != ppid {
+			continue
+		}
+		env, err := os.ReadFile("/proc/" + e.Name() + "/environ")
+		if err != nil {
+			continue
+		}
+		if slices.Contains(strings.Split(string(env), "\x00"), want) {
+			out = append(out, pid)
+		}
+	}
+	return out
 }

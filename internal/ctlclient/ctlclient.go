@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -162,6 +163,18 @@ func (c *Client) SetLimits(ctx context.Context, hard uint64, subjects []string) 
 	return err
 }
 
+// UpdatePolicy reads the policy in force, lets edit change it, and sets it back as a
+// compare-and-set: a concurrent change makes it fail rather than be overwritten.
+func (c *Client) UpdatePolicy(ctx context.Context, edit func(*policy.Policy)) error {
+	p, v, err := c.GetPolicy(ctx)
+	if err != nil {
+		return err
+	}
+	edit(&p)
+	_, err = c.SetPolicyIf(ctx, p, v)
+	return err
+}
+
 // Inject asks oomd to make app's test hook allocate n more bytes.
 func (c *Client) Inject(ctx context.Context, app string, n uint64) error {
 	f, rel := c.Ctl.Inject(ctx, func(p oomdpb.Control_inject_Params) error {
@@ -170,9 +183,57 @@ func (c *Client) Inject(ctx context.Context, app string, n uint64) error {
 	})
 	defer rel()
 	if _, err := f.Struct(); err != nil {
+		if msg := err.Error(); strings.Contains(msg, "connection closed") || strings.Contains(msg, "disconnected") {
+			// The hog allocated, published and was killed before its answer got out:
+			// the kill won the race with the reply. The events say what happened.
+			return fmt.Errorf("inject %d bytes into %s: %w: %w", n, app, ErrSubjectGone, err)
+		}
 		return fmt.Errorf("inject %d bytes into %s: %w", n, app, err)
 	}
 	return nil
+}
+
+// ErrSubjectGone: the subject's connection closed before it answered (it may have been
+// killed for what the call made it do).
+var ErrSubjectGone = errors.New("subject gone before it answered")
+
+// Counters reads the sample counters and the tick from oomd's status.
+func (c *Client) Counters(ctx context.Context) (rejected, accepted, tick uint64, err error) {
+	f, rel := c.Ctl.Status(ctx, nil)
+	defer rel()
+	res, err := f.Struct()
+	if err != nil {
+		return 0, 0, 0, fmt.Errorf("status: %w", err)
+	}
+	st, err := res.Status()
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	return st.RejectedSamples(), st.AcceptedSamples(), st.Tick(), nil
+}
+
+// WaitTicks returns once oomd's core has advanced n ticks, polling its status.
+func (c *Client) WaitTicks(ctx context.Context, n uint64) error {
+	_, _, start, err := c.Counters(ctx)
+	if err != nil {
+		return err
+	}
+	t := time.NewTicker(5 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for %d ticks: %w", n, ctx.Err())
+		case <-t.C:
+		}
+		_, _, now, err := c.Counters(ctx)
+		if err != nil {
+			return err
+		}
+		if now >= start+n {
+			return nil
+		}
+	}
 }
 
 // SubjectBytes is a subject's latest accepted usage from oomd's status.

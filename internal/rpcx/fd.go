@@ -111,8 +111,20 @@ func SeqpacketPair() (a, b *net.UnixConn, err error) {
 // MaxPassedMessage bounds one message sent alongside a passed fd.
 const MaxPassedMessage = 4096
 
+// MaxPassedFDs bounds the fds one message may carry.
+const MaxPassedFDs = 8
+
 // SendMsgFD sends one Cap'n Proto message and one fd on a SOCK_SEQPACKET socket.
 func SendMsgFD(c *net.UnixConn, msg *capnp.Message, f *os.File) error {
+	return SendMsgFDs(c, msg, f)
+}
+
+// SendMsgFDs sends one Cap'n Proto message and 1..MaxPassedFDs fds, in order, on a
+// SOCK_SEQPACKET socket.
+func SendMsgFDs(c *net.UnixConn, msg *capnp.Message, files ...*os.File) error {
+	if len(files) == 0 || len(files) > MaxPassedFDs {
+		return fmt.Errorf("sendmsg: %d fds: want 1..%d", len(files), MaxPassedFDs)
+	}
 	b, err := msg.Marshal()
 	if err != nil {
 		return fmt.Errorf("marshal: %w", err)
@@ -120,7 +132,11 @@ func SendMsgFD(c *net.UnixConn, msg *capnp.Message, f *os.File) error {
 	if len(b) > MaxPassedMessage {
 		return fmt.Errorf("message of %d bytes exceeds %d", len(b), MaxPassedMessage)
 	}
-	n, oobn, err := c.WriteMsgUnix(b, unix.UnixRights(int(f.Fd())), nil)
+	fds := make([]int, len(files))
+	for i, f := range files {
+		fds[i] = int(f.Fd())
+	}
+	n, oobn, err := c.WriteMsgUnix(b, unix.UnixRights(fds...), nil)
 	if err != nil {
 		return fmt.Errorf("sendmsg: %w", err)
 	}
@@ -133,8 +149,24 @@ func SendMsgFD(c *net.UnixConn, msg *capnp.Message, f *os.File) error {
 // RecvMsgFD receives one message and exactly one fd sent by SendMsgFD. Extra fds are
 // closed and reported as an error; the returned file is close-on-exec.
 func RecvMsgFD(c *net.UnixConn) (*capnp.Message, *os.File, error) {
+	msg, files, err := RecvMsgFDs(c)
+	if err != nil {
+		return nil, nil, err
+	}
+	if len(files) != 1 {
+		for _, f := range files {
+			f.Close()
+		}
+		return nil, nil, fmt.Errorf("expected exactly one passed fd, got %d", len(files))
+	}
+	return msg, files[0], nil
+}
+
+// RecvMsgFDs receives one message and the 1..MaxPassedFDs fds sent with it, in order,
+// all close-on-exec. On any error every fd that arrived is closed.
+func RecvMsgFDs(c *net.UnixConn) (*capnp.Message, []*os.File, error) {
 	buf := make([]byte, MaxPassedMessage+1)
-	oob := make([]byte, unix.CmsgSpace(4*4))
+	oob := make([]byte, unix.CmsgSpace(4*(MaxPassedFDs+1)))
 	n, oobn, flags, _, err := c.ReadMsgUnix(buf, oob)
 	if err != nil {
 		return nil, nil, err
@@ -159,17 +191,21 @@ func RecvMsgFD(c *net.UnixConn) (*capnp.Message, *os.File, error) {
 		closeAll()
 		return nil, nil, errors.New("passed message truncated or oversized")
 	}
-	if len(fds) != 1 {
+	if len(fds) == 0 || len(fds) > MaxPassedFDs {
 		closeAll()
-		return nil, nil, fmt.Errorf("expected exactly one passed fd, got %d", len(fds))
+		return nil, nil, fmt.Errorf("expected 1..%d passed fds, got %d", MaxPassedFDs, len(fds))
 	}
-	unix.CloseOnExec(fds[0])
 	msg, err := capnp.Unmarshal(append([]byte(nil), buf[:n]...))
 	if err != nil {
-		unix.Close(fds[0])
+		closeAll()
 		return nil, nil, fmt.Errorf("decode passed message: %w", err)
 	}
-	return msg, os.NewFile(uintptr(fds[0]), "passed"), nil
+	files := make([]*os.File, len(fds))
+	for i, fd := range fds {
+		unix.CloseOnExec(fd)
+		files[i] = os.NewFile(uintptr(fd), "passed")
+	}
+	return msg, files, nil
 }
 
 // FileToConn turns an fd (a socket) into a net.Conn and closes f.

@@ -114,6 +114,9 @@ type receivedHandoff struct {
 	critical   bool
 	injectable bool
 	conn       net.Conn
+	mode       oomdpb.CgroupMode
+	usage      []byte // what the usage fd read at the handoff (nil: none passed)
+	hasPage    bool
 }
 
 type syncBuffer struct {
@@ -226,21 +229,45 @@ func (h *harness) acceptWatchdog() {
 	t.Cleanup(func() { hc.Close() })
 	go func() {
 		for {
-			msg, f, err := rpcx.RecvMsgFD(hc)
+			msg, files, err := rpcx.RecvMsgFDs(hc)
 			if err != nil {
 				return
 			}
 			ho, err := oomdpb.ReadRootSubjectHandoff(msg)
 			if err != nil {
-				f.Close()
+				for _, f := range files {
+					f.Close()
+				}
 				continue
 			}
 			subject, _ := ho.Subject()
-			conn, err := rpcx.FileToConn(f)
-			if err != nil {
+			r := receivedHandoff{subject: subject, instance: ho.Instance(), pid: ho.Pid(), critical: ho.Critical(),
+				injectable: ho.Injectable(), mode: ho.CgroupMode()}
+			kinds, _ := ho.Fds()
+			for i, f := range files {
+				k := oomdpb.HandoffFd_memstatSocket
+				if i < kinds.Len() {
+					k = kinds.At(i)
+				}
+				switch k {
+				case oomdpb.HandoffFd_memstatSocket:
+					r.conn, _ = rpcx.FileToConn(f)
+				case oomdpb.HandoffFd_usage:
+					buf := make([]byte, 64)
+					n, _ := f.ReadAt(buf, 0)
+					r.usage = buf[:max(n, 0)]
+					f.Close()
+				case oomdpb.HandoffFd_page:
+					r.hasPage = true
+					f.Close()
+				default:
+					f.Close()
+				}
+			}
+			if r.conn == nil {
 				continue
 			}
-			h.handoffs <- receivedHandoff{subject, ho.Instance(), ho.Pid(), ho.Critical(), ho.Injectable(), conn}
+			h.handoffs <- r
 		}
 	}()
 }
@@ -654,16 +681,17 @@ func TestChildGetsOnlyTheFdsExecdPasses(t *testing.T) {
 	require.NoError(t, json.Unmarshal(data, &got))
 	inherited := map[string]string{}
 	for _, l := range got {
-		f := strings.Fields(l)
-		require.Len(t, f, 3, l)
-		if f[2] == "true" {
-			inherited[f[0]] = f[1]
+		f := strings.Fields(l) // fd, target (may hold spaces: "/memfd:x (deleted)"), inherited
+		require.GreaterOrEqual(t, len(f), 3, l)
+		if f[len(f)-1] == "true" {
+			inherited[f[0]] = strings.Join(f[1:len(f)-1], " ")
 		}
 	}
-	assert.Len(t, inherited, 5, "exactly stdin, stdout, stderr, session and memstat: %v", got)
+	assert.Len(t, inherited, 6, "exactly stdin, stdout, stderr, session, memstat socket and page: %v", got)
 	assert.Equal(t, os.DevNull, inherited["0"])
 	assert.True(t, strings.HasPrefix(inherited["3"], "socket:"), "fd 3 is the session socket: %v", got)
 	assert.True(t, strings.HasPrefix(inherited["4"], "socket:"), "fd 4 is the memstat socket: %v", got)
+	assert.True(t, strings.HasPrefix(inherited["5"], "/memfd:oomd-memstat:plain"), "fd 5 is the memstat page: %v", got)
 }
 
 func TestBrokerHandsEachChildsSocketToTheWatchdog(t *testing.T) {

@@ -23,6 +23,7 @@ import (
 
 	"oomd.dev/oomd/internal/logx"
 	"oomd.dev/oomd/internal/memlimit"
+	"oomd.dev/oomd/services/execd-stub/cgroup"
 	"oomd.dev/oomd/services/execd-stub/manifest"
 	"oomd.dev/oomd/services/execd-stub/pid1"
 	"oomd.dev/oomd/services/execd-stub/supervisor"
@@ -51,6 +52,8 @@ func run() int {
 	debug := flag.Bool("debug", false, "log at debug level")
 	watcherTimeout := flag.Duration("reboot-watcher-timeout", supervisor.DefaultRebootWatcherTimeout,
 		"during a system teardown, how long each reboot watcher may take to answer")
+	cgroupFlag := flag.String("cgroup", "auto", "how subjects are contained: auto (the strongest available), v2, v1, proc (weaker: the /proc process tree), or off")
+	noPages := flag.Bool("no-memstat-pages", false, "do not give children a memstat page (they publish over RPC, as in version 1)")
 	memLimit := memlimit.Flag()
 	flag.Parse()
 
@@ -89,7 +92,22 @@ func run() int {
 	}
 	m.Expand(*runtimeDir)
 
-	sup := supervisor.New(supervisor.Config{Manifest: m, Log: log, ReapOrphans: true, RebootWatcherTimeout: *watcherTimeout})
+	var cg *cgroup.Manager
+	if *cgroupFlag != "off" {
+		want, _, err := cgroup.ParseMode(*cgroupFlag)
+		if err != nil {
+			log.Error("bad --cgroup", zap.Error(err))
+			return 1
+		}
+		if cg, err = cgroup.Detect(cgroup.Options{Want: want}, log.Named("cgroup")); err != nil {
+			log.Error("cannot contain subjects as asked", zap.String("cgroup", *cgroupFlag), zap.Error(err))
+			return 1
+		}
+		defer cg.Close()
+	}
+
+	sup := supervisor.New(supervisor.Config{Manifest: m, Log: log, ReapOrphans: true, RebootWatcherTimeout: *watcherTimeout,
+		Cgroups: cg, NoPages: *noPages})
 	code, err := sup.Run(ctx)
 	if err != nil {
 		log.Error("execd failed", zap.Error(err))

@@ -74,7 +74,7 @@ func TestBenchReaction(t *testing.T) {
 
 const hogsPerStack = 20
 
-const reactionPolicy = `{"softBytes": 4194304, "hardBytes": 8388608, "sampleMs": 10, "killBudget": 1024, "killWindowTicks": 1}`
+const reactionPolicy = `{"softBytes": 4194304, "hardBytes": 8388608, "sampleMs": 10, "killBudget": 1024, "killWindowTicks": 1, "signal": "cooperative"}`
 
 type reaction struct{ decided, audit, exit, killed []time.Duration }
 

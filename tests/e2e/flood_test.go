@@ -37,8 +37,9 @@ const flooders = `,
 func TestFloodBoundsMemoryAndDoesNotDelayAKill(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	s := startStack(t, manifest(fmt.Sprintf(hogEntry, `, "--sample-period", "1ms"`, 1000)+flooders),
-		map[string]string{"policy.json": policyJSON})
+	// The RPC memstat path (version 1; see TestSpoofedSamplesChangeNothing).
+	s := startStackArgs(t, manifest(fmt.Sprintf(hogEntry, `, "--sample-period", "1ms"`, 1000)+flooders),
+		map[string]string{"policy.json": policyJSON}, "--no-memstat-pages")
 	c := dialClient(t, ctx, s)
 	_, err := c.WaitEvent(ctx, "hog registered", ctlclient.IsKind("hog", "subjectRegistered"))
 	require.NoError(t, err)

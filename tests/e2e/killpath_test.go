@@ -30,7 +30,9 @@ func manifest(extra string) string {
 }
 
 // policyJSON: 10 ms ticks so tests move fast; hog's hard limit is 8 MiB.
-const policyJSON = `{"softBytes": 4194304, "hardBytes": 8388608, "sampleMs": 10, "killBudget": 4, "killWindowTicks": 100}`
+// The kill-path tests drive the hog by inject on the cooperative signal; kernel truth has
+// its own tests (kernel_test.go).
+const policyJSON = `{"softBytes": 4194304, "hardBytes": 8388608, "sampleMs": 10, "killBudget": 4, "killWindowTicks": 100, "signal": "cooperative"}`
 
 const hogEntry = `,
   {"id": "hog", "argv": ["${BIN}/hog", "--step-every", "0", "--max-bytes", "67108864"%s],
@@ -141,13 +143,15 @@ func TestStuckProcessIsKilledAfterStopTimeout(t *testing.T) {
 
 // TestSpoofedSamplesChangeNothing: a process reporting 10 000 samples that claim to be
 // the hog changes nothing about the hog; every attempt is counted against the sender
-// and the rejection is audited.
+// and the rejection is audited. This is the version-1 RPC memstat path, which oomd
+// still serves to subjects without a page (execd --no-memstat-pages); with a page a
+// subject reaches no RPC endpoint of oomd (TestPageSubjectReachesNoRPC).
 func TestSpoofedSamplesChangeNothing(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	s := startStack(t, manifest(fmt.Sprintf(hogEntry, "", 1000)+`,
+	s := startStackArgs(t, manifest(fmt.Sprintf(hogEntry, "", 1000)+`,
   {"id": "spoofer", "argv": ["${BIN}/spoofer", "--claim", "hog", "--n", "10000"], "dependsOn": ["oomd", "hog"]}`),
-		map[string]string{"policy.json": policyJSON})
+		map[string]string{"policy.json": policyJSON}, "--no-memstat-pages")
 	c := dialClient(t, ctx, s)
 	s.waitLine("spoofer: sent 10000 samples", 30*time.Second)
 	rej, err := c.WaitEvent(ctx, "memstatRejected", ctlclient.IsKind("spoofer", "memstatRejected"))

@@ -67,13 +67,19 @@ type stack struct {
 // and starts execd on it.
 func startStack(t *testing.T, manifest string, files map[string]string) *stack {
 	t.Helper()
+	return startStackArgs(t, manifest, files)
+}
+
+// startStackArgs is startStack with more execd arguments.
+func startStackArgs(t *testing.T, manifest string, files map[string]string, args ...string) *stack {
+	t.Helper()
 	rt := t.TempDir()
 	for name, body := range files {
 		require.NoError(t, os.WriteFile(filepath.Join(rt, name), []byte(body), 0o600))
 	}
 	mpath := filepath.Join(rt, "manifest.json")
 	require.NoError(t, os.WriteFile(mpath, []byte(strings.ReplaceAll(manifest, "${BIN}", binDir)), 0o600))
-	cmd := exec.Command(filepath.Join(binDir, "execd-stub"), "--manifest", mpath, "--runtime-dir", rt)
+	cmd := exec.Command(filepath.Join(binDir, "execd-stub"), append([]string{"--manifest", mpath, "--runtime-dir", rt}, args...)...)
 	s := &stack{t: t, rt: rt, cmd: cmd, lines: newLines(), done: make(chan struct{})}
 	pr, pw := io.Pipe()
 	cmd.Stdout, cmd.Stderr = pw, pw

@@ -432,15 +432,16 @@ func (g *Group) Empty() (bool, error) {
 	return len(pids) == 0, err
 }
 
-// Signal sends sig to every process of the group and returns how many it reached.
-func (g *Group) Signal(sig unix.Signal) (int, error) {
+// Signal sends sig to every process of the group but skip (0: none) and returns how many
+// it reached. The caller signals skip itself (execd's main process, through its pidfd).
+func (g *Group) Signal(sig unix.Signal, skip int) (int, error) {
 	pids, err := g.Procs()
 	if err != nil {
 		return 0, err
 	}
 	n := 0
 	for _, pid := range pids {
-		if g.signalPid(pid, sig) {
+		if pid != skip && g.signalPid(pid, sig) {
 			n++
 		}
 	}
@@ -493,7 +494,7 @@ func (g *Group) Kill() error {
 			return err
 		}
 	}
-	_, err := g.Signal(unix.SIGKILL)
+	_, err := g.Signal(unix.SIGKILL, 0)
 	return err
 }
 

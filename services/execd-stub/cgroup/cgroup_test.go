@@ -87,7 +87,7 @@ func TestEveryDescendantIsInTheGroupAndSignalReachesAll(t *testing.T) {
 			require.NoError(t, err)
 			require.Contains(t, pids, cmd.Process.Pid)
 
-			n, err := g.Signal(unix.SIGTERM)
+			n, err := g.Signal(unix.SIGTERM, 0)
 			require.NoError(t, err)
 			require.Equal(t, 4, n)
 			cmd.Wait()
@@ -113,7 +113,7 @@ func TestKillTakesProcessesThatIgnoreSIGTERM(t *testing.T) {
 			require.NoError(t, cmd.Start())
 			g.Started(cmd.Process.Pid)
 			waitFor(t, func() bool { p, _ := g.Procs(); return len(p) >= 3 }, "3 processes")
-			g.Signal(unix.SIGTERM)
+			g.Signal(unix.SIGTERM, 0)
 			go cmd.Wait()
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()

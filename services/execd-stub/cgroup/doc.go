@@ -15,10 +15,10 @@
 //	      started through a shim: execd's own binary, re-executed under ShimArg0, writes
 //	      itself into the cgroup and only then execve()s the subject's program. The shim is
 //	      execd's code; the subject's code never runs outside its cgroup.
-//	proc  neither is writable: the subject's process tree is read from /proc. This is
-//	      weaker and said so in logs, status and docs: a process that daemonises (its
-//	      parent exits and it is re-parented) escapes the tree, and the sum of RSS is not
-//	      what the kernel charges.
+//	proc  neither is writable: the subject's process tree and process group are read
+//	      from /proc. This is weaker and said so in logs, status and docs: a process
+//	      that leaves its process group and is re-parented escapes, and the sum of RSS
+//	      is not what the kernel charges.
 //
 // # Layout
 //

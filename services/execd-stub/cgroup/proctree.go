@@ -31,6 +31,18 @@ func (t *procTree) refresh() []int {
 			t.known[t.root] = st
 		}
 	}
+	// Members of the root's process group (execd starts every subject as its own
+	// group): this finds a child that was re-parented when its parent exited, unless it
+	// left the group (setsid/setpgid) first.
+	rootStart := t.known[t.root]
+	for _, pid := range groupMembers(t.root) {
+		if _, seen := t.known[pid]; seen || len(t.known) >= maxTree {
+			continue
+		}
+		if st, ok := startTime(pid); ok && st >= rootStart {
+			t.known[pid] = st
+		}
+	}
 	// Children of every live member; repeat until nothing new appears.
 	queue := t.live()
 	for len(queue) > 0 && len(t.known) < maxTree {
@@ -92,6 +104,37 @@ func children(pid int) []int {
 			if c, err := strconv.Atoi(string(f)); err == nil {
 				out = append(out, c)
 			}
+		}
+	}
+	return out
+}
+
+// groupMembers lists the processes whose process group is pgid (field 5 of stat).
+func groupMembers(pgid int) []int {
+	d, err := os.Open("/proc")
+	if err != nil {
+		return nil
+	}
+	defer d.Close()
+	names, _ := d.Readdirnames(-1)
+	want := []byte(strconv.Itoa(pgid))
+	var out []int
+	for _, n := range names {
+		pid, err := strconv.Atoi(n)
+		if err != nil || pid == pgid {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + n + "/stat")
+		if err != nil {
+			continue
+		}
+		i := bytes.LastIndexByte(b, ')')
+		if i < 0 {
+			continue
+		}
+		// After ')': state ppid pgrp ...
+		if f := bytes.Fields(b[i+1:]); len(f) > 2 && bytes.Equal(f[2], want) {
+			out = append(out, pid)
 		}
 	}
 	return out

@@ -14,6 +14,8 @@ import (
 
 	"oomd.dev/oomd/gen/oomdpb"
 	"oomd.dev/oomd/internal/rpcx"
+	"oomd.dev/oomd/lib/memstat/page"
+	"oomd.dev/oomd/services/execd-stub/cgroup"
 )
 
 // handoffWriteTimeout bounds one sendmsg to the watchdog; a watchdog that does not read
@@ -36,10 +38,20 @@ type member struct {
 	critical   bool
 	injectable bool
 	delivery   *net.UnixConn // execd's end of the child's delivery socket (OOMD_MEMSTAT_FD)
+	group      *cgroup.Group // the child's cgroup: a read-only usage fd goes with each handoff
+	page       *os.File      // the child's memstat page (read-write; a read-only fd is handed over)
 
 	servedBy uint64 // watchdog instance that holds this child's current connection; 0 none
 	busy     bool   // being served; only the server closes delivery then
 	gone     bool   // the child exited; drop once no longer busy
+}
+
+// release closes what execd kept for m: its delivery socket and its page.
+func (m *member) release() {
+	m.delivery.Close()
+	if m.page != nil {
+		m.page.Close()
+	}
 }
 
 // broker connects every live child to the current watchdog instance. For each child
@@ -113,7 +125,7 @@ func (b *broker) forget(p *proc) {
 		if m.busy {
 			return false // serveOne closes it
 		}
-		m.delivery.Close()
+		m.release()
 		return true
 	})
 }
@@ -166,7 +178,7 @@ func (b *broker) serveOne() bool {
 		m.servedBy = wd
 	}
 	if m.gone {
-		m.delivery.Close()
+		m.release()
 		b.members = slices.DeleteFunc(b.members, func(x *member) bool { return x == m })
 	}
 	if handErr != nil {
@@ -194,7 +206,35 @@ func (b *broker) connect(c *net.UnixConn, m *member) (handErr, deliverErr error)
 	}
 	defer wdEnd.Close()
 	defer childEnd.Close()
-	if err := sendHandoff(c, m, wdEnd); err != nil {
+	files := []*os.File{wdEnd}
+	kinds := []oomdpb.HandoffFd{oomdpb.HandoffFd_memstatSocket}
+	mode := oomdpb.CgroupMode_none
+	if m.group != nil {
+		// Fresh read-only fds per handoff: each watchdog instance holds its own, and they
+		// grant reading one number, no authority over the cgroup.
+		if u, err := m.group.OpenUsage(); err != nil {
+			b.log.Warn("no kernel reading for this subject", zap.String("subject", m.subject), zap.String("cgroup", m.group.Path()), zap.Error(err))
+		} else {
+			defer u.Close()
+			mode = oomdpb.CgroupMode(m.group.Mode())
+			files = append(files, u.Usage)
+			kinds = append(kinds, oomdpb.HandoffFd_usage)
+			if u.Stat != nil {
+				files = append(files, u.Stat)
+				kinds = append(kinds, oomdpb.HandoffFd_memoryStat)
+			}
+		}
+	}
+	if m.page != nil {
+		ro, err := page.ReadOnly(m.page)
+		if err != nil {
+			return fmt.Errorf("memstat page: %w", err), nil
+		}
+		defer ro.Close()
+		files = append(files, ro)
+		kinds = append(kinds, oomdpb.HandoffFd_page)
+	}
+	if err := sendHandoff(c, m, mode, kinds, files); err != nil {
 		return err, nil
 	}
 	if err := m.delivery.SetWriteDeadline(time.Now().Add(deliveryWriteTimeout)); err != nil {
@@ -203,7 +243,7 @@ func (b *broker) connect(c *net.UnixConn, m *member) (handErr, deliverErr error)
 	return nil, rpcx.DeliverConn(m.delivery, childEnd)
 }
 
-func sendHandoff(c *net.UnixConn, m *member, f *os.File) error {
+func sendHandoff(c *net.UnixConn, m *member, mode oomdpb.CgroupMode, kinds []oomdpb.HandoffFd, files []*os.File) error {
 	msg, seg, err := capnp.NewMessage(capnp.SingleSegment(nil))
 	if err != nil {
 		return err
@@ -219,10 +259,18 @@ func sendHandoff(c *net.UnixConn, m *member, f *os.File) error {
 	ho.SetPid(m.pid)
 	ho.SetCritical(m.critical)
 	ho.SetInjectable(m.injectable)
+	ho.SetCgroupMode(mode)
+	fl, err := ho.NewFds(int32(len(kinds)))
+	if err != nil {
+		return err
+	}
+	for i, k := range kinds {
+		fl.Set(i, k)
+	}
 	if err := c.SetWriteDeadline(time.Now().Add(handoffWriteTimeout)); err != nil {
 		return fmt.Errorf("set deadline: %w", err)
 	}
-	return rpcx.SendMsgFD(c, msg, f)
+	return rpcx.SendMsgFDs(c, msg, files...)
 }
 
 // close closes the watchdog connection and every child's delivery socket.
@@ -235,7 +283,7 @@ func (b *broker) close() {
 	}
 	for _, m := range b.members {
 		if !m.busy {
-			m.delivery.Close()
+			m.release()
 		}
 		m.gone = true
 	}

@@ -1,6 +1,7 @@
 package supervisor
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"maps"
@@ -19,6 +20,8 @@ import (
 
 	"oomd.dev/oomd/gen/oomdpb"
 	"oomd.dev/oomd/internal/rpcx"
+	"oomd.dev/oomd/lib/memstat/page"
+	"oomd.dev/oomd/services/execd-stub/cgroup"
 	"oomd.dev/oomd/services/execd-stub/manifest"
 )
 
@@ -26,6 +29,7 @@ import (
 const (
 	childSessionFD = 3
 	childSecondFD  = 4 // OOMD_MEMSTAT_FD, or OOMD_BROKER_FD for the watchdog
+	childPageFD    = 5 // OOMD_MEMSTAT_PAGE_FD (not the watchdog)
 )
 
 // proc is one spawned instance of a service. Fields below mu are guarded by
@@ -38,6 +42,8 @@ type proc struct {
 	cmd      *exec.Cmd
 	started  time.Time
 	session  *rpc.Conn
+	group    *cgroup.Group // its cgroup (or /proc tree); nil when uncontained
+	page     *os.File      // the read-write memfd of its memstat page; nil for none
 	readyCh  chan struct{} // closed when the child called ready
 	exited   chan struct{} // closed after the exit was reaped and recorded
 
@@ -152,6 +158,39 @@ func (s *Supervisor) spawn(svc *service) (p *proc, err error) {
 		}
 	}()
 
+	if !spec.Watchdog() && !s.cfg.NoPages {
+		// One sealed page per instance: the child maps it read-write, the watchdog gets a
+		// read-only fd with each handoff (docs/memstat-page.md).
+		pg, err := page.Create("oomd-memstat:" + spec.ID)
+		if err != nil {
+			return nil, fmt.Errorf("memstat page: %w", err)
+		}
+		p.page = pg
+		extra = append(extra, pg)
+		env = append(env, page.EnvFD+"="+strconv.Itoa(childPageFD))
+	}
+	defer func() {
+		if err != nil && p.page != nil {
+			p.page.Close()
+		}
+	}()
+	if s.cfg.Cgroups != nil {
+		g, gerr := s.cfg.Cgroups.Create(spec.ID, p.instance)
+		if gerr != nil {
+			// The subject still runs, watched by what it publishes only: a cgroup that
+			// cannot be made must not take a service down.
+			log.Error("no cgroup for this instance: it runs uncontained, with no kernel reading",
+				zap.String("parent", s.cfg.Cgroups.Base()), zap.Error(gerr))
+		} else {
+			p.group = g
+		}
+	}
+	defer func() {
+		if err != nil && p.group != nil {
+			p.group.Remove()
+		}
+	}()
+
 	cmd := exec.Command(spec.Argv[0], spec.Argv[1:]...)
 	cmd.Env = env
 	cmd.Stdout = s.cfg.Stdout
@@ -164,6 +203,9 @@ func (s *Supervisor) spawn(svc *service) (p *proc, err error) {
 		// the children in order.
 		Setpgid:   true,
 		Pdeathsig: syscall.SIGKILL,
+	}
+	if cmd.Err == nil && p.group != nil {
+		p.group.Prepare(cmd)
 	}
 
 	s.spawnMu.Lock()
@@ -186,6 +228,9 @@ func (s *Supervisor) spawn(svc *service) (p *proc, err error) {
 		return nil, errors.New("spawn: the kernel returned no pidfd (Linux 5.4 or later is required)")
 	}
 	p.cmd, p.pid, p.pidfd, p.started = cmd, cmd.Process.Pid, pidfd, time.Now()
+	if p.group != nil {
+		p.group.Started(p.pid)
+	}
 	svc.cur = p
 	s.waiters.Add(1)
 	go s.wait(p)
@@ -211,7 +256,10 @@ func (s *Supervisor) spawn(svc *service) (p *proc, err error) {
 			critical:   spec.Critical,
 			injectable: spec.Injectable,
 			delivery:   deliveryExecd,
+			group:      p.group,
+			page:       p.page,
 		})
+		p.page = nil // the broker owns it now (it makes read-only fds from it)
 	}
 	return p, nil
 }
@@ -245,6 +293,7 @@ func (s *Supervisor) wait(p *proc) {
 	delete(s.managed, p.pid)
 	s.spawnMu.Unlock()
 	s.nudgeReaper() // an orphan zombie may have been queued behind this one
+	stragglers := s.drainGroup(p)
 
 	ws, _ := p.cmd.ProcessState.Sys().(syscall.WaitStatus)
 	s.mu.Lock()
@@ -272,7 +321,10 @@ func (s *Supervisor) wait(p *proc) {
 	}
 	s.log.Info("exited", zap.String("subject", r.Subject), zap.Uint64("instance", r.Instance),
 		zap.Int32("pid", r.Pid), zap.String("status", r.describe()), zap.Bool("killed", r.Killed),
-		zap.Bool("terminated", r.Terminated), zap.Duration("uptime", time.Since(p.started)))
+		zap.Bool("terminated", r.Terminated), zap.Int("stragglers", stragglers), zap.Duration("uptime", time.Since(p.started)))
+	if p.page != nil {
+		p.page.Close()
+	}
 	s.exits.push(r)
 	if svc.spec.Watchdog() {
 		s.broker.detach(p.instance)
@@ -291,6 +343,46 @@ func (s *Supervisor) wait(p *proc) {
 		rw.Release()
 		p.session.Close()
 	}()
+}
+
+// drainGroup runs after p's main process was reaped and before its exit is reported:
+// an instance has ended only when no process of it is left ("observed to exit" means
+// the group is empty). Whatever is left gets SIGTERM, the service's stop timeout, then
+// SIGKILL until the group is empty (bounded by killGrace). It returns how many
+// processes were still there, and removes the cgroup.
+func (s *Supervisor) drainGroup(p *proc) int {
+	g := p.group
+	if g == nil {
+		return 0
+	}
+	log := s.log.With(zap.String("subject", p.svc.spec.ID), zap.Uint64("instance", p.instance), zap.String("cgroup", g.Path()))
+	left, _ := g.Procs()
+	if len(left) > 0 {
+		timeout := p.svc.spec.StopTimeout()
+		s.mu.Lock()
+		kill := p.killed // a SIGKILL was already due: no second grace period
+		s.mu.Unlock()
+		if !kill {
+			log.Info("main process exited; stopping the rest of its group", zap.Int("processes", len(left)), zap.Duration("stopTimeout", timeout))
+			g.Signal(unix.SIGTERM, 0)
+			ctx, cancel := context.WithTimeout(context.Background(), timeout)
+			err := g.WaitEmpty(ctx, false)
+			cancel()
+			kill = err != nil
+		}
+		if kill {
+			log.Warn("group not empty; killing what is left", zap.String("signal", "SIGKILL"))
+			ctx, cancel := context.WithTimeout(context.Background(), killGrace)
+			if err := g.WaitEmpty(ctx, true); err != nil {
+				log.Error("group still not empty after SIGKILL; giving up on it", zap.Error(err))
+			}
+			cancel()
+		}
+	}
+	if err := g.Remove(); err != nil {
+		log.Warn("could not remove the cgroup", zap.Error(err))
+	}
+	return len(left)
 }
 
 // maybeRestart applies the restart policy after p exited. s.mu must be held.

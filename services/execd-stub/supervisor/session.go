@@ -152,7 +152,7 @@ func (s *Supervisor) terminate(subject string, instance, decision uint64, reason
 	}
 	log = log.With(zap.Int("pid", p.pid))
 	p.terminated = true
-	if err := s.signal(p, unix.SIGTERM); err != nil {
+	if err := s.signalAll(p, unix.SIGTERM); err != nil {
 		// It exited on its own; its waiter has not recorded that yet.
 		p.terminated = false
 		return refuse(oomdpb.Refusal_notRunning, "subject %s instance %d already exited", subject, instance)
@@ -167,7 +167,7 @@ func (s *Supervisor) terminate(subject string, instance, decision uint64, reason
 		}
 		p.killed = true
 		log.Warn("stop timeout passed; killing", zap.String("signal", "SIGKILL"))
-		if err := s.signal(p, unix.SIGKILL); err != nil {
+		if err := s.signalAll(p, unix.SIGKILL); err != nil {
 			log.Warn("SIGKILL failed", zap.Error(err))
 		}
 	})

@@ -11,6 +11,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 
+	"oomd.dev/oomd/services/execd-stub/cgroup"
 	"oomd.dev/oomd/services/execd-stub/manifest"
 )
 
@@ -41,6 +42,11 @@ type Config struct {
 	// RebootWatcherTimeout bounds each reboot watcher's answer during a teardown; zero
 	// means DefaultRebootWatcherTimeout.
 	RebootWatcherTimeout time.Duration
+	// Cgroups contains every child in a cgroup of its own (package cgroup); nil runs
+	// children uncontained, with no kernel reading for the watchdog.
+	Cgroups *cgroup.Manager
+	// NoPages turns off the memstat page (children then publish over RPC, as in v1).
+	NoPages bool
 }
 
 // Supervisor runs the services of one manifest. Create it with New and call Run once.
@@ -315,7 +321,7 @@ func (s *Supervisor) stopService(svc *service) (killed bool) {
 	}
 	log := s.log.With(zap.String("subject", svc.spec.ID), zap.Uint64("instance", p.instance), zap.Int("pid", p.pid))
 	log.Info("stopping", zap.String("signal", "SIGTERM"), zap.Duration("stopTimeout", svc.spec.StopTimeout()))
-	s.signal(p, unix.SIGTERM)
+	s.signalAll(p, unix.SIGTERM)
 	s.mu.Unlock()
 
 	timer := time.NewTimer(svc.spec.StopTimeout())
@@ -330,7 +336,7 @@ func (s *Supervisor) stopService(svc *service) (killed bool) {
 		log.Warn("did not stop in time; killing", zap.String("signal", "SIGKILL"))
 		p.killed = true
 		killed = true
-		s.signal(p, unix.SIGKILL)
+		s.signalAll(p, unix.SIGKILL)
 	}
 	s.mu.Unlock()
 	select {
@@ -351,6 +357,21 @@ func (s *Supervisor) waitWaiters(d time.Duration) {
 	case <-time.After(d):
 		s.log.Error("some children were never reaped; exiting without them", zap.Duration("waited", d))
 	}
+}
+
+// signalAll sends sig to the main process (through its pidfd) and to every other
+// process of its group. It returns the main process's error: ESRCH-like when it was
+// already reaped. s.mu must be held.
+func (s *Supervisor) signalAll(p *proc, sig unix.Signal) error {
+	err := s.signal(p, sig)
+	if p.group != nil {
+		if sig == unix.SIGKILL {
+			p.group.Kill()
+		} else {
+			p.group.Signal(sig, p.pid)
+		}
+	}
+	return err
 }
 
 // signal sends sig through the pidfd, which cannot reach a recycled pid. s.mu must be

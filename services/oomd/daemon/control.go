@@ -168,11 +168,18 @@ func (s *controlServer) Status(_ context.Context, call oomdpb.Control_status) er
 		avail     uint64
 		halt      policy.HaltStatus
 	)
+	var modes []oomdpb.CgroupMode
 	s.d.withCore(func(c *policy.Core) {
 		subjects, truncated = c.Subjects(maxStatusSubjects)
 		counters, tick, ver, last = c.Counters(), c.TickCount(), c.PolicyVersion(), c.LastSeq()
 		level, avail = c.Level()
 		halt = c.Halt()
+		modes = make([]oomdpb.CgroupMode, len(subjects))
+		for i, ss := range subjects {
+			if sl, ok := s.d.slots[ss.Subject]; ok && sl.kernel != nil {
+				modes[i] = oomdpb.CgroupMode(sl.kernel.Mode())
+			}
+		}
 	})
 	res, err := call.AllocResults()
 	if err != nil {
@@ -211,6 +218,11 @@ func (s *controlServer) Status(_ context.Context, call oomdpb.Control_status) er
 		e.SetState(oomdpb.SubjectState(ss.State))
 		e.SetCritical(ss.Critical)
 		e.SetRejected(ss.Rejected)
+		e.SetKernelBytes(ss.Kernel)
+		e.SetCooperativeBytes(ss.Cooperative)
+		e.SetPublished(ss.Published)
+		e.SetSignal(oomdpb.Signal(ss.Signal))
+		e.SetCgroupMode(modes[i])
 	}
 	return nil
 }

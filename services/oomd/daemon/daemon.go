@@ -58,6 +58,7 @@ type Daemon struct {
 	mu      sync.Mutex // guards core, slots, pending and the ticker period
 	core    *policy.Core
 	slots   map[string]*slot // live subjects by id (lookup only; never iterated for output)
+	live    []*slot          // the same slots sorted by subject id: the order readings are taken in
 	sampleC chan time.Duration
 
 	dirty    dirtyList
@@ -138,6 +139,7 @@ func (d *Daemon) tick() {
 	})
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.readAllLocked()
 	for _, s := range d.drainBuf {
 		if n := s.rejected.Swap(0); n > 0 {
 			s.mu.Lock()
@@ -213,6 +215,8 @@ func (d *Daemon) publishLocked(e policy.Event) {
 		fmt.Fprintf(d.cfg.Markers, "oomd: kill app=%s bytes=%d\n", e.Subject, e.Bytes)
 	case policy.EventKillDenied:
 		fmt.Fprintf(d.cfg.Markers, "oomd: kill denied (subject=%s reason=%s)\n", e.Subject, e.Reason)
+	case policy.EventMemstatUnderReported:
+		fmt.Fprintf(d.cfg.Markers, "oomd: memstat under-reported app=%s kernel=%d published=%d\n", e.Subject, e.Bytes, e.Limit)
 	}
 }
 
@@ -245,10 +249,14 @@ func (d *Daemon) Register(s *slot) {
 	s.subjectB = []byte(s.subject)
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if old, ok := d.slots[s.subject]; ok && old.conn != nil {
-		old.conn.Close()
+	if old, ok := d.slots[s.subject]; ok {
+		if old.conn != nil {
+			old.conn.Close()
+		}
+		d.dropLiveLocked(old)
 	}
 	d.slots[s.subject] = s
+	d.addLiveLocked(s)
 	d.stepLocked(policy.Input{Kind: policy.InputRegister, Subject: s.subject, Instance: s.instance, Critical: s.critical})
 	s.coreSlot = d.core.SlotOf(s.subject)
 	d.processReadyLocked()
@@ -261,6 +269,7 @@ func (d *Daemon) Exited(subject string, instance uint64, reason string) {
 	defer d.mu.Unlock()
 	if s, ok := d.slots[subject]; ok && s.instance == instance {
 		delete(d.slots, subject)
+		d.dropLiveLocked(s)
 		if s.conn != nil {
 			go s.conn.Close()
 		}

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -12,6 +13,8 @@ import (
 	"oomd.dev/oomd/gen/oomdpb"
 	"oomd.dev/oomd/internal/guards"
 	"oomd.dev/oomd/internal/rpcx"
+	"oomd.dev/oomd/lib/memstat/page"
+	"oomd.dev/oomd/services/oomd/kernel"
 	"oomd.dev/oomd/services/oomd/policy"
 )
 
@@ -85,23 +88,63 @@ func (d *Daemon) ServeBroker(ctx context.Context, broker *net.UnixConn) error {
 	stop := context.AfterFunc(ctx, func() { broker.Close() })
 	defer stop()
 	for {
-		msg, f, err := rpcx.RecvMsgFD(broker)
+		msg, files, err := rpcx.RecvMsgFDs(broker)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
 			return fmt.Errorf("broker: %w", err)
 		}
-		if err := d.acceptHandoff(msg, f); err != nil {
+		if err := d.acceptHandoff(msg, files); err != nil {
 			d.log.Warn("broker: refused handoff", zap.Error(err))
 		}
 	}
 }
 
-func (d *Daemon) acceptHandoff(msg *capnp.Message, f *os.File) error {
+// handoffFds sorts the passed fds by what the handoff says each is. Unknown kinds and
+// duplicates are refused: execd is trusted, but a confused handoff must not be guessed at.
+func handoffFds(h oomdpb.SubjectHandoff, files []*os.File) (map[oomdpb.HandoffFd]*os.File, error) {
+	out := make(map[oomdpb.HandoffFd]*os.File, len(files))
+	if !h.HasFds() {
+		if len(files) != 1 {
+			return nil, fmt.Errorf("%d fds without a list of what they are", len(files))
+		}
+		out[oomdpb.HandoffFd_memstatSocket] = files[0]
+		return out, nil
+	}
+	kinds, err := h.Fds()
+	if err != nil {
+		return nil, err
+	}
+	if kinds.Len() != len(files) {
+		return nil, fmt.Errorf("the handoff lists %d fds but %d came", kinds.Len(), len(files))
+	}
+	for i := 0; i < kinds.Len(); i++ {
+		k := kinds.At(i)
+		if k > oomdpb.HandoffFd_page {
+			return nil, fmt.Errorf("fd %d: unknown kind %d", i, k)
+		}
+		if _, dup := out[k]; dup {
+			return nil, fmt.Errorf("fd %d: %s passed twice", i, k)
+		}
+		out[k] = files[i]
+	}
+	if out[oomdpb.HandoffFd_memstatSocket] == nil {
+		return nil, errors.New("no memstat socket")
+	}
+	return out, nil
+}
+
+func (d *Daemon) acceptHandoff(msg *capnp.Message, files []*os.File) (err error) {
+	defer func() {
+		if err != nil {
+			for _, f := range files {
+				f.Close()
+			}
+		}
+	}()
 	h, err := oomdpb.ReadRootSubjectHandoff(msg)
 	if err != nil {
-		f.Close()
 		return err
 	}
 	subject, err := h.Subject()
@@ -109,23 +152,88 @@ func (d *Daemon) acceptHandoff(msg *capnp.Message, f *os.File) error {
 		err = policy.ValidateSubjectID(subject)
 	}
 	if err != nil {
-		f.Close()
 		return fmt.Errorf("handoff subject: %w", err)
 	}
-	c, err := rpcx.FileToConn(f)
+	fds, err := handoffFds(h, files)
 	if err != nil {
-		return fmt.Errorf("handoff %s: passed fd: %w", subject, err)
+		return fmt.Errorf("handoff %s: %w", subject, err)
+	}
+	if d.nLive() >= MaxPageSubjects && fds[oomdpb.HandoffFd_page] != nil {
+		return fmt.Errorf("handoff %s: %w: %d subjects watched (max %d)", subject, ErrTooManySubjects, d.nLive(), MaxPageSubjects)
 	}
 	s := &slot{subject: subject, instance: h.Instance(), critical: h.Critical(), injectable: h.Injectable()}
-	ss := &sinkServer{slot: s, dirty: &d.dirty}
-	sink := rpcx.Recovering(oomdpb.MemstatSink_Methods(nil, ss), ss, d.log)
-	registered := make(chan struct{}) // no sample is read before the subject is registered
-	s.conn = rpcx.NewLimitedConn(gatedConn{Conn: c, open: registered}, sink, d.log.With(zap.String("subject", subject)), publisherLimits)
+	mode := kernel.Mode(h.CgroupMode())
+	if u := fds[oomdpb.HandoffFd_usage]; u != nil {
+		kr, err := kernel.New(mode, u, fds[oomdpb.HandoffFd_memoryStat])
+		if err != nil {
+			return fmt.Errorf("handoff %s: %w", subject, err)
+		}
+		s.kernel = kr
+	} else if st := fds[oomdpb.HandoffFd_memoryStat]; st != nil {
+		st.Close()
+	}
+	if pf := fds[oomdpb.HandoffFd_page]; pf != nil {
+		pr, err := page.NewReader(pf)
+		pf.Close() // the mapping stays
+		if err != nil {
+			if s.kernel != nil {
+				s.kernel.Close()
+			}
+			return fmt.Errorf("handoff %s: memstat page: %w", subject, err)
+		}
+		s.page = pr
+	}
+	files = nil // taken over (the deferred close must not touch them)
+
+	sock := fds[oomdpb.HandoffFd_memstatSocket]
+	log := d.log.With(zap.String("subject", subject))
+	switch {
+	case s.page != nil && !s.injectable:
+		// The subject publishes on its page: nothing of oomd's RPC stack is reachable
+		// from it (security invariant 8).
+		sock.Close()
+	case s.page != nil:
+		// Injectable (tests only): the connection carries the subject's TestHook, oomd's
+		// own bootstrap is nothing, and the guard admits only returns to oomd's calls.
+		c, err := rpcx.FileToConn(sock)
+		if err != nil {
+			return fmt.Errorf("handoff %s: passed fd: %w", subject, err)
+		}
+		s.conn = rpcx.NewLimitedConn(c, capnp.Client{}, log, publisherLimits)
+	default:
+		// An execd without pages: the subject publishes over RPC (version 1).
+		c, err := rpcx.FileToConn(sock)
+		if err != nil {
+			return fmt.Errorf("handoff %s: passed fd: %w", subject, err)
+		}
+		ss := &sinkServer{slot: s, dirty: &d.dirty}
+		sink := rpcx.Recovering(oomdpb.MemstatSink_Methods(nil, ss), ss, d.log)
+		registered := make(chan struct{}) // no sample is read before the subject is registered
+		s.conn = rpcx.NewLimitedConn(gatedConn{Conn: c, open: registered}, sink, log, publisherLimits)
+		defer close(registered)
+	}
 	d.log.Info("subject handed over", zap.String("subject", subject), zap.Uint64("instance", s.instance),
-		zap.Int32("pid", h.Pid()), zap.Bool("critical", s.critical))
+		zap.Int32("pid", h.Pid()), zap.Bool("critical", s.critical), zap.Stringer("cgroup", mode),
+		zap.Bool("kernelReading", s.kernel != nil), zap.Bool("page", s.page != nil))
+	if mode == kernel.ModeProc {
+		log.Warn("contained by its /proc process tree only: weaker (a process that daemonises escapes it)")
+	}
 	d.Register(s)
-	close(registered)
 	return nil
+}
+
+// MaxPageSubjects bounds the subjects watched through a page: each is one mapping, and
+// vm.max_map_count (65 530 by default) caps a process's mappings; running into it makes
+// the Go heap's next growth fatal. A handoff beyond it is refused with a clear error.
+const MaxPageSubjects = 20_000
+
+// ErrTooManySubjects refuses a handoff beyond MaxPageSubjects.
+var ErrTooManySubjects = errors.New("too many subjects")
+
+func (d *Daemon) nLive() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return len(d.live)
 }
 
 // publisherLimits are rpcx.PublisherLimits with the memstat guard (internal/guards) and a

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"os"
 	"sync"
 	"syscall"
 	"testing"
@@ -71,7 +72,7 @@ func handoff(b testing.TB, d *Daemon, subject string) net.Conn {
 	h, _ := oomdpb.NewRootSubjectHandoff(seg)
 	h.SetSubject(subject)
 	h.SetInstance(1)
-	if err := d.acceptHandoff(msg, srv); err != nil {
+	if err := d.acceptHandoff(msg, []*os.File{srv}); err != nil {
 		b.Fatal(err)
 	}
 	c, err := rpcx.FileToConn(cli)

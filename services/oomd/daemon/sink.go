@@ -9,6 +9,8 @@ import (
 	"capnproto.org/go/capnp/v3/rpc"
 
 	"oomd.dev/oomd/gen/oomdpb"
+	"oomd.dev/oomd/lib/memstat/page"
+	"oomd.dev/oomd/services/oomd/kernel"
 )
 
 // slot holds what one subject's connection reported since the last tick. The sink
@@ -24,6 +26,12 @@ type slot struct {
 	injectable bool
 	conn       *rpc.Conn // the brokered connection; its bootstrap is the child's TestHook
 	coreSlot   uint32    // the core's handle for this subject (Core.SlotOf); under Daemon.mu
+
+	// Read on every tick, under Daemon.mu, by the tick loop only (ticks.go).
+	kernel  *kernel.Reader // the kernel's count (nil: execd passed none)
+	page    *page.Reader   // the memstat page (nil: the subject publishes over RPC)
+	torn    uint64         // page reads skipped because every retry was torn
+	tornRun uint64         // consecutive ticks of them
 
 	bytes    atomic.Uint64
 	accepted atomic.Uint64 // valid samples since the last drain (the latest wins)

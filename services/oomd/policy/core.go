@@ -177,6 +177,8 @@ func (c *Core) Step(in Input) error {
 		return c.haltTimeout(&in)
 	case InputKernel:
 		return c.kernelReading(&in)
+	case InputMemstatInvalid:
+		return c.memstatInvalid(&in)
 	}
 	return fmt.Errorf("%w: unknown input kind %d", ErrBadInput, in.Kind)
 }
@@ -357,6 +359,29 @@ func (c *Core) kernelReading(in *Input) error {
 	h.kernel, h.hasKernel, h.kernelNew = in.Bytes, true, true
 	c.subjects.markDirty(h, i)
 	return nil
+}
+
+// memstatInvalid reports a page the shell could not read, once per episode.
+func (c *Core) memstatInvalid(in *Input) error {
+	s, _, ok := c.subjects.lookup(in.Subject)
+	if !ok || s.instance != in.Instance || s.invalid {
+		if err := ValidateSubjectID(in.Subject); err != nil {
+			return badInput(in, "subject %q: want %v", in.Subject, err)
+		}
+		return nil
+	}
+	s.invalid = true
+	c.emit(Event{Subject: s.id, Kind: EventMemstatInvalid, Reason: clip(in.Reason)})
+	return nil
+}
+
+// SoftLimit returns the soft limit of a registered subject (handle as from SlotOf;
+// looked up by id when the handle is stale), for the shell's reading threshold.
+func (c *Core) SoftLimit(handle uint32, id string) uint64 {
+	if i, ok := c.subjects.find(handle, id); ok {
+		return c.subjects.slots[i].soft
+	}
+	return 0
 }
 
 // rejectSample drops a sample that claims to be someone else. Every rejection is
@@ -642,7 +667,7 @@ func (c *Core) doTick() {
 		s, h := &c.subjects.slots[i], &c.subjects.hot[i]
 		fresh := h.hasPending || h.kernelNew
 		if h.hasPending {
-			s.coop, s.published = h.pending, true
+			s.coop, s.published, s.invalid = h.pending, true, false
 			h.hasPending = false
 		}
 		if h.kernelNew {

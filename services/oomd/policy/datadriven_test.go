@@ -68,6 +68,7 @@ func init() {
 		"system":            handleSystem,
 		"halt-timeout":      handleHaltTimeout,
 		"kernel":            handleKernel,
+		"memstat-invalid":   handleMemstatInvalid,
 	}
 }
 
@@ -227,6 +228,17 @@ func handleKernel(t *testing.T, e *scenarioEnv, d *datadriven.TestData) string {
 	d.ScanArgs(t, "subject", &in.Subject)
 	d.MaybeScanArgs(t, "bytes", &in.Bytes)
 	d.MaybeScanArgs(t, "error", &in.Reason)
+	d.MaybeScanArgs(t, "instance", &in.Instance)
+	return e.step(t, in)
+}
+
+// memstat-invalid subject=<id> reason=<word> [instance=<n>]
+//
+// Steps InputMemstatInvalid: the shell could not read the subject's page.
+func handleMemstatInvalid(t *testing.T, e *scenarioEnv, d *datadriven.TestData) string {
+	in := Input{Kind: InputMemstatInvalid, Instance: 1}
+	d.ScanArgs(t, "subject", &in.Subject)
+	d.ScanArgs(t, "reason", &in.Reason)
 	d.MaybeScanArgs(t, "instance", &in.Instance)
 	return e.step(t, in)
 }

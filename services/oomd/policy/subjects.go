@@ -26,6 +26,7 @@ type subject struct {
 	underReported bool   // memstatUnderReported was emitted for this episode
 	kernelFailed  bool   // kernelReadFailed was emitted for this episode
 	kernelErr     string // the failure waiting for the next evaluation
+	invalid       bool   // memstatInvalid was emitted for this episode
 
 	aboveSoft bool   // softExceeded was emitted for the current upward crossing
 	denied    bool   // killDenied was emitted for the current crossing of hard

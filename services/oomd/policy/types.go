@@ -57,6 +57,10 @@ const (
 	// Reason set the read failed instead (Bytes is ignored): the core reports that once
 	// per episode and keeps the last good reading. Slot is a handle as for InputSample.
 	InputKernel
+	// InputMemstatInvalid: the subject's memstat page could not be read this tick for
+	// Reason ("bad magic", "bad version", "torn"): the shell skipped it. The core
+	// reports it once per episode; the next accepted sample ends the episode.
+	InputMemstatInvalid
 )
 
 var inputKindNames = [...]string{
@@ -74,6 +78,7 @@ var inputKindNames = [...]string{
 	InputAuditSpilled:     "audit-spilled",
 	InputHaltTimeout:      "halt-timeout",
 	InputKernel:           "kernel",
+	InputMemstatInvalid:   "memstat-invalid",
 }
 
 func (k InputKind) String() string {
@@ -151,6 +156,7 @@ const (
 	EventAuditSpilled
 	EventMemstatUnderReported
 	EventKernelReadFailed
+	EventMemstatInvalid
 )
 
 var eventKindNames = [...]string{
@@ -175,6 +181,7 @@ var eventKindNames = [...]string{
 
 	EventMemstatUnderReported: "memstatUnderReported",
 	EventKernelReadFailed:     "kernelReadFailed",
+	EventMemstatInvalid:       "memstatInvalid",
 }
 
 func (k EventKind) String() string {

@@ -311,17 +311,19 @@ func proxy(ctx context.Context, sess oomdpb.Session) (func(), error) {
 	}
 	go func() {
 		for {
-			msg, f, err := rpcx.RecvMsgFD(broker.(*net.UnixConn))
+			msg, files, err := rpcx.RecvMsgFDs(broker.(*net.UnixConn))
 			if err != nil {
 				if !errors.Is(err, net.ErrClosed) {
 					fmt.Fprintln(os.Stderr, "testchild broker:", err)
 				}
 				return
 			}
-			if err := rpcx.SendMsgFD(hc.(*net.UnixConn), msg, f); err != nil {
+			if err := rpcx.SendMsgFDs(hc.(*net.UnixConn), msg, files...); err != nil {
 				fmt.Fprintln(os.Stderr, "testchild forward:", err)
 			}
-			f.Close()
+			for _, f := range files {
+				f.Close()
+			}
 		}
 	}()
 	return func() {
