@@ -52,6 +52,9 @@ func pathError(op, path string, err error) error {
 	if errors.Is(err, unix.ELOOP) {
 		return fmt.Errorf("%s %s: %w", op, path, ErrSymlink)
 	}
+	if errors.Is(err, unix.EISDIR) {
+		return fmt.Errorf("%s %s (a directory) %w", op, path, ErrNotRegular)
+	}
 	if errors.Is(err, unix.ENOTDIR) {
 		// O_DIRECTORY|O_NOFOLLOW on a symlink fails with ENOTDIR, not ELOOP.
 		if fi, lerr := os.Lstat(path); lerr == nil && fi.Mode()&os.ModeSymlink != 0 {
