@@ -68,16 +68,30 @@ func pathError(op, path string, err error) error {
 // OpenFile opens path (flag as for os.OpenFile) without following a symlink in its last
 // component and fails unless it is a regular file.
 func OpenFile(path string, flag int, perm os.FileMode) (*os.File, error) {
-	fd, err := unix.Open(path, flag|unix.O_NOFOLLOW|unix.O_CLOEXEC, uint32(perm.Perm()))
+	fd, err := unix.Open(path, flag|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NONBLOCK, uint32(perm.Perm()))
 	if err != nil {
 		return nil, pathError("open", path, err)
 	}
-	f := os.NewFile(uintptr(fd), path)
-	if err := CheckRegular(f); err != nil {
-		f.Close()
-		return nil, err
+	return regular(fd, path)
+}
+
+// regular wraps fd (opened with O_NONBLOCK, so a FIFO cannot block the open) as a file
+// if it is a regular file, in blocking mode again.
+func regular(fd int, path string) (*os.File, error) {
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("stat %s: %w", path, err)
 	}
-	return f, nil
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		unix.Close(fd)
+		return nil, fmt.Errorf("%s (mode %#o) %w", path, st.Mode&unix.S_IFMT, ErrNotRegular)
+	}
+	if err := unix.SetNonblock(fd, false); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
+	return os.NewFile(uintptr(fd), path), nil
 }
 
 // OpenNode opens path without following a symlink in its last component and returns
@@ -157,16 +171,11 @@ func (d *Dir) OpenFile(name string, flag int, perm os.FileMode) (*os.File, error
 	if name == "" || name == "." || name == ".." || filepath.Base(name) != name {
 		return nil, fmt.Errorf("open %q in %s: not a single path component", name, d.path)
 	}
-	fd, err := unix.Openat(int(d.f.Fd()), name, flag|unix.O_NOFOLLOW|unix.O_CLOEXEC, uint32(perm.Perm()))
+	fd, err := unix.Openat(int(d.f.Fd()), name, flag|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NONBLOCK, uint32(perm.Perm()))
 	if err != nil {
 		return nil, pathError("open", d.Join(name), err)
 	}
-	f := os.NewFile(uintptr(fd), d.Join(name))
-	if err := CheckRegular(f); err != nil {
-		f.Close()
-		return nil, err
-	}
-	return f, nil
+	return regular(fd, d.Join(name))
 }
 
 // Names lists the directory's entries.
