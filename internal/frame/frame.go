@@ -3,9 +3,11 @@
 //
 //	frame := len:u32 crc:u32 payload[len]      little-endian; crc = CRC32C(len bytes ++ payload)
 //
-// len is 1..the reader's maximum. A reader stops at the first frame that is short (a torn
-// write: ErrTorn), has an impossible length or a wrong checksum (ErrCorrupt); everything
-// before it is intact, so a file is recovered by truncating it at Reader.Offset.
+// len is 1..the reader's maximum. Reader stops at the first frame that is short (a torn
+// write: ErrTorn), has an impossible length or a wrong checksum (ErrCorrupt). Recovery
+// uses Walk instead, which does not stop there: it resynchronises on the next intact
+// frame, so damage costs only the damaged bytes, and it tells a torn tail (an incomplete
+// frame or zeros at the very end: a crash mid-append) from corruption (anything else).
 package frame
 
 import (

@@ -28,6 +28,14 @@ const (
 
 	kindEntry      = 0x01
 	kindCheckpoint = 0x02
+	// kindGap says that seqs from..to are not in the journal: lost to damage found by
+	// recovery, or skipped so that no seq is ever reused. Readers count them as missed.
+	kindGap      = 0x03
+	gapBytes     = 1 + 8 + 8
+	gapFrameSize = frameHeaderBytes + gapBytes
+	// maxEntryPayload bounds an entry's payload: the tightest bound the recovery scan
+	// can use when it looks for the next intact frame after damage.
+	maxEntryPayload = entryFixedBytes + MaxWriterBytes + MaxDataBytes
 
 	segmentSuffix = ".seg"
 	// sparseEvery is how many entries share one mark of the in-memory offset index: reads
@@ -53,6 +61,14 @@ func encodeEntry(buf []byte, seq, writerSeq uint64, writer string, data []byte) 
 	buf = append(buf, byte(len(writer)))
 	buf = append(buf, writer...)
 	buf = append(buf, data...)
+	return framing.Seal(buf, start)
+}
+
+func encodeGap(buf []byte, from, to uint64) []byte {
+	buf, start := framing.Begin(buf)
+	buf = append(buf, kindGap)
+	buf = binary.LittleEndian.AppendUint64(buf, from)
+	buf = binary.LittleEndian.AppendUint64(buf, to)
 	return framing.Seal(buf, start)
 }
 
@@ -84,7 +100,9 @@ type frame struct {
 	data      []byte
 	// checkpoint holds a checkpoint's table.
 	checkpoint []checkpointEntry
-	size       int64
+	// to is a gap's last seq (seq is its first).
+	to   uint64
+	size int64
 }
 
 type checkpointEntry struct {
@@ -113,6 +131,9 @@ func (fr *frameReader) next() (frame, error) {
 }
 
 func decodePayload(p []byte) (frame, error) {
+	if len(p) == 0 {
+		return frame{}, errors.New("empty payload")
+	}
 	switch p[0] {
 	case kindEntry:
 		if len(p) < entryFixedBytes {
@@ -152,6 +173,15 @@ func decodePayload(p []byte) (frame, error) {
 		}
 		if len(rest) != 0 {
 			return frame{}, errors.New("checkpoint: trailing bytes")
+		}
+		return f, nil
+	case kindGap:
+		if len(p) != gapBytes {
+			return frame{}, fmt.Errorf("gap of %d bytes, want %d", len(p), gapBytes)
+		}
+		f := frame{kind: kindGap, seq: binary.LittleEndian.Uint64(p[1:]), to: binary.LittleEndian.Uint64(p[9:])}
+		if f.seq == 0 || f.to < f.seq {
+			return frame{}, fmt.Errorf("gap %d..%d is empty", f.seq, f.to)
 		}
 		return f, nil
 	default:

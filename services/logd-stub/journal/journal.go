@@ -7,13 +7,14 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"sort"
 	"sync"
 	"sync/atomic"
 	"unicode/utf8"
 
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
+
+	"oomd.dev/oomd/internal/safefile"
 )
 
 // Defaults for Options.
@@ -34,6 +35,9 @@ type Options struct {
 	// MaxWriters bounds the per-writer table; a new writer beyond it is refused.
 	// 1..4096.
 	MaxWriters int
+	// Syncer performs every fsync (segments, the directory, the high-water mark);
+	// nil = safefile.OS. Tests count or fail fsyncs through it.
+	Syncer safefile.Syncer
 }
 
 // MinSegmentBytes is the smallest MaxSegmentBytes that always fits a full checkpoint and
@@ -107,7 +111,25 @@ type Status struct {
 	DurableSeq uint64 // last seq fsync'ed; Read serves up to here
 	DiskBytes  uint64 // sum of segment file sizes
 	Segments   int
-	Fsyncs     uint64 // segment fsyncs since Open; far fewer than syncs under load
+	Fsyncs     uint64 // fsyncs since Open (segments, directory, high-water mark); far fewer than syncs under load
+
+	// What recovery found at Open (logd's schema has no field for these: logd logs each
+	// at ERROR and writes a "corrupt" record into the journal, see Damage).
+	Corruptions      int    // damaged ranges quarantined, and cuts of acknowledged records
+	QuarantinedBytes int64  // bytes moved to quarantine files
+	LostSeqs         uint64 // seqs known lost (in gap frames written by this Open)
+	TornBytes        int64  // bytes of torn tail cut (a crash mid-append; nothing acknowledged)
+}
+
+// Damage is one finding of recovery that lost or may have lost acknowledged data.
+type Damage struct {
+	Segment    string // segment file name
+	Offset     int64  // where the damaged bytes started (-1: nothing on disk, records missing)
+	Bytes      int64  // damaged bytes (moved to Quarantine)
+	Quarantine string // quarantine file name in the journal directory, "" if no bytes
+	FirstLost  uint64 // seqs FirstLost..LastLost are gone (0, 0: none known)
+	LastLost   uint64
+	Cause      string
 }
 
 type writerState struct {
@@ -134,7 +156,9 @@ type segment struct {
 func (s *segment) empty() bool { return s.last < s.first }
 
 func (s *segment) noteEntry(seq uint64, off int64) {
-	if (seq-s.first)%sparseEvery == 0 {
+	// Spaced by seq rather than at multiples, so gaps (recovered damage) cannot leave a
+	// long run without a mark.
+	if len(s.marks) == 0 || seq-s.marks[len(s.marks)-1].seq >= sparseEvery {
 		s.marks = append(s.marks, mark{seq, off})
 	}
 	s.last = seq
@@ -142,10 +166,18 @@ func (s *segment) noteEntry(seq uint64, off int64) {
 
 // Journal is safe for concurrent use.
 type Journal struct {
-	dir  string
+	dir  *safefile.Dir
 	opts Options
 	log  *zap.Logger
 	lock *os.File
+	sy   safefile.Syncer // counts into fsyncs
+	hwm  hwm             // the durable high-water mark as last written
+
+	damage []Damage // what recovery found; fixed after Open
+	// endsCorrupt: recovery found the newest segment's end damaged, so records after it
+	// may have been acknowledged; the journal continues above the high-water mark.
+	endsCorrupt bool
+	found       Status // recovery's counters (the Corruptions.. fields)
 
 	mu       sync.Mutex
 	segments []*segment // oldest first; the last is the active one
@@ -165,11 +197,11 @@ type Journal struct {
 	onWait func()
 }
 
-// fsync syncs one segment file and counts it.
-func (j *Journal) fsync(f *os.File) error {
-	j.fsyncs.Add(1)
-	return f.Sync()
-}
+// fsync syncs one file and counts it.
+func (j *Journal) fsync(f *os.File) error { return j.sy.Sync(f) }
+
+// syncDir makes the directory's entries durable.
+func (j *Journal) syncDir() error { return j.dir.Sync(j.sy) }
 
 // Open opens or creates the journal in dir, recovering from a crash (see the package
 // doc).
@@ -178,22 +210,30 @@ func Open(dir string, opts Options, log *zap.Logger) (*Journal, error) {
 	if err != nil {
 		return nil, fmt.Errorf("journal options: %w", err)
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("create journal dir: %w", err)
-	}
-	lock, err := os.OpenFile(filepath.Join(dir, "LOCK"), os.O_RDWR|os.O_CREATE, 0o600)
+	d, err := safefile.OpenDir(dir, true)
 	if err != nil {
+		return nil, fmt.Errorf("journal dir: %w", err)
+	}
+	lock, err := d.OpenFile("LOCK", os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		d.Close()
 		return nil, fmt.Errorf("open lock file: %w", err)
 	}
 	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
 		lock.Close()
+		d.Close()
 		return nil, fmt.Errorf("lock %s: %w (%v)", dir, ErrInUse, err)
 	}
 	j := &Journal{
-		dir: dir, opts: o, log: log, lock: lock,
+		dir: d, opts: o, log: log, lock: lock,
 		writers: make(map[string]*writerState),
 		failed:  make(chan struct{}),
 	}
+	syncer := o.Syncer
+	if syncer == nil {
+		syncer = safefile.OS
+	}
+	j.sy = countingSyncer{inner: syncer, n: &j.fsyncs}
 	if err := j.recover(); err != nil {
 		j.closeFiles()
 		return nil, err
@@ -201,124 +241,9 @@ func Open(dir string, opts Options, log *zap.Logger) (*Journal, error) {
 	return j, nil
 }
 
-func (j *Journal) recover() error {
-	des, err := os.ReadDir(j.dir)
-	if err != nil {
-		return fmt.Errorf("list journal dir: %w", err)
-	}
-	for _, de := range des {
-		first, ok := parseSegmentName(de.Name())
-		if !ok {
-			continue
-		}
-		path := filepath.Join(j.dir, de.Name())
-		f, err := os.OpenFile(path, os.O_RDWR, 0)
-		if err != nil {
-			return fmt.Errorf("open segment %s: %w", path, err)
-		}
-		j.segments = append(j.segments, &segment{first: first, last: first - 1, f: f, path: path})
-	}
-	sort.Slice(j.segments, func(a, b int) bool { return j.segments[a].first < j.segments[b].first })
-
-	for i, s := range j.segments {
-		if i > 0 && s.first <= j.segments[i-1].last {
-			return fmt.Errorf("segment %s starts at seq %d, inside the previous segment (ends at %d): the directory was tampered with", s.path, s.first, j.segments[i-1].last)
-		}
-		if err := j.scan(s, i == len(j.segments)-1); err != nil {
-			return err
-		}
-		// Frames the previous process wrote but never fsync'ed can still sit dirty in
-		// the page cache; syncing now makes everything recovered durable before any of
-		// it is served or acknowledged.
-		if err := j.fsync(s.f); err != nil {
-			return fmt.Errorf("fsync segment %s: %w", s.path, err)
-		}
-	}
-
-	if len(j.segments) == 0 {
-		if err := j.startSegment(1); err != nil {
-			return err
-		}
-	} else if a := j.active(); a.size == 0 {
-		// The crash cut even the checkpoint: write it again so this segment alone still
-		// carries the writer table once older segments rotate away.
-		j.buf = encodeCheckpoint(j.buf[:0], j.writers)
-		if err := j.writeAt(a, j.buf); err != nil {
-			return err
-		}
-		if err := j.fsync(a.f); err != nil {
-			return fmt.Errorf("fsync segment %s: %w", a.path, err)
-		}
-	}
-	a := j.active()
-	j.last = a.last
-	j.durable = j.last
-	if err := j.dropOldest(); err != nil {
-		return err
-	}
-	st := j.statusLocked()
-	j.log.Info("journal open", zap.String("dir", j.dir), zap.Uint64("first_seq", st.FirstSeq),
-		zap.Uint64("seq", st.LastSeq), zap.Int("segments", st.Segments),
-		zap.Uint64("bytes", st.DiskBytes), zap.Int("writers", len(j.writers)))
-	return nil
-}
-
-// scan reads one segment, rebuilding its index and the writer table, and cuts it at the
-// first bad frame.
-func (j *Journal) scan(s *segment, isLast bool) error {
-	if _, err := s.f.Seek(0, io.SeekStart); err != nil {
-		return fmt.Errorf("seek segment %s: %w", s.path, err)
-	}
-	fr := newFrameReader(s.f)
-	var off int64
-	var bad error
-	for {
-		f, err := fr.next()
-		if err == io.EOF {
-			break
-		}
-		if err == nil && f.kind == kindEntry && f.seq != s.last+1 {
-			err = fmt.Errorf("entry seq %d where %d was expected", f.seq, s.last+1)
-		}
-		if err == nil && f.kind == kindCheckpoint && off != 0 {
-			err = errors.New("checkpoint not at the start of the segment")
-		}
-		if err != nil {
-			bad = err
-			break
-		}
-		switch f.kind {
-		case kindEntry:
-			s.noteEntry(f.seq, off)
-			j.noteWriter(string(f.writer), f.writerSeq, 0)
-		case kindCheckpoint:
-			for _, c := range f.checkpoint {
-				j.noteWriter(c.writer, c.lastWriterSeq, 0)
-			}
-		}
-		off += f.size
-	}
-	fi, err := s.f.Stat()
-	if err != nil {
-		return fmt.Errorf("stat segment %s: %w", s.path, err)
-	}
-	s.size = off
-	if bad == nil && fi.Size() == off {
-		return nil
-	}
-	cut := fi.Size() - off
-	fields := []zap.Field{zap.String("segment", s.path), zap.Int64("offset", off),
-		zap.Int64("bytes", cut), zap.Uint64("seq", s.last), zap.NamedError("cause", bad)}
-	if isLast {
-		j.log.Warn("cutting torn tail of the journal", fields...)
-	} else {
-		j.log.Error("cutting corrupt data in a sealed segment: later seqs of this segment are lost", fields...)
-	}
-	if err := s.f.Truncate(off); err != nil {
-		return fmt.Errorf("truncate segment %s at %d: %w", s.path, off, err)
-	}
-	return nil
-}
+// Damage lists what recovery at Open found lost or damaged (empty after a clean or
+// merely torn shutdown).
+func (j *Journal) Damage() []Damage { return append([]Damage(nil), j.damage...) }
 
 // noteWriter raises a writer's last writerSeq. Recovery admits writers beyond
 // MaxWriters (the table on disk wins over a lowered option); only new appends are refused.
@@ -338,8 +263,9 @@ func (j *Journal) active() *segment { return j.segments[len(j.segments)-1] }
 // startSegment creates the segment whose first entry will be seq `first`, writes its
 // checkpoint and makes both the file and its directory entry durable.
 func (j *Journal) startSegment(first uint64) error {
-	path := filepath.Join(j.dir, segmentName(first))
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	name := segmentName(first)
+	path := j.dir.Join(name)
+	f, err := j.dir.OpenFile(name, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return fmt.Errorf("create segment %s: %w", path, err)
 	}
@@ -353,7 +279,7 @@ func (j *Journal) startSegment(first uint64) error {
 		f.Close()
 		return fmt.Errorf("fsync segment %s: %w", path, err)
 	}
-	if err := syncDir(j.dir); err != nil {
+	if err := j.syncDir(); err != nil {
 		f.Close()
 		return err
 	}
@@ -380,14 +306,14 @@ func (j *Journal) dropOldest() error {
 	for len(j.segments) > j.opts.MaxSegments {
 		s := j.segments[0]
 		s.f.Close()
-		if err := os.Remove(s.path); err != nil {
-			return fmt.Errorf("remove oldest segment %s: %w", s.path, err)
+		if err := j.dir.Remove(filepath.Base(s.path)); err != nil {
+			return fmt.Errorf("remove oldest segment: %w", err)
 		}
 		j.log.Info("dropped oldest segment", zap.String("segment", s.path),
 			zap.Uint64("seq", s.last), zap.Int64("bytes", s.size))
 		j.segments = j.segments[1:]
 	}
-	return syncDir(j.dir)
+	return j.syncDir()
 }
 
 // rotate seals the active segment (fsync) and starts the next one. The caller holds mu
@@ -480,6 +406,11 @@ func (j *Journal) Append(writer string, writerSeq uint64, data []byte) (uint64, 
 		}
 	}
 	seq := j.last + 1
+	// Once per hwmBatch records: the seq must be below the durable high-water mark
+	// before it can reach a reader, so that no later recovery hands it out again.
+	if err := j.reserve(seq); err != nil {
+		return 0, err
+	}
 	a := j.active()
 	off := a.size
 	j.buf = encodeEntry(j.buf[:0], seq, writerSeq, writer, data)
@@ -642,8 +573,9 @@ func (j *Journal) Status() Status {
 }
 
 func (j *Journal) statusLocked() Status {
-	st := Status{LastSeq: j.last, DurableSeq: j.durable, FirstSeq: j.last + 1, Segments: len(j.segments),
-		Fsyncs: j.fsyncs.Load()}
+	st := j.found
+	st.LastSeq, st.DurableSeq, st.FirstSeq, st.Segments = j.last, j.durable, j.last+1, len(j.segments)
+	st.Fsyncs = j.fsyncs.Load()
 	for _, s := range j.segments {
 		st.DiskBytes += uint64(s.size)
 		if !s.empty() && s.first < st.FirstSeq {
@@ -673,6 +605,11 @@ func (j *Journal) Close() error {
 			err = fmt.Errorf("fsync on close: %w", serr)
 		} else {
 			j.durable = j.last
+			// Nothing above last was handed out: the next Open may continue right after
+			// it, and knows exactly how many records a later cut took.
+			if herr := j.writeHWM(hwm{reserved: j.last, durable: j.last}); herr != nil {
+				err = herr
+			}
 		}
 	}
 	j.mu.Unlock()
@@ -685,16 +622,5 @@ func (j *Journal) closeFiles() {
 		s.f.Close()
 	}
 	j.lock.Close() // releases the flock
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("open dir %s for fsync: %w", dir, err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("fsync dir %s: %w", dir, err)
-	}
-	return nil
+	j.dir.Close()
 }

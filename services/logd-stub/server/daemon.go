@@ -49,6 +49,14 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 			log.Error("close journal", zap.Error(err))
 		}
 	}()
+	// Damage found by recovery goes into the journal before any writer is served.
+	if n, err := RecordDamage(ctx, j, log); err != nil {
+		log.Error("could not record the journal damage in the journal; it is in this log only", zap.Error(err))
+	} else if n > 0 {
+		st := j.Status()
+		log.Error("journal was corrupt: see the corrupt records and the quarantine files", zap.Int("corruptions", st.Corruptions),
+			zap.Int64("quarantined_bytes", st.QuarantinedBytes), zap.Uint64("lost_seqs", st.LostSeqs))
+	}
 	l, err := rpcx.Listen(cfg.Socket)
 	if err != nil {
 		return err

@@ -6,18 +6,19 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"reflect"
 	"slices"
 	"strings"
 
+	"oomd.dev/oomd/internal/safefile"
 	"oomd.dev/oomd/services/oomd/policy"
 )
 
 // LoadPolicyFile reads a JSON policy over the defaults: fields the file sets replace
 // the default, unknown fields are an error, and the result is validated whole.
 func LoadPolicyFile(path string) (policy.Policy, error) {
-	b, err := os.ReadFile(path)
+	// Not through a symlink, and only a regular file (a FIFO would block the start).
+	b, err := safefile.ReadFile(path)
 	if err != nil {
 		return policy.Policy{}, fmt.Errorf("read policy: %w", err)
 	}

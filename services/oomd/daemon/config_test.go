@@ -1,11 +1,15 @@
 package daemon
 
 import (
+	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
 
+	"oomd.dev/oomd/internal/safefile"
 	"oomd.dev/oomd/services/oomd/policy"
 )
 
@@ -40,4 +44,21 @@ func TestParsePolicy(t *testing.T) {
 			tc.check(t, p)
 		})
 	}
+}
+
+func TestLoadPolicyFileRefusesSymlinks(t *testing.T) {
+	dir := t.TempDir()
+	real := filepath.Join(dir, "policy.json")
+	require.NoError(t, os.WriteFile(real, []byte(`{}`), 0o600))
+	_, err := LoadPolicyFile(real)
+	require.NoError(t, err)
+	link := filepath.Join(dir, "link.json")
+	require.NoError(t, os.Symlink(real, link))
+	_, err = LoadPolicyFile(link)
+	require.ErrorIs(t, err, safefile.ErrSymlink)
+	assert.Contains(t, err.Error(), link)
+	fifo := filepath.Join(dir, "fifo.json")
+	require.NoError(t, unix.Mkfifo(fifo, 0o600))
+	_, err = LoadPolicyFile(fifo)
+	assert.ErrorIs(t, err, safefile.ErrNotRegular, "a FIFO would block the start")
 }

@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"oomd.dev/oomd/internal/frame"
+	"oomd.dev/oomd/internal/safefile"
 	"oomd.dev/oomd/services/oomd/policy"
 )
 
@@ -50,9 +51,10 @@ type SpilledRecord struct {
 // only after fsync, so an appended record is durable and counts as the audit a kill
 // waits for. Once logd holds every spilled record, Reset truncates the file.
 //
-// The file survives restarts: OpenSpill reads it back, cuts a torn or corrupt tail (a
-// crash mid-append; nothing before it was acknowledged past it) and the auditor replays
-// what is left to logd before anything else.
+// The file survives restarts: OpenSpill reads it back (cutting a torn tail, keeping
+// every intact record around corruption, see recover) and the auditor replays what is
+// left to logd before anything else. The path must not be a symlink and must name a
+// regular file.
 //
 // Bounds: the file never exceeds maxBytes (Append refuses with ErrSpillFull); the records
 // are also kept in memory (at most ~2x the file size) for replay.
@@ -60,8 +62,13 @@ type Spill struct {
 	path     string
 	log      *zap.Logger
 	f        *os.File
+	dir      *safefile.Dir // the spill's directory: quarantine files, rewrites, its fsync
+	syncer   safefile.Syncer
 	maxBytes int64
 	buf      []byte
+	// Corrupt counts the damaged ranges recovery quarantined at open; Lost the records
+	// known lost to them (each replaced by a placeholder record, see recover).
+	Corrupt, Lost int
 
 	// mu lets Len, Last and Size be read from any goroutine (status, tests); Append,
 	// Reset and Records belong to one goroutine (the auditor's).
@@ -74,6 +81,11 @@ type Spill struct {
 // (0 = DefaultSpillMaxBytes), and recovers its content. The file is flock'ed: two oomd
 // processes never share one.
 func OpenSpill(path string, maxBytes int64, log *zap.Logger) (*Spill, error) {
+	return openSpillWith(path, maxBytes, log, safefile.OS)
+}
+
+// openSpillWith is OpenSpill with the fsync seam (tests count or fail fsyncs through it).
+func openSpillWith(path string, maxBytes int64, log *zap.Logger, syncer safefile.Syncer) (*Spill, error) {
 	if maxBytes == 0 {
 		maxBytes = DefaultSpillMaxBytes
 	}
@@ -83,7 +95,9 @@ func OpenSpill(path string, maxBytes int64, log *zap.Logger) (*Spill, error) {
 	if log == nil {
 		log = zap.NewNop()
 	}
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	// Never through a symlink (it would truncate or fill whatever it points at), and
+	// only a regular file.
+	f, err := safefile.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("spill: %w", err)
 	}
@@ -91,56 +105,88 @@ func OpenSpill(path string, maxBytes int64, log *zap.Logger) (*Spill, error) {
 		f.Close()
 		return nil, fmt.Errorf("spill %s: locked by another process: %w", path, err)
 	}
-	s := &Spill{path: path, log: log.Named("spill"), f: f, maxBytes: maxBytes}
-	if err := s.recover(); err != nil {
+	dir, err := safefile.OpenDir(filepath.Dir(path), false)
+	if err != nil {
 		f.Close()
+		return nil, fmt.Errorf("spill: %w", err)
+	}
+	s := &Spill{path: path, log: log.Named("spill"), f: f, dir: dir, syncer: syncer, maxBytes: maxBytes}
+	if err := s.recover(); err != nil {
+		s.Close()
 		return nil, err
 	}
 	// A new file's directory entry must be durable too.
-	if d, err := os.Open(filepath.Dir(path)); err == nil {
-		d.Sync()
-		d.Close()
+	if err := dir.Sync(syncer); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("spill: %w", err)
 	}
 	return s, nil
 }
 
+// recover reads the file back. Only an incomplete frame (or zeros) at its very end is a
+// torn tail (a crash mid-append, never acknowledged): cut, WARN. Any other damage is
+// corruption: every intact record after it is kept (frame.Walk resynchronises on the
+// next frame whose checksum matches, whose record decodes and whose seq fits), the
+// damaged bytes are copied to "<spill>.quarantine.<n>", and the file is rewritten without
+// them. A record known lost (its seq lies between two kept ones) is replaced by a
+// placeholder record (kind auditSpilled, reason "lost: ...") so logd still receives
+// every writerSeq in order and the journal says what was lost. Each finding is logged at
+// ERROR with offsets and counts.
 func (s *Spill) recover() error {
-	if _, err := s.f.Seek(0, io.SeekStart); err != nil {
+	fi, err := s.f.Stat()
+	if err != nil {
 		return fmt.Errorf("spill: %w", err)
 	}
-	r := frame.NewReader(s.f, spillMaxPayload)
-	var cause error
-	for {
-		p, err := r.Next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			if !errors.Is(err, frame.ErrTorn) && !errors.Is(err, frame.ErrCorrupt) {
-				return fmt.Errorf("spill: read %s: %w", s.path, err)
-			}
-			cause = err
-			break
-		}
+	size := fi.Size()
+	// A resynchronised record may not claim a seq further ahead than the file could
+	// hold records: that bounds the placeholders too.
+	maxAhead := uint64(size/(frame.HeaderBytes+spillFixedBytes)) + 1
+	var holes []spillHole
+	accept := func(_ int64, p []byte, resync bool) error {
 		rec, err := decodeSpilled(p)
-		if err == nil && len(s.recs) > 0 && rec.JournalSeq != s.recs[len(s.recs)-1].JournalSeq+1 {
-			err = fmt.Errorf("journal seq %d after %d", rec.JournalSeq, s.recs[len(s.recs)-1].JournalSeq)
-		}
 		if err != nil {
-			cause = fmt.Errorf("%w: %v", frame.ErrCorrupt, err)
-			break
+			return fmt.Errorf("%w: %v", frame.ErrReject, err)
+		}
+		if n := len(s.recs); n > 0 {
+			prev := s.recs[n-1].JournalSeq
+			switch {
+			case !resync && rec.JournalSeq != prev+1:
+				return fmt.Errorf("%w: journal seq %d after %d", frame.ErrReject, rec.JournalSeq, prev)
+			case rec.JournalSeq <= prev || rec.JournalSeq > prev+maxAhead:
+				return fmt.Errorf("%w: journal seq %d does not fit after %d", frame.ErrReject, rec.JournalSeq, prev)
+			case rec.JournalSeq > prev+1:
+				holes = append(holes, spillHole{at: n, from: prev + 1, to: rec.JournalSeq - 1})
+			}
 		}
 		s.recs = append(s.recs, rec)
+		return nil
 	}
-	s.size = r.Offset()
-	if cause != nil {
-		s.log.Warn("spill file: cutting a torn or corrupt tail", zap.String("path", s.path),
-			zap.Int64("keptBytes", s.size), zap.Int("keptRecords", len(s.recs)), zap.Error(cause))
+	damage, err := frame.Walk(s.f, size, frame.WalkOptions{MaxPayload: spillMaxPayload}, accept)
+	if err != nil {
+		return fmt.Errorf("spill: read %s: %w", s.path, err)
+	}
+	s.size = size
+	var corrupt []frame.Damage
+	for _, d := range damage {
+		if d.AtEnd && d.Torn {
+			s.log.Warn("spill file: cutting a torn tail (a crash mid-append; nothing acknowledged is lost)",
+				zap.String("path", s.path), zap.Int64("offset", d.Off), zap.Int64("bytes", d.End-d.Off),
+				zap.Int("keptRecords", len(s.recs)), zap.NamedError("cause", d.Cause))
+			s.size = d.Off
+			continue
+		}
+		corrupt = append(corrupt, d)
+	}
+	if len(corrupt) > 0 {
+		if err := s.repair(corrupt, holes); err != nil {
+			return err
+		}
+	} else if s.size < size {
 		if err := s.f.Truncate(s.size); err != nil {
 			return fmt.Errorf("spill: truncate %s: %w", s.path, err)
 		}
 	}
-	if err := s.f.Sync(); err != nil {
+	if err := s.syncer.Sync(s.f); err != nil {
 		return fmt.Errorf("spill: fsync %s: %w", s.path, err)
 	}
 	if _, err := s.f.Seek(s.size, io.SeekStart); err != nil {
@@ -150,6 +196,88 @@ func (s *Spill) recover() error {
 		s.log.Info("spill file holds records for logd", zap.String("path", s.path),
 			zap.Uint64("first", s.recs[0].JournalSeq), zap.Uint64("last", s.recs[len(s.recs)-1].JournalSeq))
 	}
+	return nil
+}
+
+// spillHole: records from..to were lost before s.recs[at].
+type spillHole struct {
+	at       int
+	from, to uint64
+}
+
+// repair quarantines the corrupt ranges, fills the holes with placeholder records and
+// rewrites the file from s.recs: a new file, fsync'ed and locked, renamed over the old
+// one, then the directory fsync'ed. A crash leaves the old file (recovered again at the
+// next start) or the new one.
+func (s *Spill) repair(corrupt []frame.Damage, holes []spillHole) error {
+	base := filepath.Base(s.path)
+	var ranges []safefile.Range
+	for _, d := range corrupt {
+		ranges = append(ranges, safefile.Range{Off: d.Off, End: d.End})
+	}
+	qname, err := s.dir.Quarantine(base, s.f, ranges, s.syncer)
+	if err != nil {
+		return fmt.Errorf("spill: %w", err)
+	}
+	recs := make([]SpilledRecord, 0, len(s.recs))
+	next := 0
+	lost := 0
+	for _, h := range holes {
+		recs = append(recs, s.recs[next:h.at]...)
+		next = h.at
+		for seq := h.from; seq <= h.to; seq++ {
+			recs = append(recs, SpilledRecord{JournalSeq: seq, Rec: policy.AuditRecord{WriterSeq: seq,
+				Kind: policy.EventAuditSpilled, Reason: clipString("lost: spill file corruption, damaged bytes in "+qname, spillMaxReason)}})
+			lost++
+		}
+	}
+	recs = append(recs, s.recs[next:]...)
+	s.recs = recs
+	s.Corrupt, s.Lost = len(corrupt), lost
+	for _, d := range corrupt {
+		s.log.Error("spill file corrupt: damaged bytes quarantined, every intact record kept",
+			zap.String("path", s.path), zap.Int64("offset", d.Off), zap.Int64("bytes", d.End-d.Off),
+			zap.String("quarantine", qname), zap.Bool("atEnd", d.AtEnd), zap.NamedError("cause", d.Cause))
+	}
+	s.log.Error("spill file corrupt", zap.String("path", s.path), zap.Int("corruptions", len(corrupt)),
+		zap.Int("recordsLost", lost), zap.Int("keptRecords", len(s.recs)-lost), zap.String("quarantine", qname))
+
+	tmp := base + ".tmp"
+	_ = s.dir.Remove(tmp)
+	f, err := s.dir.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return fmt.Errorf("spill: rewrite: %w", err)
+	}
+	fail := func(err error) error {
+		f.Close()
+		_ = s.dir.Remove(tmp)
+		return fmt.Errorf("spill: rewrite %s: %w", s.path, err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		return fail(err)
+	}
+	var buf []byte
+	for _, r := range s.recs {
+		var start int
+		buf, start = frame.Begin(buf)
+		buf = encodeSpilled(buf, r)
+		buf = frame.Seal(buf, start)
+	}
+	if _, err := f.Write(buf); err != nil {
+		return fail(err)
+	}
+	if err := s.syncer.Sync(f); err != nil {
+		return fail(err)
+	}
+	if err := s.dir.Rename(tmp, base); err != nil {
+		return fail(err)
+	}
+	if err := s.dir.Sync(s.syncer); err != nil {
+		f.Close()
+		return fmt.Errorf("spill: %w", err)
+	}
+	s.f.Close()
+	s.f, s.size = f, int64(len(buf))
 	return nil
 }
 
@@ -210,7 +338,7 @@ func (s *Spill) Append(recs []SpilledRecord) error {
 		s.f.Truncate(s.size)
 		return fmt.Errorf("spill: write: %w", err)
 	}
-	if err := s.f.Sync(); err != nil {
+	if err := s.syncer.Sync(s.f); err != nil {
 		// After a failed fsync the written pages cannot be trusted: cut them.
 		s.f.Truncate(s.size)
 		return fmt.Errorf("spill: fsync: %w", err)
@@ -232,7 +360,7 @@ func (s *Spill) Reset() error {
 	if err := s.f.Truncate(0); err != nil {
 		return fmt.Errorf("spill: truncate: %w", err)
 	}
-	if err := s.f.Sync(); err != nil {
+	if err := s.syncer.Sync(s.f); err != nil {
 		return fmt.Errorf("spill: fsync: %w", err)
 	}
 	s.mu.Lock()
@@ -244,7 +372,10 @@ func (s *Spill) Reset() error {
 }
 
 // Close closes the file (and releases the lock).
-func (s *Spill) Close() error { return s.f.Close() }
+func (s *Spill) Close() error {
+	s.dir.Close()
+	return s.f.Close()
+}
 
 func clipString(v string, n int) string {
 	if len(v) > n {

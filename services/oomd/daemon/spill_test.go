@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -13,10 +14,14 @@ import (
 	capnp "capnproto.org/go/capnp/v3"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest"
+	"go.uber.org/zap/zaptest/observer"
 
 	"oomd.dev/oomd/gen/oomdpb"
 	"oomd.dev/oomd/internal/rpcx"
+	"oomd.dev/oomd/internal/safefile"
 	"oomd.dev/oomd/internal/wire"
 	"oomd.dev/oomd/services/logd-stub/journal"
 	"oomd.dev/oomd/services/logd-stub/server"
@@ -98,14 +103,156 @@ func TestSpillTornTailIsCut(t *testing.T) {
 		require.NoError(t, s.Close())
 	}
 
-	// A flipped bit in the middle ends the file there too: what follows is not trusted.
-	bad := append([]byte(nil), data...)
-	bad[before-3] ^= 0x40 // inside record 3
-	p := filepath.Join(dir, "flipped.spill")
+}
+
+// lostRec is the placeholder recovery puts where a record was lost to corruption.
+func lostRec(seq uint64, quarantine string) SpilledRecord {
+	return SpilledRecord{JournalSeq: seq, Rec: policy.AuditRecord{WriterSeq: seq, Kind: policy.EventAuditSpilled,
+		Reason: "lost: spill file corruption, damaged bytes in " + quarantine}}
+}
+
+// TestSpillFlippedByteCostsOnlyThatRecord: a flipped byte anywhere in a middle record
+// (the only copy of a kill decision while logd is down) loses that record only: the
+// records after it are kept, a placeholder keeps the seqs gap-free for logd, the damaged
+// bytes are quarantined, the log says "corrupt", and the repaired file reopens clean.
+// A damaged last record (complete, bad checksum) is corruption too, not a torn tail.
+func TestSpillFlippedByteCostsOnlyThatRecord(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "audit.spill")
+	s := openSpill(t, path, 0)
+	require.NoError(t, s.Append(spillRecs(1, 2)))
+	start := s.Size()
+	require.NoError(t, s.Append(spillRecs(3, 3)))
+	end := s.Size()
+	require.NoError(t, s.Append(spillRecs(4, 5)))
+	full := s.Size()
+	require.NoError(t, s.Close())
+	data, err := os.ReadFile(path)
+	require.NoError(t, err)
+
+	for _, at := range []int64{0, 2, 5, 9, 30, end - start - 1} {
+		msg := fmt.Sprintf("byte %d of record 3 flipped", at)
+		sub := t.TempDir()
+		p := filepath.Join(sub, "audit.spill")
+		bad := bytes.Clone(data)
+		bad[start+at] ^= 0x40
+		require.NoError(t, os.WriteFile(p, bad, 0o600))
+
+		log, logs := observedLog(t)
+		s, err := OpenSpill(p, 0, log)
+		require.NoError(t, err, msg)
+		want := append(append(spillRecs(1, 2), lostRec(3, "audit.spill.quarantine.1")), spillRecs(4, 5)...)
+		assert.Equal(t, want, s.Records(), msg)
+		assert.Equal(t, 1, s.Corrupt, msg)
+		assert.Equal(t, 1, s.Lost, msg)
+		q, err := os.ReadFile(filepath.Join(sub, "audit.spill.quarantine.1"))
+		require.NoError(t, err, msg)
+		assert.Equal(t, bad[start:end], q, "%s: the quarantine holds the damaged bytes", msg)
+		errs := logs.FilterMessageSnippet("corrupt").FilterLevelExact(zapcore.ErrorLevel).All()
+		require.NotEmpty(t, errs, msg)
+		assert.Equal(t, int64(1), errs[len(errs)-1].ContextMap()["recordsLost"], msg)
+		require.NoError(t, s.Append(spillRecs(6, 6)), msg)
+		require.NoError(t, s.Close())
+
+		log, logs = observedLog(t)
+		s, err = OpenSpill(p, 0, log)
+		require.NoError(t, err, msg)
+		assert.Equal(t, append(want, spillRecs(6, 6)...), s.Records(), msg)
+		assert.Zero(t, s.Corrupt, "%s: reopens clean", msg)
+		assert.Zero(t, logs.FilterLevelExact(zapcore.ErrorLevel).Len(), msg)
+		require.NoError(t, s.Close())
+	}
+
+	bad := bytes.Clone(data)
+	bad[full-1] ^= 0x40
+	p := filepath.Join(dir, "lastflipped.spill")
 	require.NoError(t, os.WriteFile(p, bad, 0o600))
-	s = openSpill(t, p, 0)
+	log, logs := observedLog(t)
+	s, err = OpenSpill(p, 0, log)
+	require.NoError(t, err)
 	defer s.Close()
-	assert.Equal(t, spillRecs(1, 2), s.Records())
+	assert.Equal(t, spillRecs(1, 4), s.Records())
+	assert.Equal(t, 1, s.Corrupt)
+	assert.Zero(t, logs.FilterMessageSnippet("torn").Len(), "a complete record with a bad checksum is not a torn tail")
+	assert.FileExists(t, p+".quarantine.1")
+}
+
+func observedLog(t *testing.T) (*zap.Logger, *observer.ObservedLogs) {
+	core, logs := observer.New(zapcore.InfoLevel)
+	return zap.New(zapcore.NewTee(zaptest.NewLogger(t).Core(), core)), logs
+}
+
+// countingSyncer is the fsync seam: it counts fsyncs and fails them while err is set.
+type countingSyncer struct {
+	mu  sync.Mutex
+	n   int
+	err error
+}
+
+func (c *countingSyncer) Sync(f *os.File) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.n++
+	if c.err != nil {
+		return c.err
+	}
+	return f.Sync()
+}
+
+func (c *countingSyncer) count() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.n
+}
+
+// TestSpillAppendIsFsynced: Append returns only after an fsync (seen through the seam),
+// and an Append whose fsync fails is not acknowledged, leaves no record behind, and
+// does not grow the file.
+func TestSpillAppendIsFsynced(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.spill")
+	sy := &countingSyncer{}
+	s, err := openSpillWith(path, 0, zaptest.NewLogger(t), sy)
+	require.NoError(t, err)
+	defer s.Close()
+	before := sy.count()
+	require.NoError(t, s.Append(spillRecs(1, 3)))
+	assert.Equal(t, before+1, sy.count(), "one fsync per appended batch")
+
+	size := s.Size()
+	sy.mu.Lock()
+	sy.err = errors.New("injected EIO")
+	sy.mu.Unlock()
+	require.Error(t, s.Append(spillRecs(4, 4)), "an fsync error is not an acknowledgement")
+	assert.Equal(t, 3, s.Len())
+	fi, err := os.Stat(path)
+	require.NoError(t, err)
+	assert.Equal(t, size, fi.Size(), "the unsynced bytes are cut")
+
+	sy.mu.Lock()
+	sy.err = nil
+	sy.mu.Unlock()
+	before = sy.count()
+	require.NoError(t, s.Reset())
+	assert.Equal(t, before+1, sy.count(), "Reset fsyncs the emptied file")
+}
+
+// TestSpillRefusesSymlink: --spill naming a symlink is refused with the path in the
+// error, and the file it points at is not touched.
+func TestSpillRefusesSymlink(t *testing.T) {
+	dir := t.TempDir()
+	target := filepath.Join(dir, "precious")
+	require.NoError(t, os.WriteFile(target, bytes.Repeat([]byte("x"), 36893), 0o600))
+	link := filepath.Join(dir, "audit.spill")
+	require.NoError(t, os.Symlink(target, link))
+	_, err := OpenSpill(link, 0, zaptest.NewLogger(t))
+	require.ErrorIs(t, err, safefile.ErrSymlink)
+	assert.Contains(t, err.Error(), link)
+	fi, err := os.Stat(target)
+	require.NoError(t, err)
+	assert.Equal(t, int64(36893), fi.Size())
+
+	_, err = OpenSpill(dir, 0, zaptest.NewLogger(t))
+	assert.ErrorIs(t, err, safefile.ErrNotRegular, "a directory is not a spill file")
 }
 
 // TestSpillBound: the file never grows past its bound; a batch that does not fit is

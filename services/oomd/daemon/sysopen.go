@@ -13,6 +13,7 @@ import (
 // SystemOptions are oomd's system-OOM flags.
 type SystemOptions struct {
 	RecordPath string // --reboot-record: file or raw block device; "" = nothing persisted
+	RecordInit bool   // --reboot-record-init: claim a store holding foreign data
 	Action     string // --reboot-action: exit:N, command:ARGV or reboot
 	Meminfo    string // --meminfo: where MemAvailable is read ("" = /proc/meminfo)
 }
@@ -28,7 +29,7 @@ func OpenSystem(o SystemOptions, control SystemControl, markers io.Writer, log *
 	var store *sysoom.Store
 	close = func() {}
 	if o.RecordPath != "" {
-		if store, err = sysoom.OpenStore(o.RecordPath); err != nil {
+		if store, err = sysoom.OpenStoreWith(o.RecordPath, sysoom.StoreOptions{Init: o.RecordInit}); err != nil {
 			return cfg, nil, err
 		}
 		close = func() { store.Close() }

@@ -6,8 +6,11 @@
 // the core cannot: touch files, devices and the machine.
 //
 // The record store is one BlockSize block at offset 0 of a path opened read-write: a
-// regular file on a host, a raw block device in a VM (no filesystem). A start reads it
-// once and marks it reported:
+// regular file on a host, a raw block device in a VM (no filesystem). It is opened
+// without following a symlink, must be a regular file or a block device, and its first
+// block must be all zero (a fresh disk) or carry the record's magic, unless
+// StoreOptions.Init (oomd --reboot-record-init) claims it. A start reads it once and
+// marks it reported:
 //
 //	store, err := sysoom.OpenStore("/dev/nvme0n1")
 //	boot, err := sysoom.StartBoot(store)      // reads, counts this boot, fsyncs

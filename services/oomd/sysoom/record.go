@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"oomd.dev/oomd/internal/safefile"
 )
 
 // The persisted reboot record: one fixed-size block at offset 0 of a file or a raw block
@@ -207,27 +209,71 @@ type Store struct {
 // (the kernel probes disks asynchronously; oomd may start first).
 const DeviceWait = 10 * time.Second
 
-// OpenStore opens path read-write. A path under /dev/ must be an existing device: it is
-// never created (a regular file in devtmpfs would silently lose the record at the
-// reboot), and it is waited for up to DeviceWait. Any other path is a regular file,
-// created if it does not exist.
-func OpenStore(path string) (*Store, error) {
-	flags := os.O_RDWR | os.O_CREATE
+// ErrForeignStore: the store's first block holds data that is neither zeros nor a
+// reboot record; writing the record would destroy it.
+var ErrForeignStore = errors.New("holds data that is neither zeros nor a reboot record (magic OOMR)")
+
+// StoreOptions change how OpenStoreWith opens a store.
+type StoreOptions struct {
+	// Init lets a store whose first block holds foreign data be claimed (overwritten
+	// at the next write). Without it such a store is refused. oomd's
+	// --reboot-record-init.
+	Init bool
+}
+
+// OpenStore is OpenStoreWith without options.
+func OpenStore(path string) (*Store, error) { return OpenStoreWith(path, StoreOptions{}) }
+
+// OpenStoreWith opens path read-write without following a symlink. A path under /dev/
+// must be an existing block device: it is never created (a regular file in devtmpfs
+// would silently lose the record at the reboot), and it is waited for up to DeviceWait.
+// Any other path is a regular file, created if it does not exist. Either way the first
+// BlockSize bytes must be all zero (a fresh disk or file) or start with the record's
+// magic, unless o.Init is set: a mistyped path must not cost someone's data.
+func OpenStoreWith(path string, o StoreOptions) (*Store, error) {
 	device := strings.HasPrefix(filepath.Clean(path), "/dev/")
-	if device {
-		flags = os.O_RDWR
-	}
 	deadline := time.Now().Add(DeviceWait)
+	var f *os.File
 	for {
-		f, err := os.OpenFile(path, flags, 0o600)
+		var err error
+		if device {
+			var mode os.FileMode
+			f, mode, err = safefile.OpenNode(path, os.O_RDWR, 0)
+			if err == nil && (mode&os.ModeDevice == 0 || mode&os.ModeCharDevice != 0) {
+				f.Close()
+				return nil, fmt.Errorf("open reboot record store %s: %s is not a block device", path, mode.Type())
+			}
+		} else {
+			f, err = safefile.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+		}
 		if err == nil {
-			return &Store{f: f, path: path}, nil
+			break
 		}
 		if !device || !errors.Is(err, fs.ErrNotExist) || time.Now().After(deadline) {
 			return nil, fmt.Errorf("open reboot record store: %w", err)
 		}
 		time.Sleep(50 * time.Millisecond) // polling for a device node: no event to wait on
 	}
+	s := &Store{f: f, path: path}
+	if o.Init {
+		return s, nil
+	}
+	b := make([]byte, BlockSize)
+	n, err := f.ReadAt(b, 0)
+	if err != nil && !errors.Is(err, io.EOF) {
+		f.Close()
+		return nil, fmt.Errorf("read reboot record store %s: %w", path, err)
+	}
+	if n >= len(magic) && [4]byte(b[:4]) == magic {
+		return s, nil
+	}
+	for _, c := range b[:n] {
+		if c != 0 {
+			f.Close()
+			return nil, fmt.Errorf("reboot record store %s %w; refusing to overwrite it: check the path, or pass --reboot-record-init to claim it", path, ErrForeignStore)
+		}
+	}
+	return s, nil
 }
 
 // Path is the store's path.

@@ -1,6 +1,7 @@
 package sysoom
 
 import (
+	"bytes"
 	"os"
 	"path/filepath"
 	"strings"
@@ -8,6 +9,9 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
+
+	"oomd.dev/oomd/internal/safefile"
 )
 
 func sample() Record {
@@ -178,4 +182,53 @@ func TestOutcomeIsNotOverwritten(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, StateComplete, rec.State)
 	assert.Equal(t, []string{"stuck"}, rec.NotStopped)
+}
+
+// TestStoreRefusesWhatItWouldDestroy: the store is never opened through a symlink, a
+// character device or a FIFO is not a store, and a target whose first block is neither
+// zeros nor a record is refused unless Init claims it.
+func TestStoreRefusesWhatItWouldDestroy(t *testing.T) {
+	dir := t.TempDir()
+	precious := bytes.Repeat([]byte("data"), 2048)
+	target := filepath.Join(dir, "disk.img")
+	require.NoError(t, os.WriteFile(target, precious, 0o600))
+	link := filepath.Join(dir, "link")
+	require.NoError(t, os.Symlink(target, link))
+
+	_, err := OpenStore(link)
+	require.ErrorIs(t, err, safefile.ErrSymlink)
+	assert.Contains(t, err.Error(), link)
+	_, err = OpenStoreWith(link, StoreOptions{Init: true})
+	require.ErrorIs(t, err, safefile.ErrSymlink, "Init does not make a symlink acceptable")
+
+	_, err = OpenStore(target)
+	require.ErrorIs(t, err, ErrForeignStore)
+	assert.Contains(t, err.Error(), "--reboot-record-init")
+	b, err := os.ReadFile(target)
+	require.NoError(t, err)
+	assert.Equal(t, precious, b, "refused means untouched")
+
+	s, err := OpenStoreWith(target, StoreOptions{Init: true})
+	require.NoError(t, err, "an explicit init claims it")
+	require.NoError(t, s.Write(sample()))
+	require.NoError(t, s.Close())
+	s, err = OpenStore(target)
+	require.NoError(t, err, "a store carrying the record's magic opens without init")
+	got, err := s.Read()
+	require.NoError(t, err)
+	assert.Equal(t, sample(), got)
+	require.NoError(t, s.Close())
+
+	zeros := filepath.Join(dir, "zeros.img")
+	require.NoError(t, os.WriteFile(zeros, make([]byte, 1<<20), 0o600))
+	s, err = OpenStore(zeros)
+	require.NoError(t, err, "an all-zero (fresh) disk image needs no init")
+	require.NoError(t, s.Close())
+
+	fifo := filepath.Join(dir, "fifo")
+	require.NoError(t, unix.Mkfifo(fifo, 0o600))
+	_, err = OpenStore(fifo)
+	assert.ErrorIs(t, err, safefile.ErrNotRegular)
+	_, err = OpenStore("/dev/null")
+	assert.ErrorContains(t, err, "not a block device")
 }
