@@ -275,6 +275,14 @@ func FormatInput(in Input) string {
 		l.id("subject", in.Subject)
 		l.str("instance", strconv.FormatUint(in.Instance, 10))
 		l.quoted("reason", in.Reason)
+	case InputKernel:
+		l.id("subject", in.Subject)
+		l.str("instance", strconv.FormatUint(in.Instance, 10))
+		if in.Reason != "" {
+			l.quoted("error", in.Reason)
+		} else {
+			l.str("bytes", strconv.FormatUint(in.Bytes, 10))
+		}
 	case InputMemAvailable:
 		l.str("bytes", strconv.FormatUint(in.Bytes, 10))
 	case InputRebootRequest:

@@ -66,7 +66,9 @@ type VictimChoice struct {
 }
 
 // MaxRunnersUp is how many runners-up a victim reason names. Two keep the reason
-// within MaxReasonBytes even with 64-byte subject ids and 20-digit scores.
+// within MaxReasonBytes with 64-byte subject ids: a candidate is at or below its hard
+// limit (above it, it already has its hard-limit decision), so a score has at most
+// six digits (1000 + MaxVictimPoints).
 const MaxRunnersUp = 2
 
 // VictimPreview returns whom the core would pick as a pressure victim now, with the
@@ -207,7 +209,7 @@ func (c *Core) rankVictims() (top [1 + MaxRunnersUp]uint32, n int) {
 }
 
 // Score is a candidate's victim score: bytes per mille of hard (saturating at the
-// largest uint64), plus v.PreferBy() for prefer or minus v.AvoidBy() for avoid
+// largest uint64, for any input; a candidate's is at most 1000), plus v.PreferBy() for prefer or minus v.AvoidBy() for avoid
 // (floor 0). hard must be > 0, as every valid policy's is.
 func Score(bytes, hard uint64, pref Preference, v Victims) uint64 {
 	hi, lo := bits.Mul64(bytes, 1000)
