@@ -145,3 +145,18 @@ func TestHandoffPreference(t *testing.T) {
 	_, err = HandoffPreference(h)
 	assert.ErrorContains(t, err, "handoff.preference: unknown value 7")
 }
+
+// TestEnumsMirrorSchema: the core's enums equal the schema's value for value, so the
+// shell converts them with a plain cast.
+func TestEnumsMirrorSchema(t *testing.T) {
+	for k := policy.EventKind(0); k.String() != "unknown"; k++ {
+		assert.Equal(t, k.String(), oomdpb.EventKind(k).String(), "event kind %d", k)
+	}
+	for p := policy.Preference(0); p.String() != "unknown"; p++ {
+		assert.Equal(t, p.String(), oomdpb.Preference(p).String(), "preference %d", p)
+	}
+	for l := policy.VictimLevel(0); l.String() != "unknown"; l++ {
+		assert.Equal(t, l.String(), oomdpb.VictimLevel(l).String(), "victim level %d", l)
+	}
+	assert.Equal(t, "victimWouldKill", oomdpb.EventKind(policy.EventVictimWouldKill).String())
+}
