@@ -82,6 +82,45 @@ struct Policy {
 
   underReport @10 :UnderReport;
   # When the kernel's count exceeds what a subject publishes. Unset = the defaults.
+
+  victims @11 :Victims;
+  # Victim selection under system pressure. Unset = the defaults (victims at
+  # imminentOom, 500 points, settle 10 ticks, no preference lists); victims only act
+  # while levels are set.
+}
+
+struct Victims {
+  # While the pressure level is at or above `level`, oomd kills one non-critical subject
+  # at a time: the one with the highest score = its enforced reading per mille of its own
+  # hard limit (integer), + preferPoints if preferred, - avoidPoints if avoided (floor 0);
+  # ties go to the smaller subject id. The next victim waits until the previous kill was
+  # observed (or its decision ended otherwise) and settleTicks passed. Critical subjects
+  # and subjects whose preference is never are never victims.
+  level @0 :VictimLevel;
+  preferPoints @1 :UInt32; # 0 = default (500); else 1..100000
+  avoidPoints @2 :UInt32;  # 0 = default (500); else 1..100000
+  settleTicks @3 :UInt32;  # 0 = default (10); else 1..1000000
+  dryRun @4 :Bool;         # report victimWouldKill instead of deciding
+  prefer @5 :List(Text);   # subject ids preferred as victims (at most 256)
+  avoid @6 :List(Text);    # subject ids avoided (at most 256)
+  never @7 :List(Text);    # subject ids never victims (at most 256)
+  # A subject may appear in one list only. The lists override SubjectHandoff.preference,
+  # except that never from either side holds.
+}
+
+enum VictimLevel {
+  default @0;     # imminentOom
+  off @1;         # no victims (the system OOM path alone)
+  warning @2;
+  imminentOom @3;
+}
+
+enum Preference {
+  # A subject's standing in victim selection (Victims).
+  none @0;
+  prefer @1;
+  avoid @2;
+  never @3; # never a victim (its own hard limit still applies; use critical for that)
 }
 
 enum Signal {
@@ -135,7 +174,8 @@ enum EventKind {
   subjectExited @1;       # execd reported the exit; reason = "exit=<code>" or "signal=<name>"
   softExceeded @2;        # usage crossed softBytes upward; bytes = usage, limit = softBytes
   softCleared @3;         # usage fell back to or below softBytes; re-arms softExceeded
-  killDecided @4;         # usage crossed hardBytes; an audit record was produced
+  killDecided @4;         # usage crossed hardBytes, or a pressure victim was picked
+                          # (reason "pressure victim: ..."); an audit record was produced
   killRequested @5;       # audit durable, terminate sent to execd (the budget was spent)
   killThrottled @6;       # decided but over the kill budget; will be released in order
   killed @7;              # execd acknowledged AND the exit was observed
@@ -156,6 +196,9 @@ enum EventKind {
                           # reason says why
   memstatInvalid @20;     # the subject's memstat page was unreadable (bad magic or
                           # version, or torn on every retry); once per episode
+  victimWouldKill @21;    # victims.dryRun: the subject oomd would kill under pressure now;
+                          # bytes = its reading, limit = its hard limit, reason as a
+                          # victim decision's. Once per subject instance per episode.
 }
 
 struct Event {
@@ -250,6 +293,7 @@ struct SubjectHandoff {
   cgroupMode @5 :CgroupMode; # how the subject is contained; which reading fds follow
   fds @6 :List(HandoffFd);   # what each passed fd is, in SCM_RIGHTS order. Empty (an old
                              # execd): one fd, the memstat socket.
+  preference @7 :Preference; # the manifest's victim preference (none from an old execd)
 }
 
 enum CgroupMode {

@@ -60,6 +60,9 @@ func SetPolicy(dst oomdpb.Policy, p policy.Policy) error {
 		ur.SetMarginBytes(p.UnderReport.MarginBytes)
 		ur.SetTicks(p.UnderReport.Ticks)
 	}
+	if err := setVictims(dst, p.Victims); err != nil {
+		return err
+	}
 	lv, err := dst.NewLevels()
 	if err != nil {
 		return err
@@ -70,6 +73,76 @@ func SetPolicy(dst oomdpb.Policy, p policy.Policy) error {
 	lv.SetHysteresisBytes(p.Levels.HysteresisBytes)
 	lv.SetIntervalMs(p.Levels.IntervalMs)
 	return nil
+}
+
+func setVictims(dst oomdpb.Policy, v policy.Victims) error {
+	if v.Level == policy.VictimLevelDefault && v.PreferPoints == 0 && v.AvoidPoints == 0 && v.SettleTicks == 0 &&
+		!v.DryRun && len(v.Prefer) == 0 && len(v.Avoid) == 0 && len(v.Never) == 0 {
+		return nil // unset: the defaults
+	}
+	w, err := dst.NewVictims()
+	if err != nil {
+		return err
+	}
+	w.SetLevel(oomdpb.VictimLevel(v.Level))
+	w.SetPreferPoints(v.PreferPoints)
+	w.SetAvoidPoints(v.AvoidPoints)
+	w.SetSettleTicks(v.SettleTicks)
+	w.SetDryRun(v.DryRun)
+	for _, l := range []struct {
+		ids []string
+		new func(int32) (capnp.TextList, error)
+	}{{v.Prefer, w.NewPrefer}, {v.Avoid, w.NewAvoid}, {v.Never, w.NewNever}} {
+		if len(l.ids) == 0 {
+			continue
+		}
+		tl, err := l.new(int32(len(l.ids)))
+		if err != nil {
+			return err
+		}
+		for i, s := range l.ids {
+			if err := tl.Set(i, s); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// victims reads the victims block, bounding each list before reading it.
+func victims(src oomdpb.Policy) (policy.Victims, error) {
+	w, err := src.Victims()
+	if err != nil {
+		return policy.Victims{}, fmt.Errorf("policy.victims: %w", err)
+	}
+	v := policy.Victims{
+		Level:        policy.VictimLevel(w.Level()),
+		PreferPoints: w.PreferPoints(),
+		AvoidPoints:  w.AvoidPoints(),
+		SettleTicks:  w.SettleTicks(),
+		DryRun:       w.DryRun(),
+	}
+	for _, l := range []struct {
+		name string
+		get  func() (capnp.TextList, error)
+		dst  *[]string
+	}{{"victims.prefer", w.Prefer, &v.Prefer}, {"victims.avoid", w.Avoid, &v.Avoid}, {"victims.never", w.Never, &v.Never}} {
+		tl, err := l.get()
+		if err != nil {
+			return v, fmt.Errorf("policy.%s: %w", l.name, err)
+		}
+		if tl.Len() > policy.MaxVictimList {
+			return v, &policy.ValidationError{Field: l.name, Value: tl.Len(), Bound: fmt.Sprintf("at most %d entries", policy.MaxVictimList)}
+		}
+		for i := 0; i < tl.Len(); i++ {
+			s, err := tl.At(i)
+			if err != nil {
+				return v, fmt.Errorf("policy.%s[%d]: %w", l.name, i, err)
+			}
+			*l.dst = append(*l.dst, s)
+		}
+	}
+	return v, nil
 }
 
 // Policy reads a policy from the wire and validates it whole.
@@ -123,6 +196,13 @@ func Policy(src oomdpb.Policy) (policy.Policy, error) {
 			return p, fmt.Errorf("policy.underReport: %w", err)
 		}
 		p.UnderReport = policy.UnderReport{MarginBytes: ur.MarginBytes(), Ticks: ur.Ticks()}
+	}
+	if src.HasVictims() {
+		v, err := victims(src)
+		if err != nil {
+			return p, err
+		}
+		p.Victims = v
 	}
 	if src.HasLevels() {
 		lv, err := src.Levels()
@@ -248,4 +328,16 @@ func AuditRecord(src oomdpb.AuditRecord) (policy.AuditRecord, error) {
 		WriterSeq: src.WriterSeq(), Tick: src.Tick(), Kind: policy.EventKind(src.Kind()), Subject: subject,
 		Instance: src.Instance(), Bytes: src.Bytes(), Limit: src.Limit(), Decision: src.Decision(), Reason: reason,
 	}, nil
+}
+
+// HandoffPreference reads the manifest's victim preference from a handoff, for
+// Input.Preference of InputRegister. An old execd sends none. An enumerant this build
+// does not know is an error (the versioning rule forbids reading it as any known value):
+// the caller refuses the handoff or registers with PreferenceNone and logs it.
+func HandoffPreference(h oomdpb.SubjectHandoff) (policy.Preference, error) {
+	p := h.Preference()
+	if p > oomdpb.Preference_never {
+		return policy.PreferenceNone, fmt.Errorf("handoff.preference: unknown value %d (want none, prefer, avoid or never)", uint16(p))
+	}
+	return policy.Preference(p), nil
 }

@@ -71,3 +71,92 @@ func TestEventRoundTrip(t *testing.T) {
 	assert.Equal(t, evs, got)
 	assert.Equal(t, "seq=1 tick=2 killed subject=hog bytes=3 limit=4 decision=5 reason=signal=15", FormatEvent(evs[0]))
 }
+
+func TestPolicyVictimsRoundTrip(t *testing.T) {
+	want := policy.DefaultPolicy()
+	want.Victims = policy.Victims{Level: policy.VictimLevelWarning, PreferPoints: 700, AvoidPoints: 200, SettleTicks: 25, DryRun: true,
+		Prefer: []string{"cache"}, Avoid: []string{"db", "web"}, Never: []string{"sshd"}}
+	m := newPolicyMsg(t)
+	require.NoError(t, SetPolicy(m, want))
+	got, err := Policy(m)
+	require.NoError(t, err)
+	assert.Equal(t, want, got)
+
+	// Unset stays unset: an old peer's policy and the defaults read the same.
+	m = newPolicyMsg(t)
+	require.NoError(t, SetPolicy(m, policy.DefaultPolicy()))
+	assert.False(t, m.HasVictims())
+	got, err = Policy(m)
+	require.NoError(t, err)
+	assert.Equal(t, policy.DefaultPolicy(), got)
+}
+
+func TestPolicyVictimsFromWireValidated(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		edit  func(v oomdpb.Victims)
+		field string
+	}{
+		{"unknown level", func(v oomdpb.Victims) { v.SetLevel(9) }, "victims.level"},
+		{"points", func(v oomdpb.Victims) { v.SetAvoidPoints(policy.MaxVictimPoints + 1) }, "victims.avoidPoints"},
+		{"twice", func(v oomdpb.Victims) {
+			p, _ := v.NewPrefer(1)
+			require.NoError(t, p.Set(0, "db"))
+			n, _ := v.NewNever(1)
+			require.NoError(t, n.Set(0, "db"))
+		}, "victims.never[0]"},
+		{"list bound before reading", func(v oomdpb.Victims) {
+			l, err := v.NewAvoid(policy.MaxVictimList + 1)
+			require.NoError(t, err)
+			for i := 0; i < l.Len(); i++ {
+				require.NoError(t, l.Set(i, fmt.Sprintf("s%d", i)))
+			}
+		}, "victims.avoid"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := newPolicyMsg(t)
+			require.NoError(t, SetPolicy(m, policy.DefaultPolicy()))
+			v, err := m.NewVictims()
+			require.NoError(t, err)
+			tc.edit(v)
+			_, err = Policy(m)
+			var ve *policy.ValidationError
+			require.ErrorAs(t, err, &ve, tc.name)
+			assert.Equal(t, tc.field, ve.Field, tc.name)
+		})
+	}
+}
+
+func TestHandoffPreference(t *testing.T) {
+	_, seg, err := capnp.NewMessage(capnp.SingleSegment(nil))
+	require.NoError(t, err)
+	h, err := oomdpb.NewRootSubjectHandoff(seg)
+	require.NoError(t, err)
+	got, err := HandoffPreference(h)
+	require.NoError(t, err)
+	assert.Equal(t, policy.PreferenceNone, got, "an old execd's handoff")
+	for _, p := range []oomdpb.Preference{oomdpb.Preference_prefer, oomdpb.Preference_avoid, oomdpb.Preference_never} {
+		h.SetPreference(p)
+		got, err := HandoffPreference(h)
+		require.NoError(t, err)
+		assert.Equal(t, p.String(), got.String())
+	}
+	h.SetPreference(7)
+	_, err = HandoffPreference(h)
+	assert.ErrorContains(t, err, "handoff.preference: unknown value 7")
+}
+
+// TestEnumsMirrorSchema: the core's enums equal the schema's value for value, so the
+// shell converts them with a plain cast.
+func TestEnumsMirrorSchema(t *testing.T) {
+	for k := policy.EventKind(0); k.String() != "unknown"; k++ {
+		assert.Equal(t, k.String(), oomdpb.EventKind(k).String(), "event kind %d", k)
+	}
+	for p := policy.Preference(0); p.String() != "unknown"; p++ {
+		assert.Equal(t, p.String(), oomdpb.Preference(p).String(), "preference %d", p)
+	}
+	for l := policy.VictimLevel(0); l.String() != "unknown"; l++ {
+		assert.Equal(t, l.String(), oomdpb.VictimLevel(l).String(), "victim level %d", l)
+	}
+	assert.Equal(t, "victimWouldKill", oomdpb.EventKind(policy.EventVictimWouldKill).String())
+}

@@ -25,6 +25,9 @@ const (
 const (
 	ReasonCritical  = "critical"
 	ReasonHardLimit = "hard limit exceeded"
+	// ReasonVictim starts the reason of a victim decision (victims.go); the terminate
+	// request carries it alone.
+	ReasonVictim = "pressure victim"
 )
 
 var (
@@ -70,6 +73,7 @@ type decision struct {
 	limit      uint64 // the hard limit crossed
 	auditSeq   uint64 // WriterSeq of its killDecided record
 	phase      phase
+	victim     bool   // picked under system pressure (victims.go), not for its hard limit
 	throttled  bool   // killThrottled was emitted
 	termAcked  bool   // execd acknowledged the terminate request
 	exited     bool   // execd reported the instance's exit
@@ -85,6 +89,7 @@ type Core struct {
 	polVersion uint64
 	critical   map[string]bool         // EffectiveCritical of pol, lookup only
 	overrides  map[string]SubjectLimit // pol.Overrides by subject, lookup only
+	prefs      map[string]Preference   // pol.Victims lists by subject, lookup only
 
 	tick      uint64
 	reevalAll bool // a policy change: evaluate every subject at the next tick
@@ -101,7 +106,8 @@ type Core struct {
 	ring     ring
 	counters Counters
 
-	sys system // pressure level and halt token (system.go)
+	sys system  // pressure level and halt token (system.go)
+	vic victims // victim selection under pressure (victims.go)
 
 	// Pending output. Ready hands out the first n of each; Advance drops exactly
 	// those, so output produced between Ready and Advance is never lost.
@@ -289,6 +295,7 @@ func (c *Core) status(s *subject) SubjectStatus {
 		HasKernel:   s.hasKernel,
 		Published:   s.published,
 		Signal:      s.signal,
+		Preference:  c.preferenceOf(s),
 	}
 }
 
@@ -441,6 +448,12 @@ func (c *Core) setPolicy(p Policy) {
 	for _, o := range p.Overrides {
 		c.overrides[o.Subject] = o
 	}
+	c.prefs = make(map[string]Preference, len(p.Victims.Prefer)+len(p.Victims.Avoid)+len(p.Victims.Never))
+	for pref, ids := range [...][]string{PreferencePrefer: p.Victims.Prefer, PreferenceAvoid: p.Victims.Avoid, PreferenceNever: p.Victims.Never} {
+		for _, id := range ids {
+			c.prefs[id] = Preference(pref)
+		}
+	}
 	// Limits show in status at once; thresholds are re-evaluated at the next tick.
 	for _, i := range c.subjects.order {
 		s := &c.subjects.slots[i]
@@ -452,6 +465,9 @@ func (c *Core) setPolicy(p Policy) {
 func clonePolicy(p Policy) Policy {
 	p.Critical = slices.Clone(p.Critical)
 	p.Overrides = slices.Clone(p.Overrides)
+	p.Victims.Prefer = slices.Clone(p.Victims.Prefer)
+	p.Victims.Avoid = slices.Clone(p.Victims.Avoid)
+	p.Victims.Never = slices.Clone(p.Victims.Never)
 	return p
 }
 
@@ -473,6 +489,9 @@ func (c *Core) register(in *Input) error {
 	if err := ValidateSubjectID(in.Subject); err != nil {
 		return badInput(in, "subject %q: want %v", in.Subject, err)
 	}
+	if in.Preference > PreferenceNever {
+		return badInput(in, "preference %d: want none, prefer, avoid or never", in.Preference)
+	}
 	s, i, ok := c.subjects.lookup(in.Subject)
 	switch {
 	case ok && s.instance == in.Instance:
@@ -488,6 +507,7 @@ func (c *Core) register(in *Input) error {
 	s, i = c.subjects.add(in.Subject)
 	c.subjects.setInstance(i, in.Instance)
 	s.critical = in.Critical
+	s.pref = in.Preference
 	s.soft, s.hard = c.limits(in.Subject)
 	s.signal = c.signalOf(in.Subject)
 	reason := ""
@@ -644,6 +664,9 @@ func (c *Core) endDecision(k int) {
 		s.decision = 0
 		s.requested = false
 	}
+	if d.id == c.vic.inflight {
+		c.victimEnded()
+	}
 	c.decisions = slices.Delete(c.decisions, k, k+1)
 }
 
@@ -680,6 +703,7 @@ func (c *Core) doTick() {
 		s.bytes = s.enforced()
 		c.evaluate(s)
 	}
+	c.pickVictim()
 	c.release()
 	c.haltDeadline()
 }
@@ -836,7 +860,11 @@ func (c *Core) release() {
 		if s, _, ok := c.subjects.lookup(d.subject); ok && s.instance == d.instance {
 			s.requested = true
 		}
-		c.terminate = append(c.terminate, TerminateRequest{Decision: d.id, Subject: d.subject, Instance: d.instance, Bytes: d.bytes, Limit: d.limit, Reason: ReasonHardLimit})
+		reason := ReasonHardLimit
+		if d.victim {
+			reason = ReasonVictim
+		}
+		c.terminate = append(c.terminate, TerminateRequest{Decision: d.id, Subject: d.subject, Instance: d.instance, Bytes: d.bytes, Limit: d.limit, Reason: reason})
 		c.emit(Event{Subject: d.subject, Kind: EventKillRequested, Bytes: d.bytes, Limit: d.limit, Decision: d.id})
 	}
 }

@@ -3,6 +3,7 @@ package policy
 import (
 	"bytes"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -69,6 +70,7 @@ func init() {
 		"halt-timeout":      handleHaltTimeout,
 		"kernel":            handleKernel,
 		"memstat-invalid":   handleMemstatInvalid,
+		"victim-preview":    handleVictimPreview,
 	}
 }
 
@@ -128,6 +130,18 @@ func scanPolicy(t *testing.T, d *datadriven.TestData, p *Policy) {
 	if arg, ok := d.Arg("signal"); ok {
 		require.NoError(t, p.Signal.UnmarshalText([]byte(arg.Vals[0])), d.Pos)
 	}
+	if arg, ok := d.Arg("victim-level"); ok {
+		require.NoError(t, p.Victims.Level.UnmarshalText([]byte(arg.Vals[0])), d.Pos)
+	}
+	d.MaybeScanArgs(t, "prefer-points", &p.Victims.PreferPoints)
+	d.MaybeScanArgs(t, "avoid-points", &p.Victims.AvoidPoints)
+	d.MaybeScanArgs(t, "settle", &p.Victims.SettleTicks)
+	d.MaybeScanArgs(t, "dry-run", &p.Victims.DryRun)
+	for name, l := range map[string]*[]string{"prefer": &p.Victims.Prefer, "avoid": &p.Victims.Avoid, "never": &p.Victims.Never} {
+		if arg, ok := d.Arg(name); ok {
+			*l = slices.DeleteFunc(slices.Clone(arg.Vals), func(v string) bool { return v == "" }) // () clears
+		}
+	}
 	d.MaybeScanArgs(t, "under-margin", &p.UnderReport.MarginBytes)
 	d.MaybeScanArgs(t, "under-ticks", &p.UnderReport.Ticks)
 	if arg, ok := d.Arg("override"); ok {
@@ -155,6 +169,8 @@ func scanPolicy(t *testing.T, d *datadriven.TestData, p *Policy) {
 //	[window=<n>] [critical=(<id>,...)] [override=(<id>:<soft>:<hard>[:<signal>],...)]
 //	[signal=max|kernel|cooperative] [under-margin=<n>] [under-ticks=<n>]
 //	[levels=(<warning>,<imminentOom>,<oom>,<hysteresis>)] [oom-timeout-ms=<n>]
+//	[victim-level=off|warning|imminentOom] [prefer-points=<n>] [avoid-points=<n>]
+//	[settle=<ticks>] [dry-run=true|false] [prefer=(<id>,...)] [avoid=(...)] [never=(...)]
 //
 // Starts a fresh core (ending and replay-checking the previous one). Policy fields not
 // given keep a small test default: soft=100 hard=200 sample-ms=100 budget=2 window=10.
@@ -174,7 +190,7 @@ func handleNew(t *testing.T, e *scenarioEnv, d *datadriven.TestData) string {
 
 // policy [soft=<n>] [hard=<n>] [sample-ms=<n>] [budget=<n>] [window=<n>]
 //
-//	[critical=(<id>,...)] [override=(<id>:<soft>:<hard>,...)]
+//	[critical=(<id>,...)] [override=(<id>:<soft>:<hard>,...)] [victim fields as for new]
 //
 // Steps InputPolicy with the current policy changed by the given fields.
 func handlePolicy(t *testing.T, e *scenarioEnv, d *datadriven.TestData) string {
@@ -183,13 +199,16 @@ func handlePolicy(t *testing.T, e *scenarioEnv, d *datadriven.TestData) string {
 	return e.step(t, Input{Kind: InputPolicy, Policy: &p})
 }
 
-// register subject=<id> [instance=<n>] [critical]
+// register subject=<id> [instance=<n>] [critical] [preference=none|prefer|avoid|never]
 //
 // Steps InputRegister; instance defaults to 1.
 func handleRegister(t *testing.T, e *scenarioEnv, d *datadriven.TestData) string {
 	in := Input{Kind: InputRegister, Instance: 1, Critical: d.HasArg("critical")}
 	d.ScanArgs(t, "subject", &in.Subject)
 	d.MaybeScanArgs(t, "instance", &in.Instance)
+	if arg, ok := d.Arg("preference"); ok {
+		require.NoError(t, in.Preference.UnmarshalText([]byte(arg.Vals[0])), d.Pos)
+	}
 	return e.step(t, in)
 }
 
@@ -344,6 +363,9 @@ func handleSubjects(t *testing.T, e *scenarioEnv, d *datadriven.TestData) string
 	for _, s := range list {
 		fmt.Fprintf(&out, "%s instance=%d state=%s bytes=%d soft=%d hard=%d critical=%t rejected=%d",
 			s.Subject, s.Instance, s.State, s.Bytes, s.SoftBytes, s.HardBytes, s.Critical, s.Rejected)
+		if s.Preference != PreferenceNone {
+			fmt.Fprintf(&out, " preference=%s", s.Preference)
+		}
 		if s.HasKernel || s.Signal != SignalMax {
 			fmt.Fprintf(&out, " signal=%s kernel=%d published=%t coop=%d", s.Signal, s.Kernel, s.Published, s.Cooperative)
 		}
@@ -399,6 +421,25 @@ func handleSystem(t *testing.T, e *scenarioEnv, d *datadriven.TestData) string {
 	h := e.c.Halt()
 	return fmt.Sprintf("level=%s memAvailable=%d halt claimed=%t reason=%q tick=%d done=%t timedOut=%t\n",
 		l, avail, h.Claimed, h.Reason, h.Tick, h.Done, h.TimedOut)
+}
+
+// victim-preview
+//
+// Prints VictimPreview: whom the core would pick now, the score, the runners-up and
+// what holds it back; it steps nothing.
+func handleVictimPreview(t *testing.T, e *scenarioEnv, d *datadriven.TestData) string {
+	ch, ok := e.c.VictimPreview()
+	if !ok {
+		return "no candidate\n"
+	}
+	var out strings.Builder
+	fmt.Fprintf(&out, "victim=%s instance=%d bytes=%d hard=%d pref=%s score=%d hold=%q\n",
+		ch.Subject, ch.Instance, ch.Bytes, ch.Hard, ch.Preference, ch.Score, ch.Hold)
+	for _, r := range ch.RunnersUp {
+		fmt.Fprintf(&out, "runner-up=%s bytes=%d hard=%d pref=%s score=%d\n", r.Subject, r.Bytes, r.Hard, r.Preference, r.Score)
+	}
+	fmt.Fprintf(&out, "reason=%q\n", ch.Reason)
+	return out.String()
 }
 
 // halt-timeout

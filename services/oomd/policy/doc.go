@@ -66,6 +66,12 @@
 //     HaltRequest leaves only after the haltClaimed record is durable; the bound
 //     (Policy.OOMTimeoutMs, in ticks, from the claim) ends the sequence with exactly
 //     one RebootOutcome, whichever of execd's acknowledgement and the bound comes first.
+//   - Victims (victims.go): at or above Policy.Victims' level (default imminentOom) the
+//     core picks one non-critical, non-never subject at a time by an integer score
+//     (enforced bytes per mille of its own hard limit, adjusted by prefer/avoid points,
+//     ties by id) and decides its kill through the same audit, budget and terminate
+//     path; the next waits for the previous to end plus SettleTicks. A dry run emits
+//     EventVictimWouldKill instead; VictimPreview shows the choice without deciding.
 //   - Memory is bounded: MaxSubjects subjects, a fixed event ring, one decision per
 //     subject instance, at most MaxKillBudget entries of rate-limit history.
 //

@@ -7,10 +7,14 @@ import (
 // fuzzPolicies are the policies a fuzzed sequence can switch between: tight budgets and
 // windows so throttling happens, one that makes "hog" critical and one that is invalid.
 var fuzzPolicies = []Policy{
-	{SoftBytes: 100, HardBytes: 200, SampleMs: 100, KillBudget: 1, KillWindowTicks: 3, Levels: fuzzLevels, OOMTimeoutMs: 1000},
+	{SoftBytes: 100, HardBytes: 200, SampleMs: 100, KillBudget: 1, KillWindowTicks: 3, Levels: fuzzLevels, OOMTimeoutMs: 1000,
+		Victims: Victims{SettleTicks: 2, Prefer: []string{"app"}, Never: []string{"svc"}}},
 	{SoftBytes: 100, HardBytes: 200, SampleMs: 100, KillBudget: 2, KillWindowTicks: 5, Critical: []string{"hog"}},
 	{SoftBytes: 50, HardBytes: 150, SampleMs: 100, KillBudget: 3, KillWindowTicks: 1, Overrides: []SubjectLimit{{Subject: "app", SoftBytes: 300, HardBytes: 400}},
-		Levels: LevelThresholds{WarningBytes: 500, ImminentOOMBytes: 400, OOMBytes: 100, HysteresisBytes: 0}},
+		Levels:  LevelThresholds{WarningBytes: 500, ImminentOOMBytes: 400, OOMBytes: 100, HysteresisBytes: 0},
+		Victims: Victims{Level: VictimLevelWarning, DryRun: true, Avoid: []string{"hog"}}},
+	{SoftBytes: 100, HardBytes: 400, SampleMs: 100, KillBudget: 2, KillWindowTicks: 2, Levels: fuzzLevels, OOMTimeoutMs: 1000,
+		Victims: Victims{Level: VictimLevelWarning, SettleTicks: 1, PreferPoints: 2000, Prefer: []string{"hog"}}},
 	{SoftBytes: 300, HardBytes: 100, SampleMs: 100, KillBudget: 1, KillWindowTicks: 1}, // invalid
 	{SoftBytes: 100, HardBytes: 200, SampleMs: 100, KillBudget: 2, KillWindowTicks: 5, Signal: SignalKernel,
 		Overrides: []SubjectLimit{{Subject: "app", SoftBytes: 100, HardBytes: 200, Signal: &fuzzCoop}}},
@@ -45,7 +49,8 @@ func (g *fuzzGen) next() (Input, bool) {
 	case 0, 1:
 		return Input{Kind: InputTick}, true
 	case 2:
-		return Input{Kind: InputRegister, Subject: subject, Instance: instance, Critical: b&1 == 1}, true
+		// Preference 4 is out of range: an error.
+		return Input{Kind: InputRegister, Subject: subject, Instance: instance, Critical: b&1 == 1, Preference: Preference((b >> 1) % 5)}, true
 	case 3, 4:
 		if op%14 == 4 && b&0x40 != 0 {
 			in := Input{Kind: InputKernel, Subject: subject, Instance: instance, Bytes: fuzzBytes[int(b)%len(fuzzBytes)], Slot: uint32(op/14) % 6}
@@ -124,6 +129,9 @@ func FuzzStep(f *testing.F) {
 		{10, 0, 9, 10, 0, 3, 10, 0, 1, 5, 0, 0, 11, 0, 0, 10, 0, 6, 10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 12, 0, 2},
 		// a requested reboot acknowledged in time
 		{11, 0, 0, 5, 0, 0, 0, 0, 0, 12, 0, 2, 12, 0, 3},
+		// victims: hog and app read by the kernel, memory falls to imminentOom, the
+		// victim is acked and killed, settle ticks pass, the next victim follows
+		{2, 0, 0, 2, 1, 0, 4, 0, 0x41, 4, 1, 0x41, 10, 0, 5, 0, 0, 0, 5, 0, 0, 6, 0, 0, 8, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5, 0, 0},
 		// exit before ack, re-register with a new instance, refuse
 		{2, 0, 0, 3, 0, 9, 0, 0, 0, 8, 0, 0, 2, 16, 0, 3, 16, 9, 0, 0, 0, 5, 0, 0, 7, 0, 0, 6, 0, 0},
 	} {

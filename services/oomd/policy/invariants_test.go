@@ -3,6 +3,7 @@ package policy
 import (
 	"fmt"
 	"slices"
+	"strings"
 )
 
 // checker is an independent observer of a core: it sees every input and every Ready
@@ -19,6 +20,7 @@ type checker struct {
 	decisionInst map[uint64]subjInst
 	decided      map[subjInst]bool
 	regCritical  map[subjInst]bool
+	regNever     map[subjInst]bool // registered with PreferenceNever
 	requested    map[uint64]bool
 	termAcked    map[uint64]bool
 	exited       map[uint64]bool    // decision -> its instance's exit was reported
@@ -30,6 +32,14 @@ type checker struct {
 	halts        int                // HaltRequests handed out
 	reboots      int                // RebootOutcomes handed out
 	lastKind     InputKind          // the input being checked
+
+	// Victims: the live victim decision (0: none), its instance and whether its
+	// terminate was sent, and the tick the previous one ended at.
+	victim       uint64
+	victimInst   subjInst
+	victimEnd    uint64
+	victimEnded  bool
+	victimCancel bool // the live victim decision ends if its instance goes before release
 }
 
 // takeTerminates returns the terminate requests seen since the last call, for a
@@ -59,6 +69,7 @@ func newChecker(c *Core, cfg Config) *checker {
 		decisionInst: map[uint64]subjInst{},
 		decided:      map[subjInst]bool{},
 		regCritical:  map[subjInst]bool{},
+		regNever:     map[subjInst]bool{},
 		requested:    map[uint64]bool{},
 		termAcked:    map[uint64]bool{},
 		exited:       map[uint64]bool{},
@@ -116,6 +127,9 @@ func (k *checker) observe(in Input) {
 	case InputTerminateAck:
 		k.termAcked[in.Decision] = true
 	case InputExited:
+		if k.victim != 0 && k.victimCancel && k.victimInst == (subjInst{in.Subject, in.Instance}) {
+			k.endVictim() // exit before release: the decision is cancelled
+		}
 		for d, si := range k.decisionInst {
 			if si == (subjInst{in.Subject, in.Instance}) {
 				k.exited[d] = true
@@ -128,12 +142,49 @@ func (k *checker) observe(in Input) {
 		// Registering the instance already registered is a no-op; anything else
 		// starts a new lifetime with its own one-decision allowance.
 		if inst, ok := k.live[in.Subject]; !ok || inst != in.Instance {
+			if k.victim != 0 && k.victimCancel && k.victimInst.subject == in.Subject {
+				k.endVictim() // a restart cancels the old instance's unreleased decision
+			}
 			si := subjInst{in.Subject, in.Instance}
+			k.regNever[si] = in.Preference == PreferenceNever
 			k.live[in.Subject] = in.Instance
 			k.regCritical[si] = in.Critical
 			k.decided[si] = false
 		}
 	}
+}
+
+func (k *checker) endVictim() {
+	k.victim, k.victimEnd, k.victimEnded = 0, k.c.TickCount(), true
+}
+
+// checkVictim holds a victim decision (a killDecided record whose reason starts with
+// ReasonVictim) to its rules: victims on and not a dry run, levels on and the level at
+// or above the victim level, the halt token unclaimed, the subject neither critical
+// nor never, no other victim decision live, and the settle ticks passed since the
+// previous one ended.
+func (k *checker) checkVictim(a AuditRecord, pol Policy, crit []string) error {
+	si := subjInst{a.Subject, a.Instance}
+	at, on := pol.Victims.At()
+	lvl, _ := k.c.Level()
+	switch {
+	case !on || pol.Victims.DryRun || !pol.Levels.Enabled():
+		return fmt.Errorf("victim decision %d with victims %+v, levels on %v", a.Decision, pol.Victims, pol.Levels.Enabled())
+	case lvl < at:
+		return fmt.Errorf("victim decision %d at level %s, below %s", a.Decision, lvl, at)
+	case k.haltSeq != 0:
+		return fmt.Errorf("victim decision %d after the halt token was claimed", a.Decision)
+	case slices.Contains(crit, a.Subject) || k.regCritical[si]:
+		return fmt.Errorf("victim decision %d for critical subject %s", a.Decision, a.Subject)
+	case slices.Contains(pol.Victims.Never, a.Subject) || k.regNever[si]:
+		return fmt.Errorf("victim decision %d for %s, whose preference is never", a.Decision, a.Subject)
+	case k.victim != 0:
+		return fmt.Errorf("victim decision %d while victim decision %d is live", a.Decision, k.victim)
+	case k.victimEnded && a.Tick < k.victimEnd+pol.Victims.Settle():
+		return fmt.Errorf("victim decision %d at tick %d, the previous ended at tick %d, settle %d", a.Decision, a.Tick, k.victimEnd, pol.Victims.Settle())
+	}
+	k.victim, k.victimInst, k.victimCancel = a.Decision, si, true
+	return nil
 }
 
 func (k *checker) check(rd Ready) error {
@@ -158,6 +209,11 @@ func (k *checker) check(rd Ready) error {
 			k.decided[si] = true
 			k.decisionSeq[a.Decision] = a.WriterSeq
 			k.decisionInst[a.Decision] = si
+			if strings.HasPrefix(a.Reason, ReasonVictim+":") {
+				if err := k.checkVictim(a, pol, crit); err != nil {
+					return err
+				}
+			}
 		}
 	}
 	for _, t := range rd.Terminate {
@@ -176,6 +232,9 @@ func (k *checker) check(rd Ready) error {
 			return fmt.Errorf("second terminate for decision %d", t.Decision)
 		}
 		k.requested[t.Decision] = true
+		if t.Decision == k.victim {
+			k.victimCancel = false
+		}
 		k.terms = append(k.terms, t)
 		tick := k.c.TickCount()
 		k.issued = append(k.issued, tick)
@@ -222,6 +281,16 @@ func (k *checker) check(rd Ready) error {
 			return fmt.Errorf("event seq %d after %d", ev.Seq, k.lastSeq)
 		}
 		k.lastSeq = ev.Seq
+		switch ev.Kind {
+		case EventKilled, EventKillRefused, EventKillDenied:
+			if ev.Decision != 0 && ev.Decision == k.victim {
+				k.endVictim()
+			}
+		case EventVictimWouldKill:
+			if !pol.Victims.DryRun || ev.Decision != 0 {
+				return fmt.Errorf("victimWouldKill %+v without a dry run", ev)
+			}
+		}
 		if ev.Kind == EventKilled {
 			if !k.termAcked[ev.Decision] || !k.exited[ev.Decision] {
 				return fmt.Errorf("killed for decision %d without terminate ack (%v) and exit (%v)", ev.Decision, k.termAcked[ev.Decision], k.exited[ev.Decision])

@@ -26,6 +26,12 @@ const (
 	DefaultUnderReportTicks  = 3
 	MinUnderReportMargin     = 1 << 20
 	MaxUnderReportTicks      = 10_000
+
+	DefaultVictimPoints      = 500
+	MaxVictimPoints          = 100_000
+	DefaultVictimSettleTicks = 10
+	MaxVictimSettleTicks     = 1_000_000
+	MaxVictimList            = 256
 )
 
 // DefaultCritical are always critical, whatever a policy says: a policy's list adds to
@@ -47,6 +53,10 @@ type Policy struct {
 	// say; the zero value is SignalMax.
 	Signal      Signal      `json:"signal,omitempty"`
 	UnderReport UnderReport `json:"underReport,omitzero"`
+	// Victims configures victim selection under system pressure (victims.go). The zero
+	// value means the defaults: pick at imminentOom, prefer/avoid 500 points, settle 10
+	// ticks, no per-subject preferences.
+	Victims Victims `json:"victims,omitzero"`
 }
 
 // SubjectLimit replaces the global soft/hard limits (and, when Signal is set, the
@@ -120,6 +130,139 @@ func (u UnderReport) TickCount() uint64 {
 		return DefaultUnderReportTicks
 	}
 	return uint64(u.Ticks)
+}
+
+// Victims configures victim selection: at or above Level (while level monitoring is on)
+// the core kills one non-critical subject at a time, chosen by its score (victims.go,
+// docs/reliability/oom-policy.md). Zero fields mean the defaults.
+type Victims struct {
+	// Level is the pressure level at which victims are picked: "" (= imminentOom),
+	// "off", "warning" or "imminentOom".
+	Level VictimLevel `json:"level,omitempty"`
+	// PreferPoints are added to a preferred subject's score, AvoidPoints taken from an
+	// avoided one's (saturating at 0); the score is per mille of the subject's own hard
+	// limit, so 1000 points weigh as much as a whole hard limit. 0 = 500.
+	PreferPoints uint32 `json:"preferPoints,omitempty"`
+	AvoidPoints  uint32 `json:"avoidPoints,omitempty"`
+	// SettleTicks is how long after a victim's decision ended (its kill observed, or
+	// refused, or cancelled) the next victim waits, so the memory it freed shows in
+	// MemAvailable first. 0 = DefaultVictimSettleTicks.
+	SettleTicks uint32 `json:"settleTicks,omitempty"`
+	// DryRun: pick and report (victimWouldKill) but decide nothing.
+	DryRun bool `json:"dryRun,omitempty"`
+	// Prefer, Avoid and Never set the preference of subjects by id, over the one their
+	// registration gave (except that never, from either side, always holds). A subject
+	// may be in one list only.
+	Prefer []string `json:"prefer,omitempty"`
+	Avoid  []string `json:"avoid,omitempty"`
+	Never  []string `json:"never,omitempty"`
+}
+
+// VictimLevel is Victims.Level. Values equal oomdpb.VictimLevel's.
+type VictimLevel uint8
+
+const (
+	VictimLevelDefault  VictimLevel = iota // imminentOom
+	VictimLevelOff                         // never pick a victim
+	VictimLevelWarning                     // pick from warning on
+	VictimLevelImminent                    // pick from imminentOom on
+)
+
+var victimLevelNames = [...]string{"", "off", "warning", "imminentOom"}
+
+func (l VictimLevel) String() string {
+	if l == VictimLevelDefault {
+		return "default"
+	}
+	if int(l) < len(victimLevelNames) {
+		return victimLevelNames[l]
+	}
+	return "unknown"
+}
+
+// MarshalText writes the level by name ("" for the default).
+func (l VictimLevel) MarshalText() ([]byte, error) {
+	if int(l) >= len(victimLevelNames) {
+		return nil, fmt.Errorf("unknown victim level %d", uint8(l))
+	}
+	return []byte(victimLevelNames[l]), nil
+}
+
+// UnmarshalText accepts "", off, warning or imminentOom.
+func (l *VictimLevel) UnmarshalText(b []byte) error {
+	for i, n := range victimLevelNames {
+		if n == string(b) {
+			*l = VictimLevel(i)
+			return nil
+		}
+	}
+	return fmt.Errorf("victim level %q: want off, warning or imminentOom", b)
+}
+
+// At is the pressure level victims are picked at; ok is false when they are off.
+func (v Victims) At() (l Level, ok bool) {
+	switch v.Level {
+	case VictimLevelOff:
+		return LevelNormal, false
+	case VictimLevelWarning:
+		return LevelWarning, true
+	}
+	return LevelImminentOOM, true
+}
+
+// PreferBy is PreferPoints or its default.
+func (v Victims) PreferBy() uint64 { return orDefault(v.PreferPoints, DefaultVictimPoints) }
+
+// AvoidBy is AvoidPoints or its default.
+func (v Victims) AvoidBy() uint64 { return orDefault(v.AvoidPoints, DefaultVictimPoints) }
+
+// Settle is SettleTicks or its default.
+func (v Victims) Settle() uint64 { return orDefault(v.SettleTicks, DefaultVictimSettleTicks) }
+
+func orDefault(v uint32, def uint64) uint64 {
+	if v == 0 {
+		return def
+	}
+	return uint64(v)
+}
+
+// Preference is a subject's standing in victim selection. Values equal
+// oomdpb.Preference's.
+type Preference uint8
+
+const (
+	PreferenceNone   Preference = iota // scored on its usage alone
+	PreferencePrefer                   // Victims.PreferPoints added to its score
+	PreferenceAvoid                    // Victims.AvoidPoints taken from its score
+	PreferenceNever                    // never a victim (its own hard limit still applies)
+)
+
+var preferenceNames = [...]string{"none", "prefer", "avoid", "never"}
+
+func (p Preference) String() string {
+	if int(p) < len(preferenceNames) {
+		return preferenceNames[p]
+	}
+	return "unknown"
+}
+
+// MarshalText writes the preference by name.
+func (p Preference) MarshalText() ([]byte, error) {
+	if int(p) >= len(preferenceNames) {
+		return nil, fmt.Errorf("unknown preference %d", uint8(p))
+	}
+	return []byte(preferenceNames[p]), nil
+}
+
+// UnmarshalText accepts none, prefer, avoid or never.
+func (p *Preference) UnmarshalText(b []byte) error {
+	for i, n := range preferenceNames {
+		if n == string(b) {
+			*p = Preference(i)
+			return nil
+		}
+	}
+	return fmt.Errorf("preference %q: want none, prefer, avoid or never", b)
 }
 
 // LevelThresholds configure system memory-pressure levels from MemAvailable. All zero
@@ -218,6 +361,41 @@ func (p Policy) Validate() error {
 	}
 	if p.OOMTimeoutMs != 0 && (p.OOMTimeoutMs < MinOOMTimeoutMs || p.OOMTimeoutMs > MaxOOMTimeoutMs) {
 		return bad("oomTimeoutMs", p.OOMTimeoutMs, fmt.Sprintf("0 (default %d) or in %d..%d", DefaultOOMTimeout, MinOOMTimeoutMs, MaxOOMTimeoutMs))
+	}
+	return p.Victims.validate()
+}
+
+func (v Victims) validate() error {
+	if v.Level > VictimLevelImminent {
+		return bad("victims.level", uint8(v.Level), "off, warning or imminentOom (unset = imminentOom)")
+	}
+	if n := v.PreferPoints; n > MaxVictimPoints {
+		return bad("victims.preferPoints", n, fmt.Sprintf("0 (default %d) or in 1..%d", DefaultVictimPoints, MaxVictimPoints))
+	}
+	if n := v.AvoidPoints; n > MaxVictimPoints {
+		return bad("victims.avoidPoints", n, fmt.Sprintf("0 (default %d) or in 1..%d", DefaultVictimPoints, MaxVictimPoints))
+	}
+	if n := v.SettleTicks; n > MaxVictimSettleTicks {
+		return bad("victims.settleTicks", n, fmt.Sprintf("0 (default %d) or in 1..%d", DefaultVictimSettleTicks, MaxVictimSettleTicks))
+	}
+	seen := map[string]string{}
+	for _, l := range []struct {
+		name string
+		ids  []string
+	}{{"victims.prefer", v.Prefer}, {"victims.avoid", v.Avoid}, {"victims.never", v.Never}} {
+		if len(l.ids) > MaxVictimList {
+			return bad(l.name, len(l.ids), fmt.Sprintf("at most %d entries", MaxVictimList))
+		}
+		for i, id := range l.ids {
+			f := fmt.Sprintf("%s[%d]", l.name, i)
+			if err := ValidateSubjectID(id); err != nil {
+				return bad(f, fmt.Sprintf("%q", id), err.Error())
+			}
+			if prev, ok := seen[id]; ok {
+				return bad(f, fmt.Sprintf("%q", id), "in one preference list only (it is also "+prev+")")
+			}
+			seen[id] = f
+		}
 	}
 	return nil
 }

@@ -11,7 +11,8 @@ import (
 type subject struct {
 	id       string
 	instance uint64
-	critical bool // the manifest said so at registration; the policy may add more
+	critical bool       // the manifest said so at registration; the policy may add more
+	pref     Preference // the manifest's victim preference; the policy may override it
 
 	soft, hard uint64 // effective limits under the current policy
 	signal     Signal // which reading the limits apply to, under the current policy
@@ -33,6 +34,8 @@ type subject struct {
 	decided   bool   // this instance already had its one kill decision
 	decision  uint64 // the live decision of this instance, 0 if none
 	requested bool   // that decision's terminate request was sent
+
+	wouldKill uint64 // victim episode in which victimWouldKill named it (0: never)
 
 	rejected   uint64 // samples that claimed another subject
 	rejectTick uint64 // tick+1 of the last memstatRejected event, to rate-limit them

@@ -232,11 +232,26 @@ func FormatInput(in Input) string {
 			l.str("levels", fmt.Sprintf("%d:%d:%d:%d", lv.WarningBytes, lv.ImminentOOMBytes, lv.OOMBytes, lv.HysteresisBytes))
 		}
 		l.num("oomTimeoutMs", uint64(p.OOMTimeoutMs))
+		if v := p.Victims; v.Level != VictimLevelDefault {
+			l.str("victimLevel", v.Level.String())
+		}
+		l.num("preferPoints", uint64(p.Victims.PreferPoints))
+		l.num("avoidPoints", uint64(p.Victims.AvoidPoints))
+		l.num("settleTicks", uint64(p.Victims.SettleTicks))
+		if p.Victims.DryRun {
+			l.str("dryRun", "true")
+		}
+		l.str("prefer", strings.Join(p.Victims.Prefer, ","))
+		l.str("avoid", strings.Join(p.Victims.Avoid, ","))
+		l.str("never", strings.Join(p.Victims.Never, ","))
 	case InputRegister:
 		l.id("subject", in.Subject)
 		l.str("instance", strconv.FormatUint(in.Instance, 10))
 		if in.Critical {
 			l.str("critical", "true")
+		}
+		if in.Preference != PreferenceNone {
+			l.str("preference", in.Preference.String())
 		}
 	case InputSample:
 		l.id("subject", in.Subject)
@@ -260,6 +275,14 @@ func FormatInput(in Input) string {
 		l.id("subject", in.Subject)
 		l.str("instance", strconv.FormatUint(in.Instance, 10))
 		l.quoted("reason", in.Reason)
+	case InputKernel:
+		l.id("subject", in.Subject)
+		l.str("instance", strconv.FormatUint(in.Instance, 10))
+		if in.Reason != "" {
+			l.quoted("error", in.Reason)
+		} else {
+			l.str("bytes", strconv.FormatUint(in.Bytes, 10))
+		}
 	case InputMemAvailable:
 		l.str("bytes", strconv.FormatUint(in.Bytes, 10))
 	case InputRebootRequest:

@@ -16,7 +16,8 @@ const (
 	// InputPolicy replaces the policy (Policy). It must already be valid: the shell
 	// calls Policy.Validate first so an invalid policy never reaches the core.
 	InputPolicy
-	// InputRegister: execd handed over Subject/Instance, with Critical from the manifest.
+	// InputRegister: execd handed over Subject/Instance, with Critical and Preference
+	// from the manifest.
 	InputRegister
 	// InputSample: a memstat sample that arrived on Subject/Instance's sink (the
 	// authenticated identity), claiming to be Claimed, with Bytes. Count says how many
@@ -117,11 +118,14 @@ type Input struct {
 	Claimed  string    `json:"claimed,omitempty"`
 	Bytes    uint64    `json:"bytes,omitempty"`
 	Critical bool      `json:"critical,omitempty"`
-	Seq      uint64    `json:"seq,omitempty"`
-	Decision uint64    `json:"decision,omitempty"`
-	Reason   string    `json:"reason,omitempty"`
-	Policy   *Policy   `json:"policy,omitempty"`
-	Count    uint64    `json:"count,omitempty"`
+	// Preference is the manifest's victim preference (InputRegister); the policy's
+	// victims lists override it, except that never from either side holds.
+	Preference Preference `json:"preference,omitempty"`
+	Seq        uint64     `json:"seq,omitempty"`
+	Decision   uint64     `json:"decision,omitempty"`
+	Reason     string     `json:"reason,omitempty"`
+	Policy     *Policy    `json:"policy,omitempty"`
+	Count      uint64     `json:"count,omitempty"`
 	// Slot is an optional handle for Subject on InputSample, as Core.SlotOf returned it
 	// after registration; the shell passes it so a sample skips the id lookup. The core
 	// uses it only if that slot is live and holds Subject, and looks the id up otherwise,
@@ -157,6 +161,9 @@ const (
 	EventMemstatUnderReported
 	EventKernelReadFailed
 	EventMemstatInvalid
+	// EventVictimWouldKill: victims.dryRun is on and the core would pick Subject now;
+	// Reason is the reason a decision would carry. Once per subject instance per episode.
+	EventVictimWouldKill
 )
 
 var eventKindNames = [...]string{
@@ -182,6 +189,7 @@ var eventKindNames = [...]string{
 	EventMemstatUnderReported: "memstatUnderReported",
 	EventKernelReadFailed:     "kernelReadFailed",
 	EventMemstatInvalid:       "memstatInvalid",
+	EventVictimWouldKill:      "victimWouldKill",
 }
 
 func (k EventKind) String() string {
@@ -304,7 +312,8 @@ type SubjectStatus struct {
 	Cooperative uint64 // the latest published value (Published)
 	HasKernel   bool
 	Published   bool
-	Signal      Signal // which reading the limits apply to
+	Signal      Signal     // which reading the limits apply to
+	Preference  Preference // effective victim preference (registration and policy)
 }
 
 // Counters are monotonic totals since the core was created.

@@ -179,6 +179,16 @@ func TestSetFlagsApply(t *testing.T) {
 		{name: "uint32 overflow", args: []string{"--sample-ms", "4294967296"}, err: `"4294967296" is out of range (at most 4294967295)`},
 		{name: "not a number", args: []string{"--kill-budget", "two"}, err: `"two" is not a whole number`},
 		{name: "bad size", args: []string{"--hard-bytes", "lots"}, err: `"lots" is not a size`},
+		{name: "victims", args: []string{"--victim-level", "warning", "--victim-prefer-points", "700", "--victim-avoid-points=300",
+			"--victim-settle-ticks", "20", "--victim-dry-run", "--victim-prefer", "cache, tmp", "--victim-never", "db"},
+			want: with(func(p *policy.Policy) {
+				p.Victims = policy.Victims{Level: policy.VictimLevelWarning, PreferPoints: 700, AvoidPoints: 300, SettleTicks: 20, DryRun: true,
+					Prefer: []string{"cache", "tmp"}, Never: []string{"db"}}
+			})},
+		{name: "victims off", args: []string{"--victim-level", "off"}, want: with(func(p *policy.Policy) { p.Victims.Level = policy.VictimLevelOff })},
+		{name: "victims default level", args: []string{"--victim-level", "default", "--victim-dry-run=false"}, want: with(func(p *policy.Policy) {})},
+		{name: "victims bad level", args: []string{"--victim-level", "oom"}, err: `victim level "oom": want off, warning or imminentOom`},
+		{name: "victims points overflow", args: []string{"--victim-avoid-points", "-1"}, err: `"-1" is not a whole number`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			fs := flag.NewFlagSet("test", flag.ContinueOnError)
@@ -436,6 +446,7 @@ critical         db, sshd (always critical too: execd, init, logd, oomd, policyd
 oomTimeoutMs     default (30000)
 levels           off
 override         hog: soft 4194304 (4 MiB), hard 8388608 (8 MiB)
+victims          at imminentOom (default), prefer +500, avoid -500 points, settle 10 ticks; inactive while levels are off
 `, stdout)
 
 	code, stdout, _ = oomctl(t, nil, "--socket", f.path, "--json", "policy", "get")
@@ -497,6 +508,28 @@ func TestPolicySet(t *testing.T) {
 	assert.Contains(t, stderr, "someone changed the policy while we edited it, so ours was not applied; run the command again")
 	assert.Equal(t, before, f.policy())
 	assert.Equal(t, 2, f.sets())
+}
+
+// TestPolicySetVictims: the victim flags reach oomd over the wire, and oomd's
+// validation of the victims block comes back naming the field.
+func TestPolicySetVictims(t *testing.T) {
+	f := startFake(t)
+	code, stdout, stderr := oomctl(t, nil, "--socket", f.path, "policy", "set", "--victim-level", "warning",
+		"--victim-settle-ticks", "5", "--victim-dry-run", "--victim-avoid", "db", "--victim-never", "sshd")
+	require.Equal(t, ExitOK, code, stderr)
+	assert.Equal(t, "policy version 2 in force\n", stdout)
+	assert.Equal(t, policy.Victims{Level: policy.VictimLevelWarning, SettleTicks: 5, DryRun: true, Avoid: []string{"db"}, Never: []string{"sshd"}},
+		f.policy().Victims)
+
+	code, stdout, stderr = oomctl(t, nil, "--socket", f.path, "policy", "set", "--victim-prefer", "db")
+	assert.Equal(t, ExitUsage, code)
+	assert.Empty(t, stdout)
+	assert.Contains(t, stderr, `invalid policy: victims.avoid[0] = "db": must be in one preference list only (it is also victims.prefer[0])`)
+
+	code, stdout, stderr = oomctl(t, nil, "--socket", f.path, "policy", "get")
+	require.Equal(t, ExitOK, code, stderr)
+	assert.Contains(t, stdout, "victims          at warning, prefer +500, avoid -500 points, settle 5 ticks, dry run (reports, kills no victim); inactive while levels are off\n"+
+		"victims avoid    db\nvictims never    sshd\n")
 }
 
 func TestPolicySetFile(t *testing.T) {

@@ -83,7 +83,37 @@ func writePolicy(w io.Writer, version uint64, p policy.Policy) error {
 	for _, o := range p.Overrides {
 		fmt.Fprintf(tw, "override\t%s: soft %s, hard %s\n", o.Subject, size(o.SoftBytes), size(o.HardBytes))
 	}
+	fmt.Fprintf(tw, "victims\t%s\n", victimsLine(p))
+	for _, l := range []struct {
+		name string
+		ids  []string
+	}{{"victims prefer", p.Victims.Prefer}, {"victims avoid", p.Victims.Avoid}, {"victims never", p.Victims.Never}} {
+		if len(l.ids) > 0 {
+			fmt.Fprintf(tw, "%s\t%s\n", l.name, strings.Join(l.ids, ", "))
+		}
+	}
 	return tw.Flush()
+}
+
+// victimsLine summarises the victims block on one line.
+func victimsLine(p policy.Policy) string {
+	v := p.Victims
+	at, on := v.At()
+	if !on {
+		return "off"
+	}
+	s := "at " + at.String()
+	if v.Level == policy.VictimLevelDefault {
+		s += " (default)"
+	}
+	s += fmt.Sprintf(", prefer +%d, avoid -%d points, settle %d ticks", v.PreferBy(), v.AvoidBy(), v.Settle())
+	if v.DryRun {
+		s += ", dry run (reports, kills no victim)"
+	}
+	if !p.Levels.Enabled() {
+		s += "; inactive while levels are off"
+	}
+	return s
 }
 
 func sorted(s []string) []string {
@@ -102,6 +132,11 @@ type setFlags struct {
 	overrides                                         overrideList
 	remove                                            repeated
 	file                                              string
+
+	victimLevel                            victimLevelValue
+	preferPoints, avoidPoints, settleTicks uint32Value
+	dryRun                                 bool
+	victimPrefer, victimAvoid, victimNever listValue
 }
 
 func registerSetFlags(fs *flag.FlagSet) *setFlags {
@@ -115,6 +150,14 @@ func registerSetFlags(fs *flag.FlagSet) *setFlags {
 	fs.Var(&f.critical, "critical", "comma-separated `subjects` that are never killed, replacing the list in force (\"\" clears it; the defaults stay critical)")
 	fs.Var(&f.overrides, "override", "per-subject limits `subject=soft:hard`, added or replaced (repeatable)")
 	fs.Var(&f.remove, "remove-override", "drop the override of `subject` (repeatable)")
+	fs.Var(&f.victimLevel, "victim-level", "pressure `level` at which oomd kills one victim at a time: off, warning, imminentOom or default (= imminentOom)")
+	fs.Var(&f.preferPoints, "victim-prefer-points", "score `points` added to a preferred subject (0 = default 500, else 1.."+strconv.Itoa(policy.MaxVictimPoints)+"; 1000 = a whole hard limit)")
+	fs.Var(&f.avoidPoints, "victim-avoid-points", "score `points` taken from an avoided subject (0 = default 500, else 1.."+strconv.Itoa(policy.MaxVictimPoints)+")")
+	fs.Var(&f.settleTicks, "victim-settle-ticks", "`ticks` to wait after a victim's kill before the next (0 = default 10)")
+	fs.BoolVar(&f.dryRun, "victim-dry-run", false, "report whom oomd would kill under pressure (victimWouldKill events) but kill no victim; --victim-dry-run=false turns it off")
+	fs.Var(&f.victimPrefer, "victim-prefer", "comma-separated `subjects` preferred as victims, replacing the list in force (\"\" clears it)")
+	fs.Var(&f.victimAvoid, "victim-avoid", "comma-separated `subjects` avoided as victims, replacing the list in force (\"\" clears it)")
+	fs.Var(&f.victimNever, "victim-never", "comma-separated `subjects` never killed as victims (their own hard limit still applies), replacing the list in force (\"\" clears it)")
 	fs.StringVar(&f.file, "file", "", "replace the whole policy with this JSON `file` (\"-\" reads stdin); fields it omits take oomd's defaults")
 	return f
 }
@@ -131,7 +174,9 @@ func (f *setFlags) given() map[string]bool {
 // fieldFlags are the flags that edit the policy in force (everything but --file and
 // the global flags).
 var fieldFlags = []string{"soft-bytes", "hard-bytes", "sample-ms", "kill-budget", "kill-window-ticks",
-	"oom-timeout-ms", "critical", "override", "remove-override"}
+	"oom-timeout-ms", "critical", "override", "remove-override",
+	"victim-level", "victim-prefer-points", "victim-avoid-points", "victim-settle-ticks", "victim-dry-run",
+	"victim-prefer", "victim-avoid", "victim-never"}
 
 // edits reports whether any field flag was given.
 func (f *setFlags) edits() bool {
@@ -145,6 +190,9 @@ func (f *setFlags) apply(cur policy.Policy) (policy.Policy, error) {
 	p := cur
 	p.Critical = slices.Clone(cur.Critical)
 	p.Overrides = slices.Clone(cur.Overrides)
+	p.Victims.Prefer = slices.Clone(cur.Victims.Prefer)
+	p.Victims.Avoid = slices.Clone(cur.Victims.Avoid)
+	p.Victims.Never = slices.Clone(cur.Victims.Never)
 	set := f.given()
 	if set["soft-bytes"] {
 		p.SoftBytes = f.soft.n
@@ -166,6 +214,30 @@ func (f *setFlags) apply(cur policy.Policy) (policy.Policy, error) {
 	}
 	if set["critical"] {
 		p.Critical = slices.Clone(f.critical.items)
+	}
+	if set["victim-level"] {
+		p.Victims.Level = f.victimLevel.l
+	}
+	if set["victim-prefer-points"] {
+		p.Victims.PreferPoints = f.preferPoints.n
+	}
+	if set["victim-avoid-points"] {
+		p.Victims.AvoidPoints = f.avoidPoints.n
+	}
+	if set["victim-settle-ticks"] {
+		p.Victims.SettleTicks = f.settleTicks.n
+	}
+	if set["victim-dry-run"] {
+		p.Victims.DryRun = f.dryRun
+	}
+	if set["victim-prefer"] {
+		p.Victims.Prefer = slices.Clone(f.victimPrefer.items)
+	}
+	if set["victim-avoid"] {
+		p.Victims.Avoid = slices.Clone(f.victimAvoid.items)
+	}
+	if set["victim-never"] {
+		p.Victims.Never = slices.Clone(f.victimNever.items)
 	}
 	for _, s := range f.remove {
 		i := slices.IndexFunc(p.Overrides, func(o policy.SubjectLimit) bool { return o.Subject == s })
@@ -307,6 +379,28 @@ func (v *uint32Value) Set(s string) error {
 	}
 	v.n = uint32(n)
 	return nil
+}
+
+// victimLevelValue is --victim-level: off, warning, imminentOom, or default (the
+// policy's zero value, which means imminentOom).
+type victimLevelValue struct{ l policy.VictimLevel }
+
+func (v *victimLevelValue) String() string {
+	if v == nil {
+		return ""
+	}
+	return v.l.String()
+}
+
+func (v *victimLevelValue) Set(s string) error {
+	if s == "default" {
+		v.l = policy.VictimLevelDefault
+		return nil
+	}
+	if s == "" {
+		return errors.New(`want off, warning, imminentOom or default`)
+	}
+	return v.l.UnmarshalText([]byte(s))
 }
 
 // listValue is a comma-separated list flag; "" is the empty list.
