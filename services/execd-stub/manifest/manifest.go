@@ -25,6 +25,9 @@
 //   - role: "" or "watchdog" (at most one service): the watchdog (oomd) receives the
 //     Terminator and SystemControl capabilities and every other child's memstat socket.
 //   - injectable: the child serves a TestHook on its memstat connection.
+//   - preference: "" (none), "prefer", "avoid" or "never": how oomd weighs it as a victim
+//     under system memory pressure (docs/reliability/oom-policy.md); the policy's lists
+//     override it, except that never always holds.
 //   - exitWith: when this service exits on its own, execd stops the others and exits
 //     with its status (the exit code, or 128+signal): for one-shot runs like the
 //     selftest. Needs restart "never".
@@ -89,7 +92,11 @@ type Service struct {
 	Role          string            `json:"role"`
 	Injectable    bool              `json:"injectable"`
 	ExitWith      bool              `json:"exitWith"`
+	Preference    string            `json:"preference"`
 }
+
+// Preferences are the values of Service.Preference, in oomdpb.Preference's order.
+var Preferences = []string{"", "prefer", "avoid", "never"}
 
 // StopTimeout is the grace between SIGTERM and SIGKILL.
 func (s *Service) StopTimeout() time.Duration {
@@ -277,6 +284,9 @@ func (m *Manifest) validate() error {
 		if s.ExitWith && s.Restart != RestartNever {
 			return fmt.Errorf("%s: exitWith: needs restart %q (got %q): execd exits when it does", where, RestartNever, s.Restart)
 		}
+		if !slices.Contains(Preferences, s.Preference) {
+			return fmt.Errorf("%s: preference: %q is not \"\", \"prefer\", \"avoid\" or \"never\"", where, s.Preference)
+		}
 		switch s.Role {
 		case "":
 		case RoleWatchdog:
@@ -424,7 +434,7 @@ func decodeError(data []byte, err error) error {
 // the document to locate the first other key, since encoding/json does not say where.
 var (
 	topFields     = []string{"services"}
-	serviceFields = []string{"id", "argv", "critical", "dependsOn", "stopTimeoutMs", "restart", "env", "role", "injectable", "exitWith"}
+	serviceFields = []string{"id", "argv", "critical", "dependsOn", "stopTimeoutMs", "restart", "env", "role", "injectable", "exitWith", "preference"}
 )
 
 // findUnknownKey returns the byte offset and path of the first object key that is not

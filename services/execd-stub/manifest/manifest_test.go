@@ -32,6 +32,7 @@ func TestParseErrors(t *testing.T) {
 		{"stop timeout too large", `{"services": [{"id": "a", "argv": ["x"], "stopTimeoutMs": 600001}]}`, []string{`service "a"`, "stopTimeoutMs"}},
 		{"bad restart", `{"services": [{"id": "a", "argv": ["x"], "restart": "sometimes"}]}`, []string{`service "a"`, "restart", `"sometimes"`}},
 		{"bad role", `{"services": [{"id": "a", "argv": ["x"], "role": "king"}]}`, []string{`service "a"`, "role"}},
+		{"bad preference", `{"services": [{"id": "a", "argv": ["x"], "preference": "always"}]}`, []string{`service "a"`, "preference", `"always"`}},
 		{"two watchdogs", `{"services": [{"id": "a", "argv": ["x"], "role": "watchdog"}, {"id": "b", "argv": ["x"], "role": "watchdog"}]}`,
 			[]string{`service "b"`, `taken by service "a"`}},
 		{"reserved env", `{"services": [{"id": "a", "argv": ["x"], "env": {"OOMD_SUBJECT": "b"}}]}`, []string{`service "a"`, "env", "reserved"}},

@@ -37,6 +37,7 @@ type member struct {
 	pid        int32
 	critical   bool
 	injectable bool
+	preference oomdpb.Preference
 	delivery   *net.UnixConn // execd's end of the child's delivery socket (OOMD_MEMSTAT_FD)
 	group      *cgroup.Group // the child's cgroup: a read-only usage fd goes with each handoff
 	page       *os.File      // the child's memstat page (read-write; a read-only fd is handed over)
@@ -259,6 +260,7 @@ func sendHandoff(c *net.UnixConn, m *member, mode oomdpb.CgroupMode, kinds []oom
 	ho.SetPid(m.pid)
 	ho.SetCritical(m.critical)
 	ho.SetInjectable(m.injectable)
+	ho.SetPreference(m.preference)
 	ho.SetCgroupMode(mode)
 	fl, err := ho.NewFds(int32(len(kinds)))
 	if err != nil {

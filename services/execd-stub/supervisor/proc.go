@@ -255,6 +255,7 @@ func (s *Supervisor) spawn(svc *service) (p *proc, err error) {
 			pid:        int32(p.pid),
 			critical:   spec.Critical,
 			injectable: spec.Injectable,
+			preference: oomdpb.Preference(slices.Index(manifest.Preferences, spec.Preference)),
 			delivery:   deliveryExecd,
 			group:      p.group,
 			page:       p.page,

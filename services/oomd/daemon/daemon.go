@@ -257,7 +257,7 @@ func (d *Daemon) Register(s *slot) {
 	}
 	d.slots[s.subject] = s
 	d.addLiveLocked(s)
-	d.stepLocked(policy.Input{Kind: policy.InputRegister, Subject: s.subject, Instance: s.instance, Critical: s.critical})
+	d.stepLocked(policy.Input{Kind: policy.InputRegister, Subject: s.subject, Instance: s.instance, Critical: s.critical, Preference: s.preference})
 	s.coreSlot = d.core.SlotOf(s.subject)
 	d.processReadyLocked()
 }

@@ -13,6 +13,7 @@ import (
 	"oomd.dev/oomd/gen/oomdpb"
 	"oomd.dev/oomd/internal/guards"
 	"oomd.dev/oomd/internal/rpcx"
+	"oomd.dev/oomd/internal/wire"
 	"oomd.dev/oomd/lib/memstat/page"
 	"oomd.dev/oomd/services/oomd/kernel"
 	"oomd.dev/oomd/services/oomd/policy"
@@ -161,7 +162,11 @@ func (d *Daemon) acceptHandoff(msg *capnp.Message, files []*os.File) (err error)
 	if d.nLive() >= MaxPageSubjects && fds[oomdpb.HandoffFd_page] != nil {
 		return fmt.Errorf("handoff %s: %w: %d subjects watched (max %d)", subject, ErrTooManySubjects, d.nLive(), MaxPageSubjects)
 	}
-	s := &slot{subject: subject, instance: h.Instance(), critical: h.Critical(), injectable: h.Injectable()}
+	pref, err := wire.HandoffPreference(h)
+	if err != nil {
+		return fmt.Errorf("handoff %s: %w", subject, err)
+	}
+	s := &slot{subject: subject, instance: h.Instance(), critical: h.Critical(), injectable: h.Injectable(), preference: pref}
 	mode := kernel.Mode(h.CgroupMode())
 	if u := fds[oomdpb.HandoffFd_usage]; u != nil {
 		kr, err := kernel.New(mode, u, fds[oomdpb.HandoffFd_memoryStat])

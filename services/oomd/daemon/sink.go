@@ -11,6 +11,7 @@ import (
 	"oomd.dev/oomd/gen/oomdpb"
 	"oomd.dev/oomd/lib/memstat/page"
 	"oomd.dev/oomd/services/oomd/kernel"
+	"oomd.dev/oomd/services/oomd/policy"
 )
 
 // slot holds what one subject's connection reported since the last tick. The sink
@@ -24,8 +25,9 @@ type slot struct {
 	instance   uint64
 	critical   bool
 	injectable bool
-	conn       *rpc.Conn // the brokered connection; its bootstrap is the child's TestHook
-	coreSlot   uint32    // the core's handle for this subject (Core.SlotOf); under Daemon.mu
+	preference policy.Preference // the manifest's victim preference
+	conn       *rpc.Conn         // the brokered connection; its bootstrap is the child's TestHook
+	coreSlot   uint32            // the core's handle for this subject (Core.SlotOf); under Daemon.mu
 
 	// Read on every tick, under Daemon.mu, by the tick loop only (ticks.go).
 	kernel  *kernel.Reader // the kernel's count (nil: execd passed none)
