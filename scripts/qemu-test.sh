@@ -55,7 +55,13 @@ CRITICAL_SUBJECTS=${VM_CRITICAL_SUBJECTS:-init|execd|samgrd|policyd|logd|oomd}
 MARKERS=(
   'oomd: ready'
   "oomd: kill denied \\(subject=($CRITICAL_SUBJECTS) reason=[^)]+\\)"
-  'oomd: kill app=[^ ]+ bytes=[0-9]+'
+  'oomd: kill app=silent bytes=[0-9]+'
+  'SELFTEST: kernel kill ok \(subject=silent\)'
+  'oomd: kill app=family bytes=[0-9]+'
+  'SELFTEST: family kill ok \(subject=family\)'
+  'oomd: memstat under-reported app=liar kernel=[0-9]+ published=[0-9]+'
+  'SELFTEST: under-report detected ok \(subject=liar\)'
+  'oomd: kill app=hog bytes=[0-9]+'
   'SELFTEST: oom kill ok'
 )
 # A line that ends the run at once: the selftest gave up (it prints why).

@@ -45,7 +45,8 @@ func main() {
 	flag.StringVar(&o.silent, "silent", "", "subject id of a hog that publishes nothing: prove it is killed on the kernel's count (empty: skip)")
 	flag.StringVar(&o.family, "family", "", "subject id of a hog that forks members: prove the kill takes every process (empty: skip)")
 	flag.StringVar(&o.liar, "liar", "", "subject id of a hog that under-reports: prove memstatUnderReported (empty: skip)")
-	flag.Uint64Var(&o.kernelHard, "kernel-hard-bytes", 32<<20, "hardBytes on the kernel's count for --silent and --family")
+	flag.Uint64Var(&o.kernelHard, "kernel-hard-bytes", 96<<20, "hardBytes on the kernel's count for --silent and --family")
+	flag.Uint64Var(&o.kernelInject, "kernel-inject", 128<<20, "bytes injected into --silent, --family and --liar (they must be injectable)")
 	flag.DurationVar(&o.timeout, "timeout", 60*time.Second, "deadline for the whole selftest")
 	flag.Parse()
 
@@ -65,7 +66,7 @@ type options struct {
 	socket, target, critical string
 	silent, family, liar     string
 	hardBytes, inject        uint64
-	kernelHard               uint64
+	kernelHard, kernelInject uint64
 	spoof                    bool
 	timeout                  time.Duration
 }
@@ -270,9 +271,14 @@ func proveSpoofRejected(ctx context.Context, c *ctlclient.Client, self, target s
 // that forks members is killed whole (no process of it outlives its killed event); a
 // hog that publishes a tenth of what it holds is reported as under-reporting.
 func proveKernelTruth(ctx context.Context, c *ctlclient.Client, o options) error {
+	// Each is triggered by an inject (the hog allocates and, being what it is, publishes
+	// nothing or a tenth), so the markers come in a fixed order.
 	for _, id := range []string{o.silent, o.family} {
 		if id == "" {
 			continue
+		}
+		if err := c.Inject(ctx, id, o.kernelInject); err != nil && !errors.Is(err, ctlclient.ErrSubjectGone) {
+			return err
 		}
 		killed, err := c.WaitEvent(ctx, "killed for "+id, ctlclient.IsKind(id, "killed"))
 		if err != nil {
@@ -291,6 +297,9 @@ func proveKernelTruth(ctx context.Context, c *ctlclient.Client, o options) error
 		}
 	}
 	if o.liar != "" {
+		if err := c.Inject(ctx, o.liar, o.kernelInject/2); err != nil {
+			return err
+		}
 		ev, err := c.WaitEvent(ctx, "memstatUnderReported for "+o.liar, ctlclient.IsKind(o.liar, "memstatUnderReported"))
 		if err != nil {
 			return err

@@ -27,6 +27,12 @@ func TestHostSelftest(t *testing.T) {
 		"SELFTEST: spoof rejected ok",
 		"oomd: kill denied (subject=samgrd reason=critical)",
 		"SELFTEST: kill denied ok",
+		"oomd: kill app=silent bytes=",
+		"SELFTEST: kernel kill ok (subject=silent)",
+		"oomd: kill app=family bytes=",
+		"SELFTEST: family kill ok (subject=family)",
+		"oomd: memstat under-reported app=liar kernel=",
+		"SELFTEST: under-report detected ok (subject=liar)",
 		"oomd: kill app=hog bytes=",
 		"SELFTEST: oom kill ok",
 	}
