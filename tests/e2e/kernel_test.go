@@ -117,7 +117,9 @@ func TestUnderReportingSubjectIsDetected(t *testing.T) {
 	assert.InDelta(t, 48<<20/10, float64(ev.Limit), 1<<20, "the published value is a tenth of the arena")
 	s.waitLine("oomd: memstat under-reported app=app", 10*time.Second)
 	require.Eventually(t, func() bool { // the event is published as the record is submitted; durability follows
-		_, err := c.FindAudit(ctx, func(r policy.AuditRecord) bool { return r.Kind == policy.EventMemstatUnderReported && r.Subject == "app" })
+		_, err := c.FindAudit(ctx, func(r policy.AuditRecord) bool {
+			return r.Kind == policy.EventMemstatUnderReported && r.Subject == "app"
+		})
 		return err == nil
 	}, 10*time.Second, 10*time.Millisecond, "the under-report is in logd's journal")
 	require.NoError(t, c.WaitTicks(ctx, 20))
