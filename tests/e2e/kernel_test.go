@@ -114,7 +114,9 @@ func TestUnderReportingSubjectIsDetected(t *testing.T) {
 	ev, err := c.WaitEvent(ctx, "memstatUnderReported", ctlclient.IsKind("app", "memstatUnderReported"))
 	require.NoError(t, err)
 	assert.Greater(t, ev.Bytes, ev.Limit+16<<20, "kernel count above published + margin")
-	assert.InDelta(t, 48<<20/10, float64(ev.Limit), 1<<20, "the published value is a tenth of the arena")
+	// What it published: a tenth of its arena, or nothing yet if the gap already held for
+	// the policy's ticks while its start-up allocation was under way.
+	assert.LessOrEqual(t, ev.Limit, uint64(48<<20/10+1<<20), "the published value is at most a tenth of the arena")
 	s.waitLine("oomd: memstat under-reported app=app", 10*time.Second)
 	require.Eventually(t, func() bool { // the event is published as the record is submitted; durability follows
 		_, err := c.FindAudit(ctx, func(r policy.AuditRecord) bool {
