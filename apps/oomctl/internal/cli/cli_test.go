@@ -185,6 +185,14 @@ func TestSetFlagsApply(t *testing.T) {
 				p.Victims = policy.Victims{Level: policy.VictimLevelWarning, PreferPoints: 700, AvoidPoints: 300, SettleTicks: 20, DryRun: true,
 					Prefer: []string{"cache", "tmp"}, Never: []string{"db"}}
 			})},
+		{name: "signals", args: []string{"--signal", "kernel", "--under-report-margin", "32M", "--under-report-ticks", "5", "--override", "app=1M:2M:cooperative"},
+			want: with(func(p *policy.Policy) {
+				coop := policy.SignalCooperative
+				p.Signal, p.UnderReport = policy.SignalKernel, policy.UnderReport{MarginBytes: 32 << 20, Ticks: 5}
+				p.Overrides = []policy.SubjectLimit{{Subject: "hog", SoftBytes: 1 << 20, HardBytes: 2 << 20}, {Subject: "app", SoftBytes: 1 << 20, HardBytes: 2 << 20, Signal: &coop}}
+			})},
+		{name: "bad signal", args: []string{"--signal", "rss"}, err: `signal "rss": want max, kernel or cooperative`},
+		{name: "bad override signal", args: []string{"--override", "a=1:2:rss"}, err: `a: signal "rss": want max, kernel or cooperative`},
 		{name: "victims off", args: []string{"--victim-level", "off"}, want: with(func(p *policy.Policy) { p.Victims.Level = policy.VictimLevelOff })},
 		{name: "victims default level", args: []string{"--victim-level", "default", "--victim-dry-run=false"}, want: with(func(p *policy.Policy) {})},
 		{name: "victims bad level", args: []string{"--victim-level", "oom"}, err: `victim level "oom": want off, warning or imminentOom`},
@@ -379,9 +387,12 @@ func sampleStatus() statusView {
 		AcceptedSamples: 120, RejectedSamples: 3, Level: "normal", InjectEnabled: true,
 		Subjects: []subjectView{
 			// Deliberately out of order: the table sorts by subject id.
-			{Subject: "oomd", Instance: 1, State: "normal", SoftBytes: 256 << 20, HardBytes: 512 << 20, Critical: true},
-			{Subject: "hog", Instance: 3, State: "terminating", Bytes: 16 << 20, SoftBytes: 4 << 20, HardBytes: 8 << 20},
-			{Subject: "spoofer", Instance: 1, State: "normal", Bytes: 1536, SoftBytes: 256 << 20, HardBytes: 512 << 20, Rejected: 3},
+			{Subject: "oomd", Instance: 1, State: "normal", SoftBytes: 256 << 20, HardBytes: 512 << 20, Critical: true,
+				Signal: "max", CgroupMode: "none"},
+			{Subject: "hog", Instance: 3, State: "terminating", Bytes: 16 << 20, SoftBytes: 4 << 20, HardBytes: 8 << 20,
+				KernelBytes: 18 << 20, CooperativeBytes: 16 << 20, Published: true, Signal: "cooperative", CgroupMode: "v2"},
+			{Subject: "spoofer", Instance: 1, State: "normal", Bytes: 1536, SoftBytes: 256 << 20, HardBytes: 512 << 20, Rejected: 3,
+				KernelBytes: 1536, Signal: "kernel", CgroupMode: "proc"},
 		},
 	}
 }
@@ -396,10 +407,11 @@ func TestStatus(t *testing.T) {
 kills 1, denied 0, throttled 2; samples accepted 120, rejected 3
 inject enabled (test mode)
 
-SUBJECT  STATE        BYTES    SOFT     HARD     CRITICAL  REJECTED
-hog      terminating  16 MiB   4 MiB    8 MiB    no        0
-oomd     normal       0        256 MiB  512 MiB  yes       0
-spoofer  normal       1.5 KiB  256 MiB  512 MiB  no        3
+SUBJECT  STATE        BYTES    SOFT     HARD     SIGNAL       KERNEL   PUBLISHED  CGROUP  CRITICAL  REJECTED
+hog      terminating  16 MiB   4 MiB    8 MiB    cooperative  18 MiB   16 MiB     v2      no        0
+oomd     normal       0        256 MiB  512 MiB  max          -        -          none    yes       0
+spoofer  normal       1.5 KiB  256 MiB  512 MiB  kernel       1.5 KiB  -          proc    no        3
+(cgroup proc: no writable memory cgroup; the /proc process tree is weaker: a process that leaves its group escapes)
 `, stdout)
 
 	code, stdout, _ = oomctl(t, nil, "status", "--json", "--socket", f.path)
@@ -407,9 +419,12 @@ spoofer  normal       1.5 KiB  256 MiB  512 MiB  no        3
 	assert.Equal(t, `{"tick":1234,"policyVersion":2,"lastEventSeq":17,"kills":1,"denied":0,"throttled":2,`+
 		`"acceptedSamples":120,"rejectedSamples":3,"level":"normal","memAvailableBytes":0,"haltClaimed":false,`+
 		`"injectEnabled":true,"truncated":false,"subjects":[`+
-		`{"subject":"hog","instance":3,"state":"terminating","bytes":16777216,"softBytes":4194304,"hardBytes":8388608,"critical":false,"rejected":0},`+
-		`{"subject":"oomd","instance":1,"state":"normal","bytes":0,"softBytes":268435456,"hardBytes":536870912,"critical":true,"rejected":0},`+
-		`{"subject":"spoofer","instance":1,"state":"normal","bytes":1536,"softBytes":268435456,"hardBytes":536870912,"critical":false,"rejected":3}]}`+"\n", stdout)
+		`{"subject":"hog","instance":3,"state":"terminating","bytes":16777216,"softBytes":4194304,"hardBytes":8388608,"critical":false,"rejected":0,`+
+		`"kernelBytes":18874368,"cooperativeBytes":16777216,"published":true,"signal":"cooperative","cgroupMode":"v2"},`+
+		`{"subject":"oomd","instance":1,"state":"normal","bytes":0,"softBytes":268435456,"hardBytes":536870912,"critical":true,"rejected":0,`+
+		`"kernelBytes":0,"cooperativeBytes":0,"published":false,"signal":"max","cgroupMode":"none"},`+
+		`{"subject":"spoofer","instance":1,"state":"normal","bytes":1536,"softBytes":268435456,"hardBytes":536870912,"critical":false,"rejected":3,`+
+		`"kernelBytes":1536,"cooperativeBytes":0,"published":false,"signal":"kernel","cgroupMode":"proc"}]}`+"\n", stdout)
 
 	f.do(func() {
 		f.status = statusView{Tick: 5, Level: "warning", MemAvailableBytes: 3 << 30, HaltClaimed: true, Truncated: true,
@@ -420,8 +435,8 @@ spoofer  normal       1.5 KiB  256 MiB  512 MiB  no        3
 kills 0, denied 0, throttled 0; samples accepted 0, rejected 0
 pressure level warning (MemAvailable 3 GiB); HALT CLAIMED (system OOM teardown under way)
 
-SUBJECT  STATE   BYTES  SOFT  HARD  CRITICAL  REJECTED
-a        exited  0      0     0     no        0
+SUBJECT  STATE   BYTES  SOFT  HARD  SIGNAL  KERNEL  PUBLISHED  CGROUP  CRITICAL  REJECTED
+a        exited  0      0     0     max     -       -          none    no        0
 (only the first 1 subjects are shown: oomd bounds one status answer)
 `, stdout)
 }
@@ -445,6 +460,8 @@ killWindowTicks  50
 critical         db, sshd (always critical too: execd, init, logd, oomd, policyd, samgrd)
 oomTimeoutMs     default (30000)
 levels           off
+signal           max
+underReport      kernel > published + 67108864 (64 MiB) for 3 ticks
 override         hog: soft 4194304 (4 MiB), hard 8388608 (8 MiB)
 victims          at imminentOom (default), prefer +500, avoid -500 points, settle 10 ticks; inactive while levels are off
 `, stdout)

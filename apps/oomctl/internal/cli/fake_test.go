@@ -260,6 +260,11 @@ func (f *fakeOomd) Status(_ context.Context, call oomdpb.Control_status) error {
 		e.SetHardBytes(s.HardBytes)
 		e.SetCritical(s.Critical)
 		e.SetRejected(s.Rejected)
+		e.SetKernelBytes(s.KernelBytes)
+		e.SetCooperativeBytes(s.CooperativeBytes)
+		e.SetPublished(s.Published)
+		e.SetSignal(oomdpb.SignalFromString(s.Signal))
+		e.SetCgroupMode(oomdpb.CgroupModeFromString(s.CgroupMode))
 	}
 	return nil
 }

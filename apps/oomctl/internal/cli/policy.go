@@ -80,8 +80,14 @@ func writePolicy(w io.Writer, version uint64, p policy.Policy) error {
 	if len(p.Overrides) == 0 {
 		fmt.Fprintf(tw, "overrides\tnone\n")
 	}
+	fmt.Fprintf(tw, "signal\t%s\n", p.Signal)
+	fmt.Fprintf(tw, "underReport\tkernel > published + %s for %d ticks\n", size(p.UnderReport.Margin()), p.UnderReport.TickCount())
 	for _, o := range p.Overrides {
-		fmt.Fprintf(tw, "override\t%s: soft %s, hard %s\n", o.Subject, size(o.SoftBytes), size(o.HardBytes))
+		sig := ""
+		if o.Signal != nil {
+			sig = ", signal " + o.Signal.String()
+		}
+		fmt.Fprintf(tw, "override\t%s: soft %s, hard %s%s\n", o.Subject, size(o.SoftBytes), size(o.HardBytes), sig)
 	}
 	fmt.Fprintf(tw, "victims\t%s\n", victimsLine(p))
 	for _, l := range []struct {
@@ -133,6 +139,9 @@ type setFlags struct {
 	remove                                            repeated
 	file                                              string
 
+	signal                                 signalValue
+	underMargin                            sizeValue
+	underTicks                             uint32Value
 	victimLevel                            victimLevelValue
 	preferPoints, avoidPoints, settleTicks uint32Value
 	dryRun                                 bool
@@ -148,7 +157,10 @@ func registerSetFlags(fs *flag.FlagSet) *setFlags {
 	fs.Var(&f.killWindowTicks, "kill-window-ticks", "length of the kill window in `ticks` ("+bound(1, policy.MaxKillWindow)+")")
 	fs.Var(&f.oomTimeout, "oom-timeout-ms", "bound on the system OOM teardown in `ms` (0 = default)")
 	fs.Var(&f.critical, "critical", "comma-separated `subjects` that are never killed, replacing the list in force (\"\" clears it; the defaults stay critical)")
-	fs.Var(&f.overrides, "override", "per-subject limits `subject=soft:hard`, added or replaced (repeatable)")
+	fs.Var(&f.overrides, "override", "per-subject limits `subject=soft:hard[:signal]`, added or replaced (repeatable)")
+	fs.Var(&f.signal, "signal", "the reading limits apply to: `max` (the larger of kernel and published; default), kernel or cooperative")
+	fs.Var(&f.underMargin, "under-report-margin", "kernel count above the published value that counts as under-reporting (`size`, 0 = default 64 MiB)")
+	fs.Var(&f.underTicks, "under-report-ticks", "consecutive `ticks` of that gap before memstatUnderReported (0 = default 3)")
 	fs.Var(&f.remove, "remove-override", "drop the override of `subject` (repeatable)")
 	fs.Var(&f.victimLevel, "victim-level", "pressure `level` at which oomd kills one victim at a time: off, warning, imminentOom or default (= imminentOom)")
 	fs.Var(&f.preferPoints, "victim-prefer-points", "score `points` added to a preferred subject (0 = default 500, else 1.."+strconv.Itoa(policy.MaxVictimPoints)+"; 1000 = a whole hard limit)")
@@ -174,7 +186,7 @@ func (f *setFlags) given() map[string]bool {
 // fieldFlags are the flags that edit the policy in force (everything but --file and
 // the global flags).
 var fieldFlags = []string{"soft-bytes", "hard-bytes", "sample-ms", "kill-budget", "kill-window-ticks",
-	"oom-timeout-ms", "critical", "override", "remove-override",
+	"oom-timeout-ms", "critical", "override", "remove-override", "signal", "under-report-margin", "under-report-ticks",
 	"victim-level", "victim-prefer-points", "victim-avoid-points", "victim-settle-ticks", "victim-dry-run",
 	"victim-prefer", "victim-avoid", "victim-never"}
 
@@ -214,6 +226,15 @@ func (f *setFlags) apply(cur policy.Policy) (policy.Policy, error) {
 	}
 	if set["critical"] {
 		p.Critical = slices.Clone(f.critical.items)
+	}
+	if set["signal"] {
+		p.Signal = f.signal.s
+	}
+	if set["under-report-margin"] {
+		p.UnderReport.MarginBytes = f.underMargin.n
+	}
+	if set["under-report-ticks"] {
+		p.UnderReport.Ticks = f.underTicks.n
 	}
 	if set["victim-level"] {
 		p.Victims.Level = f.victimLevel.l
@@ -381,6 +402,18 @@ func (v *uint32Value) Set(s string) error {
 	return nil
 }
 
+// signalValue is --signal: max, kernel or cooperative.
+type signalValue struct{ s policy.Signal }
+
+func (v *signalValue) String() string {
+	if v == nil {
+		return ""
+	}
+	return v.s.String()
+}
+
+func (v *signalValue) Set(s string) error { return v.s.UnmarshalText([]byte(s)) }
+
 // victimLevelValue is --victim-level: off, warning, imminentOom, or default (the
 // policy's zero value, which means imminentOom).
 type victimLevelValue struct{ l policy.VictimLevel }
@@ -471,7 +504,7 @@ func (v *overrideList) Set(s string) error {
 func parseOverride(s string) (policy.SubjectLimit, error) {
 	subject, limits, ok := strings.Cut(s, "=")
 	if !ok || subject == "" {
-		return policy.SubjectLimit{}, fmt.Errorf("%q: want subject=soft:hard, e.g. db=1G:2G", s)
+		return policy.SubjectLimit{}, fmt.Errorf("%q: want subject=soft:hard[:signal], e.g. db=1G:2G or db=1G:2G:kernel", s)
 	}
 	softS, hardS, ok := strings.Cut(limits, ":")
 	if !ok {
@@ -481,9 +514,18 @@ func parseOverride(s string) (policy.SubjectLimit, error) {
 	if err != nil {
 		return policy.SubjectLimit{}, fmt.Errorf("%s: soft: %w", subject, err)
 	}
+	var sig *policy.Signal
+	if h, sigS, ok := strings.Cut(hardS, ":"); ok {
+		hardS = h
+		var v policy.Signal
+		if err := v.UnmarshalText([]byte(sigS)); err != nil {
+			return policy.SubjectLimit{}, fmt.Errorf("%s: %w", subject, err)
+		}
+		sig = &v
+	}
 	hard, err := parseSize(hardS)
 	if err != nil {
 		return policy.SubjectLimit{}, fmt.Errorf("%s: hard: %w", subject, err)
 	}
-	return policy.SubjectLimit{Subject: subject, SoftBytes: soft, HardBytes: hard}, nil
+	return policy.SubjectLimit{Subject: subject, SoftBytes: soft, HardBytes: hard, Signal: sig}, nil
 }

@@ -39,6 +39,13 @@ type subjectView struct {
 	HardBytes uint64 `json:"hardBytes"`
 	Critical  bool   `json:"critical"`
 	Rejected  uint64 `json:"rejected"`
+	// Both readings, which one the limits apply to, and how the subject is contained
+	// ("proc" is the weaker /proc process-tree fallback; "none": no kernel reading).
+	KernelBytes      uint64 `json:"kernelBytes"`
+	CooperativeBytes uint64 `json:"cooperativeBytes"`
+	Published        bool   `json:"published"`
+	Signal           string `json:"signal"`
+	CgroupMode       string `json:"cgroupMode"`
 }
 
 func (r *runner) status(ctx context.Context) error {
@@ -93,6 +100,9 @@ func readStatus(st oomdpb.Status) (statusView, error) {
 			Subject: id, Instance: s.Instance(), State: enumName(s.State().String(), uint16(s.State())),
 			Bytes: s.Bytes(), SoftBytes: s.SoftBytes(), HardBytes: s.HardBytes(),
 			Critical: s.Critical(), Rejected: s.Rejected(),
+			KernelBytes: s.KernelBytes(), CooperativeBytes: s.CooperativeBytes(), Published: s.Published(),
+			Signal:     enumName(s.Signal().String(), uint16(s.Signal())),
+			CgroupMode: enumName(s.CgroupMode().String(), uint16(s.CgroupMode())),
 		})
 	}
 	// oomd sends them sorted; sort anyway so the table's order never depends on it.
@@ -124,13 +134,26 @@ func writeStatus(w io.Writer, v statusView) error {
 		return nil
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "SUBJECT\tSTATE\tBYTES\tSOFT\tHARD\tCRITICAL\tREJECTED")
+	fmt.Fprintln(tw, "SUBJECT\tSTATE\tBYTES\tSOFT\tHARD\tSIGNAL\tKERNEL\tPUBLISHED\tCGROUP\tCRITICAL\tREJECTED")
+	weak := false
 	for _, s := range v.Subjects {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\n", s.Subject, s.State,
-			humanBytes(s.Bytes), humanBytes(s.SoftBytes), humanBytes(s.HardBytes), yesNo(s.Critical), s.Rejected)
+		kernel, published := "-", "-"
+		if s.CgroupMode != "none" {
+			kernel = humanBytes(s.KernelBytes)
+		}
+		if s.Published {
+			published = humanBytes(s.CooperativeBytes)
+		}
+		weak = weak || s.CgroupMode == "proc"
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\n", s.Subject, s.State,
+			humanBytes(s.Bytes), humanBytes(s.SoftBytes), humanBytes(s.HardBytes), s.Signal, kernel, published, s.CgroupMode,
+			yesNo(s.Critical), s.Rejected)
 	}
 	if err := tw.Flush(); err != nil {
 		return err
+	}
+	if weak {
+		fmt.Fprintln(w, "(cgroup proc: no writable memory cgroup; the /proc process tree is weaker: a process that leaves its group escapes)")
 	}
 	if v.Truncated {
 		fmt.Fprintf(w, "(only the first %d subjects are shown: oomd bounds one status answer)\n", len(v.Subjects))
