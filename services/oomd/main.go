@@ -15,6 +15,7 @@ import (
 
 	capnp "capnproto.org/go/capnp/v3"
 	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
 
 	"oomd.dev/oomd/gen/oomdpb"
 	"oomd.dev/oomd/internal/guards"
@@ -67,6 +68,15 @@ type options struct {
 }
 
 func run(ctx context.Context, o options, log *zap.Logger) error {
+	// Each watched subject holds up to two fds (its kernel reading): take every fd the
+	// hard limit allows (daemon.MaxSubjects says how they bound the subjects).
+	var rl unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err == nil && rl.Cur < rl.Max {
+		rl.Cur = rl.Max
+		if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &rl); err != nil {
+			log.Warn("could not raise the fd limit", zap.Uint64("to", rl.Max), zap.Error(err))
+		}
+	}
 	if o.socket == "" || o.logd == "" {
 		return fmt.Errorf("--socket and --logd are required")
 	}

@@ -9,6 +9,7 @@ import (
 
 	capnp "capnproto.org/go/capnp/v3"
 	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
 
 	"oomd.dev/oomd/gen/oomdpb"
 	"oomd.dev/oomd/internal/guards"
@@ -159,8 +160,9 @@ func (d *Daemon) acceptHandoff(msg *capnp.Message, files []*os.File) (err error)
 	if err != nil {
 		return fmt.Errorf("handoff %s: %w", subject, err)
 	}
-	if d.nLive() >= MaxPageSubjects && fds[oomdpb.HandoffFd_page] != nil {
-		return fmt.Errorf("handoff %s: %w: %d subjects watched (max %d)", subject, ErrTooManySubjects, d.nLive(), MaxPageSubjects)
+	if n, limit := d.nLive(), maxSubjects(); n >= limit {
+		return fmt.Errorf("handoff %s: %w: %d subjects watched (max %d: each holds up to 2 fds and a mapping; RLIMIT_NOFILE and vm.max_map_count bound them)",
+			subject, ErrTooManySubjects, n, limit)
 	}
 	pref, err := wire.HandoffPreference(h)
 	if err != nil {
@@ -227,10 +229,24 @@ func (d *Daemon) acceptHandoff(msg *capnp.Message, files []*os.File) (err error)
 	return nil
 }
 
-// MaxPageSubjects bounds the subjects watched through a page: each is one mapping, and
-// vm.max_map_count (65 530 by default) caps a process's mappings; running into it makes
-// the Go heap's next growth fatal. A handoff beyond it is refused with a clear error.
-const MaxPageSubjects = 20_000
+// MaxSubjects bounds the subjects oomd watches: each holds one mapping (its memstat
+// page) and up to two fds (its kernel reading). vm.max_map_count (65 530 by default)
+// caps a process's mappings, and running into it makes the Go heap's next growth fatal;
+// RLIMIT_NOFILE caps the fds (oomd raises its soft limit to the hard one at start).
+// maxSubjects is the smaller of this and what the fd limit leaves after a reserve for
+// sockets and files; a handoff beyond it is refused with a clear error.
+const MaxSubjects = 20_000
+
+// fdReserve is kept free of subjects' fds for sockets, journal and spill files.
+const fdReserve = 512
+
+func maxSubjects() int {
+	var rl unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err != nil || rl.Cur < 2*fdReserve {
+		return MaxSubjects
+	}
+	return int(min(uint64(MaxSubjects), (rl.Cur-fdReserve)/2))
+}
 
 // ErrTooManySubjects refuses a handoff beyond MaxPageSubjects.
 var ErrTooManySubjects = errors.New("too many subjects")

@@ -143,7 +143,15 @@ func BenchmarkReadCgroups(b *testing.B) {
 					g, err := m.Create(fmt.Sprintf("bench%d", i), 1)
 					require.NoError(b, err)
 					b.Cleanup(func() { g.Remove() })
-					readers[i] = readerFor(b, g)
+					// Usage only (memory.stat is read above the soft limit alone), so 10 000
+					// subjects fit the fd limit here (20 000).
+					u, err := g.OpenUsage()
+					require.NoError(b, err)
+					u.Stat.Close()
+					r, err := New(Mode(g.Mode()), u.Usage, nil)
+					require.NoError(b, err)
+					b.Cleanup(r.Close)
+					readers[i] = r
 				}
 				b.ReportAllocs()
 				b.ResetTimer()
