@@ -157,6 +157,14 @@ struct LevelThresholds {
   oomBytes @2 :UInt64;         # at or below this: oom (starts the system OOM sequence)
   hysteresisBytes @3 :UInt64;  # <= warningBytes - oomBytes
   intervalMs @4 :UInt32;       # how often MemAvailable is read; 0 = sampleMs; else 10..10000
+  # PSI (/proc/pressure/memory "full avg10", in hundredths of a percent): the level in
+  # force is the deeper of the MemAvailable level and the PSI level. Entered at or above
+  # a threshold, left below it minus psiHysteresis. All zero = PSI not used; else
+  # 0 < psiWarning < psiImminentOom < psiOom <= 10000 and psiHysteresis < psiWarning.
+  psiWarning @5 :UInt32;
+  psiImminentOom @6 :UInt32;
+  psiOom @7 :UInt32;
+  psiHysteresis @8 :UInt32;
 }
 
 enum PressureLevel {

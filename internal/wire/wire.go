@@ -72,6 +72,10 @@ func SetPolicy(dst oomdpb.Policy, p policy.Policy) error {
 	lv.SetOomBytes(p.Levels.OOMBytes)
 	lv.SetHysteresisBytes(p.Levels.HysteresisBytes)
 	lv.SetIntervalMs(p.Levels.IntervalMs)
+	lv.SetPsiWarning(p.Levels.PSIWarning)
+	lv.SetPsiImminentOom(p.Levels.PSIImminentOOM)
+	lv.SetPsiOom(p.Levels.PSIOOM)
+	lv.SetPsiHysteresis(p.Levels.PSIHysteresis)
 	return nil
 }
 
@@ -215,6 +219,10 @@ func Policy(src oomdpb.Policy) (policy.Policy, error) {
 			OOMBytes:         lv.OomBytes(),
 			HysteresisBytes:  lv.HysteresisBytes(),
 			IntervalMs:       lv.IntervalMs(),
+			PSIWarning:       lv.PsiWarning(),
+			PSIImminentOOM:   lv.PsiImminentOom(),
+			PSIOOM:           lv.PsiOom(),
+			PSIHysteresis:    lv.PsiHysteresis(),
 		}
 	}
 	return p, p.Validate()

@@ -35,6 +35,7 @@ func main() {
 	flag.BoolVar(&o.enableInject, "enable-inject", false, "allow the test-only inject call")
 	flag.IntVar(&o.ring, "ring", 4096, "event ring capacity")
 	flag.StringVar(&o.sys.Meminfo, "meminfo", "/proc/meminfo", "where MemAvailable is read for pressure levels (tests write their own)")
+	flag.StringVar(&o.sys.PSI, "psi", "/proc/pressure/memory", "where memory pressure (PSI full avg10) is read when the policy sets PSI thresholds (tests write their own)")
 	flag.StringVar(&o.sys.RecordPath, "reboot-record", "", "reboot record store: a file or a raw block device (4 KiB at offset 0); empty = none")
 	flag.BoolVar(&o.sys.RecordInit, "reboot-record-init", false, "let --reboot-record claim a store whose first 4 KiB are neither zeros nor a reboot record (overwriting them); without it such a store is refused")
 	flag.StringVar(&o.sys.Action, "reboot-action", "exit:0", "after a system OOM or requested reboot: exit:N, command:ARGV, or reboot (sync + reboot(2))")

@@ -318,3 +318,40 @@ func TestRequestRebootRefusedOnceClaimed(t *testing.T) {
 	assert.Equal(t, sysoom.ReasonUserRequest, readRecord(t, record).Reason)
 	assert.Equal(t, 1, s.lines.count("oomd: rebooting"), "one sequence")
 }
+
+// TestLevelsFromPSI: with PSI thresholds set, memory pressure raises the level while
+// MemAvailable is plentiful, and says so in the reason; when pressure falls below the
+// threshold minus the hysteresis the level goes back to normal.
+func TestLevelsFromPSI(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	record := filepath.Join(t.TempDir(), "reboot.rec")
+	man := strings.Replace(sysManifest(record, ""), `"--meminfo", "${RUNTIME_DIR}/meminfo",`,
+		`"--meminfo", "${RUNTIME_DIR}/meminfo", "--psi", "${RUNTIME_DIR}/psi",`, 1)
+	pol := strings.Replace(sysPolicy(30000), `"hysteresisBytes": 16777216}`,
+		`"hysteresisBytes": 16777216, "psiWarning": 1000, "psiImminentOom": 3000, "psiOom": 6000, "psiHysteresis": 500}`, 1)
+	pol = strings.Replace(pol, `"oomTimeoutMs"`, `"victims": {"level": "off"}, "oomTimeoutMs"`, 1)
+	psi := func(full string) string {
+		return "some avg10=0.00 avg60=0.00 avg300=0.00 total=0\nfull avg10=" + full + " avg60=0.00 avg300=0.00 total=0\n"
+	}
+	s := startStack(t, man, map[string]string{"policy.json": pol, "meminfo": "MemAvailable:   1048576 kB\n", "psi": psi("0.00")})
+	c := dialClient(t, ctx, s)
+	rec := newLevelWatcher(t, ctx, c)
+	setPSI := func(full string) {
+		tmp := s.path("psi.tmp")
+		require.NoError(t, os.WriteFile(tmp, []byte(psi(full)), 0o600))
+		require.NoError(t, os.Rename(tmp, s.path("psi")))
+	}
+	setPSI("35.50")
+	assert.Equal(t, oomdpb.PressureLevel_imminentOom, rec.next(t, ctx))
+	ev, err := c.WaitEvent(ctx, "levelChanged by PSI", ctlclient.IsKind("", "levelChanged"))
+	require.NoError(t, err)
+	assert.Equal(t, "normal->imminentOom psi-full-avg10=35.50%", ev.Reason)
+	setPSI("26.00") // below 30 % but not below 25 %: stays
+	waitTicks(t, ctx, c, 10)
+	assert.Equal(t, oomdpb.PressureLevel_imminentOom, status(t, ctx, c).Level())
+	setPSI("1.00")
+	assert.Equal(t, oomdpb.PressureLevel_normal, rec.next(t, ctx))
+	assert.False(t, status(t, ctx, c).HaltClaimed())
+	require.NoError(t, s.stop(20*time.Second))
+}

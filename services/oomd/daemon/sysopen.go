@@ -16,6 +16,7 @@ type SystemOptions struct {
 	RecordInit bool   // --reboot-record-init: claim a store holding foreign data
 	Action     string // --reboot-action: exit:N, command:ARGV or reboot
 	Meminfo    string // --meminfo: where MemAvailable is read ("" = /proc/meminfo)
+	PSI        string // --psi: where memory pressure is read ("" = /proc/pressure/memory)
 }
 
 // OpenSystem opens the record store, reports the last reboot once (the marker line on
@@ -56,5 +57,5 @@ func OpenSystem(o SystemOptions, control SystemControl, markers io.Writer, log *
 		log.Sync()
 		os.Exit(code)
 	}
-	return SystemConfig{Control: control, Boot: boot, Meminfo: o.Meminfo, Reboot: reboot}, close, nil
+	return SystemConfig{Control: control, Boot: boot, Meminfo: o.Meminfo, PSI: o.PSI, Reboot: reboot}, close, nil
 }

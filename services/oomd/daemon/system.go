@@ -42,6 +42,9 @@ type SystemConfig struct {
 	// Meminfo is read for MemAvailable every levels.intervalMs (sysoom.DefaultMeminfo
 	// when empty), only while the policy enables levels.
 	Meminfo string
+	// PSI is read for memory pressure (sysoom.DefaultPSI when empty) at the same times,
+	// only while the policy sets PSI thresholds.
+	PSI string
 	// Reboot runs the reboot action. It is called once, after the record is durable and
 	// the outcome's audit record is durable or AuditGrace passed; it need not return.
 	Reboot func()
@@ -193,7 +196,8 @@ func (d *Daemon) waitDurable(seq uint64, grace time.Duration) bool {
 // 0) while the policy enables levels, and idles otherwise.
 func (d *Daemon) runLevels(ctx context.Context) {
 	m := sysoom.NewMeminfoReader(d.cfg.System.Meminfo)
-	var lastErr string
+	psi := sysoom.NewPSIReader(d.cfg.System.PSI)
+	var lastErr, lastPSIErr string
 	t := time.NewTimer(time.Hour)
 	defer t.Stop()
 	for {
@@ -233,6 +237,19 @@ func (d *Daemon) runLevels(ctx context.Context) {
 		}
 		lastErr = ""
 		d.step(policy.Input{Kind: policy.InputMemAvailable, Bytes: n})
+		if !p.Levels.PSIEnabled() {
+			continue
+		}
+		full, err := psi.ReadFull()
+		if err != nil {
+			if err.Error() != lastPSIErr {
+				d.log.Warn("memory pressure (PSI) sample skipped; levels follow MemAvailable alone", zap.Error(err))
+				lastPSIErr = err.Error()
+			}
+			continue
+		}
+		lastPSIErr = ""
+		d.step(policy.Input{Kind: policy.InputPressure, Pressure: full})
 	}
 }
 

@@ -175,6 +175,12 @@ func (c *Core) Step(in Input) error {
 	case InputMemAvailable:
 		c.memAvailable(in.Bytes)
 		return nil
+	case InputPressure:
+		if in.Pressure > MaxPSI {
+			return badInput(&in, "pressure %d: want 0..%d (hundredths of a percent)", in.Pressure, MaxPSI)
+		}
+		c.pressure(in.Pressure)
+		return nil
 	case InputRebootRequest:
 		return c.rebootRequest(&in)
 	case InputTeardownDone:
@@ -433,6 +439,7 @@ func (c *Core) stepPolicy(in *Input) error {
 	c.reevalAll = true
 	c.emit(Event{Kind: EventPolicyChanged, Reason: "version=" + strconv.FormatUint(c.polVersion, 10)})
 	if !c.pol.Levels.Enabled() {
+		c.sys.availLevel, c.sys.psiLevel = LevelNormal, LevelNormal
 		c.setLevel(LevelNormal, 0) // monitoring off: nothing is under pressure any more
 	}
 	return nil

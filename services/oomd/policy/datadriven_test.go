@@ -70,6 +70,7 @@ func init() {
 		"halt-timeout":      handleHaltTimeout,
 		"kernel":            handleKernel,
 		"memstat-invalid":   handleMemstatInvalid,
+		"pressure":          handlePressure,
 		"victim-preview":    handleVictimPreview,
 	}
 }
@@ -123,6 +124,16 @@ func scanPolicy(t *testing.T, d *datadriven.TestData, p *Policy) {
 			v[i] = n
 		}
 		p.Levels = LevelThresholds{WarningBytes: v[0], ImminentOOMBytes: v[1], OOMBytes: v[2], HysteresisBytes: v[3]}
+	}
+	if arg, ok := d.Arg("psi"); ok {
+		require.Len(t, arg.Vals, 4, "%s: psi=(warning,imminentOom,oom,hysteresis)", d.Pos)
+		var v [4]uint32
+		for i := range v {
+			n, err := strconv.ParseUint(arg.Vals[i], 10, 32)
+			require.NoError(t, err, d.Pos)
+			v[i] = uint32(n)
+		}
+		p.Levels.PSIWarning, p.Levels.PSIImminentOOM, p.Levels.PSIOOM, p.Levels.PSIHysteresis = v[0], v[1], v[2], v[3]
 	}
 	if arg, ok := d.Arg("critical"); ok {
 		p.Critical = append([]string(nil), arg.Vals...)
@@ -248,6 +259,15 @@ func handleKernel(t *testing.T, e *scenarioEnv, d *datadriven.TestData) string {
 	d.MaybeScanArgs(t, "bytes", &in.Bytes)
 	d.MaybeScanArgs(t, "error", &in.Reason)
 	d.MaybeScanArgs(t, "instance", &in.Instance)
+	return e.step(t, in)
+}
+
+// pressure full=<hundredths of a percent>
+//
+// Steps InputPressure: the shell read PSI's memory "full avg10".
+func handlePressure(t *testing.T, e *scenarioEnv, d *datadriven.TestData) string {
+	in := Input{Kind: InputPressure}
+	d.ScanArgs(t, "full", &in.Pressure)
 	return e.step(t, in)
 }
 

@@ -23,7 +23,8 @@ var fuzzPolicies = []Policy{
 var fuzzCoop = SignalCooperative
 
 // fuzzLevels: fuzzBytes values sit on and around each threshold and hysteresis bound.
-var fuzzLevels = LevelThresholds{WarningBytes: 400, ImminentOOMBytes: 200, OOMBytes: 100, HysteresisBytes: 50}
+var fuzzLevels = LevelThresholds{WarningBytes: 400, ImminentOOMBytes: 200, OOMBytes: 100, HysteresisBytes: 50,
+	PSIWarning: 1000, PSIImminentOOM: 3000, PSIOOM: 6000, PSIHysteresis: 500}
 
 var fuzzSubjects = []string{"hog", "app", "samgrd", "svc", "init", "Bad", ""}
 
@@ -79,6 +80,9 @@ func (g *fuzzGen) next() (Input, bool) {
 	case 8:
 		return Input{Kind: InputExited, Subject: subject, Instance: instance, Reason: "exit=0"}, true
 	case 10:
+		if a&0x80 != 0 {
+			return Input{Kind: InputPressure, Pressure: []uint32{0, 999, 1000, 2999, 3000, 5999, 6000, 10000, 10001}[int(b)%9]}, true
+		}
 		return Input{Kind: InputMemAvailable, Bytes: fuzzBytes[int(b)%len(fuzzBytes)]}, true
 	case 11:
 		reason := []string{RebootUserRequest, RebootOOM, "bogus"}[int(b)%3]

@@ -273,6 +273,24 @@ type LevelThresholds struct {
 	OOMBytes         uint64 `json:"oomBytes,omitempty"`
 	HysteresisBytes  uint64 `json:"hysteresisBytes,omitempty"`
 	IntervalMs       uint32 `json:"intervalMs,omitempty"`
+	// PSI thresholds: the kernel's memory pressure (/proc/pressure/memory, "full
+	// avg10": the share of the last 10 s in which every non-idle task was stalled on
+	// memory), in hundredths of a percent. A level is entered when the reading is at or
+	// above its threshold and left when it falls below the threshold minus
+	// PSIHysteresis. All zero: PSI is not used. The level in force is the deeper of the
+	// MemAvailable level and the PSI level.
+	PSIWarning     uint32 `json:"psiWarning,omitempty"`
+	PSIImminentOOM uint32 `json:"psiImminentOom,omitempty"`
+	PSIOOM         uint32 `json:"psiOom,omitempty"`
+	PSIHysteresis  uint32 `json:"psiHysteresis,omitempty"`
+}
+
+// MaxPSI is 100 % in PSI's hundredths of a percent.
+const MaxPSI = 10_000
+
+// PSIEnabled reports whether PSI thresholds are set.
+func (l LevelThresholds) PSIEnabled() bool {
+	return l.PSIWarning != 0 || l.PSIImminentOOM != 0 || l.PSIOOM != 0 || l.PSIHysteresis != 0
 }
 
 // Enabled reports whether level monitoring is configured.
@@ -431,6 +449,21 @@ func (l LevelThresholds) validate() error {
 	}
 	if l.IntervalMs != 0 && (l.IntervalMs < MinLevelInterval || l.IntervalMs > MaxLevelInterval) {
 		return bad("levels.intervalMs", l.IntervalMs, fmt.Sprintf("0 (= sampleMs) or in %d..%d", MinLevelInterval, MaxLevelInterval))
+	}
+	if !l.PSIEnabled() {
+		return nil
+	}
+	if l.PSIWarning == 0 {
+		return bad("levels.psiWarning", l.PSIWarning, "> 0 when PSI thresholds are set")
+	}
+	if l.PSIImminentOOM <= l.PSIWarning {
+		return bad("levels.psiImminentOom", l.PSIImminentOOM, fmt.Sprintf("> levels.psiWarning (%d)", l.PSIWarning))
+	}
+	if l.PSIOOM <= l.PSIImminentOOM || l.PSIOOM > MaxPSI {
+		return bad("levels.psiOom", l.PSIOOM, fmt.Sprintf("> levels.psiImminentOom (%d) and <= %d (100 %%)", l.PSIImminentOOM, MaxPSI))
+	}
+	if l.PSIHysteresis >= l.PSIWarning {
+		return bad("levels.psiHysteresis", l.PSIHysteresis, fmt.Sprintf("< levels.psiWarning (%d)", l.PSIWarning))
 	}
 	return nil
 }

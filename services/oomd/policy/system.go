@@ -78,6 +78,42 @@ func (t LevelThresholds) Next(cur Level, avail uint64) Level {
 	return next
 }
 
+// psiThreshold is the PSI reading at or above which l is entered (0: not from PSI).
+func (t LevelThresholds) psiThreshold(l Level) uint32 {
+	switch l {
+	case LevelWarning:
+		return t.PSIWarning
+	case LevelImminentOOM:
+		return t.PSIImminentOOM
+	case LevelOOM:
+		return t.PSIOOM
+	}
+	return 0
+}
+
+// NextPSI is the PSI level after reading full (hundredths of a percent) while at cur:
+// entered as soon as full >= its threshold, left when full < threshold - PSIHysteresis.
+func (t LevelThresholds) NextPSI(cur Level, full uint32) Level {
+	if !t.Enabled() || !t.PSIEnabled() {
+		return LevelNormal
+	}
+	entered := LevelNormal
+	for l := LevelOOM; l > LevelNormal; l-- {
+		if full >= t.psiThreshold(l) {
+			entered = l
+			break
+		}
+	}
+	if entered >= cur {
+		return entered
+	}
+	next := min(cur, LevelOOM)
+	for next > entered && full+t.PSIHysteresis < t.psiThreshold(next) {
+		next--
+	}
+	return next
+}
+
 func satAdd(a, b uint64) uint64 {
 	if s := a + b; s >= a {
 		return s
@@ -87,10 +123,13 @@ func satAdd(a, b uint64) uint64 {
 
 // system is the core's system-wide state.
 type system struct {
-	level    Level
-	avail    uint64 // last MemAvailable read (0 before the first)
-	halt     halt
-	outcomes uint64 // outcomes produced (0 or 1: the token is claimed once)
+	level                Level  // the level in force: the deeper of availLevel and psiLevel
+	avail                uint64 // last MemAvailable read (0 before the first)
+	psi                  uint32 // last PSI full avg10 read, hundredths of a percent
+	hasPSI               bool
+	availLevel, psiLevel Level
+	halt                 halt
+	outcomes             uint64 // outcomes produced (0 or 1: the token is claimed once)
 }
 
 // halt is the token. Once claimed it is never released in this core's lifetime: the
@@ -136,18 +175,48 @@ func (h HaltStatus) HaltRefusal() string {
 
 func (c *Core) memAvailable(avail uint64) {
 	c.sys.avail = avail
-	next := c.pol.Levels.Next(c.sys.level, avail)
+	c.sys.availLevel = c.pol.Levels.Next(c.sys.availLevel, avail)
+	c.updateLevel()
+}
+
+// pressure takes a PSI reading (full avg10, hundredths of a percent).
+func (c *Core) pressure(full uint32) {
+	c.sys.psi, c.sys.hasPSI = full, true
+	c.sys.psiLevel = c.pol.Levels.NextPSI(c.sys.psiLevel, full)
+	c.updateLevel()
+}
+
+// updateLevel puts the deeper of the MemAvailable and PSI levels in force; reaching
+// LevelOOM claims the halt token. A level that PSI holds deeper than MemAvailable says
+// so in its reason.
+func (c *Core) updateLevel() {
+	next := max(c.sys.availLevel, c.sys.psiLevel)
 	if next == c.sys.level {
 		return
 	}
-	c.setLevel(next, avail)
+	note := ""
+	if c.sys.psiLevel > c.sys.availLevel {
+		note = " psi-full-avg10=" + psiPercent(c.sys.psi)
+	}
+	c.setLevelNote(next, c.sys.avail, note)
 	if next == LevelOOM {
-		c.claimHalt(RebootOOM, avail)
+		c.claimHalt(RebootOOM, c.sys.avail)
 	}
 }
 
+// psiPercent renders hundredths of a percent as "12.34%".
+func psiPercent(v uint32) string {
+	frac := strconv.FormatUint(uint64(v%100), 10)
+	if len(frac) == 1 {
+		frac = "0" + frac
+	}
+	return strconv.FormatUint(uint64(v/100), 10) + "." + frac + "%"
+}
+
 // setLevel moves to level l, with an event and an audit record, if it differs.
-func (c *Core) setLevel(l Level, avail uint64) {
+func (c *Core) setLevel(l Level, avail uint64) { c.setLevelNote(l, avail, "") }
+
+func (c *Core) setLevelNote(l Level, avail uint64, note string) {
 	from := c.sys.level
 	if l == from {
 		return
@@ -160,7 +229,7 @@ func (c *Core) setLevel(l Level, avail uint64) {
 	if l < from {
 		limit = satAdd(t.threshold(l+1), t.HysteresisBytes)
 	}
-	reason := from.String() + "->" + l.String()
+	reason := from.String() + "->" + l.String() + note
 	c.appendAudit(AuditRecord{Kind: EventLevelChanged, Bytes: avail, Limit: limit, Reason: reason})
 	c.emit(Event{Kind: EventLevelChanged, Bytes: avail, Limit: limit, Reason: reason})
 }

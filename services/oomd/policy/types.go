@@ -62,6 +62,10 @@ const (
 	// Reason ("bad magic", "bad version", "torn"): the shell skipped it. The core
 	// reports it once per episode; the next accepted sample ends the episode.
 	InputMemstatInvalid
+	// InputPressure: the kernel's memory pressure was read as Pressure (PSI "full
+	// avg10", hundredths of a percent, 0..10000). With Policy.Levels' PSI thresholds set,
+	// it drives the pressure level beside MemAvailable (the deeper of the two wins).
+	InputPressure
 )
 
 var inputKindNames = [...]string{
@@ -80,6 +84,7 @@ var inputKindNames = [...]string{
 	InputHaltTimeout:      "halt-timeout",
 	InputKernel:           "kernel",
 	InputMemstatInvalid:   "memstat-invalid",
+	InputPressure:         "pressure",
 }
 
 func (k InputKind) String() string {
@@ -126,6 +131,8 @@ type Input struct {
 	Reason     string     `json:"reason,omitempty"`
 	Policy     *Policy    `json:"policy,omitempty"`
 	Count      uint64     `json:"count,omitempty"`
+	// Pressure is InputPressure's reading (hundredths of a percent).
+	Pressure uint32 `json:"pressure,omitempty"`
 	// Slot is an optional handle for Subject on InputSample, as Core.SlotOf returned it
 	// after registration; the shell passes it so a sample skips the id lookup. The core
 	// uses it only if that slot is live and holds Subject, and looks the id up otherwise,
