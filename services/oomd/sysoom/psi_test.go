@@ -10,7 +10,7 @@ import (
 
 func TestParsePSIFull(t *testing.T) {
 	for in, want := range map[string]uint32{
-		"some avg10=1.00 avg60=0.50 avg300=0.10 total=123\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n":  0,
+		"some avg10=1.00 avg60=0.50 avg300=0.10 total=123\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n":   0,
 		"some avg10=80.00 avg60=0.50 avg300=0.10 total=123\nfull avg10=45.67 avg60=1.00 avg300=0.10 total=9\n": 4567,
 		"full avg10=100.00 avg60=1.00 avg300=0.10 total=9\n":                                                   10000,
 	} {
