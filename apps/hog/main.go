@@ -45,6 +45,7 @@ func main() {
 	flag.Uint64Var(&cfg.underReport, "under-report", 1, "publish 1/N of the arena (N > 1: a subject that under-reports)")
 	flag.IntVar(&cfg.fork, "fork", 0, "start N member processes, each holding --member-bytes")
 	flag.Uint64Var(&cfg.memberBytes, "member-bytes", 16<<20, "bytes each --fork member holds")
+	flag.BoolVar(&cfg.stepsOnInject, "steps-after-inject", false, "start the --step-every steps only after the first inject (a runaway a test can start at will)")
 	member := flag.Bool("member", false, "internal: run as a --fork member (hold --start-bytes until a signal)")
 	flag.Parse()
 	if *member {
@@ -71,6 +72,7 @@ type config struct {
 	underReport                     uint64
 	fork                            int
 	memberBytes                     uint64
+	stepsOnInject                   bool
 }
 
 func run(cfg config, log *zap.Logger) error {
@@ -84,7 +86,7 @@ func run(cfg config, log *zap.Logger) error {
 	defer stop()
 
 	a := newArena(cfg.maxBytes)
-	hook := &testHook{arena: a, cfg: cfg}
+	hook := &testHook{arena: a, cfg: cfg, injected: make(chan struct{}, 1)}
 	pub, err := memstat.Connect(ctx, memstat.Options{
 		Period:    cfg.period,
 		Bootstrap: capnp.Client(oomdpb.TestHook_ServerToClient(hook)),
@@ -119,10 +121,20 @@ func run(cfg config, log *zap.Logger) error {
 		zap.Bool("publishes", !cfg.noPublish), zap.Uint64("underReport", cfg.underReport), zap.Bool("page", pub.OnPage()))
 
 	var steps <-chan time.Time
-	if cfg.stepEvery > 0 {
-		t := time.NewTicker(cfg.stepEvery)
-		defer t.Stop()
-		steps = t.C
+	var ticker *time.Ticker
+	startSteps := func() {
+		if ticker == nil && cfg.stepEvery > 0 {
+			ticker = time.NewTicker(cfg.stepEvery)
+			steps = ticker.C
+		}
+	}
+	defer func() {
+		if ticker != nil {
+			ticker.Stop()
+		}
+	}()
+	if !cfg.stepsOnInject {
+		startSteps()
 	}
 	for {
 		select {
@@ -134,6 +146,8 @@ func run(cfg config, log *zap.Logger) error {
 				return nil
 			}
 			return err
+		case <-hook.injected:
+			startSteps()
 		case <-steps:
 			before := a.size()
 			if n := a.grow(cfg.stepBytes, hook.publish); n != before {
@@ -145,9 +159,10 @@ func run(cfg config, log *zap.Logger) error {
 
 // testHook serves oomdpb.TestHook on the memstat connection.
 type testHook struct {
-	arena *arena
-	cfg   config
-	pub   *memstat.Publisher
+	arena    *arena
+	cfg      config
+	pub      *memstat.Publisher
+	injected chan struct{} // one token per inject, for --steps-after-inject
 }
 
 // publish reports total as the hog's memstat, as configured (nothing, or 1/N of it).
@@ -162,6 +177,10 @@ var _ oomdpb.TestHook_Server = (*testHook)(nil)
 
 func (h *testHook) Inject(_ context.Context, call oomdpb.TestHook_inject) error {
 	n := h.arena.grow(call.Args().Bytes(), h.publish)
+	select {
+	case h.injected <- struct{}{}:
+	default:
+	}
 	res, err := call.AllocResults()
 	if err != nil {
 		return err

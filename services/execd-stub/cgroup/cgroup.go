@@ -320,6 +320,18 @@ func (m *Manager) Create(subject string, instance uint64) (*Group, error) {
 	return g, nil
 }
 
+// ErrNoMemoryHigh: memory.high exists only on cgroup v2.
+var ErrNoMemoryHigh = errors.New("memory.high needs cgroup v2")
+
+// SetHigh sets memory.high: above it the kernel throttles the group by reclaim instead
+// of letting it grow (it never kills for it; memory.max would).
+func (g *Group) SetHigh(bytes uint64) error {
+	if g.m.mode != ModeV2 {
+		return ErrNoMemoryHigh
+	}
+	return writeFile(filepath.Join(g.path, "memory.high"), strconv.FormatUint(bytes, 10))
+}
+
 // Name is <subject>.<instance>.
 func (g *Group) Name() string { return g.name }
 

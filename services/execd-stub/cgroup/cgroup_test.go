@@ -173,3 +173,23 @@ func TestShimJoinsBeforeTheProgramRuns(t *testing.T) {
 	require.NoError(t, err)
 	require.Contains(t, string(out), "/"+g.Name()+"\n")
 }
+
+// memory.high is a cgroup v2 file: v1 and proc say so instead of pretending.
+func TestSetHigh(t *testing.T) {
+	for _, m := range modes(t) {
+		t.Run(m.Mode().String(), func(t *testing.T) {
+			g, err := m.Create("high", 1)
+			require.NoError(t, err)
+			defer g.Remove()
+			err = g.SetHigh(64 << 20)
+			if m.Mode() != ModeV2 {
+				require.ErrorIs(t, err, ErrNoMemoryHigh)
+				return
+			}
+			require.NoError(t, err)
+			b, err := os.ReadFile(g.Path() + "/memory.high")
+			require.NoError(t, err)
+			require.Equal(t, strconv.Itoa(64<<20), strings.TrimSpace(string(b)))
+		})
+	}
+}

@@ -25,6 +25,11 @@
 //   - role: "" or "watchdog" (at most one service): the watchdog (oomd) receives the
 //     Terminator and SystemControl capabilities and every other child's memstat socket.
 //   - injectable: the child serves a TestHook on its memstat connection.
+//   - memoryHighBytes: cgroup v2 only: execd sets the subject's memory.high to this, so
+//     the kernel throttles a runaway by reclaim while oomd audits its kill (set it a
+//     margin above oomd's hardBytes for the subject). Never memory.max: that would let
+//     the kernel kill without an audit record. 0 (default) leaves it unset; ignored with
+//     a log line under cgroup v1 or /proc containment.
 //   - preference: "" (none), "prefer", "avoid" or "never": how oomd weighs it as a victim
 //     under system memory pressure (docs/reliability/oom-policy.md); the policy's lists
 //     override it, except that never always holds.
@@ -93,6 +98,7 @@ type Service struct {
 	Injectable    bool              `json:"injectable"`
 	ExitWith      bool              `json:"exitWith"`
 	Preference    string            `json:"preference"`
+	MemoryHigh    uint64            `json:"memoryHighBytes"`
 }
 
 // Preferences are the values of Service.Preference, in oomdpb.Preference's order.
@@ -434,7 +440,7 @@ func decodeError(data []byte, err error) error {
 // the document to locate the first other key, since encoding/json does not say where.
 var (
 	topFields     = []string{"services"}
-	serviceFields = []string{"id", "argv", "critical", "dependsOn", "stopTimeoutMs", "restart", "env", "role", "injectable", "exitWith", "preference"}
+	serviceFields = []string{"id", "argv", "critical", "dependsOn", "stopTimeoutMs", "restart", "env", "role", "injectable", "exitWith", "preference", "memoryHighBytes"}
 )
 
 // findUnknownKey returns the byte offset and path of the first object key that is not

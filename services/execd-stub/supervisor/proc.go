@@ -183,6 +183,11 @@ func (s *Supervisor) spawn(svc *service) (p *proc, err error) {
 				zap.String("parent", s.cfg.Cgroups.Base()), zap.Error(gerr))
 		} else {
 			p.group = g
+			if h := spec.MemoryHigh; h != 0 {
+				if err := g.SetHigh(h); err != nil {
+					log.Warn("memoryHighBytes not applied", zap.Uint64("bytes", h), zap.Stringer("cgroup", g.Mode()), zap.Error(err))
+				}
+			}
 		}
 	}
 	defer func() {
