@@ -177,7 +177,7 @@ func (s *controlServer) Status(_ context.Context, call oomdpb.Control_status) er
 		modes = make([]oomdpb.CgroupMode, len(subjects))
 		for i, ss := range subjects {
 			if sl, ok := s.d.slots[ss.Subject]; ok && sl.kernel != nil {
-				modes[i] = oomdpb.CgroupMode(sl.kernel.Mode())
+				modes[i] = sl.kernel.Mode()
 			}
 		}
 	})

@@ -169,7 +169,7 @@ func (d *Daemon) acceptHandoff(msg *capnp.Message, files []*os.File) (err error)
 		return fmt.Errorf("handoff %s: %w", subject, err)
 	}
 	s := &slot{subject: subject, instance: h.Instance(), critical: h.Critical(), injectable: h.Injectable(), preference: pref}
-	mode := kernel.Mode(h.CgroupMode())
+	mode := h.CgroupMode()
 	if u := fds[oomdpb.HandoffFd_usage]; u != nil {
 		kr, err := kernel.New(mode, u, fds[oomdpb.HandoffFd_memoryStat])
 		if err != nil {

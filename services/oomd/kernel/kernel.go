@@ -30,26 +30,19 @@ import (
 	"strconv"
 
 	"golang.org/x/sys/unix"
+
+	"oomd.dev/oomd/gen/oomdpb"
 )
 
-// Mode mirrors oomdpb.CgroupMode.
-type Mode uint8
+// Mode is how the subject is contained, as execd's handoff says (oomdpb.CgroupMode).
+type Mode = oomdpb.CgroupMode
 
 const (
-	ModeNone Mode = iota
-	ModeV2
-	ModeV1
-	ModeProc
+	ModeNone = oomdpb.CgroupMode_none
+	ModeV2   = oomdpb.CgroupMode_v2
+	ModeV1   = oomdpb.CgroupMode_v1
+	ModeProc = oomdpb.CgroupMode_proc
 )
-
-var modeNames = [...]string{"none", "v2", "v1", "proc"}
-
-func (m Mode) String() string {
-	if int(m) < len(modeNames) {
-		return modeNames[m]
-	}
-	return "unknown"
-}
 
 // statBuf bounds one memory.stat read; v1's with every hierarchical total is ~1.5 KiB.
 const statBuf = 8 << 10
