@@ -960,3 +960,14 @@ func (h *harness) pidOf(id string) int {
 	h.t.Fatalf("no started line for %s", id)
 	return 0
 }
+
+// The watchdog starts even when a dependency of it fails before it was ready (security
+// invariant 11): its auditing is degraded, it is not absent.
+func TestWatchdogStartsWithoutItsDependency(t *testing.T) {
+	wd := withDeps(watchdog(), "a")
+	h := start(t, []svc{child("a", "--exit", "2"), wd, withDeps(child("app", "--ready"), "wd")})
+	h.waitEvent("start wd")
+	h.waitEvent("start app")
+	assert.Contains(t, h.out.String(), "starting the watchdog without its dependency")
+	assert.Equal(t, 0, h.stop())
+}

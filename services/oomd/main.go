@@ -83,9 +83,15 @@ func run(ctx context.Context, o options, log *zap.Logger) error {
 	}
 	pol := policy.DefaultPolicy()
 	if o.policyFile != "" {
-		var err error
-		if pol, err = daemon.LoadPolicyFile(o.policyFile); err != nil {
-			return err
+		p, err := daemon.LoadPolicyFile(o.policyFile)
+		if err != nil {
+			// A bad file must not keep the watchdog down (a restart would fail the same
+			// way, for ever): watch with the defaults, and say so loudly.
+			log.Error("policy file rejected whole; watching with the default policy until a valid one is set",
+				zap.String("file", o.policyFile), zap.Error(err))
+			fmt.Fprintf(os.Stderr, "oomd: policy file %s rejected: %v; using the default policy\n", o.policyFile, err)
+		} else {
+			pol = p
 		}
 	}
 

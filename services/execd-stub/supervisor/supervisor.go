@@ -230,7 +230,17 @@ func (s *Supervisor) tornDown() bool {
 func (s *Supervisor) startAll(ctx context.Context) error {
 	for _, svc := range s.order {
 		for _, dep := range svc.spec.DependsOn {
-			if err := s.waitReady(ctx, s.services[dep], svc.spec.ID); err != nil {
+			err := s.waitReady(ctx, s.services[dep], svc.spec.ID)
+			switch {
+			case err == nil:
+			case svc.spec.Watchdog() && ctx.Err() == nil:
+				// No single fault may leave the machine without its watchdog (security
+				// invariant 11): it starts without the dependency (logd: its auditing is
+				// degraded, and kills wait for durability), and the dependency's restart
+				// policy may bring it back.
+				s.log.Error("starting the watchdog without its dependency", zap.String("subject", svc.spec.ID),
+					zap.String("dependency", dep), zap.Error(err))
+			default:
 				return fmt.Errorf("start %s: %w", svc.spec.ID, err)
 			}
 		}
