@@ -129,9 +129,10 @@ func loadRun(t *testing.T, n int, ticks uint64, path string) {
 	var bareCount atomic.Uint64
 	var bareConns []*rpc.Conn
 	var cmd *exec.Cmd
+	var watch *page.Reader // the bench's own view of the first page
 	switch path {
 	case "page":
-		cmd = startPageGenerator(t, d, n)
+		cmd, watch = startPageGenerator(t, d, n)
 	case "rpc", "bare":
 		cmd = startRPCGenerator(t, d, n, path == "bare", &bareCount, &bareConns)
 	default:
@@ -195,14 +196,18 @@ func loadRun(t *testing.T, n int, ticks uint64, path string) {
 		100*cpu.Seconds()/wall.Seconds(), perSample, selfStatus(t, "VmRSS"), selfStatus(t, "RssAnon"), selfStatus(t, "RssShmem"),
 		selfStatus(t, "VmHWM"), ms.HeapInuse>>10, 100*gen.Seconds()/wall.Seconds(), strings.TrimSpace(string(load)))
 	if n > 0 && path != "bare" {
-		crossing(t, d, subjectName(0))
+		crossing(t, d, subjectName(0), watch)
 	}
 }
 
 // crossing lowers subject's hard limit just above its published value, so that its
 // next samples cross it, and reports the tick at which the core first showed a reading
 // over the limit and the tick of the kill decision, polling under the daemon's lock.
-func crossing(t *testing.T, d *Daemon, subject string) {
+//
+// With watch (the page path) it also reads the subject's page itself and reports the
+// tick during which the crossing value was first on the page: the decision should come
+// one tick later, at the first tick that reads it.
+func crossing(t *testing.T, d *Daemon, subject string, watch *page.Reader) {
 	var cur uint64
 	d.withCore(func(c *policy.Core) {
 		st, _ := c.Subject(subject)
@@ -216,10 +221,15 @@ func crossing(t *testing.T, d *Daemon, subject string) {
 		t.Fatal(err)
 	}
 	deadline := time.Now().Add(10 * time.Second)
-	var seen, decided uint64
+	var seen, decided, onPage uint64
 	var since uint64
 	for (seen == 0 || decided == 0) && time.Now().Before(deadline) {
 		d.withCore(func(c *policy.Core) {
+			if watch != nil && onPage == 0 {
+				if smp, st := watch.Read(); st == page.OK && smp.Bytes > hard {
+					onPage = c.TickCount()
+				}
+			}
 			if st, ok := c.Subject(subject); ok && seen == 0 && st.Bytes > hard {
 				seen = c.TickCount()
 			}
@@ -233,8 +243,8 @@ func crossing(t *testing.T, d *Daemon, subject string) {
 		})
 		time.Sleep(2 * time.Millisecond) // a benchmark's poll
 	}
-	t.Logf("crossing subject=%s hard=%d: first shown at tick %d, killDecided at tick %d (decision - shown = %d ticks)",
-		subject, hard, seen, decided, int64(decided)-int64(seen))
+	t.Logf("crossing subject=%s hard=%d: on the page during tick %d (0: not watched), first shown at tick %d, killDecided at tick %d (decision - shown = %d ticks, decision - on page = %d ticks)",
+		subject, hard, onPage, seen, decided, int64(decided)-int64(seen), int64(decided)-int64(onPage))
 }
 
 func subjectName(i int) string { return fmt.Sprintf("sub-%05d", i) }
@@ -288,7 +298,7 @@ const pageFDBatch = 250
 
 // startPageGenerator starts the generator, then registers n page subjects through
 // acceptHandoff, passing each page's read-write fd to the generator in batches.
-func startPageGenerator(t *testing.T, d *Daemon, n int) *exec.Cmd {
+func startPageGenerator(t *testing.T, d *Daemon, n int) (*exec.Cmd, *page.Reader) {
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -303,6 +313,7 @@ func startPageGenerator(t *testing.T, d *Daemon, n int) *exec.Cmd {
 		t.Fatal(err)
 	}
 	theirs.Close()
+	var watch *page.Reader
 	batch := make([]*os.File, 0, pageFDBatch)
 	flush := func() {
 		if len(batch) == 0 {
@@ -325,6 +336,11 @@ func startPageGenerator(t *testing.T, d *Daemon, n int) *exec.Cmd {
 		if err != nil {
 			t.Fatal(err)
 		}
+		if i == 0 {
+			if watch, err = page.NewReader(rw); err != nil {
+				t.Fatal(err)
+			}
+		}
 		handoffPage(t, d, subjectName(i), rw)
 		batch = append(batch, rw)
 		if len(batch) == pageFDBatch {
@@ -335,7 +351,7 @@ func startPageGenerator(t *testing.T, d *Daemon, n int) *exec.Cmd {
 	if err := unix.Shutdown(mine, unix.SHUT_WR); err != nil {
 		t.Fatal(err)
 	}
-	return cmd
+	return cmd, watch
 }
 
 // handoffPage hands d a page subject as execd's broker does (sendHandoff): a memstat
