@@ -243,8 +243,12 @@ func crossing(t *testing.T, d *Daemon, subject string, watch *page.Reader) {
 		})
 		time.Sleep(2 * time.Millisecond) // a benchmark's poll
 	}
-	t.Logf("crossing subject=%s hard=%d: on the page during tick %d (0: not watched), first shown at tick %d, killDecided at tick %d (decision - shown = %d ticks, decision - on page = %d ticks)",
-		subject, hard, onPage, seen, decided, int64(decided)-int64(seen), int64(decided)-int64(onPage))
+	onPageNote := ""
+	if watch != nil {
+		onPageNote = fmt.Sprintf("; on the page during tick %d (decision - on page = %d ticks)", onPage, int64(decided)-int64(onPage))
+	}
+	t.Logf("crossing subject=%s hard=%d: first shown at tick %d, killDecided at tick %d (decision - shown = %d ticks)%s",
+		subject, hard, seen, decided, int64(decided)-int64(seen), onPageNote)
 }
 
 func subjectName(i int) string { return fmt.Sprintf("sub-%05d", i) }
