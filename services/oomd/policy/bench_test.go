@@ -117,22 +117,33 @@ func BenchmarkSample(b *testing.B) {
 // number of subjects.
 func BenchmarkTick(b *testing.B) {
 	for _, n := range benchSizes {
-		b.Run(fmt.Sprintf("subjects=%d", n), func(b *testing.B) {
-			c, ids := benchCore(b, n)
-			slices.Sort(ids)
-			b.ReportAllocs()
-			b.ResetTimer()
-			cpu0 := cpuNanos(b)
-			for range b.N {
-				for _, id := range ids {
-					if err := c.Step(sampleOf(id)); err != nil {
-						b.Fatal(err)
+		// by=id looks every subject up by id; by=slot passes the handle from SlotOf, as
+		// the oomd shell does for each page sample it reads on the tick.
+		for _, by := range []string{"id", "slot"} {
+			b.Run(fmt.Sprintf("subjects=%d/by=%s", n, by), func(b *testing.B) {
+				c, ids := benchCore(b, n)
+				slices.Sort(ids)
+				ins := make([]Input, len(ids))
+				for i, id := range ids {
+					ins[i] = sampleOf(id)
+					if by == "slot" {
+						ins[i].Slot = c.SlotOf(id)
 					}
 				}
-				c.Tick()
-			}
-			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/float64(n), "ns/subject")
-			b.ReportMetric(float64(cpuNanos(b)-cpu0)/float64(b.N)/float64(n), "cpu-ns/subject")
-		})
+				b.ReportAllocs()
+				b.ResetTimer()
+				cpu0 := cpuNanos(b)
+				for range b.N {
+					for i := range ins {
+						if err := c.Step(ins[i]); err != nil {
+							b.Fatal(err)
+						}
+					}
+					c.Tick()
+				}
+				b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/float64(n), "ns/subject")
+				b.ReportMetric(float64(cpuNanos(b)-cpu0)/float64(b.N)/float64(n), "cpu-ns/subject")
+			})
+		}
 	}
 }
