@@ -139,3 +139,20 @@ func processAlive(pid int) bool {
 	i := strings.LastIndexByte(string(b), ')')
 	return i > 0 && len(b) > i+2 && b[i+2] != 'Z' && b[i+2] != 'X'
 }
+
+// TestBadPolicyFileAtStartStillWatches: a policy file rejected at start (here an
+// invalid signal) does not keep the watchdog down: oomd watches with the defaults and
+// says which field was wrong (security invariant 11).
+func TestBadPolicyFileAtStartStillWatches(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	s := startStack(t, manifest(""), map[string]string{"policy.json": `{"softBytes": 1, "hardBytes": 2, "sampleMs": 10, "killBudget": 1, "killWindowTicks": 1, "signal": "rss"}`})
+	c := dialClient(t, ctx, s)
+	s.waitLine("policy file rejected whole; watching with the default policy", 10*time.Second)
+	assert.Contains(t, s.lines.dump(), `signal \"rss\": want max, kernel or cooperative`)
+	p, v, err := c.GetPolicy(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, uint64(1), v)
+	assert.Equal(t, policy.DefaultPolicy(), p)
+	require.NoError(t, c.WaitTicks(ctx, 3))
+}
