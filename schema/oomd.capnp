@@ -459,6 +459,14 @@ struct Status {
   memAvailableBytes @11 :UInt64;
   haltClaimed @12 :Bool;
   injectEnabled @13 :Bool;
+  # The pressure victim the core would pick now (policy.Core.VictimPreview): its id, the
+  # reason a decision would carry (score, runners-up), and what holds the decision back
+  # ("" = the next tick at the victim level decides; "dry run", "level=normal below
+  # imminentOom", "victim decision=<n> in flight", "settling until tick <t>", ...).
+  # All three empty when no subject is a candidate.
+  victim @14 :Text;
+  victimReason @15 :Text;
+  victimHold @16 :Text;
 }
 
 struct RebootRecord {

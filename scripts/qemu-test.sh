@@ -17,7 +17,9 @@
 #                     /init (VM_APPEND="loglevel=7 -- --debug": kernel messages, execd debug)
 #   VM_SMP, VM_MEM    vCPUs (1) and MiB of guest memory (512)
 #   VM_TEST           selftest (default): one boot, the kill path;
-#                     oom: the two-boot system-OOM test on a raw NVMe disk (docs/qemu.md)
+#                     oom: the two-boot system-OOM test on a raw NVMe disk (docs/qemu.md);
+#                     victim: real pressure from a leaker that publishes nothing; oomd kills
+#                     it as the pressure victim, the other two live, no reboot, no kernel OOM
 set -euo pipefail
 export LC_ALL=C
 
@@ -45,7 +47,12 @@ case $VM_TEST in
     MANIFEST=$ROOT/scripts/vm/oom-manifest.json
     EXTRA_FILES=("$ROOT/scripts/vm/oom-policy.json:etc/oomd/policy.json")
     ;;
-  *) printf 'qemu-test: FAIL: VM_TEST=%s: want selftest or oom\n' "$VM_TEST" >&2; exit 1 ;;
+  victim)
+    PACKAGES=("$INIT_PACKAGE" services/logd-stub services/oomd apps/hog scripts/vm/victimcheck)
+    MANIFEST=$ROOT/scripts/vm/victim-manifest.json
+    EXTRA_FILES=("$ROOT/scripts/vm/victim-policy.json:etc/oomd/policy.json")
+    ;;
+  *) printf 'qemu-test: FAIL: VM_TEST=%s: want selftest, oom or victim\n' "$VM_TEST" >&2; exit 1 ;;
 esac
 
 # Subjects oomd must never kill (DESIGN.md, security invariant 5); the denial marker must
@@ -363,6 +370,29 @@ oom_test() {
   tr -d '\r' <"$CACHE/oom-boot2.log" | grep -a -e 'oomd: last reboot' -e 'SELFTEST: last reboot' | sed 's/^/  boot2 | /' >&2
 }
 
+# victim_test DEADLINE_MS: one boot under real memory pressure. victimcheck sets levels
+# from the guest's MemAvailable, then execd starts the leaker (8 MiB every 50 ms, up to
+# 400 MiB, no memstat); oomd must kill it as the pressure victim before the kernel's OOM
+# killer acts or the oom level claims the halt, and svc-a and svc-b must live on.
+victim_test() {
+  local deadline=$1 serial=$CACHE/victim.log
+  MARKERS=(
+    'oomd: ready'
+    'oomd: kill app=leaker bytes=[0-9]+'
+    'SELFTEST: victim ok subject=leaker survivors=2 vmstat oom_kill=0 '
+  )
+  boot victim "$deadline"
+  check_boot victim
+  if tr -d '\r' <"$serial" | grep -qaE 'oomd: rebooting|haltClaimed'; then
+    report_failure victim "oomd claimed the halt: the victim kill did not hold the pressure"
+  fi
+  log "PASS (victim): all ${#MARKERS[@]} markers in order in $(secs "$BOOT_MS") s, no halt, no reboot, no kernel OOM kill" \
+    "(console: $serial)"
+  log "timeline from QEMU start, seconds: $BOOT_TIMES"
+  tr -d '\r' <"$serial" | grep -a -e 'victimcheck: MemAvailable' -e 'oomd: kill app=' -e 'SELFTEST: victim' \
+    -e 'hog stopping on signal' | sed 's/^/  victim | /' >&2
+}
+
 main() {
   local timeout_s deadline t_start t prep=''
   timeout_s=$(parse_timeout "$RUN_TIMEOUT")
@@ -387,6 +417,10 @@ main() {
   deadline=$(($(now_ms) + timeout_s * 1000))
   if [ "$VM_TEST" = oom ]; then
     oom_test "$deadline"
+    return
+  fi
+  if [ "$VM_TEST" = victim ]; then
+    victim_test "$deadline"
     return
   fi
   boot boot1 "$deadline"

@@ -167,6 +167,7 @@ func (s *controlServer) Status(_ context.Context, call oomdpb.Control_status) er
 		level     policy.Level
 		avail     uint64
 		halt      policy.HaltStatus
+		victim    policy.VictimChoice
 	)
 	var modes []oomdpb.CgroupMode
 	s.d.withCore(func(c *policy.Core) {
@@ -174,6 +175,7 @@ func (s *controlServer) Status(_ context.Context, call oomdpb.Control_status) er
 		counters, tick, ver, last = c.Counters(), c.TickCount(), c.PolicyVersion(), c.LastSeq()
 		level, avail = c.Level()
 		halt = c.Halt()
+		victim, _ = c.VictimPreview()
 		modes = make([]oomdpb.CgroupMode, len(subjects))
 		for i, ss := range subjects {
 			if sl, ok := s.d.slots[ss.Subject]; ok && sl.kernel != nil {
@@ -202,6 +204,9 @@ func (s *controlServer) Status(_ context.Context, call oomdpb.Control_status) er
 	st.SetLevel(oomdpb.PressureLevel(level))
 	st.SetMemAvailableBytes(avail)
 	st.SetHaltClaimed(halt.Claimed)
+	if err := setVictim(st, victim); err != nil {
+		return err
+	}
 	l, err := st.NewSubjects(int32(len(subjects)))
 	if err != nil {
 		return err
@@ -225,6 +230,20 @@ func (s *controlServer) Status(_ context.Context, call oomdpb.Control_status) er
 		e.SetCgroupMode(modes[i])
 	}
 	return nil
+}
+
+// setVictim fills the dry-run preview (all empty when no subject is a candidate).
+func setVictim(st oomdpb.Status, v policy.VictimChoice) error {
+	if v.Subject == "" {
+		return nil
+	}
+	if err := st.SetVictim(v.Subject); err != nil {
+		return err
+	}
+	if err := st.SetVictimReason(v.Reason); err != nil {
+		return err
+	}
+	return st.SetVictimHold(v.Hold)
 }
 
 func (s *controlServer) Audit(ctx context.Context, call oomdpb.Control_audit) error {

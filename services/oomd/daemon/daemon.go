@@ -228,7 +228,8 @@ func (d *Daemon) terminate(req policy.TerminateRequest) {
 	ctx, cancel := context.WithTimeout(d.ctx, 30*time.Second)
 	defer cancel()
 	d.log.Info("requesting terminate", zap.String("subject", req.Subject), zap.Uint64("instance", req.Instance),
-		zap.Uint64("decision", req.Decision), zap.Uint64("bytes", req.Bytes), zap.Uint64("limit", req.Limit))
+		zap.Uint64("decision", req.Decision), zap.Uint64("bytes", req.Bytes), zap.Uint64("limit", req.Limit),
+		zap.String("reason", req.Reason))
 	refusal, err := d.term.Terminate(ctx, req)
 	switch {
 	case err != nil:

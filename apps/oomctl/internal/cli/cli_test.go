@@ -424,7 +424,8 @@ spoofer  normal       1.5 KiB  256 MiB  512 MiB  kernel       1.5 KiB  -        
 		`{"subject":"oomd","instance":1,"state":"normal","bytes":0,"softBytes":268435456,"hardBytes":536870912,"critical":true,"rejected":0,`+
 		`"kernelBytes":0,"cooperativeBytes":0,"published":false,"signal":"max","cgroupMode":"none"},`+
 		`{"subject":"spoofer","instance":1,"state":"normal","bytes":1536,"softBytes":268435456,"hardBytes":536870912,"critical":false,"rejected":3,`+
-		`"kernelBytes":1536,"cooperativeBytes":0,"published":false,"signal":"kernel","cgroupMode":"proc"}]}`+"\n", stdout)
+		`"kernelBytes":1536,"cooperativeBytes":0,"published":false,"signal":"kernel","cgroupMode":"proc"}],`+
+		`"victim":"","victimReason":"","victimHold":""}`+"\n", stdout)
 
 	f.do(func() {
 		f.status = statusView{Tick: 5, Level: "warning", MemAvailableBytes: 3 << 30, HaltClaimed: true, Truncated: true,
@@ -439,6 +440,32 @@ SUBJECT  STATE   BYTES  SOFT  HARD  SIGNAL  KERNEL  PUBLISHED  CGROUP  CRITICAL 
 a        exited  0      0     0     max     -       -          none    no        0
 (only the first 1 subjects are shown: oomd bounds one status answer)
 `, stdout)
+}
+
+// TestStatusVictim: the victim preview is one line under the notes, saying whom oomd
+// would pick, why, and what holds it back; nothing when victim selection is off.
+func TestStatusVictim(t *testing.T) {
+	f := startFake(t)
+	const reason = "pressure victim: level=imminentOom score=97 runners-up=b:35,a:19"
+	for _, tc := range []struct {
+		hold, want string
+	}{
+		{"", "victim leaker: decided at the next tick (" + reason + ")\n"},
+		{"dry run", "victim would be leaker (" + reason + "); held: dry run\n"},
+		{"settling until tick 40", "victim would be leaker (" + reason + "); held: settling until tick 40\n"},
+		{"victims off", ""},
+		{"levels off", ""},
+	} {
+		f.do(func() {
+			f.status = statusView{Tick: 5, Level: "normal", Victim: "leaker", VictimReason: reason, VictimHold: tc.hold}
+		})
+		code, stdout, stderr := oomctl(t, nil, "--socket", f.path, "status")
+		require.Equal(t, ExitOK, code, stderr)
+		assert.Equal(t, "tick 5, policy version 0, last event seq 0\nkills 0, denied 0, throttled 0; samples accepted 0, rejected 0\n"+
+			tc.want+"\nno subjects\n", stdout, "hold %q", tc.hold)
+	}
+	_, stdout, _ := oomctl(t, nil, "--socket", f.path, "--json", "status")
+	assert.Contains(t, stdout, `"victim":"leaker","victimReason":"`+reason+`","victimHold":"levels off"}`)
 }
 
 func TestPolicyGet(t *testing.T) {

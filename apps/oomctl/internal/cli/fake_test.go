@@ -244,6 +244,15 @@ func (f *fakeOomd) Status(_ context.Context, call oomdpb.Control_status) error {
 	st.SetHaltClaimed(v.HaltClaimed)
 	st.SetInjectEnabled(v.InjectEnabled)
 	st.SetTruncated(v.Truncated)
+	if err := st.SetVictim(v.Victim); err != nil {
+		return err
+	}
+	if err := st.SetVictimReason(v.VictimReason); err != nil {
+		return err
+	}
+	if err := st.SetVictimHold(v.VictimHold); err != nil {
+		return err
+	}
 	l, err := st.NewSubjects(int32(len(v.Subjects)))
 	if err != nil {
 		return err

@@ -28,6 +28,11 @@ type statusView struct {
 	InjectEnabled     bool          `json:"injectEnabled"`
 	Truncated         bool          `json:"truncated"`
 	Subjects          []subjectView `json:"subjects"`
+	// The pressure victim oomd would pick now, why, and what holds it back ("" = the
+	// next tick at the victim level decides); all empty when no subject is a candidate.
+	Victim       string `json:"victim"`
+	VictimReason string `json:"victimReason"`
+	VictimHold   string `json:"victimHold"`
 }
 
 type subjectView struct {
@@ -86,6 +91,16 @@ func readStatus(st oomdpb.Status) (statusView, error) {
 		InjectEnabled: st.InjectEnabled(), Truncated: st.Truncated(),
 		Subjects: []subjectView{},
 	}
+	var err error
+	if v.Victim, err = st.Victim(); err != nil {
+		return v, fmt.Errorf("victim: %w", err)
+	}
+	if v.VictimReason, err = st.VictimReason(); err != nil {
+		return v, fmt.Errorf("victimReason: %w", err)
+	}
+	if v.VictimHold, err = st.VictimHold(); err != nil {
+		return v, fmt.Errorf("victimHold: %w", err)
+	}
 	l, err := st.Subjects()
 	if err != nil {
 		return v, fmt.Errorf("subjects: %w", err)
@@ -128,6 +143,7 @@ func writeStatus(w io.Writer, v statusView) error {
 	if len(notes) > 0 {
 		fmt.Fprintln(w, strings.Join(notes, "; "))
 	}
+	writeVictim(w, v)
 	fmt.Fprintln(w)
 	if len(v.Subjects) == 0 {
 		fmt.Fprintln(w, "no subjects")
@@ -159,4 +175,16 @@ func writeStatus(w io.Writer, v statusView) error {
 		fmt.Fprintf(w, "(only the first %d subjects are shown: oomd bounds one status answer)\n", len(v.Subjects))
 	}
 	return nil
+}
+
+// writeVictim prints the victim preview, unless victim selection is off (by the policy,
+// or because no pressure levels are set), which is the common case and says nothing.
+func writeVictim(w io.Writer, v statusView) {
+	switch {
+	case v.Victim == "" || v.VictimHold == "victims off" || v.VictimHold == "levels off":
+	case v.VictimHold == "":
+		fmt.Fprintf(w, "victim %s: decided at the next tick (%s)\n", v.Victim, v.VictimReason)
+	default:
+		fmt.Fprintf(w, "victim would be %s (%s); held: %s\n", v.Victim, v.VictimReason, v.VictimHold)
+	}
 }
