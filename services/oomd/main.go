@@ -81,17 +81,20 @@ func run(ctx context.Context, o options, log *zap.Logger) error {
 	if o.socket == "" || o.logd == "" {
 		return fmt.Errorf("--socket and --logd are required")
 	}
-	pol := policy.DefaultPolicy()
+	pol, polVersion := policy.DefaultPolicy(), uint64(1)
+	var store *daemon.FilePolicyStore
 	if o.policyFile != "" {
-		p, err := daemon.LoadPolicyFile(o.policyFile)
+		store = &daemon.FilePolicyStore{Path: o.policyFile}
+		p, v, err := store.LoadPolicyState()
 		if err != nil {
 			// A bad file must not keep the watchdog down (a restart would fail the same
 			// way, for ever): watch with the defaults, and say so loudly.
+			polVersion = store.LastVersion() + 1
 			log.Error("policy file rejected whole; watching with the default policy until a valid one is set",
 				zap.String("file", o.policyFile), zap.Error(err))
 			fmt.Fprintf(os.Stderr, "oomd: policy file %s rejected: %v; using the default policy\n", o.policyFile, err)
 		} else {
-			pol = p
+			pol, polVersion = p, v
 		}
 	}
 
@@ -121,9 +124,15 @@ func run(ctx context.Context, o options, log *zap.Logger) error {
 		defer sp.Close()
 		auditor.UseSpill(sp, o.syncTimeout)
 	}
-	d, err := daemon.New(daemon.Config{
-		Policy: pol, RingSize: o.ring, EnableInject: o.enableInject, Markers: os.Stdout, Log: log, System: sys,
-	}, auditor, daemon.ExecdTerminator{T: term})
+	cfg := daemon.Config{
+		Policy: pol, PolicyVersion: polVersion, RingSize: o.ring, EnableInject: o.enableInject, Markers: os.Stdout, Log: log, System: sys,
+	}
+	if store != nil {
+		cfg.PolicyStore = store
+	} else {
+		log.Warn("no --policy file: policy changes are not persisted and a restart comes back with the defaults")
+	}
+	d, err := daemon.New(cfg, auditor, daemon.ExecdTerminator{T: term})
 	if err != nil {
 		return err
 	}
@@ -155,6 +164,8 @@ func run(ctx context.Context, o options, log *zap.Logger) error {
 	go func() { errc <- d.ServeBroker(ctx, broker) }()
 	go func() { errc <- srv.Serve(ctx, l) }()
 
+	go reloadOnHUP(ctx, o.policyFile, d, log)
+
 	fmt.Println("oomd: ready")
 	log.Info("ready", zap.String("socket", o.socket), zap.Uint64("softBytes", pol.SoftBytes), zap.Uint64("hardBytes", pol.HardBytes),
 		zap.Uint32("sampleMs", pol.SampleMs), zap.Bool("inject", o.enableInject))
@@ -184,4 +195,35 @@ func watchExits(ctx context.Context, term oomdpb.Terminator, d *daemon.Daemon) e
 		return fmt.Errorf("watch exits: %w", err)
 	}
 	return nil
+}
+
+// reloadOnHUP re-reads the policy file on every SIGHUP (the usual "reload"): a valid file
+// becomes a new version, put in force like a setPolicy; an invalid one is rejected
+// whole, with a log line naming the field, and nothing changes. SIGHUP never ends oomd.
+func reloadOnHUP(ctx context.Context, path string, d *daemon.Daemon, log *zap.Logger) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+		}
+		if path == "" {
+			log.Warn("SIGHUP: no --policy file to reload")
+			continue
+		}
+		p, err := daemon.LoadPolicyFile(path)
+		if err != nil {
+			log.Error("SIGHUP: policy file rejected whole; the policy in force stays", zap.String("file", path), zap.Error(err))
+			continue
+		}
+		v, err := d.SetPolicy(p, 0)
+		if err != nil {
+			log.Error("SIGHUP: policy not changed", zap.String("file", path), zap.Error(err))
+			continue
+		}
+		log.Info("SIGHUP: policy reloaded", zap.String("file", path), zap.Uint64("version", v))
+	}
 }

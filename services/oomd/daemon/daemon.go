@@ -33,6 +33,10 @@ type Config struct {
 	Log     *zap.Logger
 	// System wires system OOM handling (system.go).
 	System SystemConfig
+	// PolicyVersion is Policy's version (the persisted one, see FilePolicyStore); 0 = 1.
+	PolicyVersion uint64
+	// PolicyStore, if set, makes every new policy durable before it is put in force.
+	PolicyStore PolicyStore
 }
 
 // Auditor makes audit records durable. Submit never blocks for long; once every record
@@ -55,6 +59,7 @@ type Daemon struct {
 	audit Auditor
 	term  Terminator
 
+	polMu   sync.Mutex // serialises SetPolicy (check, persist, apply)
 	mu      sync.Mutex // guards core, slots, pending and the ticker period
 	core    *policy.Core
 	slots   map[string]*slot // live subjects by id (lookup only; never iterated for output)
@@ -70,7 +75,7 @@ type Daemon struct {
 
 // New builds a daemon around a fresh core.
 func New(cfg Config, audit Auditor, term Terminator) (*Daemon, error) {
-	core, err := policy.New(policy.Config{Policy: cfg.Policy, RingSize: cfg.RingSize})
+	core, err := policy.New(policy.Config{Policy: cfg.Policy, RingSize: cfg.RingSize, PolicyVersion: cfg.PolicyVersion})
 	if err != nil {
 		return nil, err
 	}
@@ -289,11 +294,24 @@ func (d *Daemon) SetPolicy(p policy.Policy, expectVersion uint64) (uint64, error
 	if err := p.Validate(); err != nil {
 		return 0, err
 	}
+	// One change at a time, from the version check to the apply, so that what was
+	// persisted is what is put in force, under the number it was persisted with.
+	d.polMu.Lock()
+	defer d.polMu.Unlock()
 	d.mu.Lock()
-	defer d.mu.Unlock()
-	if cur := d.core.PolicyVersion(); expectVersion != 0 && cur != expectVersion {
+	cur := d.core.PolicyVersion()
+	d.mu.Unlock()
+	if expectVersion != 0 && cur != expectVersion {
 		return 0, fmt.Errorf("%w: version %d is in force, not %d; read it again and retry", ErrPolicyChanged, cur, expectVersion)
 	}
+	if d.cfg.PolicyStore != nil {
+		// Durable first (fsync'ed; no lock held): a restart comes back with it.
+		if err := d.cfg.PolicyStore.Save(p, cur+1); err != nil {
+			return 0, fmt.Errorf("policy not changed: %w", err)
+		}
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
 	old := d.core.Policy().SampleMs
 	if err := d.core.Step(policy.Input{Kind: policy.InputPolicy, Policy: &p}); err != nil {
 		return 0, err

@@ -50,6 +50,9 @@ type Config struct {
 	// produces is AuditSeqBase+1, so a restarted oomd continues its gap-free sequence
 	// instead of writing records logd drops as duplicates. 0 starts at 1.
 	AuditSeqBase uint64
+	// PolicyVersion is Policy's version (a restarted oomd continues the persisted one);
+	// 0 means 1.
+	PolicyVersion uint64
 }
 
 // phase of a kill decision.
@@ -139,7 +142,7 @@ func New(cfg Config) (*Core, error) {
 		auditAcked: cfg.AuditSeqBase,
 	}
 	c.setPolicy(cfg.Policy)
-	c.polVersion = 1
+	c.polVersion = max(cfg.PolicyVersion, 1)
 	return c, nil
 }
 
@@ -237,7 +240,8 @@ func dropFront[T any](s []T, n int) []T {
 // Policy returns a copy of the policy in force.
 func (c *Core) Policy() Policy { return clonePolicy(c.pol) }
 
-// PolicyVersion is 1 for Config.Policy and grows by one per accepted InputPolicy.
+// PolicyVersion is Config.PolicyVersion (1 by default) for Config.Policy and grows by
+// one per accepted InputPolicy.
 func (c *Core) PolicyVersion() uint64 { return c.polVersion }
 
 // TickCount is the number of ticks so far.
