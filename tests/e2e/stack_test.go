@@ -29,6 +29,7 @@ var programs = map[string]string{
 	"selftest-client": "./apps/selftest-client",
 	"oomctl":          "./apps/oomctl",
 	"spoofer":         "./tests/e2e/spoofer",
+	"sessionleak":     "./tests/e2e/sessionleak",
 	"pagehostile":     "./tests/e2e/pagehostile",
 }
 

@@ -35,6 +35,9 @@ type Target struct {
 	FirstMessageTimeout time.Duration
 	// Conns reports the server's live connections.
 	Conns func() int
+	// Dial, if set, replaces dialling Path: each call returns a fresh connection to the
+	// server (e.g. an inherited session socket passed over by a child).
+	Dial func(t *testing.T) *net.UnixConn
 }
 
 // Attack is one hostile peer. It writes on c and reports whether the server must close
@@ -98,6 +101,11 @@ func probe(t *testing.T, tg Target, when string) {
 
 func dial(t *testing.T, tg Target) *net.UnixConn {
 	t.Helper()
+	if tg.Dial != nil {
+		c := tg.Dial(t)
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
 	c, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: tg.Path, Net: "unix"})
 	require.NoError(t, err)
 	t.Cleanup(func() { c.Close() })
