@@ -210,14 +210,19 @@ enum EventKind {
 }
 
 struct Event {
-  seq @0 :UInt64;      # 1, 2, 3, ... strictly increasing, never reused in one oomd run
-  tick @1 :UInt64;     # the policy tick at which the event happened
+  seq @0 :UInt64;      # strictly increasing, also across oomd restarts: a run starts
+                       # above the high-water mark its predecessors reserved
+                       # (Status.eventSeqBase), so numbers may skip at a restart
+  tick @1 :UInt64;     # the policy tick at which the event happened; ticks count from 0 in
+                       # each oomd run (Status.startedAtNs says when this one started)
   subject @2 :Text;    # subject id, or "" for system-wide events
   kind @3 :EventKind;
   bytes @4 :UInt64;    # usage in bytes that the event is about (0 if none)
   limit @5 :UInt64;    # the threshold involved, in bytes (0 if none)
   reason @6 :Text;     # short machine-readable detail, at most 256 bytes
   decision @7 :UInt64; # kill decision id (1, 2, ...) for kill* events, else 0
+  wallTimeNs @8 :Int64; # wall clock (Unix ns) when oomd's shell published the event, for
+                        # people; the deterministic core never sees it. 0 = unknown
 }
 
 # ---------------------------------------------------------------------------------------
@@ -467,6 +472,10 @@ struct Status {
   victim @14 :Text;
   victimReason @15 :Text;
   victimHold @16 :Text;
+  # This oomd run: its events have seqs above eventSeqBase (earlier runs' events are gone
+  # with them), its ticks count from 0 at startedAtNs (wall clock, Unix ns).
+  eventSeqBase @17 :UInt64;
+  startedAtNs @18 :Int64;
 }
 
 struct RebootRecord {

@@ -236,6 +236,7 @@ func SetEvent(dst oomdpb.Event, e policy.Event) error {
 	dst.SetBytes(e.Bytes)
 	dst.SetLimit(e.Limit)
 	dst.SetDecision(e.Decision)
+	dst.SetWallTimeNs(e.WallTimeNs)
 	if err := dst.SetSubject(e.Subject); err != nil {
 		return err
 	}
@@ -254,7 +255,7 @@ func Event(src oomdpb.Event) (policy.Event, error) {
 	}
 	return policy.Event{
 		Seq: src.Seq(), Tick: src.Tick(), Subject: subj, Kind: policy.EventKind(src.Kind()),
-		Bytes: src.Bytes(), Limit: src.Limit(), Reason: reason, Decision: src.Decision(),
+		Bytes: src.Bytes(), Limit: src.Limit(), Reason: reason, Decision: src.Decision(), WallTimeNs: src.WallTimeNs(),
 	}, nil
 }
 

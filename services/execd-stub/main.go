@@ -55,7 +55,12 @@ func run() int {
 	cgroupFlag := flag.String("cgroup", "auto", "how subjects are contained: auto (the strongest available), v2, v1, proc (weaker: the /proc process tree), or off")
 	noPages := flag.Bool("no-memstat-pages", false, "do not give children a memstat page (they publish over RPC, as in version 1)")
 	memLimit := memlimit.Flag()
+	logFormat := logx.FormatFlag()
 	flag.Parse()
+	if err := logx.ApplyFormat(*logFormat); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
 
 	if *debug {
 		// Children inherit the level, so --debug makes the whole stack verbose.

@@ -37,7 +37,12 @@ func main() {
 	flag.IntVar(&cfg.Journal.MaxSegments, "max-segments", journal.DefaultMaxSegments, "segment files kept; the oldest is deleted beyond this (disk bound = max-segments × max-segment-bytes)")
 	flag.IntVar(&cfg.Journal.MaxWriters, "max-writers", journal.DefaultMaxWriters, "distinct writer names accepted")
 	memLimit := memlimit.Flag()
+	logFormat := logx.FormatFlag()
 	flag.Parse()
+	if err := logx.ApplyFormat(*logFormat); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
 	if cfg.Socket == "" || cfg.Dir == "" || flag.NArg() != 0 {
 		fmt.Fprintln(os.Stderr, "usage: logd-stub --socket PATH --dir DIR [--max-segment-bytes N] [--max-segments N] [--max-writers N]")
 		os.Exit(2)

@@ -5,6 +5,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"net"
@@ -42,8 +43,14 @@ func main() {
 	flag.StringVar(&o.spill, "spill", "", "audit spill file (in the runtime dir): where audit records go, fsync'ed, when logd is unreachable or slower than --audit-sync-timeout; replayed to logd later. Empty = none: records wait for logd")
 	flag.Int64Var(&o.spillMax, "spill-max-bytes", daemon.DefaultSpillMaxBytes, "bound of the spill file; when full, records wait in memory and so do their kills")
 	flag.DurationVar(&o.syncTimeout, "audit-sync-timeout", daemon.DefaultAuditSyncTimeout, "with --spill: how long logd may take to acknowledge audit records before they are spilled")
+	flag.StringVar(&o.eventSeqFile, "event-seq-file", "", "event seq high-water mark, so seqs never go backwards across a restart; default: <--policy file>.eventseq, none without --policy")
 	memLimit := memlimit.Flag()
+	logFormat := logx.FormatFlag()
 	flag.Parse()
+	if err := logx.ApplyFormat(*logFormat); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
 
 	log := logx.New("oomd")
 	defer log.Sync()
@@ -66,6 +73,7 @@ type options struct {
 	spill                    string
 	spillMax                 int64
 	syncTimeout              time.Duration
+	eventSeqFile             string
 }
 
 func run(ctx context.Context, o options, log *zap.Logger) error {
@@ -131,6 +139,24 @@ func run(ctx context.Context, o options, log *zap.Logger) error {
 		cfg.PolicyStore = store
 	} else {
 		log.Warn("no --policy file: policy changes are not persisted and a restart comes back with the defaults")
+	}
+	if o.eventSeqFile == "" && o.policyFile != "" {
+		o.eventSeqFile = o.policyFile + ".eventseq"
+	}
+	if o.eventSeqFile != "" {
+		f, base, err := daemon.OpenEventSeq(o.eventSeqFile, nil)
+		switch {
+		case errors.Is(err, daemon.ErrEventSeqDamaged):
+			log.Error("event seqs restart at 1", zap.Error(err))
+		case err != nil:
+			// Not fatal: a watchdog without continuous seqs beats no watchdog.
+			log.Error("no event seq high-water mark: seqs restart at 1 and may be reused after a restart", zap.Error(err))
+		}
+		if f != nil {
+			cfg.EventSeq, cfg.EventSeqBase = f, base
+		}
+	} else {
+		log.Warn("no --policy or --event-seq-file: event seqs restart at 1 with every oomd run")
 	}
 	d, err := daemon.New(cfg, auditor, daemon.ExecdTerminator{T: term})
 	if err != nil {

@@ -82,9 +82,7 @@ func (s *controlServer) Events(_ context.Context, call oomdpb.Control_events) er
 	if err := checkLimit(args.Limit()); err != nil {
 		return fmt.Errorf("events: %w", err)
 	}
-	var evs []policy.Event
-	var next, missed uint64
-	s.d.withCore(func(c *policy.Core) { evs, next, missed = c.Events(args.SinceSeq(), int(args.Limit())) })
+	evs, next, missed := s.d.events(args.SinceSeq(), int(args.Limit()))
 	res, err := call.AllocResults()
 	if err != nil {
 		return err
@@ -164,6 +162,7 @@ func (s *controlServer) Status(_ context.Context, call oomdpb.Control_status) er
 		counters  policy.Counters
 		tick, ver uint64
 		last      uint64
+		seqBase   uint64
 		level     policy.Level
 		avail     uint64
 		halt      policy.HaltStatus
@@ -172,7 +171,7 @@ func (s *controlServer) Status(_ context.Context, call oomdpb.Control_status) er
 	var modes []oomdpb.CgroupMode
 	s.d.withCore(func(c *policy.Core) {
 		subjects, truncated = c.Subjects(maxStatusSubjects)
-		counters, tick, ver, last = c.Counters(), c.TickCount(), c.PolicyVersion(), c.LastSeq()
+		counters, tick, ver, last, seqBase = c.Counters(), c.TickCount(), c.PolicyVersion(), c.LastSeq(), c.EventSeqBase()
 		level, avail = c.Level()
 		halt = c.Halt()
 		victim, _ = c.VictimPreview()
@@ -194,6 +193,8 @@ func (s *controlServer) Status(_ context.Context, call oomdpb.Control_status) er
 	st.SetTick(tick)
 	st.SetPolicyVersion(ver)
 	st.SetLastEventSeq(last)
+	st.SetEventSeqBase(seqBase)
+	st.SetStartedAtNs(s.d.started.UnixNano())
 	st.SetTruncated(truncated)
 	st.SetKills(counters.Kills)
 	st.SetDenied(counters.Denied)

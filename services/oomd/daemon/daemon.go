@@ -37,6 +37,14 @@ type Config struct {
 	PolicyVersion uint64
 	// PolicyStore, if set, makes every new policy durable before it is put in force.
 	PolicyStore PolicyStore
+	// EventSeqBase is the highest event seq an earlier run may have used (OpenEventSeq);
+	// this run's events are numbered above it.
+	EventSeqBase uint64
+	// EventSeq, if set, keeps the high-water mark covering every seq shown to anyone.
+	EventSeq interface{ Cover(seq uint64) error }
+	// Now is the wall clock the shell stamps events and log lines for people with; nil
+	// = time.Now. The core never sees it.
+	Now func() time.Time
 }
 
 // Auditor makes audit records durable. Submit never blocks for long; once every record
@@ -71,11 +79,14 @@ type Daemon struct {
 	subs     subscribers
 	sys      sysState
 	ctx      context.Context
+	seqErr   bool // the last Cover failed (logged once until it works again)
+	walls    wallStamps
+	started  time.Time // when this run started (Status.startedAtNs)
 }
 
 // New builds a daemon around a fresh core.
 func New(cfg Config, audit Auditor, term Terminator) (*Daemon, error) {
-	core, err := policy.New(policy.Config{Policy: cfg.Policy, RingSize: cfg.RingSize, PolicyVersion: cfg.PolicyVersion})
+	core, err := policy.New(policy.Config{Policy: cfg.Policy, RingSize: cfg.RingSize, PolicyVersion: cfg.PolicyVersion, EventSeqBase: cfg.EventSeqBase})
 	if err != nil {
 		return nil, err
 	}
@@ -85,6 +96,9 @@ func New(cfg Config, audit Auditor, term Terminator) (*Daemon, error) {
 	if cfg.Markers == nil {
 		cfg.Markers = io.Discard
 	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
 	d := &Daemon{
 		cfg:     cfg,
 		log:     cfg.Log,
@@ -93,6 +107,8 @@ func New(cfg Config, audit Auditor, term Terminator) (*Daemon, error) {
 		core:    core,
 		slots:   make(map[string]*slot),
 		sampleC: make(chan time.Duration, 1),
+		walls:   newWallStamps(cfg.RingSize),
+		started: cfg.Now(),
 	}
 	d.sys.init()
 	return d, nil
@@ -192,12 +208,32 @@ func (d *Daemon) processReadyLocked() {
 	}
 	d.systemReadyLocked(rd)
 	if len(rd.Events) > 0 {
+		d.coverSeqLocked(rd.Events[len(rd.Events)-1].Seq)
+		now := d.cfg.Now().UnixNano()
 		for _, e := range rd.Events {
+			d.walls.put(e.Seq, now)
 			d.publishLocked(e)
 		}
 		d.subs.wake()
 	}
 	d.core.Advance()
+}
+
+// coverSeqLocked makes the high-water mark cover seq before an event with it is shown.
+// A failure is logged, not fatal: the watchdog keeps working, and only a restart before
+// the mark is written again can reuse the numbers above it.
+func (d *Daemon) coverSeqLocked(seq uint64) {
+	if d.cfg.EventSeq == nil {
+		return
+	}
+	err := d.cfg.EventSeq.Cover(seq)
+	switch {
+	case err != nil && !d.seqErr:
+		d.log.Error("event seq high-water mark not written: a restart may reuse event seqs", zap.Uint64("seq", seq), zap.Error(err))
+	case err == nil && d.seqErr:
+		d.log.Info("event seq high-water mark written again", zap.Uint64("seq", seq))
+	}
+	d.seqErr = err != nil
 }
 
 func (d *Daemon) publishLocked(e policy.Event) {
@@ -327,6 +363,15 @@ func (d *Daemon) SetPolicy(p policy.Policy, expectVersion uint64) (uint64, error
 		}
 	}
 	return d.core.PolicyVersion(), nil
+}
+
+// events reads the core's ring like policy.Core.Events, with each event's wall time.
+func (d *Daemon) events(since uint64, limit int) (evs []policy.Event, next, missed uint64) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	evs, next, missed = d.core.Events(since, limit)
+	d.walls.stamp(evs)
+	return evs, next, missed
 }
 
 // withCore runs f with the core locked, for read-only queries.

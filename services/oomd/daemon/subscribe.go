@@ -10,7 +10,6 @@ import (
 	"oomd.dev/oomd/gen/oomdpb"
 	"oomd.dev/oomd/internal/rpcx"
 	"oomd.dev/oomd/internal/wire"
-	"oomd.dev/oomd/services/oomd/policy"
 )
 
 // Each subscriber is served by its own goroutine that reads the ring from its own
@@ -104,9 +103,7 @@ func (d *Daemon) serveSubscriber(ctx context.Context, sub *subscriber) {
 		case <-sub.wake:
 		}
 		for {
-			var evs []policy.Event
-			var next, missed uint64
-			d.withCore(func(c *policy.Core) { evs, next, missed = c.Events(sub.next, subscriberBatch) })
+			evs, next, missed := d.events(sub.next, subscriberBatch)
 			if len(evs) == 0 && missed == 0 {
 				break
 			}

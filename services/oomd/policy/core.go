@@ -53,6 +53,11 @@ type Config struct {
 	// PolicyVersion is Policy's version (a restarted oomd continues the persisted one);
 	// 0 means 1.
 	PolicyVersion uint64
+	// EventSeqBase is the highest event seq an earlier oomd run may have used (the shell
+	// keeps a high-water mark on disk, reserved in batches). The first event of this core
+	// is EventSeqBase+1, so seqs never go backwards across a restart; a reader's since
+	// below it is told the earlier run's events are gone (Events' missed). 0 starts at 1.
+	EventSeqBase uint64
 }
 
 // phase of a kill decision.
@@ -137,7 +142,7 @@ func New(cfg Config) (*Core, error) {
 	}
 	c := &Core{
 		subjects:   newTable(),
-		ring:       newRing(size),
+		ring:       newRing(size, cfg.EventSeqBase),
 		auditSeq:   cfg.AuditSeqBase,
 		auditAcked: cfg.AuditSeqBase,
 	}
@@ -247,8 +252,11 @@ func (c *Core) PolicyVersion() uint64 { return c.polVersion }
 // TickCount is the number of ticks so far.
 func (c *Core) TickCount() uint64 { return c.tick }
 
-// LastSeq is the seq of the newest event (0 if none yet).
+// LastSeq is the seq of the newest event (Config.EventSeqBase if none yet).
 func (c *Core) LastSeq() uint64 { return c.ring.lastSeq }
+
+// EventSeqBase is Config.EventSeqBase: events of this core have seqs above it.
+func (c *Core) EventSeqBase() uint64 { return c.ring.base }
 
 // Events returns up to limit events with seq > sinceSeq, oldest first, from the
 // bounded ring, in a slice the caller owns. nextSeq is the sinceSeq for the next

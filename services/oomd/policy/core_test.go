@@ -400,3 +400,42 @@ func TestInputKindText(t *testing.T) {
 	var k InputKind
 	assert.Error(t, k.UnmarshalText([]byte("nope")))
 }
+
+// TestEventSeqBase: a core started over an earlier run's high-water mark numbers its
+// events above it, and a reader's since from that earlier run is told exactly how many
+// numbers it lost: every one above its since up to the base, plus those this run's ring
+// overwrote.
+func TestEventSeqBase(t *testing.T) {
+	const base = 5000
+	cfg := Config{Policy: testPolicy(), RingSize: 4, EventSeqBase: base}
+	c, err := New(cfg)
+	require.NoError(t, err)
+	h := &harness{t: t, c: c, chk: newChecker(c, cfg)}
+	assert.Equal(t, uint64(base), c.LastSeq(), "no event yet: LastSeq is the base")
+	assert.Equal(t, uint64(base), c.EventSeqBase())
+
+	evs, next, missed := c.Events(4990, 10)
+	assert.Empty(t, evs)
+	assert.Equal(t, uint64(base), next)
+	assert.Equal(t, uint64(10), missed, "seqs 4991..5000 went with the earlier run")
+
+	h.register("a", false)
+	for _, b := range []uint64{150, 50, 150, 50, 150} { // soft crossings: one event each way
+		h.sample("a", b)
+		h.tick()
+	}
+	require.NotEmpty(t, h.events)
+	assert.Equal(t, uint64(base+1), h.events[0].Seq, "the first event of this run is above the base")
+	last := h.events[len(h.events)-1].Seq
+	assert.Greater(t, last, uint64(base+4), "enough events to wrap the ring of 4")
+
+	evs, next, missed = c.Events(4990, 10)
+	require.Len(t, evs, 4)
+	assert.Equal(t, last-3, evs[0].Seq)
+	assert.Equal(t, last, next)
+	assert.Equal(t, uint64(10)+(last-4-base), missed, "earlier run's 10 plus this run's overwritten")
+
+	evs, _, missed = c.Events(last-1, 10)
+	require.Len(t, evs, 1)
+	assert.Zero(t, missed)
+}

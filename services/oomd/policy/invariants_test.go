@@ -65,6 +65,7 @@ func newChecker(c *Core, cfg Config) *checker {
 		ringCap:      ring,
 		acked:        cfg.AuditSeqBase,
 		lastWriter:   cfg.AuditSeqBase,
+		lastSeq:      cfg.EventSeqBase,
 		decisionSeq:  map[uint64]uint64{},
 		decisionInst: map[uint64]subjInst{},
 		decided:      map[subjInst]bool{},

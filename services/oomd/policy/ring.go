@@ -5,11 +5,12 @@ package policy
 // they fell behind through the missed count instead of silently skipping.
 type ring struct {
 	buf     []Event
-	lastSeq uint64 // seq of the newest event; 0 when nothing was ever written
+	base    uint64 // seqs up to base belong to earlier oomd runs (Config.EventSeqBase)
+	lastSeq uint64 // seq of the newest event; base when nothing was written in this run
 }
 
-func newRing(capacity int) ring {
-	return ring{buf: make([]Event, capacity)}
+func newRing(capacity int, base uint64) ring {
+	return ring{buf: make([]Event, capacity), base: base, lastSeq: base}
 }
 
 // push stores ev under the next seq and returns it as stored.
@@ -22,8 +23,8 @@ func (r *ring) push(ev Event) Event {
 
 // len is the number of events currently held.
 func (r *ring) len() int {
-	if r.lastSeq < uint64(len(r.buf)) {
-		return int(r.lastSeq)
+	if n := r.lastSeq - r.base; n < uint64(len(r.buf)) {
+		return int(n)
 	}
 	return len(r.buf)
 }
@@ -36,7 +37,9 @@ func (r *ring) firstSeq() uint64 {
 // read returns up to limit events with seq > since, oldest first, in a fresh slice the
 // caller owns. next is the since to pass on the following call; missed counts events
 // after since that were already overwritten (they are skipped, and next moves past
-// them, so a slow reader is told once, not on every call).
+// them, so a slow reader is told once, not on every call). A since from an earlier run
+// (below base) counts the numbers base-since as missed too: those events are gone with
+// that run (some of the numbers may never have been used, see Config.EventSeqBase).
 func (r *ring) read(since uint64, limit int) (evs []Event, next, missed uint64) {
 	if since >= r.lastSeq {
 		// Nothing newer. A since from the future (a reader that outlived an oomd

@@ -217,6 +217,10 @@ type Event struct {
 	Limit    uint64
 	Reason   string
 	Decision uint64
+	// WallTimeNs is when the shell published the event (Unix ns), for people. The core
+	// never sets or reads it (it reads no clock): it is 0 in everything the core emits,
+	// and the shell fills it in on the copies it hands out.
+	WallTimeNs int64
 }
 
 // AuditRecord is what the shell must make durable (logd, or the spill file) before the

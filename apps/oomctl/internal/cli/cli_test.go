@@ -425,7 +425,7 @@ spoofer  normal       1.5 KiB  256 MiB  512 MiB  kernel       1.5 KiB  -        
 		`"kernelBytes":0,"cooperativeBytes":0,"published":false,"signal":"max","cgroupMode":"none"},`+
 		`{"subject":"spoofer","instance":1,"state":"normal","bytes":1536,"softBytes":268435456,"hardBytes":536870912,"critical":false,"rejected":3,`+
 		`"kernelBytes":1536,"cooperativeBytes":0,"published":false,"signal":"kernel","cgroupMode":"proc"}],`+
-		`"victim":"","victimReason":"","victimHold":""}`+"\n", stdout)
+		`"victim":"","victimReason":"","victimHold":"","eventSeqBase":0,"startedAtNs":0}`+"\n", stdout)
 
 	f.do(func() {
 		f.status = statusView{Tick: 5, Level: "warning", MemAvailableBytes: 3 << 30, HaltClaimed: true, Truncated: true,
@@ -465,7 +465,7 @@ func TestStatusVictim(t *testing.T) {
 			tc.want+"\nno subjects\n", stdout, "hold %q", tc.hold)
 	}
 	_, stdout, _ := oomctl(t, nil, "--socket", f.path, "--json", "status")
-	assert.Contains(t, stdout, `"victim":"leaker","victimReason":"`+reason+`","victimHold":"levels off"}`)
+	assert.Contains(t, stdout, `"victim":"leaker","victimReason":"`+reason+`","victimHold":"levels off",`)
 }
 
 func TestPolicyGet(t *testing.T) {
@@ -644,14 +644,14 @@ seq=6 tick=10 unknown
 
 	code, stdout, _ = oomctl(t, nil, "--socket", f.path, "events", "--json", "--since", "3", "--limit", "2")
 	require.Equal(t, ExitOK, code)
-	assert.Equal(t, `{"seq":4,"tick":9,"kind":"killed","subject":"hog","bytes":16777216,"limit":8388608,"decision":1,"reason":""}
-{"seq":5,"tick":9,"kind":"subjectExited","subject":"hog","bytes":0,"limit":0,"decision":0,"reason":"signal=terminated"}
+	assert.Equal(t, `{"seq":4,"tick":9,"kind":"killed","subject":"hog","bytes":16777216,"limit":8388608,"decision":1,"reason":"","wallTimeNs":0}
+{"seq":5,"tick":9,"kind":"subjectExited","subject":"hog","bytes":0,"limit":0,"decision":0,"reason":"signal=terminated","wallTimeNs":0}
 `, stdout)
 
 	_, stdout, _ = oomctl(t, nil, "--socket", f.path, "events", "--json", "--since", "5")
-	assert.Equal(t, `{"seq":6,"tick":10,"kind":"unknown(99)","subject":"","bytes":0,"limit":0,"decision":0,"reason":""}`+"\n", stdout)
+	assert.Equal(t, `{"seq":6,"tick":10,"kind":"unknown(99)","subject":"","bytes":0,"limit":0,"decision":0,"reason":"","wallTimeNs":0}`+"\n", stdout)
 	_, stdout, _ = oomctl(t, nil, "--socket", f.path, "events", "--json", "--since", "0", "--limit", "1")
-	assert.Equal(t, `{"missed":2}`+"\n"+`{"seq":3,"tick":4,"kind":"killDecided","subject":"hog","bytes":16777216,"limit":8388608,"decision":1,"reason":""}`+"\n", stdout)
+	assert.Equal(t, `{"missed":2}`+"\n"+`{"seq":3,"tick":4,"kind":"killDecided","subject":"hog","bytes":16777216,"limit":8388608,"decision":1,"reason":"","wallTimeNs":0}`+"\n", stdout)
 	code, stdout, _ = oomctl(t, nil, "--socket", f.path, "events", "--since", "6")
 	assert.Equal(t, ExitOK, code)
 	assert.Empty(t, stdout)
@@ -751,8 +751,8 @@ func TestEventsFollowLimitAndDisconnect(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("events --follow --limit 2 did not exit after two events")
 	}
-	assert.Equal(t, `{"seq":1,"tick":0,"kind":"subjectRegistered","subject":"hog","bytes":0,"limit":0,"decision":0,"reason":""}
-{"seq":2,"tick":3,"kind":"softExceeded","subject":"hog","bytes":5242880,"limit":4194304,"decision":0,"reason":""}
+	assert.Equal(t, `{"seq":1,"tick":0,"kind":"subjectRegistered","subject":"hog","bytes":0,"limit":0,"decision":0,"reason":"","wallTimeNs":0}
+{"seq":2,"tick":3,"kind":"softExceeded","subject":"hog","bytes":5242880,"limit":4194304,"decision":0,"reason":"","wallTimeNs":0}
 `, out.String())
 
 	g := startFake(t)
@@ -832,4 +832,41 @@ func TestLastReboot(t *testing.T) {
 	assert.Equal(t, "last reboot: reason=oom graceful=no teardown=1002 ms (written by boot 3)\nnot stopped in time: hog-stuck\n", stdout)
 	_, stdout, _ = oomctl(t, nil, "--socket", f.path, "--json", "last-reboot")
 	assert.Equal(t, `{"valid":true,"reason":"oom","graceful":false,"teardownMs":1002,"notStopped":["hog-stuck"],"bootCount":3}`+"\n", stdout)
+}
+
+// TestEventsAcrossRestart: a --since from an earlier oomd run is told which numbers went
+// with that run, apart from those this run's ring overwrote; each event carries the wall
+// time oomd published it at, in RFC 3339 for people and raw with --json.
+func TestEventsAcrossRestart(t *testing.T) {
+	f := startFake(t)
+	const at = int64(1_700_000_000_123_000_000)
+	f.do(func() {
+		// This run started above seq 1024; the ring already overwrote 1025 and 1026.
+		f.status = statusView{Level: "normal", EventSeqBase: 1024, StartedAtNs: at - 5e9}
+		f.events = []policy.Event{
+			{Seq: 1027, Tick: 4, Kind: policy.EventSoftExceeded, Subject: "hog", Bytes: 5 << 20, Limit: 4 << 20, WallTimeNs: at},
+			{Seq: 1028, Tick: 9, Kind: policy.EventSoftCleared, Subject: "hog", Bytes: 1 << 20, Limit: 4 << 20},
+		}
+		f.dropped = 1026
+	})
+	code, stdout, stderr := oomctl(t, nil, "--socket", f.path, "events", "--since", "1000")
+	require.Equal(t, ExitOK, code, stderr)
+	lines := strings.Split(strings.TrimSuffix(stdout, "\n"), "\n")
+	require.Len(t, lines, 3, stdout)
+	assert.Equal(t, "missed=26 (oomd restarted: seqs 1001..1024 were its earlier runs' and went with them; "+
+		"some of those numbers were never used; 2 more overwritten in oomd's event ring before they were read)", lines[0])
+	stamp, rest, ok := strings.Cut(lines[1], " ")
+	require.True(t, ok)
+	when, err := time.Parse(time.RFC3339, stamp)
+	require.NoError(t, err, "the wall time is RFC 3339")
+	assert.Equal(t, at/1e6, when.UnixMilli())
+	assert.Equal(t, "seq=1027 tick=4 softExceeded subject=hog bytes=5242880 limit=4194304", rest)
+	assert.Equal(t, "seq=1028 tick=9 softCleared subject=hog bytes=1048576 limit=4194304", lines[2], "no wall time known: none printed")
+
+	_, stdout, _ = oomctl(t, nil, "--socket", f.path, "events", "--json", "--since", "1000", "--limit", "1")
+	assert.Equal(t, `{"missed":26,"earlierRun":24}`+"\n"+`{"seq":1027,"tick":4,"kind":"softExceeded","subject":"hog","bytes":5242880,"limit":4194304,"decision":0,"reason":"","wallTimeNs":1700000000123000000}`+"\n", stdout)
+
+	_, stdout, _ = oomctl(t, nil, "--socket", f.path, "status")
+	assert.Contains(t, stdout, "this oomd run: started ")
+	assert.Contains(t, stdout, " (tick 0), its events have seq > 1024\n")
 }

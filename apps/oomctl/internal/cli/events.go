@@ -6,8 +6,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"time"
 
 	"oomd.dev/oomd/gen/oomdpb"
+	"oomd.dev/oomd/internal/ctlclient"
 	"oomd.dev/oomd/internal/wire"
 	"oomd.dev/oomd/services/oomd/policy"
 )
@@ -39,6 +41,17 @@ type eventView struct {
 	Limit    uint64 `json:"limit"`
 	Decision uint64 `json:"decision"`
 	Reason   string `json:"reason"`
+	// WallTimeNs is when oomd published the event (Unix ns; 0 = unknown).
+	WallTimeNs int64 `json:"wallTimeNs"`
+}
+
+// wallTime renders a wall time stamp for people: RFC 3339 in local time, to the
+// millisecond ("-" when unknown).
+func wallTime(ns int64) string {
+	if ns == 0 {
+		return "-"
+	}
+	return time.Unix(0, ns).Local().Format("2006-01-02T15:04:05.000Z07:00")
 }
 
 // missedView is the line printed in --json where entries were lost: oomd's ring (or
@@ -46,6 +59,9 @@ type eventView struct {
 // is how a script tells it from an entry.
 type missedView struct {
 	Missed uint64 `json:"missed"`
+	// EarlierRun is how many of Missed were numbers of earlier oomd runs: their events
+	// went with those runs (seqs are reserved in batches, so some were never used).
+	EarlierRun uint64 `json:"earlierRun,omitempty"`
 }
 
 // printer writes entries in the chosen form and counts them against --limit.
@@ -55,6 +71,7 @@ type printer struct {
 	limit   uint64
 	printed uint64
 	what    string // where missed entries were lost, for the text form
+	base    uint64 // seqs up to base belong to earlier oomd runs (Status.eventSeqBase)
 }
 
 // full reports whether --limit was reached.
@@ -68,14 +85,28 @@ func (p *printer) room(n uint64) uint64 {
 	return min(n, p.limit-p.printed)
 }
 
-func (p *printer) missed(n uint64) error {
+// missed reports n entries after since that can no longer be read.
+func (p *printer) missed(n, since uint64) error {
 	if n == 0 {
 		return nil
 	}
-	if p.json {
-		return jsonLine(p.w, missedView{Missed: n})
+	var earlier uint64
+	if since < p.base {
+		earlier = min(n, p.base-since)
 	}
-	_, err := fmt.Fprintf(p.w, "missed=%d (%s)\n", n, p.what)
+	if p.json {
+		return jsonLine(p.w, missedView{Missed: n, EarlierRun: earlier})
+	}
+	if earlier == 0 {
+		_, err := fmt.Fprintf(p.w, "missed=%d (%s)\n", n, p.what)
+		return err
+	}
+	msg := fmt.Sprintf("missed=%d (oomd restarted: seqs %d..%d were its earlier runs' and went with them; some of those numbers were never used",
+		n, since+1, since+earlier)
+	if rest := n - earlier; rest > 0 {
+		msg += fmt.Sprintf("; %d more %s", rest, p.what)
+	}
+	_, err := fmt.Fprintln(p.w, msg+")")
 	return err
 }
 
@@ -84,8 +115,12 @@ func (p *printer) event(e policy.Event) error {
 	if p.json {
 		return jsonLine(p.w, eventView{
 			Seq: e.Seq, Tick: e.Tick, Kind: enumName(e.Kind.String(), uint16(e.Kind)), Subject: e.Subject,
-			Bytes: e.Bytes, Limit: e.Limit, Decision: e.Decision, Reason: e.Reason,
+			Bytes: e.Bytes, Limit: e.Limit, Decision: e.Decision, Reason: e.Reason, WallTimeNs: e.WallTimeNs,
 		})
+	}
+	if e.WallTimeNs != 0 {
+		_, err := fmt.Fprintln(p.w, wallTime(e.WallTimeNs), wire.FormatEvent(e))
+		return err
 	}
 	_, err := fmt.Fprintln(p.w, wire.FormatEvent(e))
 	return err
@@ -103,10 +138,29 @@ func (r *runner) events(ctx context.Context, f *pageFlags) error {
 	}
 	defer c.Close()
 	p := &printer{w: r.env.Stdout, json: r.g.json, limit: f.limit, what: "overwritten in oomd's event ring before they were read"}
+	if p.base, err = runBase(ctx, c); err != nil {
+		return r.explain(err)
+	}
 	return printPages(p, f.since, func(since uint64, limit uint32) ([]policy.Event, uint64, uint64, error) {
 		evs, next, missed, err := c.ReadEvents(ctx, since, limit)
 		return evs, next, missed, r.explain(err)
 	}, p.event)
+}
+
+// runBase is the event seq base of the oomd run c is connected to: seqs up to it were
+// numbered by earlier runs.
+func runBase(ctx context.Context, c *ctlclient.Client) (uint64, error) {
+	f, rel := c.Ctl.Status(ctx, nil)
+	defer rel()
+	res, err := f.Struct()
+	if err != nil {
+		return 0, fmt.Errorf("status: %w", err)
+	}
+	st, err := res.Status()
+	if err != nil {
+		return 0, fmt.Errorf("status: %w", err)
+	}
+	return st.EventSeqBase(), nil
 }
 
 // printPages prints pages from read until the end or the printer's limit, reporting
@@ -117,7 +171,7 @@ func printPages[T any](p *printer, since uint64, read func(since uint64, limit u
 		if err != nil {
 			return err
 		}
-		if err := p.missed(missed); err != nil {
+		if err := p.missed(missed, since); err != nil {
 			return err
 		}
 		for _, x := range page {
@@ -192,6 +246,9 @@ func (r *runner) follow(ctx context.Context, f *pageFlags) error {
 	defer sub.Release()
 
 	p := &printer{w: r.env.Stdout, json: r.g.json, limit: f.limit, what: "overwritten in oomd's event ring before they could be sent"}
+	if p.base, err = runBase(setup, c); err != nil {
+		return r.explain(err)
+	}
 	last := f.since
 	for !p.full() {
 		select {
@@ -200,8 +257,11 @@ func (r *runner) follow(ctx context.Context, f *pageFlags) error {
 		case <-c.Done():
 			return fmt.Errorf("oomd closed the connection (stopped or restarted?) after event seq %d; resume with --since %d", last, last)
 		case b := <-batches:
-			if err := p.missed(b.missed); err != nil {
+			if err := p.missed(b.missed, last); err != nil {
 				return err
+			}
+			if b.missed > 0 {
+				last += b.missed
 			}
 			for _, e := range b.events {
 				if p.full() {

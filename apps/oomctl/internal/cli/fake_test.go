@@ -233,6 +233,8 @@ func (f *fakeOomd) Status(_ context.Context, call oomdpb.Control_status) error {
 	}
 	st.SetTick(v.Tick)
 	st.SetPolicyVersion(v.PolicyVersion)
+	st.SetEventSeqBase(v.EventSeqBase)
+	st.SetStartedAtNs(v.StartedAtNs)
 	st.SetLastEventSeq(v.LastEventSeq)
 	st.SetKills(v.Kills)
 	st.SetDenied(v.Denied)

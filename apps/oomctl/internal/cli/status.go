@@ -33,6 +33,10 @@ type statusView struct {
 	Victim       string `json:"victim"`
 	VictimReason string `json:"victimReason"`
 	VictimHold   string `json:"victimHold"`
+	// This oomd run: its events have seqs above EventSeqBase; its ticks count from 0 at
+	// StartedAtNs (Unix ns, wall clock).
+	EventSeqBase uint64 `json:"eventSeqBase"`
+	StartedAtNs  int64  `json:"startedAtNs"`
 }
 
 type subjectView struct {
@@ -89,6 +93,7 @@ func readStatus(st oomdpb.Status) (statusView, error) {
 		Level:             enumName(st.Level().String(), uint16(st.Level())),
 		MemAvailableBytes: st.MemAvailableBytes(), HaltClaimed: st.HaltClaimed(),
 		InjectEnabled: st.InjectEnabled(), Truncated: st.Truncated(),
+		EventSeqBase: st.EventSeqBase(), StartedAtNs: st.StartedAtNs(),
 		Subjects: []subjectView{},
 	}
 	var err error
@@ -128,6 +133,9 @@ func readStatus(st oomdpb.Status) (statusView, error) {
 // writeStatus prints a summary and one aligned row per subject.
 func writeStatus(w io.Writer, v statusView) error {
 	fmt.Fprintf(w, "tick %d, policy version %d, last event seq %d\n", v.Tick, v.PolicyVersion, v.LastEventSeq)
+	if v.StartedAtNs != 0 {
+		fmt.Fprintf(w, "this oomd run: started %s (tick 0), its events have seq > %d\n", wallTime(v.StartedAtNs), v.EventSeqBase)
+	}
 	fmt.Fprintf(w, "kills %d, denied %d, throttled %d; samples accepted %d, rejected %d\n",
 		v.Kills, v.Denied, v.Throttled, v.AcceptedSamples, v.RejectedSamples)
 	var notes []string
