@@ -60,11 +60,11 @@ type Config struct {
 	DecisionBase uint64
 	// Durable lists kill decisions of earlier runs whose killDecided record is durable
 	// and which had not ended (no killed, killRefused or killDenied for them). The core
-	// takes each over as an acknowledged decision without a new audit record: when its
-	// (subject, instance) registers, that instance has had its one decision and is not
-	// decided again, and its terminate request goes out like any acknowledged decision's
-	// (execd refuses it if the instance is gone). At most MaxSubjects, ids unique and
-	// non-zero, subjects valid.
+	// takes each over without a new audit record: when its (subject, instance)
+	// registers, that instance has had its one decision and is not decided again, and the
+	// decision counts as acknowledged, so its terminate request goes out when the budget
+	// allows. One whose instance never registers stays inert (it ended while oomd was
+	// down). At most MaxSubjects, ids unique and non-zero, subjects valid.
 	Durable []DurableDecision
 }
 
@@ -85,6 +85,7 @@ const (
 	phaseAudit     phase = iota // audit record produced, not yet acknowledged
 	phaseReady                  // acknowledged, waiting for the kill budget
 	phaseRequested              // terminate request sent
+	phaseAdopted                // an earlier run's durable decision (Config.Durable) whose instance has not registered yet
 )
 
 // decision is one kill decision from killDecided to its end (killed, killRefused,
@@ -189,7 +190,7 @@ func (c *Core) adopt(base uint64, durable []DurableDecision) error {
 			return fmt.Errorf("durable decision %d: subject %q: %w", d.ID, d.Subject, err)
 		}
 		c.decisions = append(c.decisions, decision{id: d.ID, subject: d.Subject, instance: d.Instance,
-			bytes: d.Bytes, limit: d.Limit, phase: phaseReady})
+			bytes: d.Bytes, limit: d.Limit, phase: phaseAdopted})
 		c.lastDecision = max(c.lastDecision, d.ID)
 	}
 	return nil
@@ -573,7 +574,12 @@ func (c *Core) register(in *Input) error {
 	if k, ok := c.decisionOf(s.id, s.instance); ok {
 		// A decision an earlier run made durably for this very instance (Config.Durable):
 		// the instance has had its one decision.
+		// It is released only now: an instance that never comes back (it ended while
+		// oomd was down) gets no terminate request, and so no spurious killRefused.
 		d := &c.decisions[k]
+		if d.phase == phaseAdopted {
+			d.phase = phaseReady
+		}
 		s.decided, s.decision, s.requested = true, d.id, d.phase == phaseRequested
 	}
 	reason := ""

@@ -19,6 +19,8 @@ func TestDurableDecisionsAreNotDecidedAgain(t *testing.T) {
 	require.NoError(t, err)
 	h := &harness{t: t, c: c, chk: newChecker(c, cfg)}
 
+	h.tick()
+	assert.Empty(t, h.term, "nothing is released before its instance registers")
 	h.register("hog", false)
 	h.sample("hog", 300)
 	h.tick()
