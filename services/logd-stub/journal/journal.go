@@ -362,6 +362,18 @@ func ValidWriter(w string) bool {
 // journal seq. It does not fsync. writerSeq must be the writer's last + 1:
 // a lower one returns ErrDuplicate (nothing written), a higher one *GapError.
 func (j *Journal) Append(writer string, writerSeq uint64, data []byte) (uint64, error) {
+	return j.append(writer, writerSeq, data, false)
+}
+
+// AppendLost is Append for a record by which the writer declares its writerSeqs from
+// its last + 1 up to writerSeq lost (logd no longer has them after damage or a restore
+// from a backup, and the writer no longer holds them): it is accepted above last + 1 too,
+// and the writer continues after it. The caller checks that data is such a declaration.
+func (j *Journal) AppendLost(writer string, writerSeq uint64, data []byte) (uint64, error) {
+	return j.append(writer, writerSeq, data, true)
+}
+
+func (j *Journal) append(writer string, writerSeq uint64, data []byte, skip bool) (uint64, error) {
 	if !ValidWriter(writer) {
 		return 0, ErrBadWriter
 	}
@@ -395,7 +407,7 @@ func (j *Journal) Append(writer string, writerSeq uint64, data []byte) (uint64, 
 	if writerSeq <= last {
 		return 0, ErrDuplicate
 	}
-	if writerSeq != last+1 {
+	if writerSeq != last+1 && !skip {
 		return 0, &GapError{Writer: writer, Expected: last + 1, Got: writerSeq}
 	}
 	// MinSegmentBytes guarantees a fresh segment takes any entry, so an empty active

@@ -6,7 +6,11 @@
 // own Appender bound to the writer name. A peer's bad input fails only its own call: a
 // rejected append (a field out of bounds, a writerSeq gap) breaks that Appender, and
 // every later append or sync on it fails with the same error; the writer opens again,
-// learns lastWriterSeq and resends from there (duplicates are dropped).
+// learns lastWriterSeq and resends from there (duplicates are dropped). One record may
+// skip writerSeqs: a lost-record placeholder (package lostrec: kind auditSpilled, no
+// subject, decision 0, reason "lost: ..."), by which a writer declares the skipped
+// writerSeqs lost. That is how a writer reconciles once with a journal that lost its
+// tail or was restored from a backup; logd logs it at ERROR with the range.
 //
 // # Protocol, as a writer sees it
 //

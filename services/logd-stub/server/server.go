@@ -9,6 +9,7 @@ import (
 	"go.uber.org/zap"
 
 	"oomd.dev/oomd/gen/oomdpb"
+	"oomd.dev/oomd/internal/lostrec"
 	"oomd.dev/oomd/internal/rpcx"
 	"oomd.dev/oomd/services/logd-stub/journal"
 )
@@ -182,6 +183,20 @@ func (a *appender) append(args oomdpb.Appender_append_Params) error {
 		return fmt.Errorf("append writerSeq %d: encode: %w", rec.WriterSeq(), err)
 	}
 	seq, err := a.j.Append(a.writer, rec.WriterSeq(), data)
+	var gap *journal.GapError
+	if errors.As(err, &gap) && lostrec.Is(rec) {
+		// The writer declares gap.Expected..writerSeq lost (package lostrec): this is how
+		// a writer and a journal that lost its tail, or was restored from a backup,
+		// reconcile once instead of failing every append for ever.
+		seq, err = a.j.AppendLost(a.writer, rec.WriterSeq(), data)
+		if err == nil {
+			reason, _ := rec.Reason()
+			a.log.Error("writer declared records lost that the journal does not hold; its sequence continues after them",
+				zap.Uint64("first_lost", gap.Expected), zap.Uint64("last_lost", rec.WriterSeq()),
+				zap.Uint64("seq", seq), zap.String("reason", reason))
+			return nil
+		}
+	}
 	if errors.Is(err, journal.ErrDuplicate) {
 		a.log.Debug("duplicate record dropped", zap.Uint64("writer_seq", rec.WriterSeq()))
 		return nil

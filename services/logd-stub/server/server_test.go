@@ -273,6 +273,55 @@ func TestWriterSeqGapRejected(t *testing.T) {
 	assert.Equal(t, uint64(2), durable)
 }
 
+// TestLostRecordBridgesAGap: only a lost-record placeholder (package lostrec) may skip
+// writerSeqs; it stands for the skipped ones, the writer continues after it, and that
+// survives a restart. Anything else across the gap still breaks the appender, including
+// records that look almost like a placeholder.
+func TestLostRecordBridgesAGap(t *testing.T) {
+	lost := func(ws uint64) rec {
+		return rec{writerSeq: ws, kind: oomdpb.EventKind_auditSpilled, reason: "lost: writerSeqs 2..3"}
+	}
+	for name, r := range map[string]rec{
+		"not a placeholder":    sample(3),
+		"with a subject":       func() rec { r := lost(3); r.subject = "hog"; return r }(),
+		"with a decision":      func() rec { r := lost(3); r.decision = 7; return r }(),
+		"another kind":         func() rec { r := lost(3); r.kind = oomdpb.EventKind_killDenied; return r }(),
+		"reason not lost: ...": func() rec { r := lost(3); r.reason = "writerSeqs 2..3"; return r }(),
+	} {
+		t.Run(name, func(t *testing.T) {
+			ctx := ctxT(t)
+			l := startLogd(t, t.TempDir())
+			a, _ := openWriter(t, dial(t, l.socket), "oomd")
+			require.NoError(t, appendRec(ctx, a, sample(1)))
+			_ = appendRec(ctx, a, r)
+			assert.ErrorContains(t, a.WaitStreaming(), "expected 2, got 3")
+		})
+	}
+
+	ctx := ctxT(t)
+	dir := t.TempDir()
+	l := startLogd(t, dir)
+	a, _ := openWriter(t, dial(t, l.socket), "oomd")
+	require.NoError(t, appendRec(ctx, a, sample(1)))
+	require.NoError(t, appendRec(ctx, a, lost(3)))
+	require.NoError(t, appendRec(ctx, a, sample(4)))
+	durable, err := syncTo(ctx, a, 4)
+	require.NoError(t, err)
+	assert.Equal(t, uint64(4), durable)
+	l.stop()
+
+	l = startLogd(t, dir)
+	j := dial(t, l.socket)
+	a, last := openWriter(t, j, "oomd")
+	assert.Equal(t, uint64(4), last, "the placeholder's writerSeq survives a restart")
+	require.NoError(t, appendRec(ctx, a, sample(5)))
+	_, err = syncTo(ctx, a, 5)
+	require.NoError(t, err)
+	es, _, _, err := read(t, j, 0, 10)
+	require.NoError(t, err)
+	assert.Equal(t, []entry{{1, "oomd", sample(1)}, {2, "oomd", lost(3)}, {3, "oomd", sample(4)}, {4, "oomd", sample(5)}}, es)
+}
+
 func TestDuplicateDropped(t *testing.T) {
 	ctx := ctxT(t)
 	l := startLogd(t, t.TempDir())

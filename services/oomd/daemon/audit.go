@@ -165,6 +165,7 @@ type logdSession struct {
 	last     uint64 // logd's lastWriterSeq at open
 	sent     uint64 // highest journal writerSeq sent on this session
 	durable  uint64 // highest journal writerSeq logd acknowledged on this session
+	log      *zap.Logger
 }
 
 func (s *logdSession) close() {
@@ -187,7 +188,7 @@ func (a *LogdAuditor) connect(ctx context.Context) (*logdSession, error) {
 		return nil, fmt.Errorf("open journal: %w", err)
 	}
 	last := res.LastWriterSeq()
-	s := &logdSession{conn: conn, appender: res.Appender().AddRef(), last: last, sent: last, durable: last}
+	s := &logdSession{conn: conn, appender: res.Appender().AddRef(), last: last, sent: last, durable: last, log: a.log}
 	// The limiter must sit on the reference we call through (CAPNP-NOTES trap 4).
 	s.appender.SetFlowLimiter(flowcontrol.NewFixedLimiter(64 << 10))
 	a.mu.Lock()
@@ -409,10 +410,31 @@ func (a *LogdAuditor) syncCtx(ctx context.Context) (context.Context, context.Can
 }
 
 // send appends r as journal writerSeq seq unless this session already sent it.
+//
+// Records are always sent lowest first: the spill's from logd's lastWriterSeq on, else
+// the pending ones. So when seq is above the next writerSeq logd expects, oomd holds
+// none of the records in between: logd acknowledged them once and then lost them (its
+// journal lost its tail, or was restored from a backup), and oomd dropped them on that
+// acknowledgement. send then first appends one lost-record placeholder numbered seq-1
+// that stands for all of them (logd accepts it across the gap), so the sequence
+// continues instead of every append failing with a writerSeq gap for ever.
 func (s *logdSession) send(ctx context.Context, r policy.AuditRecord, seq uint64) error {
 	if seq <= s.sent {
 		return nil // already sent on this session (or durable in logd before it opened)
 	}
+	if from := s.sent + 1; seq > from {
+		lost := wire.LostRecord(seq-1, fmt.Sprintf("writerSeqs %d..%d of writer %s: logd no longer holds them "+
+			"(its journal lost its tail or was restored from a backup) and oomd no longer has them", from, seq-1, WriterName))
+		s.log.Error("logd lost audit records it had acknowledged; recording the gap and continuing",
+			zap.Uint64("firstLost", from), zap.Uint64("lastLost", seq-1), zap.Uint64("next", seq))
+		if err := s.append(ctx, lost, seq-1); err != nil {
+			return err
+		}
+	}
+	return s.append(ctx, r, seq)
+}
+
+func (s *logdSession) append(ctx context.Context, r policy.AuditRecord, seq uint64) error {
 	err := s.appender.Append(ctx, func(p oomdpb.Appender_append_Params) error {
 		rec, err := p.NewRecord()
 		if err != nil {

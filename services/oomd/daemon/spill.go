@@ -14,6 +14,7 @@ import (
 
 	"oomd.dev/oomd/internal/frame"
 	"oomd.dev/oomd/internal/safefile"
+	"oomd.dev/oomd/internal/wire"
 	"oomd.dev/oomd/services/oomd/policy"
 )
 
@@ -226,8 +227,7 @@ func (s *Spill) repair(corrupt []frame.Damage, holes []spillHole) error {
 		recs = append(recs, s.recs[next:h.at]...)
 		next = h.at
 		for seq := h.from; seq <= h.to; seq++ {
-			recs = append(recs, SpilledRecord{JournalSeq: seq, Rec: policy.AuditRecord{WriterSeq: seq,
-				Kind: policy.EventAuditSpilled, Reason: clipString("lost: spill file corruption, damaged bytes in "+qname, spillMaxReason)}})
+			recs = append(recs, SpilledRecord{JournalSeq: seq, Rec: wire.LostRecord(seq, "spill file corruption, damaged bytes in "+qname)})
 			lost++
 		}
 	}

@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"slices"
@@ -58,6 +59,28 @@ type Config struct {
 	// is EventSeqBase+1, so seqs never go backwards across a restart; a reader's since
 	// below it is told the earlier run's events are gone (Events' missed). 0 starts at 1.
 	EventSeqBase uint64
+	// DecisionBase is the highest kill decision id an earlier oomd run used, as its
+	// durable audit records show. New decisions are numbered above it (and above every
+	// Durable id), so ids stay unique across restarts. 0 starts at 1.
+	DecisionBase uint64
+	// Durable lists kill decisions of earlier runs whose killDecided record is durable
+	// and which had not ended (no killed, killRefused or killDenied for them). The core
+	// takes each over without a new audit record: when its (subject, instance)
+	// registers, that instance has had its one decision and is not decided again, and the
+	// decision counts as acknowledged, so its terminate request goes out when the budget
+	// allows. One whose instance never registers stays inert (it ended while oomd was
+	// down). At most MaxSubjects, ids unique and non-zero, subjects valid.
+	Durable []DurableDecision
+}
+
+// DurableDecision is an earlier run's kill decision, read back from its durable
+// killDecided record (see Config.Durable).
+type DurableDecision struct {
+	ID       uint64
+	Subject  string
+	Instance uint64
+	Bytes    uint64 // usage at the decision
+	Limit    uint64 // the limit crossed
 }
 
 // phase of a kill decision.
@@ -67,6 +90,7 @@ const (
 	phaseAudit     phase = iota // audit record produced, not yet acknowledged
 	phaseReady                  // acknowledged, waiting for the kill budget
 	phaseRequested              // terminate request sent
+	phaseAdopted                // an earlier run's durable decision (Config.Durable) whose instance has not registered yet
 )
 
 // decision is one kill decision from killDecided to its end (killed, killRefused,
@@ -148,7 +172,33 @@ func New(cfg Config) (*Core, error) {
 	}
 	c.setPolicy(cfg.Policy)
 	c.polVersion = max(cfg.PolicyVersion, 1)
+	if err := c.adopt(cfg.DecisionBase, cfg.Durable); err != nil {
+		return nil, fmt.Errorf("new policy core: %w", err)
+	}
 	return c, nil
+}
+
+// adopt takes over the durable decisions of earlier runs (Config.Durable) as
+// acknowledged decisions, in id order.
+func (c *Core) adopt(base uint64, durable []DurableDecision) error {
+	if len(durable) > MaxSubjects {
+		return fmt.Errorf("%d durable decisions, at most %d", len(durable), MaxSubjects)
+	}
+	ds := slices.Clone(durable)
+	slices.SortFunc(ds, func(a, b DurableDecision) int { return cmp.Compare(a.ID, b.ID) })
+	c.lastDecision = base
+	for i, d := range ds {
+		if d.ID == 0 || i > 0 && ds[i-1].ID == d.ID {
+			return fmt.Errorf("durable decision id %d: ids must be non-zero and unique", d.ID)
+		}
+		if err := ValidateSubjectID(d.Subject); err != nil {
+			return fmt.Errorf("durable decision %d: subject %q: %w", d.ID, d.Subject, err)
+		}
+		c.decisions = append(c.decisions, decision{id: d.ID, subject: d.Subject, instance: d.Instance,
+			bytes: d.Bytes, limit: d.Limit, phase: phaseAdopted})
+		c.lastDecision = max(c.lastDecision, d.ID)
+	}
+	return nil
 }
 
 func badInput(in *Input, format string, args ...any) error {
@@ -529,6 +579,17 @@ func (c *Core) register(in *Input) error {
 	s.pref = in.Preference
 	s.soft, s.hard = c.limits(in.Subject)
 	s.signal = c.signalOf(in.Subject)
+	if k, ok := c.decisionOf(s.id, s.instance); ok {
+		// A decision an earlier run made durably for this very instance (Config.Durable):
+		// the instance has had its one decision.
+		// It is released only now: an instance that never comes back (it ended while
+		// oomd was down) gets no terminate request, and so no spurious killRefused.
+		d := &c.decisions[k]
+		if d.phase == phaseAdopted {
+			d.phase = phaseReady
+		}
+		s.decided, s.decision, s.requested = true, d.id, d.phase == phaseRequested
+	}
 	reason := ""
 	if c.isCritical(s.id, s.critical) {
 		reason = ReasonCritical

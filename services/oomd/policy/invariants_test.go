@@ -60,7 +60,7 @@ func newChecker(c *Core, cfg Config) *checker {
 	if ring == 0 {
 		ring = DefaultRingSize
 	}
-	return &checker{
+	k := &checker{
 		c:            c,
 		ringCap:      ring,
 		acked:        cfg.AuditSeqBase,
@@ -76,6 +76,13 @@ func newChecker(c *Core, cfg Config) *checker {
 		exited:       map[uint64]bool{},
 		live:         map[string]uint64{},
 	}
+	// Decisions of earlier runs were audited durably before this run (seq 0 is below
+	// any ack).
+	for _, d := range cfg.Durable {
+		si := subjInst{d.Subject, d.Instance}
+		k.decisionSeq[d.ID], k.decisionInst[d.ID], k.decided[si] = 0, si, true
+	}
+	return k
 }
 
 // snapshot is the observable state used to prove that a failed Step changed nothing.
