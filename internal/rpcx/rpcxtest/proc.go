@@ -41,8 +41,8 @@ func (p Proc) Read(t testing.TB) Snapshot {
 	stat, err := os.ReadFile("/proc/" + strconv.Itoa(p.Pid) + "/stat")
 	require.NoError(t, err)
 	f := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:]))
-	ut, _ := strconv.ParseUint(f[11], 10, 64) // field 14
-	st, _ := strconv.ParseUint(f[12], 10, 64) // field 15
+	ut, _ := strconv.ParseUint(f[11], 10, 64)          // field 14
+	st, _ := strconv.ParseUint(f[12], 10, 64)          // field 15
 	s.CPU = time.Duration(ut+st) * (time.Second / 100) // USER_HZ is 100 on Linux
 	return s
 }
