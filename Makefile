@@ -11,9 +11,12 @@ CMDS := services/oomd services/execd-stub services/logd-stub apps/hog apps/selft
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-build: ## Build every daemon and app into bin/
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo devel)
+
+build: ## Build every daemon and app into bin/ (each says which build it is with --version)
 	@mkdir -p $(BIN)
-	@for c in $(CMDS); do [ -d $$c ] || continue; $(GO) build -o $(BIN)/$$(basename $$c) ./$$c || exit 1; done
+	@for c in $(CMDS); do [ -d $$c ] || continue; \
+	  $(GO) build -ldflags "-X oomd.dev/oomd/internal/version.Version=$(VERSION)" -o $(BIN)/$$(basename $$c) ./$$c || exit 1; done
 
 test: ## Run all tests (unit, multi-process integration, VM proof)
 	$(GO) test -count=1 -timeout 20m ./...

@@ -30,6 +30,7 @@ import (
 	"oomd.dev/oomd/gen/oomdpb"
 	"oomd.dev/oomd/internal/logx"
 	"oomd.dev/oomd/internal/session"
+	"oomd.dev/oomd/internal/version"
 	"oomd.dev/oomd/lib/memstat"
 )
 
@@ -47,7 +48,9 @@ func main() {
 	flag.Uint64Var(&cfg.memberBytes, "member-bytes", 16<<20, "bytes each --fork member holds")
 	flag.BoolVar(&cfg.stepsOnInject, "steps-after-inject", false, "start the --step-every steps only after the first inject (a runaway a test can start at will)")
 	member := flag.Bool("member", false, "internal: run as a --fork member (hold --start-bytes until a signal)")
+	showVersion := version.Flag()
 	flag.Parse()
+	version.Exit(showVersion, os.Stdout)
 	if *member {
 		os.Exit(runMember(cfg.startBytes))
 	}

@@ -31,6 +31,7 @@ import (
 	"oomd.dev/oomd/internal/logx"
 	"oomd.dev/oomd/internal/rpcx"
 	"oomd.dev/oomd/internal/session"
+	"oomd.dev/oomd/internal/version"
 	"oomd.dev/oomd/services/oomd/policy"
 )
 
@@ -49,7 +50,9 @@ func main() {
 	flag.StringVar(&o.overshoot, "overshoot", "", "comma-separated subject ids of runaway hogs (--steps-after-inject) to start one at a time and report how far past --kernel-hard-bytes the kernel's peak got before the kill (cgroup v2 memory.peak)")
 	flag.Uint64Var(&o.kernelInject, "kernel-inject", 128<<20, "bytes injected into --silent, --family and --liar (they must be injectable)")
 	flag.DurationVar(&o.timeout, "timeout", 60*time.Second, "deadline for the whole selftest")
+	showVersion := version.Flag()
 	flag.Parse()
+	version.Exit(showVersion, os.Stdout)
 
 	log := logx.New("selftest")
 	defer log.Sync()

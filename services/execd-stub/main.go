@@ -23,6 +23,7 @@ import (
 
 	"oomd.dev/oomd/internal/logx"
 	"oomd.dev/oomd/internal/memlimit"
+	"oomd.dev/oomd/internal/version"
 	"oomd.dev/oomd/services/execd-stub/cgroup"
 	"oomd.dev/oomd/services/execd-stub/manifest"
 	"oomd.dev/oomd/services/execd-stub/pid1"
@@ -56,7 +57,9 @@ func run() int {
 	noPages := flag.Bool("no-memstat-pages", false, "do not give children a memstat page (they publish over RPC, as in version 1)")
 	memLimit := memlimit.Flag()
 	logFormat := logx.FormatFlag()
+	showVersion := version.Flag()
 	flag.Parse()
+	version.Exit(showVersion, os.Stdout)
 	if err := logx.ApplyFormat(*logFormat); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(2)

@@ -21,6 +21,7 @@ import (
 
 	"oomd.dev/oomd/internal/logx"
 	"oomd.dev/oomd/internal/memlimit"
+	"oomd.dev/oomd/internal/version"
 	"oomd.dev/oomd/services/logd-stub/journal"
 	"oomd.dev/oomd/services/logd-stub/server"
 )
@@ -38,7 +39,9 @@ func main() {
 	flag.IntVar(&cfg.Journal.MaxWriters, "max-writers", journal.DefaultMaxWriters, "distinct writer names accepted")
 	memLimit := memlimit.Flag()
 	logFormat := logx.FormatFlag()
+	showVersion := version.Flag()
 	flag.Parse()
+	version.Exit(showVersion, os.Stdout)
 	if err := logx.ApplyFormat(*logFormat); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(2)

@@ -24,6 +24,7 @@ import (
 	"oomd.dev/oomd/internal/memlimit"
 	"oomd.dev/oomd/internal/rpcx"
 	"oomd.dev/oomd/internal/session"
+	"oomd.dev/oomd/internal/version"
 	"oomd.dev/oomd/services/oomd/daemon"
 	"oomd.dev/oomd/services/oomd/policy"
 )
@@ -46,7 +47,9 @@ func main() {
 	flag.StringVar(&o.eventSeqFile, "event-seq-file", "", "event seq high-water mark, so seqs never go backwards across a restart; default: <--policy file>.eventseq, none without --policy")
 	memLimit := memlimit.Flag()
 	logFormat := logx.FormatFlag()
+	showVersion := version.Flag()
 	flag.Parse()
+	version.Exit(showVersion, os.Stdout)
 	if err := logx.ApplyFormat(*logFormat); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(2)

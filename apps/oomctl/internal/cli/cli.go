@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"oomd.dev/oomd/internal/ctlclient"
+	"oomd.dev/oomd/internal/version"
 )
 
 // Exit codes, as documented in the usage text.
@@ -166,8 +167,13 @@ func run(ctx context.Context, args []string, env Env) error {
 	top.SetOutput(env.Stderr)
 	top.Usage = func() {} // printed below, to stdout when asked for
 	g.register(top)
+	showVersion := top.Bool("version", false, "print the version and exit")
 	if err := top.Parse(args); err != nil {
 		return parseErr(err, env, func(w io.Writer) { usage(w) })
+	}
+	if *showVersion {
+		fmt.Fprintf(env.Stdout, "oomctl %s\n", version.String())
+		return nil
 	}
 	rest := top.Args()
 	if len(rest) == 0 {
