@@ -39,8 +39,9 @@ func String() string {
 		rev = rev[:12]
 	}
 	if rev == "" {
-		rev = "unknown revision"
-	} else if dirty {
+		return fmt.Sprintf("%s (%s)", v, goVer) // no VCS stamp (e.g. -buildvcs=false)
+	}
+	if dirty {
 		rev += "+dirty"
 	}
 	return fmt.Sprintf("%s (%s, %s)", v, rev, goVer)
