@@ -250,7 +250,9 @@ func (d *Daemon) publishLocked(e policy.Event) {
 	if e.Reason != "" {
 		fields = append(fields, zap.String("reason", e.Reason))
 	}
-	d.log.Info(e.Kind.String(), fields...)
+	// One line per event; for a decision its message says why in words (why.go), and
+	// the fields carry the numbers.
+	d.log.Info(why(e), append(fields, zap.String("event", e.Kind.String()))...)
 	switch e.Kind {
 	case policy.EventKilled:
 		fmt.Fprintf(d.cfg.Markers, "oomd: kill app=%s bytes=%d\n", e.Subject, e.Bytes)

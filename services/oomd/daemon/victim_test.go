@@ -38,10 +38,11 @@ func TestVictimDecisionLogSaysWhy(t *testing.T) {
 	d.step(policy.Input{Kind: policy.InputMemAvailable, Bytes: 500}) // imminentOom
 	d.tick()
 
-	decided := logs.FilterMessage("killDecided").All()
+	decided := logs.FilterField(zap.String("event", "killDecided")).All()
 	require.Len(t, decided, 1, "one victim decision")
 	f := decided[0].ContextMap()
 	assert.Equal(t, "big", f["subject"])
+	assert.Contains(t, decided[0].Message, "kill decided for big: ", "the line says why in words")
 	assert.Equal(t, "pressure victim: level=imminentOom score=900 runners-up=small:200", f["reason"])
 
 	aud.mu.Lock()

@@ -5,32 +5,15 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"math/bits"
 	"strconv"
 	"strings"
+
+	"oomd.dev/oomd/internal/wire"
 )
 
-var units = []string{"B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"}
-
-// humanBytes renders n for people: "0", "512 B", "8 MiB", "12.5 MiB". Exact values are
-// in --json and in the policy view next to it.
-func humanBytes(n uint64) string {
-	if n == 0 {
-		return "0"
-	}
-	if n < 1024 {
-		return fmt.Sprintf("%d B", n)
-	}
-	k := (bits.Len64(n) - 1) / 10 // largest unit that n reaches
-	for ; ; k++ {
-		v := float64(n) / math.Pow(1024, float64(k))
-		s := strconv.FormatFloat(v, 'f', 1, 64)
-		if s == "1024.0" && k+1 < len(units) {
-			continue // rounding reached the next unit
-		}
-		return strings.TrimSuffix(s, ".0") + " " + units[k]
-	}
-}
+// humanBytes renders n for people: "0", "512 B", "8 MiB", "12.5 MiB" (wire.HumanBytes,
+// shared with oomd's log lines). Exact values are in --json and in the policy view.
+func humanBytes(n uint64) string { return wire.HumanBytes(n) }
 
 // sizeSuffixes are the suffixes parseSize accepts, all 1024-based: operators write "8M"
 // and mean MiB, and a memory watchdog has no use for powers of ten.
