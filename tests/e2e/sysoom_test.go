@@ -266,7 +266,9 @@ func TestSystemOOMTimesOut(t *testing.T) {
 	assert.False(t, rec.Graceful)
 	assert.Contains(t, rec.NotStopped, "hog-stuck")
 	assert.NotContains(t, rec.NotStopped, "hog-ok")
-	assert.GreaterOrEqual(t, rec.TeardownMs, uint32(990), "not before the 1 s bound (less at most the claim's offset into its tick)")
+	// Not before the 1 s bound, less the claim's offset into its tick and the shell's
+	// step that follows it (at most two 10 ms ticks on a busy machine: 989 was seen).
+	assert.GreaterOrEqual(t, rec.TeardownMs, uint32(980), "not before the 1 s bound")
 	assert.Less(t, rec.TeardownMs, uint32(6000), "before execd could have acknowledged (hog-stuck's 6 s stop timeout)")
 	for _, e := range c.Events() {
 		if e.Kind == policy.EventRebootAcked {
