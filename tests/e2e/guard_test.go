@@ -38,9 +38,9 @@ func TestRealDaemonsSurviveHostilePeers(t *testing.T) {
 		tg   rpcxtest.Target
 		pid  int
 	}{
-		{"oomd", rpcxtest.Target{Path: s.path("oomd.sock"), Probe: status0(s.path("oomd.sock")),
+		{"oomd", rpcxtest.Target{Path: s.path("oomd.sock"), Probe: rpcxtest.ControlStatus(s.path("oomd.sock")),
 			Interface: oomdpb.Control_TypeID, Method: 5, CapMethod: 3, FirstMessageTimeout: rpcx.DefaultFirstMessageTimeout}, pidOf(t, s, "oomd")},
-		{"logd", rpcxtest.Target{Path: s.path("logd.sock"), Probe: journalStatus0(s.path("logd.sock")),
+		{"logd", rpcxtest.Target{Path: s.path("logd.sock"), Probe: rpcxtest.JournalStatus(s.path("logd.sock")),
 			Interface: oomdpb.Journal_TypeID, Method: 2, CapMethod: 2, FirstMessageTimeout: rpcx.DefaultFirstMessageTimeout}, pidOf(t, s, "logd")},
 	}
 	for _, tc := range targets {
@@ -50,38 +50,6 @@ func TestRealDaemonsSurviveHostilePeers(t *testing.T) {
 			}
 			t.Run(tc.name+"/"+a.Name, func(t *testing.T) { rpcxtest.RunProc(t, tc.tg, rpcxtest.Proc{Pid: tc.pid}, a) })
 		}
-	}
-}
-
-func status0(path string) func(context.Context) error {
-	return func(ctx context.Context) error {
-		conn, boot, err := rpcx.Dial(ctx, path, nil)
-		if err != nil {
-			return err
-		}
-		defer conn.Close()
-		c := oomdpb.Control(boot)
-		defer c.Release()
-		f, rel := c.Status(ctx, nil)
-		defer rel()
-		_, err = f.Struct()
-		return err
-	}
-}
-
-func journalStatus0(path string) func(context.Context) error {
-	return func(ctx context.Context) error {
-		conn, boot, err := rpcx.Dial(ctx, path, nil)
-		if err != nil {
-			return err
-		}
-		defer conn.Close()
-		j := oomdpb.Journal(boot)
-		defer j.Release()
-		f, rel := j.Status(ctx, nil)
-		defer rel()
-		_, err = f.Struct()
-		return err
 	}
 }
 

@@ -15,23 +15,6 @@ import (
 	"oomd.dev/oomd/internal/rpcx/rpcxtest"
 )
 
-// journalStatus is a real client call: Journal.status on a fresh connection.
-func journalStatus(path string) func(context.Context) error {
-	return func(ctx context.Context) error {
-		conn, boot, err := rpcx.Dial(ctx, path, nil)
-		if err != nil {
-			return err
-		}
-		defer conn.Close()
-		j := oomdpb.Journal(boot)
-		defer j.Release()
-		f, rel := j.Status(ctx, nil)
-		defer rel()
-		_, err = f.Struct()
-		return err
-	}
-}
-
 // TestJournalSocketSurvivesHostilePeers runs every attack of rpcxtest against logd as
 // Run serves it (the Journal guard, a real journal, a real Unix socket), with short
 // deadlines so that the slow-peer attacks finish in seconds.
@@ -50,7 +33,7 @@ func TestJournalSocketSurvivesHostilePeers(t *testing.T) {
 		cancel()
 		require.NoError(t, <-done)
 	})
-	probe := journalStatus(socket)
+	probe := rpcxtest.JournalStatus(socket)
 	require.Eventually(t, func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()

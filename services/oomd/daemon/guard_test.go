@@ -38,23 +38,6 @@ func serveControl(t *testing.T, d *Daemon, maxConns int, first time.Duration) (s
 	return path, srv
 }
 
-// controlStatus is a real client call: Control.status on a fresh connection.
-func controlStatus(path string) func(context.Context) error {
-	return func(ctx context.Context) error {
-		conn, boot, err := rpcx.Dial(ctx, path, nil)
-		if err != nil {
-			return err
-		}
-		defer conn.Close()
-		c := oomdpb.Control(boot)
-		defer c.Release()
-		f, rel := c.Status(ctx, nil)
-		defer rel()
-		_, err = f.Struct()
-		return err
-	}
-}
-
 // TestControlSocketSurvivesHostilePeers runs every attack of rpcxtest against oomd's
 // control server on a real Unix socket.
 func TestControlSocketSurvivesHostilePeers(t *testing.T) {
@@ -63,7 +46,7 @@ func TestControlSocketSurvivesHostilePeers(t *testing.T) {
 	path, srv := serveControl(t, d, maxConns, first)
 	rpcxtest.Run(t, rpcxtest.Target{
 		Path:                path,
-		Probe:               controlStatus(path),
+		Probe:               rpcxtest.ControlStatus(path),
 		Interface:           oomdpb.Control_TypeID,
 		Method:              5, // status
 		CapMethod:           3, // subscribe(sinceSeq, subscriber)
