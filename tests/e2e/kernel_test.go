@@ -156,3 +156,24 @@ func TestBadPolicyFileAtStartStillWatches(t *testing.T) {
 	assert.Equal(t, policy.DefaultPolicy(), p)
 	require.NoError(t, c.WaitTicks(ctx, 3))
 }
+
+// TestSilentSubjectIsReportedOnce: a subject whose page stays unwritten is reported once
+// (memstatInvalid "never published"), never per tick, and is still watched on the
+// kernel's count.
+func TestSilentSubjectIsReportedOnce(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	pol := strings.Replace(kernelPolicy, `"hardBytes": 33554432`, `"hardBytes": 1073741824`, 1)
+	s := startStack(t, manifest(appEntry(`, "--no-publish", "--step-every", "0"`)), map[string]string{"policy.json": pol})
+	c := dialClient(t, ctx, s)
+	ev, err := c.WaitEvent(ctx, "memstatInvalid", ctlclient.IsKind("app", "memstatInvalid"))
+	require.NoError(t, err)
+	assert.Contains(t, ev.Reason, "never published")
+	require.NoError(t, c.WaitTicks(ctx, 100))
+	n, err := c.CountKind(ctx, "app", "memstatInvalid")
+	require.NoError(t, err)
+	assert.Equal(t, 1, n, "once, not once per tick")
+	st := subjectStatus(t, ctx, c, "app")
+	assert.NotZero(t, st.KernelBytes(), "watched on the kernel's count")
+	assert.False(t, st.Published())
+}

@@ -18,6 +18,13 @@ import (
 // tornTicks is how many consecutive ticks a page must read torn before it is reported.
 const tornTicks = 3
 
+// silentTicks is how many ticks a subject's page may stay unwritten before that is
+// reported (memstatInvalid, ReasonNeverPublished), once per instance.
+const silentTicks = 50
+
+// ReasonNeverPublished is memstatInvalid's reason for a page never written.
+const ReasonNeverPublished = "never published: watched on the kernel's count alone"
+
 // addLiveLocked inserts s into the sorted live list. d.mu must be held.
 func (d *Daemon) addLiveLocked(s *slot) {
 	i, _ := slices.BinarySearchFunc(d.live, s.subject, func(x *slot, id string) int { return strings.Compare(x.subject, id) })
@@ -60,6 +67,13 @@ func (d *Daemon) readPage(s *slot) {
 	smp, st := s.page.Read()
 	if st != page.Torn {
 		s.tornRun = 0
+	}
+	if st == page.NeverWritten {
+		// A subject that never publishes is watched on the kernel's count alone: said
+		// once (the core reports an episode once), after silentTicks ticks.
+		if s.silentTicks++; s.silentTicks == silentTicks {
+			d.stepLocked(policy.Input{Kind: policy.InputMemstatInvalid, Subject: s.subject, Instance: s.instance, Reason: ReasonNeverPublished})
+		}
 	}
 	switch st {
 	case page.OK:

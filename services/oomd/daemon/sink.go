@@ -30,10 +30,11 @@ type slot struct {
 	coreSlot   uint32            // the core's handle for this subject (Core.SlotOf); under Daemon.mu
 
 	// Read on every tick, under Daemon.mu, by the tick loop only (ticks.go).
-	kernel  *kernel.Reader // the kernel's count (nil: execd passed none)
-	page    *page.Reader   // the memstat page (nil: the subject publishes over RPC)
-	torn    uint64         // page reads skipped because every retry was torn
-	tornRun uint64         // consecutive ticks of them
+	kernel      *kernel.Reader // the kernel's count (nil: execd passed none)
+	page        *page.Reader   // the memstat page (nil: the subject publishes over RPC)
+	torn        uint64         // page reads skipped because every retry was torn
+	tornRun     uint64         // consecutive ticks of them
+	silentTicks uint64         // ticks its page was read and found never written
 
 	bytes    atomic.Uint64
 	accepted atomic.Uint64 // valid samples since the last drain (the latest wins)
