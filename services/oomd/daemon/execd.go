@@ -191,6 +191,13 @@ func (d *Daemon) acceptHandoff(msg *capnp.Message, files []*os.File) (err error)
 		s.page = pr
 	}
 	files = nil // taken over (the deferred close must not touch them)
+	defer func() {
+		if err != nil { // the readers are ours until the subject is registered
+			d.mu.Lock()
+			d.dropLiveLocked(s)
+			d.mu.Unlock()
+		}
+	}()
 
 	sock := fds[oomdpb.HandoffFd_memstatSocket]
 	log := d.log.With(zap.String("subject", subject))
@@ -248,7 +255,7 @@ func maxSubjects() int {
 	return int(min(uint64(MaxSubjects), (rl.Cur-fdReserve)/2))
 }
 
-// ErrTooManySubjects refuses a handoff beyond MaxPageSubjects.
+// ErrTooManySubjects refuses a handoff beyond maxSubjects.
 var ErrTooManySubjects = errors.New("too many subjects")
 
 func (d *Daemon) nLive() int {
