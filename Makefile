@@ -50,10 +50,13 @@ lint: ## gofmt and go vet
 	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '^gen/')); [ -z "$$out" ] || { echo "gofmt needed:"; echo "$$out"; exit 1; }
 	$(GO) vet ./...
 
+race: ## Run the unit tests under the race detector (the e2e suite's daemons are not race builds yet)
+	$(GO) test -race -count=1 -timeout 20m $$($(GO) list ./... | grep -v -e /tests/e2e -e '/services/execd-stub$$')
+
 bench: ## Run the Go benchmarks (figures go to docs/perf.md)
 	$(GO) test -run '^$$' -bench . -benchmem -count 6 ./services/oomd/policy/ | tee /tmp/oomd-bench.txt
 
 clean: ## Remove built binaries and caches
 	rm -rf $(BIN) .cache
 
-.PHONY: help build test run selftest qemu-test tools gen check-gen lint bench clean
+.PHONY: help build test run selftest qemu-test tools gen check-gen lint race bench clean
