@@ -174,22 +174,7 @@ func (s *Supervisor) spawn(svc *service) (p *proc, err error) {
 			p.page.Close()
 		}
 	}()
-	if s.cfg.Cgroups != nil {
-		g, gerr := s.cfg.Cgroups.Create(spec.ID, p.instance)
-		if gerr != nil {
-			// The subject still runs, watched by what it publishes only: a cgroup that
-			// cannot be made must not take a service down.
-			log.Error("no cgroup for this instance: it runs uncontained, with no kernel reading",
-				zap.String("parent", s.cfg.Cgroups.Base()), zap.Error(gerr))
-		} else {
-			p.group = g
-			if h := spec.MemoryHigh; h != 0 {
-				if err := g.SetHigh(h); err != nil {
-					log.Warn("memoryHighBytes not applied", zap.Uint64("bytes", h), zap.Stringer("cgroup", g.Mode()), zap.Error(err))
-				}
-			}
-		}
-	}
+	p.group = s.contain(spec, p.instance, log)
 	defer func() {
 		if err != nil && p.group != nil {
 			p.group.Remove()
@@ -268,6 +253,27 @@ func (s *Supervisor) spawn(svc *service) (p *proc, err error) {
 		p.page = nil // the broker owns it now (it makes read-only fds from it)
 	}
 	return p, nil
+}
+
+// contain makes the instance's cgroup (and sets its memory.high when the manifest asks).
+// A cgroup that cannot be made does not take the service down: it runs uncontained,
+// watched by what it publishes only, and the log says so with the path.
+func (s *Supervisor) contain(spec *manifest.Service, instance uint64, log *zap.Logger) *cgroup.Group {
+	if s.cfg.Cgroups == nil {
+		return nil
+	}
+	g, err := s.cfg.Cgroups.Create(spec.ID, instance)
+	if err != nil {
+		log.Error("no cgroup for this instance: it runs uncontained, with no kernel reading",
+			zap.String("parent", s.cfg.Cgroups.Base()), zap.Error(err))
+		return nil
+	}
+	if h := spec.MemoryHigh; h != 0 {
+		if err := g.SetHigh(h); err != nil {
+			log.Warn("memoryHighBytes not applied", zap.Uint64("bytes", h), zap.Stringer("cgroup", g.Mode()), zap.Error(err))
+		}
+	}
+	return g
 }
 
 // childEnv is the inherited environment without OOMD_* variables, then the manifest's
