@@ -17,9 +17,23 @@
 //	                       the other end goes to that watchdog (its memstat sink). Without
 //	                       a watchdog in the manifest execd closes it at once.
 //	fd 4  OOMD_BROKER_FD   the watchdog only: a SOCK_SEQPACKET socket on which execd sends
-//	                       one SubjectHandoff (rpcx.SendMsgFD) per other child, carrying the
-//	                       watchdog's end of that child's memstat socketpair.
+//	                       one SubjectHandoff (rpcx.SendMsgFDs) per other child, carrying the
+//	                       watchdog's end of that child's memstat socketpair, a read-only
+//	                       fd for its cgroup's count (and memory.stat), and a read-only fd
+//	                       for its memstat page, listed in SubjectHandoff.fds.
+//	fd 5  OOMD_MEMSTAT_PAGE_FD  every child except the watchdog: the read-write fd of its
+//	                       sealed one-page memfd (docs/memstat-page.md), unless execd runs
+//	                       with --no-memstat-pages.
 //	      OOMD_SUBJECT     the subject id, informational only (logs).
+//
+// # Containment
+//
+// With Config.Cgroups every instance runs in a cgroup of its own from its first
+// instruction (package cgroup: v2, v1 through a joining shim, or the weaker /proc tree).
+// terminate and stop signal every process of the group, and an instance has exited only
+// when its group is empty: after its main process is reaped, whatever is left gets
+// SIGTERM, the stop timeout, then SIGKILL until the group is empty; then the cgroup is
+// removed and the exit is reported (so "observed to exit" means the whole subject).
 //
 // Inherited OOMD_* variables are removed from the environment execd passes on, then the
 // manifest's env is applied (it may not use the OOMD_ prefix), then the variables above.
