@@ -149,20 +149,6 @@ func (c *Client) CountKind(ctx context.Context, subject, kind string) (int, erro
 	return n, err
 }
 
-// SetLimits keeps oomd's policy but gives each subject a small override, so only the
-// subjects under test can be pushed over their limits.
-func (c *Client) SetLimits(ctx context.Context, hard uint64, subjects []string) error {
-	p, v, err := c.GetPolicy(ctx)
-	if err != nil {
-		return err
-	}
-	for _, s := range subjects {
-		p.Overrides = append(p.Overrides, policy.SubjectLimit{Subject: s, SoftBytes: hard / 2, HardBytes: hard})
-	}
-	_, err = c.SetPolicyIf(ctx, p, v)
-	return err
-}
-
 // UpdatePolicy reads the policy in force, lets edit change it, and sets it back as a
 // compare-and-set: a concurrent change makes it fail rather than be overwritten.
 func (c *Client) UpdatePolicy(ctx context.Context, edit func(*policy.Policy)) error {

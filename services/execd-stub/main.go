@@ -102,7 +102,7 @@ func run() int {
 
 	var cg *cgroup.Manager
 	if *cgroupFlag != "off" {
-		want, _, err := cgroup.ParseMode(*cgroupFlag)
+		want, err := cgroup.ParseMode(*cgroupFlag)
 		if err != nil {
 			log.Error("bad --cgroup", zap.Error(err))
 			return 1

@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"context"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -21,8 +20,7 @@ import (
 func TestEventSeqsSurviveRestart(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	m := strings.Replace(manifest(""), `"role": "watchdog", "critical": true, "dependsOn": ["logd"], "stopTimeoutMs": 2000}`,
-		`"role": "watchdog", "critical": true, "dependsOn": ["logd"], "stopTimeoutMs": 2000, "restart": "on-failure"}`, 1)
+	m := restartingManifest()
 	s := startStack(t, m, map[string]string{"policy.json": policyJSON})
 	c := dialClient(t, ctx, s)
 

@@ -18,6 +18,12 @@ import (
 	"oomd.dev/oomd/services/oomd/policy"
 )
 
+// restartingManifest is manifest("") with oomd restarted by execd when it dies.
+func restartingManifest() string {
+	return strings.Replace(manifest(""), `"role": "watchdog", "critical": true, "dependsOn": ["logd"], "stopTimeoutMs": 2000}`,
+		`"role": "watchdog", "critical": true, "dependsOn": ["logd"], "stopTimeoutMs": 2000, "restart": "on-failure"}`, 1)
+}
+
 // lastPidOf is the pid of subject's newest instance, from execd's "started" lines.
 func lastPidOf(t *testing.T, s *stack, subject string) int {
 	t.Helper()
@@ -39,8 +45,7 @@ func lastPidOf(t *testing.T, s *stack, subject string) int {
 func TestPolicySurvivesRestartAndSIGHUP(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	m := strings.Replace(manifest(""), `"role": "watchdog", "critical": true, "dependsOn": ["logd"], "stopTimeoutMs": 2000}`,
-		`"role": "watchdog", "critical": true, "dependsOn": ["logd"], "stopTimeoutMs": 2000, "restart": "on-failure"}`, 1)
+	m := restartingManifest()
 	s := startStack(t, m, map[string]string{"policy.json": policyJSON})
 	c := dialClient(t, ctx, s)
 

@@ -38,19 +38,20 @@ func (m Mode) String() string {
 	return "unknown"
 }
 
-// ParseMode reads a --cgroup flag value: auto, v2, v1 or proc.
-func ParseMode(s string) (want Mode, auto bool, err error) {
+// ParseMode reads a --cgroup flag value: auto (ModeNone: the strongest available), v2,
+// v1 or proc.
+func ParseMode(s string) (Mode, error) {
 	switch s {
 	case "", "auto":
-		return ModeNone, true, nil
+		return ModeNone, nil
 	case "v2":
-		return ModeV2, false, nil
+		return ModeV2, nil
 	case "v1":
-		return ModeV1, false, nil
+		return ModeV1, nil
 	case "proc":
-		return ModeProc, false, nil
+		return ModeProc, nil
 	}
-	return 0, false, fmt.Errorf("cgroup mode %q: want auto, v2, v1 or proc", s)
+	return 0, fmt.Errorf("cgroup mode %q: want auto, v2, v1 or proc", s)
 }
 
 // Manager makes and removes subject cgroups in one mode.
