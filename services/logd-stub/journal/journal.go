@@ -83,6 +83,10 @@ var (
 	// Open re-reads the files.
 	ErrFailed = errors.New("journal failed")
 	ErrInUse  = errors.New("journal directory is locked by another process")
+	// ErrFenced: the writer was opened again (Fence) since this appender's epoch began,
+	// so its appends would race the new opener's. A crashed writer's last in-flight
+	// record can never land after its successor learned lastWriterSeq.
+	ErrFenced = errors.New("writer was opened again by another appender (fenced)")
 )
 
 // GapError is returned when a writer skips writerSeqs.
@@ -133,6 +137,8 @@ type Damage struct {
 }
 
 type writerState struct {
+	// epoch counts Fence calls (in memory: appenders do not outlive logd).
+	epoch         uint64
 	lastWriterSeq uint64
 	// lastSeq is the journal seq holding lastWriterSeq, 0 when it is known durable
 	// (recovered from disk), so syncing up to it covers all of the writer's records.
@@ -362,7 +368,48 @@ func ValidWriter(w string) bool {
 // journal seq. It does not fsync. writerSeq must be the writer's last + 1:
 // a lower one returns ErrDuplicate (nothing written), a higher one *GapError.
 func (j *Journal) Append(writer string, writerSeq uint64, data []byte) (uint64, error) {
-	return j.append(writer, writerSeq, data, false)
+	return j.append(writer, 0, writerSeq, data, false)
+}
+
+// Fence starts a new epoch of writer and returns it: from now on AppendFenced with an
+// earlier epoch fails with ErrFenced. logd fences at every Journal.open before it reads
+// lastWriterSeq, so a record still in flight on a dead writer's connection cannot land
+// after the writer's successor was told where the sequence stands (it would take the
+// successor's next writerSeq, and the successor's own record would then be dropped as a
+// duplicate). A new writer beyond MaxWriters is refused with ErrTooManyWriters.
+func (j *Journal) Fence(writer string) (uint64, error) {
+	if !ValidWriter(writer) {
+		return 0, ErrBadWriter
+	}
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	ws := j.writers[writer]
+	if ws == nil {
+		if len(j.writers) >= j.opts.MaxWriters {
+			return 0, fmt.Errorf("%w: %d writers already known; writer %q refused", ErrTooManyWriters, j.opts.MaxWriters, writer)
+		}
+		ws = &writerState{}
+		j.writers[writer] = ws
+	}
+	ws.epoch++
+	return ws.epoch, nil
+}
+
+// Fenced reports whether epoch is no longer writer's current one.
+func (j *Journal) Fenced(writer string, epoch uint64) bool {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	ws := j.writers[writer]
+	return ws == nil || ws.epoch != epoch
+}
+
+// AppendFenced is Append for an appender opened at epoch (Fence); lost declares the
+// writerSeqs up to writerSeq lost, as AppendLost does.
+func (j *Journal) AppendFenced(writer string, epoch, writerSeq uint64, data []byte, lost bool) (uint64, error) {
+	if epoch == 0 {
+		return 0, fmt.Errorf("append: epoch 0: call Fence first")
+	}
+	return j.append(writer, epoch, writerSeq, data, lost)
 }
 
 // AppendLost is Append for a record by which the writer declares its writerSeqs from
@@ -370,10 +417,11 @@ func (j *Journal) Append(writer string, writerSeq uint64, data []byte) (uint64, 
 // from a backup, and the writer no longer holds them): it is accepted above last + 1 too,
 // and the writer continues after it. The caller checks that data is such a declaration.
 func (j *Journal) AppendLost(writer string, writerSeq uint64, data []byte) (uint64, error) {
-	return j.append(writer, writerSeq, data, true)
+	return j.append(writer, 0, writerSeq, data, true)
 }
 
-func (j *Journal) append(writer string, writerSeq uint64, data []byte, skip bool) (uint64, error) {
+// append: epoch 0 is unfenced (Append, AppendLost).
+func (j *Journal) append(writer string, epoch, writerSeq uint64, data []byte, skip bool) (uint64, error) {
 	if !ValidWriter(writer) {
 		return 0, ErrBadWriter
 	}
@@ -399,6 +447,9 @@ func (j *Journal) append(writer string, writerSeq uint64, data []byte, skip bool
 	}
 	ws := j.writers[writer]
 	var last uint64
+	if epoch != 0 && (ws == nil || ws.epoch != epoch) {
+		return 0, ErrFenced
+	}
 	if ws != nil {
 		last = ws.lastWriterSeq
 	} else if len(j.writers) >= j.opts.MaxWriters {

@@ -66,6 +66,12 @@ func (s *journalServer) Open(ctx context.Context, call oomdpb.Journal_open) erro
 	if !journal.ValidWriter(writer) {
 		return fmt.Errorf("open: writer of %d bytes: %w", len(writer), journal.ErrBadWriter)
 	}
+	// Fence first: no earlier Appender of this writer (a dead writer's connection with
+	// a record still in flight) can append once lastWriterSeq is read below.
+	epoch, err := s.j.Fence(writer)
+	if err != nil {
+		return fmt.Errorf("open writer %q: %w", writer, err)
+	}
 	// Syncing the writer's records may wait for an fsync.
 	call.Go()
 	// lastWriterSeq must be durable (schema): sync whatever this writer already wrote,
@@ -79,7 +85,7 @@ func (s *journalServer) Open(ctx context.Context, call oomdpb.Journal_open) erro
 		return fmt.Errorf("open: %w", err)
 	}
 	res.SetLastWriterSeq(last)
-	a := &appender{j: s.j, writer: writer, log: s.log.With(zap.String("writer", writer))}
+	a := &appender{j: s.j, writer: writer, epoch: epoch, log: s.log.With(zap.String("writer", writer))}
 	if err := res.SetAppender(oomdpb.Appender(rpcx.Recovering(oomdpb.Appender_Methods(nil, a), a, a.log))); err != nil {
 		return fmt.Errorf("open: set appender: %w", err)
 	}
@@ -144,6 +150,7 @@ func (s *journalServer) Status(ctx context.Context, call oomdpb.Journal_status) 
 type appender struct {
 	j      *journal.Journal
 	writer string
+	epoch  uint64 // from journal.Fence at open; a later open of the writer fences this one
 	log    *zap.Logger
 	// broken is set by the first rejected append: later records of this stream would
 	// all be gaps, so the Appender refuses everything until the writer opens again.
@@ -182,13 +189,13 @@ func (a *appender) append(args oomdpb.Appender_append_Params) error {
 	if err != nil {
 		return fmt.Errorf("append writerSeq %d: encode: %w", rec.WriterSeq(), err)
 	}
-	seq, err := a.j.Append(a.writer, rec.WriterSeq(), data)
+	seq, err := a.j.AppendFenced(a.writer, a.epoch, rec.WriterSeq(), data, false)
 	var gap *journal.GapError
 	if errors.As(err, &gap) && lostrec.Is(rec) {
 		// The writer declares gap.Expected..writerSeq lost (package lostrec): this is how
 		// a writer and a journal that lost its tail, or was restored from a backup,
 		// reconcile once instead of failing every append for ever.
-		seq, err = a.j.AppendLost(a.writer, rec.WriterSeq(), data)
+		seq, err = a.j.AppendFenced(a.writer, a.epoch, rec.WriterSeq(), data, true)
 		if err == nil {
 			reason, _ := rec.Reason()
 			a.log.Error("writer declared records lost that the journal does not hold; its sequence continues after them",
@@ -210,6 +217,11 @@ func (a *appender) append(args oomdpb.Appender_append_Params) error {
 
 func (a *appender) Sync(ctx context.Context, call oomdpb.Appender_sync) error {
 	if a.broken != nil {
+		return fmt.Errorf("sync: %w", a.broken)
+	}
+	if a.j.Fenced(a.writer, a.epoch) {
+		// Its durableWriterSeq would count the new opener's records.
+		a.broken = fmt.Errorf("writer %q: %w", a.writer, journal.ErrFenced)
 		return fmt.Errorf("sync: %w", a.broken)
 	}
 	upTo := call.Args().UpTo()

@@ -487,3 +487,36 @@ func BenchmarkAppendBatchSyncRPC(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/64, "ns/record")
 }
+
+// TestOpenFencesEarlierAppender: after a writer opens again (a restarted oomd), nothing
+// the previous Appender still sends can land: it would take the new opener's next
+// writerSeq, and the new opener's own record would be dropped as a duplicate while its
+// sync reported it durable. Removing the epoch check in journal.append turns this red.
+func TestOpenFencesEarlierAppender(t *testing.T) {
+	ctx := ctxT(t)
+	l := startLogd(t, t.TempDir())
+	old, _ := openWriter(t, dial(t, l.socket), "oomd")
+	require.NoError(t, appendRec(ctx, old, sample(1)))
+	_, err := syncTo(ctx, old, 1)
+	require.NoError(t, err)
+
+	j := dial(t, l.socket)
+	a, last := openWriter(t, j, "oomd")
+	require.Equal(t, uint64(1), last)
+
+	// The dead writer's in-flight record arrives after the new open returned.
+	stale := sample(2)
+	stale.reason = "from the fenced appender"
+	_ = appendRec(ctx, old, stale)
+	assert.ErrorContains(t, old.WaitStreaming(), journal.ErrFenced.Error(), "errors cross the wire as text")
+	_, err = syncTo(ctx, old, 1)
+	assert.ErrorContains(t, err, "fenced")
+
+	require.NoError(t, appendRec(ctx, a, sample(2)))
+	durable, err := syncTo(ctx, a, 2)
+	require.NoError(t, err)
+	assert.Equal(t, uint64(2), durable)
+	es, _, _, err := read(t, j, 0, 10)
+	require.NoError(t, err)
+	assert.Equal(t, []entry{{1, "oomd", sample(1)}, {2, "oomd", sample(2)}}, es, "only the new opener's record 2")
+}
