@@ -568,7 +568,7 @@ func (c *Core) register(in *Input) error {
 	case ok:
 		// A restart: the old instance is gone, so it gets no terminate, and the new one
 		// starts fresh with its own one-decision allowance.
-		c.cancelDecisionsOf(in.Subject, s.instance)
+		c.cancelDecisionsOf(in.Subject, s.instance, "instance "+strconv.FormatUint(in.Instance, 10)+" replaced it")
 		c.subjects.remove(i)
 	case c.subjects.len() >= MaxSubjects:
 		return fmt.Errorf("%w: %w: %s: %d subjects registered (max %d)", ErrBadInput, ErrTooManySubjects, in.Kind, c.subjects.len(), MaxSubjects)
@@ -664,6 +664,7 @@ func (c *Core) terminateAnswer(in *Input) error {
 		if d.termAcked {
 			return badInput(in, "decision %d was already acknowledged", in.Decision)
 		}
+		c.appendAudit(AuditRecord{Kind: EventKillRefused, Subject: d.subject, Instance: d.instance, Bytes: d.bytes, Limit: d.limit, Decision: d.id, Reason: clip(in.Reason)})
 		c.emit(Event{Subject: d.subject, Kind: EventKillRefused, Bytes: d.bytes, Limit: d.limit, Decision: d.id, Reason: clip(in.Reason)})
 		c.endDecision(k)
 		return nil
@@ -697,9 +698,14 @@ func (c *Core) exited(in *Input) error {
 	if hasDecision {
 		d := &c.decisions[k]
 		switch {
+		case d.phase == phaseAdopted && in.Decision == d.id:
+			// An earlier run requested this very termination and the instance exited while
+			// oomd was down; execd kept the report (ExitReport.decision). The kill is
+			// complete now, once: its killed record ends the decision durably.
+			c.killed(k, reason)
 		case d.phase != phaseRequested:
 			// Not yet released: nothing was sent, and nothing ever will be.
-			c.endDecision(k)
+			c.cancelDecision(k, "exited before its terminate request: "+reason)
 		case d.termAcked:
 			c.killed(k, reason)
 		default:
@@ -722,16 +728,30 @@ func (c *Core) decisionOf(subject string, instance uint64) (int, bool) {
 	return 0, false
 }
 
-func (c *Core) cancelDecisionsOf(subject string, instance uint64) {
+func (c *Core) cancelDecisionsOf(subject string, instance uint64, why string) {
 	if k, ok := c.decisionOf(subject, instance); ok && c.decisions[k].phase != phaseRequested {
-		c.endDecision(k)
+		c.cancelDecision(k, why)
 	}
+}
+
+// Every end of a kill decision is audited, with its id, so a restarted oomd that reads
+// the journal back (Config.Durable) knows which of an earlier run's decisions are still
+// open: killed, killRefused, killDenied, or this record of a decision that ended unsent.
+// These records gate nothing; only killDecided does.
+
+// cancelDecision ends decision k before any terminate request went out.
+func (c *Core) cancelDecision(k int, why string) {
+	d := &c.decisions[k]
+	c.appendAudit(AuditRecord{Kind: EventSubjectExited, Subject: d.subject, Instance: d.instance, Decision: d.id,
+		Reason: clip("decision ended unsent: " + why)})
+	c.endDecision(k)
 }
 
 // killed completes decision k: terminate acknowledged and exit observed.
 func (c *Core) killed(k int, reason string) {
 	d := &c.decisions[k]
 	c.counters.Kills++
+	c.appendAudit(AuditRecord{Kind: EventKilled, Subject: d.subject, Instance: d.instance, Bytes: d.bytes, Limit: d.limit, Decision: d.id, Reason: reason})
 	c.emit(Event{Subject: d.subject, Kind: EventKilled, Bytes: d.bytes, Limit: d.limit, Decision: d.id, Reason: reason})
 	c.endDecision(k)
 }

@@ -52,3 +52,40 @@ func TestDurableDecisionsValidated(t *testing.T) {
 		assert.Error(t, err, name)
 	}
 }
+
+// TestDurableDecisionCompletedByKeptExit: the earlier run requested decision 7's
+// terminate and died; hog instance 1 exited while oomd was down, and execd kept the
+// report with the decision it followed. The restarted core reports the kill once, with
+// an audited killed record (which ends the decision for the run after this one). An
+// exit that followed no terminate of that decision only cancels it, audited too.
+func TestDurableDecisionCompletedByKeptExit(t *testing.T) {
+	cfg := Config{Policy: testPolicy(), DecisionBase: 8, Durable: []DurableDecision{
+		{ID: 7, Subject: "hog", Instance: 1, Bytes: 300, Limit: 200},
+		{ID: 8, Subject: "web", Instance: 4, Bytes: 500, Limit: 200},
+	}}
+	c, err := New(cfg)
+	require.NoError(t, err)
+	h := &harness{t: t, c: c, chk: newChecker(c, cfg)}
+
+	h.must(Input{Kind: InputExited, Subject: "hog", Instance: 1, Decision: 7, Reason: "signal=15"})
+	h.must(Input{Kind: InputExited, Subject: "web", Instance: 4, Reason: "exit=0"})
+	require.Len(t, h.audit, 2)
+	assert.Equal(t, AuditRecord{WriterSeq: 1, Kind: EventKilled, Subject: "hog", Instance: 1, Bytes: 300, Limit: 200, Decision: 7, Reason: "signal=15"}, h.audit[0])
+	assert.Equal(t, EventSubjectExited, h.audit[1].Kind)
+	assert.Equal(t, uint64(8), h.audit[1].Decision)
+	assert.Contains(t, h.audit[1].Reason, "decision ended unsent")
+	assert.Equal(t, uint64(1), c.Counters().Kills)
+	killed := 0
+	for _, ev := range h.events {
+		if ev.Kind == EventKilled {
+			killed++
+			assert.Equal(t, uint64(7), ev.Decision)
+		}
+	}
+	assert.Equal(t, 1, killed)
+
+	// A repeated report changes nothing: the decision is gone.
+	h.must(Input{Kind: InputExited, Subject: "hog", Instance: 1, Decision: 7, Reason: "signal=15"})
+	assert.Len(t, h.audit, 2)
+	assert.Equal(t, uint64(1), c.Counters().Kills)
+}

@@ -54,6 +54,7 @@ func Example() {
 	// publish: event seq=3 tick=1 kind=killDecided subject=hog bytes=4096 limit=2000 decision=1
 	// execd: terminate decision=1 subject=hog instance=1 bytes=4096 limit=2000 reason="hard limit exceeded"
 	// publish: event seq=4 tick=1 kind=killRequested subject=hog bytes=4096 limit=2000 decision=1
+	// journal: audit writerSeq=2 tick=1 kind=killed subject=hog instance=1 bytes=4096 limit=2000 decision=1 reason="signal=TERM"
 	// publish: event seq=5 tick=1 kind=subjectExited subject=hog reason="signal=TERM"
 	// publish: event seq=6 tick=1 kind=killed subject=hog bytes=4096 limit=2000 decision=1 reason="signal=TERM"
 }

@@ -25,6 +25,7 @@ type checker struct {
 	termAcked    map[uint64]bool
 	exited       map[uint64]bool    // decision -> its instance's exit was reported
 	live         map[string]uint64  // subject -> registered instance
+	earlier      map[uint64]bool    // decision ids of earlier runs (Config.Durable)
 	issued       []uint64           // ticks of every terminate request
 	terms        []TerminateRequest // not yet taken by takeTerminates
 	haltSeq      uint64             // WriterSeq of the haltClaimed record (0: none yet)
@@ -75,12 +76,14 @@ func newChecker(c *Core, cfg Config) *checker {
 		termAcked:    map[uint64]bool{},
 		exited:       map[uint64]bool{},
 		live:         map[string]uint64{},
+		earlier:      map[uint64]bool{},
 	}
 	// Decisions of earlier runs were audited durably before this run (seq 0 is below
 	// any ack).
 	for _, d := range cfg.Durable {
 		si := subjInst{d.Subject, d.Instance}
 		k.decisionSeq[d.ID], k.decisionInst[d.ID], k.decided[si] = 0, si, true
+		k.earlier[d.ID] = true
 	}
 	return k
 }
@@ -142,6 +145,11 @@ func (k *checker) observe(in Input) {
 			if si == (subjInst{in.Subject, in.Instance}) {
 				k.exited[d] = true
 			}
+		}
+		if k.earlier[in.Decision] && k.decisionInst[in.Decision] == (subjInst{in.Subject, in.Instance}) {
+			// An earlier run's terminate of that decision, acknowledged then, as the
+			// exit report itself says.
+			k.termAcked[in.Decision] = true
 		}
 		if k.live[in.Subject] == in.Instance {
 			delete(k.live, in.Subject)

@@ -274,6 +274,9 @@ func FormatInput(in Input) string {
 	case InputExited:
 		l.id("subject", in.Subject)
 		l.str("instance", strconv.FormatUint(in.Instance, 10))
+		if in.Decision != 0 {
+			l.str("decision", strconv.FormatUint(in.Decision, 10))
+		}
 		l.quoted("reason", in.Reason)
 	case InputKernel:
 		l.id("subject", in.Subject)

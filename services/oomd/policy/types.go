@@ -31,7 +31,9 @@ const (
 	// InputTerminateRefused: execd refused Decision; Reason carries the refusal.
 	InputTerminateRefused
 	// InputExited: execd observed Subject/Instance exit; Reason is "exit=<n>" or
-	// "signal=<name>".
+	// "signal=<name>". Decision is the kill decision whose terminate request the exit
+	// followed, as execd recorded it (0: none), which completes a decision an earlier
+	// oomd run requested before it died (Config.Durable).
 	InputExited
 	// InputMemAvailable: the system's MemAvailable was read as Bytes. The core derives
 	// the pressure level from it (Policy.Levels); reaching LevelOOM claims the halt
