@@ -240,6 +240,9 @@ struct AuditRecord {
   decision @6 :UInt64;  # the kill decision id, 0 if none
   reason @7 :Text;      # at most 256 bytes
   instance @8 :UInt64;  # execd's instance number of the subject (0 if none)
+  execdRun @9 :UInt64;  # which run of execd the instance belongs to (instance numbers
+                        # restart with execd): oomd's shell stamps a hash of the boot id
+                        # and execd's pid and start time; 0 = unknown (older writers)
 }
 
 struct JournalEntry {
@@ -372,6 +375,8 @@ struct ExitReport {
   signal @4 :Int32;    # the terminating signal, 0 if it exited normally
   killed @5 :Bool;     # execd escalated to SIGKILL after the stop timeout
   terminated @6 :Bool; # the exit followed a terminate() request
+  decision @7 :UInt64; # the decision id that terminate() request carried (0: none), so
+                       # a restarted oomd can complete a kill its predecessor requested
 }
 
 interface ExitWatcher {

@@ -288,8 +288,9 @@ func NewEventList(seg *capnp.Segment, evs []policy.Event) (oomdpb.Event_List, er
 
 // SetAuditRecord writes r into dst, with the writer sequence given separately (the
 // daemon maps the core's sequence onto the journal's).
-func SetAuditRecord(dst oomdpb.AuditRecord, r policy.AuditRecord, writerSeq uint64) error {
+func SetAuditRecord(dst oomdpb.AuditRecord, r policy.AuditRecord, writerSeq, execdRun uint64) error {
 	dst.SetWriterSeq(writerSeq)
+	dst.SetExecdRun(execdRun)
 	dst.SetTick(r.Tick)
 	dst.SetKind(oomdpb.EventKind(r.Kind))
 	dst.SetBytes(r.Bytes)

@@ -135,8 +135,25 @@ func run(ctx context.Context, o options, log *zap.Logger) error {
 		defer sp.Close()
 		auditor.UseSpill(sp, o.syncTimeout)
 	}
+	// Where the audit sequence stands, and the kill decisions an earlier run made
+	// durably: they are continued, never made again (docs/reliability/audit-faults.md).
+	run, err := daemon.ExecdRun()
+	if err != nil {
+		// Without it no earlier decision can be matched to a live instance; ids still
+		// continue above the journal's.
+		log.Error("cannot identify execd's run: decisions of an earlier oomd run are not continued", zap.Error(err))
+	}
+	auditor.SetExecdRun(run)
+	if err := auditor.Open(ctx); err != nil {
+		return err
+	}
+	recovered, err := auditor.RecoverDecisions(ctx, run)
+	if err != nil {
+		log.Error("could not read back durable decisions: earlier runs' open decisions may be made again", zap.Error(err))
+	}
 	cfg := daemon.Config{
 		Policy: pol, PolicyVersion: polVersion, RingSize: o.ring, EnableInject: o.enableInject, Markers: os.Stdout, Log: log, System: sys,
+		DecisionBase: recovered.DecisionBase, Durable: recovered.Durable,
 	}
 	if store != nil {
 		cfg.PolicyStore = store

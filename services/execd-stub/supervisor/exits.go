@@ -144,6 +144,7 @@ func deliver(ctx context.Context, w oomdpb.ExitWatcher, r ExitReport) error {
 		rep.SetSignal(r.Signal)
 		rep.SetKilled(r.Killed)
 		rep.SetTerminated(r.Terminated)
+		rep.SetDecision(r.Decision)
 		return nil
 	})
 	defer release()

@@ -48,9 +48,10 @@ type proc struct {
 	exited   chan struct{} // closed after the exit was reaped and recorded
 
 	ready      bool
-	done       bool // reaped; pidfd closed
-	terminated bool // a terminate() request was accepted
-	killed     bool // SIGKILL was sent after the stop timeout
+	done       bool   // reaped; pidfd closed
+	terminated bool   // a terminate() request was accepted
+	decision   uint64 // the decision id that request carried
+	killed     bool   // SIGKILL was sent after the stop timeout
 	killTimer  *time.Timer
 	report     ExitReport
 }
@@ -60,10 +61,11 @@ type ExitReport struct {
 	Subject    string
 	Instance   uint64
 	Pid        int32
-	ExitCode   int32 // valid when Signal == 0
-	Signal     int32 // terminating signal, 0 for a normal exit
-	Killed     bool  // execd escalated to SIGKILL and that killed it
-	Terminated bool  // the exit followed a terminate() request
+	ExitCode   int32  // valid when Signal == 0
+	Signal     int32  // terminating signal, 0 for a normal exit
+	Killed     bool   // execd escalated to SIGKILL and that killed it
+	Terminated bool   // the exit followed a terminate() request
+	Decision   uint64 // the decision id of that request (0: none)
 }
 
 func (r ExitReport) describe() string {
@@ -319,6 +321,7 @@ func (s *Supervisor) wait(p *proc) {
 		Instance:   p.instance,
 		Pid:        int32(p.pid),
 		Terminated: p.terminated,
+		Decision:   p.decision,
 	}
 	if ws.Signaled() {
 		r.Signal = int32(ws.Signal())

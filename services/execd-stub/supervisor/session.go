@@ -151,10 +151,10 @@ func (s *Supervisor) terminate(subject string, instance, decision uint64, reason
 		return oomdpb.Refusal_none, "already terminating", int32(p.pid)
 	}
 	log = log.With(zap.Int("pid", p.pid))
-	p.terminated = true
+	p.terminated, p.decision = true, decision
 	if err := s.signalAll(p, unix.SIGTERM); err != nil {
 		// It exited on its own; its waiter has not recorded that yet.
-		p.terminated = false
+		p.terminated, p.decision = false, 0
 		return refuse(oomdpb.Refusal_notRunning, "subject %s instance %d already exited", subject, instance)
 	}
 	timeout := svc.spec.StopTimeout()

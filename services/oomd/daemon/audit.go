@@ -64,6 +64,7 @@ type LogdAuditor struct {
 	path string
 	log  *zap.Logger
 
+	execdRun    uint64 // stamped on every record (AuditRecord.execdRun); set before Start
 	spill       *Spill // nil: no spill file
 	syncTimeout time.Duration
 	onSpill     func(upTo uint64, reason string)
@@ -74,6 +75,9 @@ type LogdAuditor struct {
 	journal oomdpb.Journal // current connection's journal; zero when disconnected
 	base    uint64
 	opened  bool
+
+	started bool         // Open succeeded (caller's goroutine only, before Start)
+	initial *logdSession // the session Open made, handed to run by Start; nil: none
 
 	spillFailures atomic.Uint64 // batches the spill refused (full) or failed to write
 }
@@ -92,6 +96,10 @@ func (a *LogdAuditor) UseSpill(s *Spill, syncTimeout time.Duration) {
 		a.syncTimeout = syncTimeout
 	}
 }
+
+// SetExecdRun sets the execd run stamped on every record this auditor writes (see
+// ExecdRun). Call it before Start.
+func (a *LogdAuditor) SetExecdRun(run uint64) { a.execdRun = run }
 
 // SetSpillHook sets what is called, instead of the ack callback, when records up to
 // upTo (core numbering) were made durable in the spill file; the daemon steps
@@ -123,31 +131,39 @@ func (a *LogdAuditor) Journal() (oomdpb.Journal, bool) {
 	return a.journal.AddRef(), true
 }
 
-// Start connects to logd and then keeps the connection, reconnecting with backoff when
-// logd goes away. With spilled records from an earlier run it continues from them at
-// once and leaves connecting (and replaying) to the background; otherwise it waits up to
-// startTimeout for logd, which alone knows where this writer's sequence stands.
-func (a *LogdAuditor) Start(ctx context.Context, ack func(upTo uint64)) error {
+// Open finds where this writer's sequence stands. With spilled records from an earlier
+// run it continues from them, trying logd once (dialTimeout) so that RecoverDecisions
+// can read the journal, and leaves connecting (and replaying) to the background if
+// logd does not answer; otherwise it waits up to startTimeout for logd, which alone
+// knows where the sequence stands. Start calls it if the caller did not.
+func (a *LogdAuditor) Open(ctx context.Context) error {
+	if a.started {
+		return nil
+	}
 	if a.spill != nil {
 		if last, ok := a.spill.Last(); ok {
 			a.mu.Lock()
 			a.base, a.opened = last, true
 			a.mu.Unlock()
+			dctx, cancel := context.WithTimeout(ctx, dialTimeout)
+			s, err := a.connect(dctx)
+			cancel()
+			if err != nil {
+				a.log.Warn("logd unreachable at start", zap.Error(err))
+			}
+			a.initial, a.started = s, true
 			a.log.Info("continuing from the spill file; logd gets it when reachable", zap.Uint64("base", last),
-				zap.Int("spilled", a.spill.Len()))
-			go a.run(ctx, nil, ack)
+				zap.Int("spilled", a.spill.Len()), zap.Bool("logdConnected", s != nil))
 			return nil
 		}
 	}
 	sctx, cancel := context.WithTimeout(ctx, startTimeout)
 	defer cancel()
-	var (
-		s   *logdSession
-		err error
-	)
 	for backoff := 10 * time.Millisecond; ; backoff = min(backoff*2, time.Second) {
-		if s, err = a.connect(sctx); err == nil {
-			break
+		s, err := a.connect(sctx)
+		if err == nil {
+			a.initial, a.started = s, true
+			return nil
 		}
 		select {
 		case <-sctx.Done():
@@ -155,6 +171,16 @@ func (a *LogdAuditor) Start(ctx context.Context, ack func(upTo uint64)) error {
 		case <-time.After(backoff):
 		}
 	}
+}
+
+// Start opens (Open) if that was not done, then keeps the connection, reconnecting with
+// backoff when logd goes away.
+func (a *LogdAuditor) Start(ctx context.Context, ack func(upTo uint64)) error {
+	if err := a.Open(ctx); err != nil {
+		return err
+	}
+	s := a.initial
+	a.initial = nil
 	go a.run(ctx, s, ack)
 	return nil
 }
@@ -383,7 +409,7 @@ func (a *LogdAuditor) spillRecords(recs []policy.AuditRecord, reason string, ack
 	a.mu.Unlock()
 	batch := make([]SpilledRecord, len(recs))
 	for i, r := range recs {
-		batch[i] = SpilledRecord{JournalSeq: base + r.WriterSeq, Rec: r}
+		batch[i] = SpilledRecord{JournalSeq: base + r.WriterSeq, Rec: r, ExecdRun: a.execdRun}
 	}
 	if err := a.spill.Append(batch); err != nil {
 		return err
@@ -418,7 +444,7 @@ func (a *LogdAuditor) syncCtx(ctx context.Context) (context.Context, context.Can
 // acknowledgement. send then first appends one lost-record placeholder numbered seq-1
 // that stands for all of them (logd accepts it across the gap), so the sequence
 // continues instead of every append failing with a writerSeq gap for ever.
-func (s *logdSession) send(ctx context.Context, r policy.AuditRecord, seq uint64) error {
+func (s *logdSession) send(ctx context.Context, r policy.AuditRecord, seq, run uint64) error {
 	if seq <= s.sent {
 		return nil // already sent on this session (or durable in logd before it opened)
 	}
@@ -427,20 +453,20 @@ func (s *logdSession) send(ctx context.Context, r policy.AuditRecord, seq uint64
 			"(its journal lost its tail or was restored from a backup) and oomd no longer has them", from, seq-1, WriterName))
 		s.log.Error("logd lost audit records it had acknowledged; recording the gap and continuing",
 			zap.Uint64("firstLost", from), zap.Uint64("lastLost", seq-1), zap.Uint64("next", seq))
-		if err := s.append(ctx, lost, seq-1); err != nil {
+		if err := s.append(ctx, lost, seq-1, 0); err != nil {
 			return err
 		}
 	}
-	return s.append(ctx, r, seq)
+	return s.append(ctx, r, seq, run)
 }
 
-func (s *logdSession) append(ctx context.Context, r policy.AuditRecord, seq uint64) error {
+func (s *logdSession) append(ctx context.Context, r policy.AuditRecord, seq, run uint64) error {
 	err := s.appender.Append(ctx, func(p oomdpb.Appender_append_Params) error {
 		rec, err := p.NewRecord()
 		if err != nil {
 			return err
 		}
-		return wire.SetAuditRecord(rec, r, seq)
+		return wire.SetAuditRecord(rec, r, seq, run)
 	})
 	if err != nil {
 		return fmt.Errorf("append: %w", err)
@@ -469,7 +495,7 @@ func (a *LogdAuditor) flush(ctx context.Context, s *logdSession, recs []policy.A
 	ctx, cancel := a.syncCtx(ctx)
 	defer cancel()
 	for _, r := range recs {
-		if err := s.send(ctx, r, base+r.WriterSeq); err != nil {
+		if err := s.send(ctx, r, base+r.WriterSeq, a.execdRun); err != nil {
 			return err
 		}
 	}
@@ -501,7 +527,7 @@ func (a *LogdAuditor) replay(ctx context.Context, s *logdSession) (bool, error) 
 	ctx, cancel := a.syncCtx(ctx)
 	defer cancel()
 	for _, r := range chunk {
-		if err := s.send(ctx, r.Rec, r.JournalSeq); err != nil {
+		if err := s.send(ctx, r.Rec, r.JournalSeq, r.ExecdRun); err != nil {
 			return false, err
 		}
 	}

@@ -40,6 +40,10 @@ type Config struct {
 	// EventSeqBase is the highest event seq an earlier run may have used (OpenEventSeq);
 	// this run's events are numbered above it.
 	EventSeqBase uint64
+	// DecisionBase and Durable continue an earlier run's kill decisions
+	// (policy.Config; LogdAuditor.RecoverDecisions reads them back).
+	DecisionBase uint64
+	Durable      []policy.DurableDecision
 	// EventSeq, if set, keeps the high-water mark covering every seq shown to anyone.
 	EventSeq interface{ Cover(seq uint64) error }
 	// Now is the wall clock the shell stamps events and log lines for people with; nil
@@ -86,7 +90,8 @@ type Daemon struct {
 
 // New builds a daemon around a fresh core.
 func New(cfg Config, audit Auditor, term Terminator) (*Daemon, error) {
-	core, err := policy.New(policy.Config{Policy: cfg.Policy, RingSize: cfg.RingSize, PolicyVersion: cfg.PolicyVersion, EventSeqBase: cfg.EventSeqBase})
+	core, err := policy.New(policy.Config{Policy: cfg.Policy, RingSize: cfg.RingSize, PolicyVersion: cfg.PolicyVersion,
+		EventSeqBase: cfg.EventSeqBase, DecisionBase: cfg.DecisionBase, Durable: cfg.Durable})
 	if err != nil {
 		return nil, err
 	}
@@ -307,8 +312,9 @@ func (d *Daemon) Register(s *slot) {
 }
 
 // Exited feeds execd's exit report and forgets that instance's connection (a newer
-// instance that already registered keeps its own).
-func (d *Daemon) Exited(subject string, instance uint64, reason string) {
+// instance that already registered keeps its own). decision is the kill decision whose
+// terminate request the exit followed, as execd recorded it (0: none).
+func (d *Daemon) Exited(subject string, instance, decision uint64, reason string) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if s, ok := d.slots[subject]; ok && s.instance == instance {
@@ -318,7 +324,7 @@ func (d *Daemon) Exited(subject string, instance uint64, reason string) {
 			go s.conn.Close()
 		}
 	}
-	d.stepLocked(policy.Input{Kind: policy.InputExited, Subject: subject, Instance: instance, Reason: reason})
+	d.stepLocked(policy.Input{Kind: policy.InputExited, Subject: subject, Instance: instance, Decision: decision, Reason: reason})
 	d.processReadyLocked()
 }
 

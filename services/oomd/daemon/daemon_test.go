@@ -110,7 +110,7 @@ func TestTerminateWaitsForDurableAudit(t *testing.T) {
 	assert.Equal(t, rec.Decision, req.Decision)
 
 	// The exit alone is not a kill: execd's acknowledgement must arrive too.
-	d.Exited("hog", 1, "signal=15")
+	d.Exited("hog", 1, 0, "signal=15")
 	assert.NotContains(t, markers.String(), "oomd: kill", "killed reported before execd acknowledged")
 	close(term.release)
 	require.Eventually(t, func() bool { return markers.String() != "" }, 10*time.Second, time.Millisecond)

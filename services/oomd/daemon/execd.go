@@ -77,8 +77,8 @@ func (w exitWatcher) Exited(_ context.Context, call oomdpb.ExitWatcher_exited) e
 		reason += " sigkill-after-timeout"
 	}
 	w.d.log.Info("execd reported exit", zap.String("subject", subject), zap.Uint64("instance", r.Instance()),
-		zap.Int32("pid", r.Pid()), zap.String("reason", reason), zap.Bool("terminated", r.Terminated()))
-	w.d.Exited(subject, r.Instance(), reason)
+		zap.Int32("pid", r.Pid()), zap.String("reason", reason), zap.Bool("terminated", r.Terminated()), zap.Uint64("decision", r.Decision()))
+	w.d.Exited(subject, r.Instance(), r.Decision(), reason)
 	return nil
 }
 

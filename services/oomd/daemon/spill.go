@@ -29,14 +29,17 @@ const DefaultSpillMaxBytes = 8 << 20
 var ErrSpillFull = errors.New("audit spill file is full")
 
 const (
-	spillVersion = 1
+	// spillVersion 2 added the execd run after the decision; version 1 records (written
+	// before it) are still read, with run 0 (unknown).
+	spillVersion = 2
 	// spillFixedBytes: version, journal writerSeq, tick, kind, instance, bytes, limit,
-	// decision, subject length, reason length.
-	spillFixedBytes  = 1 + 8 + 8 + 2 + 8 + 8 + 8 + 8 + 1 + 2
-	spillMaxSubject  = 64
-	spillMaxReason   = policy.MaxReasonBytes
-	spillMaxPayload  = spillFixedBytes + spillMaxSubject + spillMaxReason
-	spillMinMaxBytes = 64 << 10
+	// decision, execd run, subject length, reason length.
+	spillFixedBytes   = 1 + 8 + 8 + 2 + 8 + 8 + 8 + 8 + 8 + 1 + 2
+	spillFixedBytesV1 = spillFixedBytes - 8
+	spillMaxSubject   = 64
+	spillMaxReason    = policy.MaxReasonBytes
+	spillMaxPayload   = spillFixedBytes + spillMaxSubject + spillMaxReason
+	spillMinMaxBytes  = 64 << 10
 )
 
 // SpilledRecord is one audit record in the spill file, with the writerSeq it has (and
@@ -44,6 +47,7 @@ const (
 type SpilledRecord struct {
 	JournalSeq uint64
 	Rec        policy.AuditRecord
+	ExecdRun   uint64 // AuditRecord.execdRun: which execd run Rec.Instance belongs to
 }
 
 // Spill is oomd's own durable audit store for when logd is unreachable or slow. It is an
@@ -395,6 +399,7 @@ func encodeSpilled(buf []byte, r SpilledRecord) []byte {
 	buf = binary.LittleEndian.AppendUint64(buf, r.Rec.Bytes)
 	buf = binary.LittleEndian.AppendUint64(buf, r.Rec.Limit)
 	buf = binary.LittleEndian.AppendUint64(buf, r.Rec.Decision)
+	buf = binary.LittleEndian.AppendUint64(buf, r.ExecdRun)
 	buf = append(buf, byte(len(subject)))
 	buf = binary.LittleEndian.AppendUint16(buf, uint16(len(reason)))
 	buf = append(buf, subject...)
@@ -402,11 +407,15 @@ func encodeSpilled(buf []byte, r SpilledRecord) []byte {
 }
 
 func decodeSpilled(p []byte) (SpilledRecord, error) {
-	if len(p) < spillFixedBytes {
-		return SpilledRecord{}, fmt.Errorf("record of %d bytes is shorter than its header", len(p))
-	}
-	if p[0] != spillVersion {
+	fixed := spillFixedBytes
+	switch {
+	case len(p) > 0 && p[0] == 1:
+		fixed = spillFixedBytesV1
+	case len(p) > 0 && p[0] != spillVersion:
 		return SpilledRecord{}, fmt.Errorf("unknown record version %d", p[0])
+	}
+	if len(p) < fixed {
+		return SpilledRecord{}, fmt.Errorf("record of %d bytes is shorter than its header", len(p))
 	}
 	le := binary.LittleEndian
 	r := SpilledRecord{JournalSeq: le.Uint64(p[1:])}
@@ -416,8 +425,11 @@ func decodeSpilled(p []byte) (SpilledRecord, error) {
 	r.Rec.Bytes = le.Uint64(p[27:])
 	r.Rec.Limit = le.Uint64(p[35:])
 	r.Rec.Decision = le.Uint64(p[43:])
-	slen, rlen := int(p[51]), int(le.Uint16(p[52:]))
-	rest := p[spillFixedBytes:]
+	if fixed == spillFixedBytes {
+		r.ExecdRun = le.Uint64(p[51:])
+	}
+	slen, rlen := int(p[fixed-3]), int(le.Uint16(p[fixed-2:]))
+	rest := p[fixed:]
 	if slen > spillMaxSubject || rlen > spillMaxReason || len(rest) != slen+rlen {
 		return SpilledRecord{}, fmt.Errorf("bad lengths subject=%d reason=%d for %d bytes", slen, rlen, len(rest))
 	}

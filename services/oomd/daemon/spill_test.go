@@ -533,7 +533,7 @@ func auditData(r SpilledRecord) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := wire.SetAuditRecord(rec, r.Rec, r.JournalSeq); err != nil {
+	if err := wire.SetAuditRecord(rec, r.Rec, r.JournalSeq, r.ExecdRun); err != nil {
 		return nil, err
 	}
 	return capnp.Canonicalize(capnp.Struct(rec))

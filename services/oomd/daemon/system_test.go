@@ -188,7 +188,7 @@ func TestOOMBoundFirst(t *testing.T) {
 	h.d.step(policy.Input{Kind: policy.InputMemAvailable, Bytes: 250})
 	h.ackAudit()
 	h.waitCall()
-	h.d.Exited("web", 1, "signal=15")
+	h.d.Exited("web", 1, 0, "signal=15")
 	for range 9 {
 		h.d.tick()
 	}
