@@ -1,0 +1,134 @@
+package e2e
+
+import (
+	"context"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"oomd.dev/oomd/gen/oomdpb"
+	"oomd.dev/oomd/internal/ctlclient"
+)
+
+// countAudit counts oomd's records of kind about subject.
+func countAudit(entries []auditEntry, subject string, kind oomdpb.EventKind) (n int, decisions []uint64) {
+	for _, e := range entries {
+		if e.writer == "oomd" && e.subject == subject && e.kind == kind {
+			n++
+			decisions = append(decisions, e.decision)
+		}
+	}
+	return n, decisions
+}
+
+// TestRestartContinuesADurableDecision: oomd decided to kill the hog, its killDecided
+// record is durable in logd and its terminate request went to execd, which is frozen
+// (SIGSTOP) so nothing answers; then oomd is SIGKILLed and execd thawed. Whether execd
+// still carries out the dead oomd's request (the hog's exit, with that decision, is
+// kept for the next oomd) or not (the hog registers again, still above its hard
+// limit), the restarted oomd continues the same decision: the journal holds exactly one
+// killDecided and one killed for the hog, with the same id, and the kill marker is
+// printed once. Without the read-back (daemon.Config.Durable left empty) either the
+// decision is made twice or the kill is never reported.
+func TestRestartContinuesADurableDecision(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	s := startStack(t, recoveryManifest(""), map[string]string{"policy.json": policyJSON})
+	c := dialClient(t, ctx, s)
+	_, err := c.WaitEvent(ctx, "hog registered", ctlclient.IsKind("hog", "subjectRegistered"))
+	require.NoError(t, err)
+
+	execd := s.cmd.Process.Pid
+	require.NoError(t, syscall.Kill(execd, syscall.SIGSTOP))
+	frozen := true
+	defer func() {
+		if frozen {
+			syscall.Kill(execd, syscall.SIGCONT)
+		}
+	}()
+	require.NoError(t, c.Inject(ctx, "hog", 16<<20))
+	requested, err := c.WaitEvent(ctx, "terminate requested (audit durable)", ctlclient.IsKind("hog", "killRequested"))
+	require.NoError(t, err)
+
+	require.NoError(t, syscall.Kill(pidOf(t, s, "oomd"), syscall.SIGKILL))
+	require.NoError(t, syscall.Kill(execd, syscall.SIGCONT))
+	frozen = false
+	s.waitCount("oomd: ready", 2, 30*time.Second)
+	s.waitLine("oomd: kill app=hog", 30*time.Second)
+
+	c2 := dialClient(t, ctx, s)
+	var mine []auditEntry
+	for {
+		mine = checkWriterSequence(t, readAudit(t, ctx, c2))
+		if n, _ := countAudit(mine, "hog", oomdpb.EventKind_killed); n > 0 {
+			break
+		}
+		waitTicks(t, ctx, c2, 1) // the killed record is not gating: it may trail the marker
+	}
+	waitTicks(t, ctx, c2, 20) // room for a wrong second decision to show
+	mine = checkWriterSequence(t, readAudit(t, ctx, c2))
+	n, decided := countAudit(mine, "hog", oomdpb.EventKind_killDecided)
+	assert.Equal(t, 1, n, "one decision for hog instance 1, across the restart: %+v", mine)
+	n, killed := countAudit(mine, "hog", oomdpb.EventKind_killed)
+	assert.Equal(t, 1, n, "its kill reported once: %+v", mine)
+	assert.Equal(t, []uint64{requested.Decision}, decided)
+	assert.Equal(t, decided, killed)
+	assert.Equal(t, 1, s.lines.count("oomd: kill app=hog"), "the kill marker exactly once")
+	require.NoError(t, s.stop(20*time.Second))
+}
+
+// TestCrashWhileLogdIsFrozenDecidesOnce is the fault of issue #15: oomd is SIGKILLed
+// while its kill decision waits for a frozen logd (no spill file, so the kill waits).
+// The dead oomd's record may still reach logd when it thaws, before or after the new
+// oomd opens the journal: logd fences the old Appender at that open, and the new oomd
+// reads the journal back after it. Either way the journal holds one killDecided for the
+// hog and one killed, the writer sequence has no duplicate or gap, and the kill marker
+// is printed once.
+func TestCrashWhileLogdIsFrozenDecidesOnce(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	s := startStack(t, recoveryManifest(""), map[string]string{"policy.json": policyJSON})
+	c := dialClient(t, ctx, s)
+	_, err := c.WaitEvent(ctx, "hog registered", ctlclient.IsKind("hog", "subjectRegistered"))
+	require.NoError(t, err)
+
+	logd := pidOf(t, s, "logd")
+	require.NoError(t, syscall.Kill(logd, syscall.SIGSTOP))
+	frozen := true
+	defer func() {
+		if frozen {
+			syscall.Kill(logd, syscall.SIGCONT)
+		}
+	}()
+	require.NoError(t, c.Inject(ctx, "hog", 16<<20))
+	_, err = c.WaitEvent(ctx, "kill decided", ctlclient.IsKind("hog", "killDecided"))
+	require.NoError(t, err)
+	waitTicks(t, ctx, c, 5) // the record is on its way to logd, which does not read it
+	require.NoError(t, syscall.Kill(pidOf(t, s, "oomd"), syscall.SIGKILL))
+	require.NoError(t, syscall.Kill(logd, syscall.SIGCONT))
+	frozen = false
+	s.waitCount("oomd: ready", 2, 30*time.Second)
+	s.waitLine("oomd: kill app=hog", 30*time.Second)
+
+	c2 := dialClient(t, ctx, s)
+	var mine []auditEntry
+	for {
+		mine = checkWriterSequence(t, readAudit(t, ctx, c2))
+		if n, _ := countAudit(mine, "hog", oomdpb.EventKind_killed); n > 0 {
+			break
+		}
+		waitTicks(t, ctx, c2, 1)
+	}
+	waitTicks(t, ctx, c2, 20)
+	mine = checkWriterSequence(t, readAudit(t, ctx, c2))
+	n, decided := countAudit(mine, "hog", oomdpb.EventKind_killDecided)
+	assert.Equal(t, 1, n, "one decision for hog instance 1, across the restart: %+v", mine)
+	n, killed := countAudit(mine, "hog", oomdpb.EventKind_killed)
+	assert.Equal(t, 1, n, "its kill reported once: %+v", mine)
+	assert.Equal(t, decided, killed)
+	assert.Equal(t, 1, s.lines.count("oomd: kill app=hog"), "the kill marker exactly once")
+	require.NoError(t, s.stop(20*time.Second))
+}
