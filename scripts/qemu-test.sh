@@ -71,7 +71,8 @@ MARKERS=(
   'oomd: kill app=hog bytes=[0-9]+'
   'SELFTEST: oom kill ok'
 )
-# A line that ends the run at once: the selftest gave up (it prints why).
+# A line that ends the run at once: the selftest gave up (it prints why). An extended
+# regular expression.
 FAILED_RE='SELFTEST: FAIL'
 # Console lines proving the kernel's own OOM killer acted (the kill must be ours), and the
 # selftest's report of /proc/vmstat's oom_kill counter when it is not zero.
@@ -262,7 +263,7 @@ boot() {
       BOOT_TIMES+=" (QEMU CPU $(qemu_cpu "$QEMU_PID") s)"
       if [ "$RUN_UNTIL_MARKER" = 1 ]; then BOOT_END=markers; break; fi
     fi
-    if grep -qa "$FAILED_RE" "$serial"; then BOOT_END=failed; break; fi
+    if grep -qaE "$FAILED_RE" "$serial"; then BOOT_END=failed; break; fi
     if ! kill -0 "$QEMU_PID" 2>/dev/null; then
       BOOT_END=exited
       break
@@ -309,8 +310,12 @@ check_boot() {
   local name=$1 serial=$CACHE/$1.log n=${#MARKERS[@]} panicked=0
   if tr -d '\r' <"$serial" | grep -qa 'Kernel panic'; then panicked=1; fi
   [ "$BOOT_END" != failed ] ||
-    report_failure "$name" "$(tr -d '\r' <"$serial" | grep -m1 -ao "$FAILED_RE.*")"
+    report_failure "$name" "$(tr -d '\r' <"$serial" | grep -m1 -aoE "($FAILED_RE).*")"
   if ((BOOT_SEEN < n)); then
+    # The guest may print its FAIL line and power off between two polls.
+    if tr -d '\r' <"$serial" | grep -qaE "$FAILED_RE"; then
+      report_failure "$name" "$(tr -d '\r' <"$serial" | grep -m1 -aoE "($FAILED_RE).*")"
+    fi
     case $BOOT_END in
       timeout) report_failure "$name" "timed out after RUN_TIMEOUT=$RUN_TIMEOUT" ;;
       exited) ((panicked)) && report_failure "$name" "the guest kernel panicked before the markers"
