@@ -47,6 +47,7 @@ var forbiddenFuncs = map[string]string{
 	"golang.org/x/sys/unix.Tkill":           "tkill(2)",
 	"golang.org/x/sys/unix.Killpg":          "killpg(2)",
 	"golang.org/x/sys/unix.PidfdSendSignal": "pidfd_send_signal(2)",
+	"golang.org/x/sys/unix.PidfdOpen":       "opens a process by pid (for pidfd_send_signal)",
 	"golang.org/x/sys/unix.Exec":            "execve(2): replaces oomd by another program",
 	"os.(*Process).Kill":                    "signals a process",
 	"os.(*Process).Signal":                  "signals a process",
