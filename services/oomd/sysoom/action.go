@@ -17,7 +17,8 @@ import (
 //	             a default: only an explicit --reboot-action=reboot reboots a machine.
 //
 // There is deliberately no action that runs a program: oomd never starts a process
-// (execd is the process authority, and a watchdog that can exec can signal).
+// (execd is the process authority, and a watchdog that can exec can signal);
+// TestOomdBinaryLinksNoWayToSignal fails if oomd links os/exec or any fork/exec path.
 type Action struct {
 	Kind string // "exit" or "reboot"
 	Code int
