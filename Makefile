@@ -28,10 +28,11 @@ run: build ## Run the stack on the host: execd starts logd, oomd and a hog, and 
 selftest: build ## Run the host selftest non-interactively; exits 0 only on SELFTEST: oom kill ok
 	@./scripts/run.sh --selftest
 
-qemu-test: ## Boot a Linux VM under QEMU (TCG): the kill-path proof, the two-boot system-OOM proof, the pressure-victim proof
+qemu-test: ## Boot a Linux VM under QEMU (TCG): the kill-path proof, the two-boot system-OOM proof, the pressure-victim proof, logd across a power cut
 	RUN_UNTIL_MARKER=1 RUN_TIMEOUT=$${RUN_TIMEOUT:-120s} ./scripts/qemu-test.sh
 	VM_TEST=oom RUN_UNTIL_MARKER=1 RUN_TIMEOUT=$${OOM_RUN_TIMEOUT:-300s} ./scripts/qemu-test.sh
 	VM_TEST=victim RUN_UNTIL_MARKER=1 RUN_TIMEOUT=$${VICTIM_RUN_TIMEOUT:-180s} ./scripts/qemu-test.sh
+	VM_TEST=powercut RUN_UNTIL_MARKER=1 RUN_TIMEOUT=$${POWERCUT_RUN_TIMEOUT:-120s} ./scripts/qemu-test.sh
 
 tools: ## Install the capnp compiler (Debian) and capnpc-go pinned to go.mod's version
 	@command -v capnp >/dev/null || ./scripts/apt-install.sh capnproto

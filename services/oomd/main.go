@@ -40,7 +40,7 @@ func main() {
 	flag.StringVar(&o.sys.PSI, "psi", "/proc/pressure/memory", "where memory pressure (PSI full avg10) is read when the policy sets PSI thresholds (tests write their own)")
 	flag.StringVar(&o.sys.RecordPath, "reboot-record", "", "reboot record store: a file or a raw block device (4 KiB at offset 0); empty = none")
 	flag.BoolVar(&o.sys.RecordInit, "reboot-record-init", false, "let --reboot-record claim a store whose first 4 KiB are neither zeros nor a reboot record (overwriting them); without it such a store is refused")
-	flag.StringVar(&o.sys.Action, "reboot-action", "exit:0", "after a system OOM or requested reboot: exit:N, command:ARGV, or reboot (sync + reboot(2))")
+	flag.StringVar(&o.sys.Action, "reboot-action", "exit:0", "after a system OOM or requested reboot: exit:N or reboot (sync + reboot(2)); oomd never starts a process")
 	flag.StringVar(&o.spill, "spill", "", "audit spill file (in the runtime dir): where audit records go, fsync'ed, when logd is unreachable or slower than --audit-sync-timeout; replayed to logd later. Empty = none: records wait for logd")
 	flag.Int64Var(&o.spillMax, "spill-max-bytes", daemon.DefaultSpillMaxBytes, "bound of the spill file; when full, records wait in memory and so do their kills")
 	flag.DurationVar(&o.syncTimeout, "audit-sync-timeout", daemon.DefaultAuditSyncTimeout, "with --spill: how long logd may take to acknowledge audit records before they are spilled")

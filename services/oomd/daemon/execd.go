@@ -22,7 +22,8 @@ import (
 
 // ExecdTerminator adapts execd's Terminator capability (which only oomd's session can
 // obtain) to the daemon. oomd has no other way to stop a process: it never signals a
-// pid itself (security invariant 1).
+// pid itself (security invariant 1; services/oomd's TestOomdBinaryLinksNoWayToSignal
+// checks the linked binary).
 type ExecdTerminator struct{ T oomdpb.Terminator }
 
 var _ Terminator = ExecdTerminator{}

@@ -14,7 +14,7 @@ import (
 type SystemOptions struct {
 	RecordPath string // --reboot-record: file or raw block device; "" = nothing persisted
 	RecordInit bool   // --reboot-record-init: claim a store holding foreign data
-	Action     string // --reboot-action: exit:N, command:ARGV or reboot
+	Action     string // --reboot-action: exit:N or reboot
 	Meminfo    string // --meminfo: where MemAvailable is read ("" = /proc/meminfo)
 	PSI        string // --psi: where memory pressure is read ("" = /proc/pressure/memory)
 }

@@ -1,14 +1,10 @@
 package sysoom
 
 import (
-	"context"
 	"errors"
 	"fmt"
-	"os"
-	"os/exec"
 	"strconv"
 	"strings"
-	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -17,18 +13,16 @@ import (
 //
 //	exit:N       exit with status N (the host default, exit:0): execd sees the
 //	             watchdog end, and a test reads the record
-//	command:ARGV run ARGV (split on spaces, no shell), bounded by CommandTimeout, then
-//	             exit 0
 //	reboot       sync, then reboot(2) (needs CAP_SYS_BOOT, i.e. root in the VM). Never
 //	             a default: only an explicit --reboot-action=reboot reboots a machine.
+//
+// There is deliberately no action that runs a program: oomd never starts a process
+// (execd is the process authority, and a watchdog that can exec can signal);
+// TestOomdBinaryLinksNoWayToSignal fails if oomd links os/exec or any fork/exec path.
 type Action struct {
-	Kind string // "exit", "command" or "reboot"
+	Kind string // "exit" or "reboot"
 	Code int
-	Argv []string
 }
-
-// CommandTimeout bounds a command: action.
-const CommandTimeout = 30 * time.Second
 
 // ParseAction parses the --reboot-action value.
 func ParseAction(s string) (Action, error) {
@@ -41,45 +35,29 @@ func ParseAction(s string) (Action, error) {
 		}
 		return Action{Kind: kind, Code: n}, nil
 	case "command":
-		argv := strings.Fields(arg)
-		if len(argv) == 0 {
-			return Action{}, fmt.Errorf("reboot action %q: want command:PROGRAM [ARGS...]", s)
-		}
-		return Action{Kind: kind, Argv: argv}, nil
+		return Action{}, fmt.Errorf("reboot action %q: command actions were removed; oomd never starts processes (use exit:N and let the supervisor act)", s)
 	case "reboot":
 		if arg != "" {
 			return Action{}, fmt.Errorf("reboot action %q: reboot takes no argument", s)
 		}
 		return Action{Kind: kind}, nil
 	}
-	return Action{}, fmt.Errorf("reboot action %q: want exit:N, command:ARGV or reboot", s)
+	return Action{}, fmt.Errorf("reboot action %q: want exit:N or reboot", s)
 }
 
 func (a Action) String() string {
-	switch a.Kind {
-	case "exit":
+	if a.Kind == "exit" {
 		return "exit:" + strconv.Itoa(a.Code)
-	case "command":
-		return "command:" + strings.Join(a.Argv, " ")
 	}
 	return a.Kind
 }
 
-// Run carries the action out. It returns only if the action failed (or for command:,
-// after the command ran): the caller then exits with the returned status.
+// Run carries the action out. It returns only for exit:N or if the action failed: the
+// caller then exits with the returned status.
 func (a Action) Run() (exitCode int, err error) {
 	switch a.Kind {
 	case "exit":
 		return a.Code, nil
-	case "command":
-		ctx, cancel := context.WithTimeout(context.Background(), CommandTimeout)
-		defer cancel()
-		cmd := exec.CommandContext(ctx, a.Argv[0], a.Argv[1:]...)
-		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
-		if err := cmd.Run(); err != nil {
-			return 1, fmt.Errorf("reboot command %v: %w", a.Argv, err)
-		}
-		return 0, nil
 	case "reboot":
 		unix.Sync()
 		err := unix.Reboot(unix.LINUX_REBOOT_CMD_RESTART)

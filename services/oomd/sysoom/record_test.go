@@ -156,7 +156,7 @@ func TestNilStore(t *testing.T) {
 }
 
 func TestParseAction(t *testing.T) {
-	for in, want := range map[string]string{"exit:0": "exit:0", "exit:75": "exit:75", "reboot": "reboot", "command:/bin/true  -x": "command:/bin/true -x"} {
+	for in, want := range map[string]string{"exit:0": "exit:0", "exit:75": "exit:75", "reboot": "reboot"} {
 		a, err := ParseAction(in)
 		require.NoError(t, err, in)
 		assert.Equal(t, want, a.String())
@@ -165,6 +165,10 @@ func TestParseAction(t *testing.T) {
 		_, err := ParseAction(in)
 		assert.Error(t, err, in)
 	}
+	// command:ARGV existed once; its removal must read as a decision, not a typo.
+	_, err := ParseAction("command:/sbin/reboot -f")
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "command actions were removed; oomd never starts processes")
 }
 
 // TestOutcomeIsNotOverwritten: an "in progress" write that comes after the outcome (its
