@@ -109,9 +109,7 @@ func reactionStack(t *testing.T, hogs int, flood bool) (r reaction) {
 	for i := range hogs {
 		id := fmt.Sprintf("hog%02d", i)
 		t0 := time.Now()
-		if err := c.Inject(ctx, id, 4096); err != nil && !strings.Contains(err.Error(), "connection closed") {
-			require.NoError(t, err)
-		}
+		injectToKill(t, ctx, c, id, 4096)
 		t1 := rec.wait(t, ctx, id, policy.EventKillDecided)
 		t2 := rec.wait(t, ctx, id, policy.EventKillRequested)
 		t3 := rec.wait(t, ctx, id, policy.EventKilled)

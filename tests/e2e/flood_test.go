@@ -63,7 +63,7 @@ func TestFloodBoundsMemoryAndDoesNotDelayAKill(t *testing.T) {
 		checkRSS()
 	}
 
-	require.NoError(t, c.Inject(ctx, "hog", 16<<20))
+	injectToKill(t, ctx, c, "hog", 16<<20)
 	var seen uint64
 	for seen == 0 {
 		st := statusNow(t, ctx, c)

@@ -162,7 +162,7 @@ func TestOomctl(t *testing.T) {
 	for _, e := range c.Events() {
 		require.NotEqual(t, "killed", e.Kind.String(), "the hog was killed before the inject")
 	}
-	require.NoError(t, c.Inject(ctx, "hog", 16<<20))
+	injectToKill(t, ctx, c, "hog", 16<<20)
 	killed := waitLine("killed", "hog")
 	assert.Greater(t, killed.Bytes, uint64(12<<20))
 	assert.NotZero(t, killed.Decision)

@@ -148,7 +148,7 @@ func TestRestartedOomdStillKills(t *testing.T) {
 	_, err = c2.WaitEvent(ctx, "pinned denied by the new oomd", ctlclient.IsKind("pinned", "killDenied"))
 	require.NoError(t, err)
 	// Inject reaches the hog through its TestHook, offered again on the new connection.
-	require.NoError(t, c2.Inject(ctx, "hog", 16<<20))
+	injectToKill(t, ctx, c2, "hog", 16<<20)
 	killed, err := c2.WaitEvent(ctx, "hog killed by the restarted oomd", ctlclient.IsKind("hog", "killed"))
 	require.NoError(t, err)
 	assert.Greater(t, killed.Bytes, uint64(8<<20))
@@ -207,7 +207,7 @@ func TestLogdOutageSpillsAndReplaysExactlyOnce(t *testing.T) {
 
 	restore := logdOutage(t, s)
 
-	require.NoError(t, c.Inject(ctx, "hog", 16<<20))
+	injectToKill(t, ctx, c, "hog", 16<<20)
 	spilled, err := c.WaitEvent(ctx, "auditSpilled", ctlclient.IsKind("", "auditSpilled"))
 	require.NoError(t, err)
 	assert.Contains(t, spilled.Reason, "cause=logd")
@@ -274,7 +274,7 @@ func TestSpillSurvivesOomdRestart(t *testing.T) {
 	c2 := dialClient(t, ctx, s)
 	_, err = c2.WaitEvent(ctx, "pinned denied by the new oomd", ctlclient.IsKind("pinned", "killDenied"))
 	require.NoError(t, err)
-	require.NoError(t, c2.Inject(ctx, "hog", 16<<20))
+	injectToKill(t, ctx, c2, "hog", 16<<20)
 	killed, err := c2.WaitEvent(ctx, "hog killed by the new oomd while logd is down", ctlclient.IsKind("hog", "killed"))
 	require.NoError(t, err)
 	s.waitLine("oomd: kill app=hog", 10*time.Second)
@@ -317,7 +317,7 @@ func TestFrozenLogdDoesNotDelayAKill(t *testing.T) {
 			syscall.Kill(logdPid, syscall.SIGCONT)
 		}
 	}()
-	require.NoError(t, c.Inject(ctx, "hog", 16<<20))
+	injectToKill(t, ctx, c, "hog", 16<<20)
 	spilled, err := c.WaitEvent(ctx, "auditSpilled", ctlclient.IsKind("", "auditSpilled"))
 	require.NoError(t, err)
 	assert.Contains(t, spilled.Reason, "deadline exceeded", "spilled because logd did not sync in time")
