@@ -44,6 +44,7 @@ func main() {
 	flag.StringVar(&o.spill, "spill", "", "audit spill file (in the runtime dir): where audit records go, fsync'ed, when logd is unreachable or slower than --audit-sync-timeout; replayed to logd later. Empty = none: records wait for logd")
 	flag.Int64Var(&o.spillMax, "spill-max-bytes", daemon.DefaultSpillMaxBytes, "bound of the spill file; when full, records wait in memory and so do their kills")
 	flag.DurationVar(&o.syncTimeout, "audit-sync-timeout", daemon.DefaultAuditSyncTimeout, "with --spill: how long logd may take to acknowledge audit records before they are spilled")
+	flag.DurationVar(&o.logdWait, "logd-start-wait", daemon.DefaultLogdStartWait, "without a non-empty --spill: how long to wait for logd at start (to learn where the audit sequence stands and read back earlier decisions) before watching without it; records, and the kills they gate, then wait for logd")
 	flag.StringVar(&o.eventSeqFile, "event-seq-file", "", "event seq high-water mark, so seqs never go backwards across a restart; default: <--policy file>.eventseq, none without --policy")
 	memLimit := memlimit.Flag()
 	logFormat := logx.FormatFlag()
@@ -75,7 +76,7 @@ type options struct {
 	sys                      daemon.SystemOptions
 	spill                    string
 	spillMax                 int64
-	syncTimeout              time.Duration
+	syncTimeout, logdWait    time.Duration
 	eventSeqFile             string
 }
 
@@ -127,6 +128,7 @@ func run(ctx context.Context, o options, log *zap.Logger) error {
 	defer closeSys()
 
 	auditor := daemon.NewLogdAuditor(o.logd, log)
+	auditor.SetStartWait(o.logdWait)
 	if o.spill != "" {
 		sp, err := daemon.OpenSpill(o.spill, o.spillMax, log)
 		if err != nil {

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"os"
 	"syscall"
 	"testing"
 	"time"
@@ -130,5 +131,46 @@ func TestCrashWhileLogdIsFrozenDecidesOnce(t *testing.T) {
 	assert.Equal(t, 1, n, "its kill reported once: %+v", mine)
 	assert.Equal(t, decided, killed)
 	assert.Equal(t, 1, s.lines.count("oomd: kill app=hog"), "the kill marker exactly once")
+	require.NoError(t, s.stop(20*time.Second))
+}
+
+// TestWatchdogComesUpWithoutLogd: logd cannot start at all (a file stands where its
+// journal directory goes, as on a broken disk). oomd still comes up after
+// --logd-start-wait, watches, denies a critical subject and reports it; the hog's kill
+// decision waits, because its audit record cannot be made durable (invariant 3). Once
+// the directory is mended, execd's next restart of logd succeeds, oomd connects, and
+// the waiting records reach the journal in order, and only then the kill happens.
+func TestWatchdogComesUpWithoutLogd(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	s := startStack(t, recoveryManifest(`, "--logd-start-wait", "500ms"`),
+		map[string]string{"policy.json": policyJSON, "journal": "not a directory"})
+	s.waitLine("logd unreachable at start and no spill file", 30*time.Second)
+	c := dialClient(t, ctx, s)
+	for _, subj := range []string{"hog", "pinned"} {
+		_, err := c.WaitEvent(ctx, subj+" registered", ctlclient.IsKind(subj, "subjectRegistered"))
+		require.NoError(t, err)
+	}
+	require.NoError(t, c.Inject(ctx, "pinned", 16<<20))
+	_, err := c.WaitEvent(ctx, "pinned denied without logd", ctlclient.IsKind("pinned", "killDenied"))
+	require.NoError(t, err)
+	s.waitLine("oomd: kill denied (subject=pinned", 10*time.Second)
+	injectToKill(t, ctx, c, "hog", 16<<20)
+	decided, err := c.WaitEvent(ctx, "hog decided", ctlclient.IsKind("hog", "killDecided"))
+	require.NoError(t, err)
+	waitTicks(t, ctx, c, 20)
+	assert.Zero(t, s.lines.count("oomd: kill app=hog"), "no kill before its audit record is durable")
+
+	require.NoError(t, os.Remove(s.path("journal")))
+	require.NoError(t, os.Mkdir(s.path("journal"), 0o700))
+	s.waitLine("logd ready", 60*time.Second)
+	s.waitLine("oomd: kill app=hog", 30*time.Second)
+	mine := checkWriterSequence(t, waitAudit(t, ctx, c, "hog", oomdpb.EventKind_killed))
+	denied, ok := find(mine, "pinned", oomdpb.EventKind_killDenied)
+	require.True(t, ok, "the denial made without logd reached it: %+v", mine)
+	d, ok := find(mine, "hog", oomdpb.EventKind_killDecided)
+	require.True(t, ok)
+	assert.Equal(t, decided.Decision, d.decision)
+	assert.Less(t, denied.writerSeq, d.writerSeq)
 	require.NoError(t, s.stop(20*time.Second))
 }

@@ -30,9 +30,11 @@ const WriterName = "oomd"
 const DefaultAuditSyncTimeout = 200 * time.Millisecond
 
 const (
-	// startTimeout bounds the wait for logd at start when there is no spilled record to
-	// continue from (the writer position is then only known to logd).
-	startTimeout = 10 * time.Second
+	// DefaultLogdStartWait bounds the wait for logd at start when there is no spilled
+	// record to continue from (the writer position is then only known to logd), and so
+	// the read-back of earlier decisions (RecoverDecisions); past it oomd watches without
+	// logd (--logd-start-wait).
+	DefaultLogdStartWait = 10 * time.Second
 	// dialTimeout bounds one connect + open (a frozen logd accepts but never answers).
 	dialTimeout = 2 * time.Second
 	// replayChunk records are replayed per sync, so a record produced meanwhile waits
@@ -64,8 +66,9 @@ type LogdAuditor struct {
 	path string
 	log  *zap.Logger
 
-	execdRun    uint64 // stamped on every record (AuditRecord.execdRun); set before Start
-	spill       *Spill // nil: no spill file
+	execdRun    uint64        // stamped on every record (AuditRecord.execdRun); set before Start
+	startWait   time.Duration // SetStartWait; DefaultLogdStartWait
+	spill       *Spill        // nil: no spill file
 	syncTimeout time.Duration
 	onSpill     func(upTo uint64, reason string)
 
@@ -85,7 +88,15 @@ type LogdAuditor struct {
 // NewLogdAuditor returns an auditor for the logd socket at path.
 func NewLogdAuditor(path string, log *zap.Logger) *LogdAuditor {
 	return &LogdAuditor{path: path, log: log.Named("audit"), wake: make(chan struct{}, 1),
-		syncTimeout: DefaultAuditSyncTimeout}
+		syncTimeout: DefaultAuditSyncTimeout, startWait: DefaultLogdStartWait}
+}
+
+// SetStartWait sets how long Open waits for logd when there is no spill to continue
+// from (0 = DefaultLogdStartWait). Call it before Open.
+func (a *LogdAuditor) SetStartWait(d time.Duration) {
+	if d > 0 {
+		a.startWait = d
+	}
 }
 
 // UseSpill gives the auditor a spill file and the bound on logd's sync (0 = the
@@ -134,8 +145,9 @@ func (a *LogdAuditor) Journal() (oomdpb.Journal, bool) {
 // Open finds where this writer's sequence stands. With spilled records from an earlier
 // run it continues from them, trying logd once (dialTimeout) so that RecoverDecisions
 // can read the journal, and leaves connecting (and replaying) to the background if
-// logd does not answer; otherwise it waits up to startTimeout for logd, which alone
-// knows where the sequence stands. Start calls it if the caller did not.
+// logd does not answer; otherwise it waits up to the start wait for logd, which alone
+// knows where the sequence stands, and then goes on without it (records wait). It
+// fails only when ctx ends. Start calls it if the caller did not.
 func (a *LogdAuditor) Open(ctx context.Context) error {
 	if a.started {
 		return nil
@@ -157,7 +169,7 @@ func (a *LogdAuditor) Open(ctx context.Context) error {
 			return nil
 		}
 	}
-	sctx, cancel := context.WithTimeout(ctx, startTimeout)
+	sctx, cancel := context.WithTimeout(ctx, a.startWait)
 	defer cancel()
 	for backoff := 10 * time.Millisecond; ; backoff = min(backoff*2, time.Second) {
 		s, err := a.connect(sctx)
@@ -166,8 +178,16 @@ func (a *LogdAuditor) Open(ctx context.Context) error {
 			return nil
 		}
 		select {
+		case <-ctx.Done():
+			return ctx.Err()
 		case <-sctx.Done():
-			return fmt.Errorf("logd at %s: %w", a.path, err)
+			// The watchdog comes up anyway: it watches, denies and reports; its records
+			// (and so its kills) wait in memory until logd is reachable, and the
+			// sequence continues from logd's lastWriterSeq then (connect).
+			a.started = true
+			a.log.Error("logd unreachable at start and no spill file: audit records, and the kills they gate, wait for logd",
+				zap.String("socket", a.path), zap.Duration("waited", a.startWait), zap.Error(err))
+			return nil
 		case <-time.After(backoff):
 		}
 	}

@@ -122,7 +122,7 @@ func (s *decisionScan) result(source string) Recovered {
 func (a *LogdAuditor) RecoverDecisions(ctx context.Context, run uint64) (Recovered, error) {
 	scan := newDecisionScan(run)
 	var journalLast uint64
-	source := "spill file only (logd unreachable at start)"
+	source := "nothing from logd (unreachable at start)"
 	if j, ok := a.Journal(); ok {
 		defer j.Release()
 		last, err := readWriterRecords(ctx, j, WriterName, scan)

@@ -101,7 +101,7 @@ func TestRecoverDecisionsReadsJournalThenSpill(t *testing.T) {
 	require.NoError(t, b.Open(ctx))
 	got, err = b.RecoverDecisions(ctx, run)
 	require.NoError(t, err)
-	assert.Contains(t, got.Source, "spill file only")
+	assert.Equal(t, "nothing from logd (unreachable at start) and 3 spilled records", got.Source)
 	assert.Equal(t, []policy.DurableDecision{{ID: 3, Subject: "web", Instance: 1, Bytes: 300, Limit: 200}}, got.Durable)
 }
 
