@@ -115,7 +115,9 @@ func TestOomctl(t *testing.T) {
 
 	// events --follow, started before the inject, sees the kill as it happens.
 	follow := exec.CommandContext(ctx, filepath.Join(binDir, "oomctl"), "events", "--follow", "--json", "--socket", s.path("oomd.sock"))
-	var followErr bytes.Buffer
+	// os/exec copies the child's stderr into followErr from its own goroutine until
+	// Wait returns, and the failure messages below read it while the child runs.
+	var followErr syncBuffer
 	follow.Stderr = &followErr
 	out, err := follow.StdoutPipe()
 	require.NoError(t, err)
@@ -145,7 +147,9 @@ func TestOomctl(t *testing.T) {
 		for {
 			select {
 			case l, ok := <-lines:
-				require.True(t, ok, "events --follow ended early; stderr: %s", followErr.String())
+				if !ok {
+					t.Fatalf("events --follow ended early; stderr: %s", followErr.String())
+				}
 				var e ev
 				require.NoError(t, json.Unmarshal([]byte(l), &e), "not a JSON line: %q", l)
 				if e.Kind == kind && e.Subject == subject {

@@ -5,6 +5,7 @@ package e2e
 
 import (
 	"bufio"
+	"bytes"
 	"fmt"
 	"io"
 	"os"
@@ -141,6 +142,25 @@ func (s *stack) waitLine(substr string, timeout time.Duration) string {
 }
 
 func (s *stack) path(name string) string { return filepath.Join(s.rt, name) }
+
+// syncBuffer is a bytes.Buffer safe to read while an exec.Cmd writes into it: os/exec
+// copies a non-*os.File Stdout or Stderr from its own goroutine until Wait returns.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
 
 // lines collects a process's output and lets tests wait for a line.
 type lines struct {
