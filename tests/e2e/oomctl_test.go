@@ -171,11 +171,22 @@ func TestOomctl(t *testing.T) {
 	assert.Greater(t, killed.Bytes, uint64(12<<20))
 	assert.NotZero(t, killed.Decision)
 	require.NoError(t, follow.Process.Signal(syscall.SIGTERM))
-	select {
-	case err := <-followDone:
-		assert.NoError(t, err, "events --follow must exit 0 on SIGTERM; stderr: %s", followErr.String())
-	case <-time.After(10 * time.Second):
-		t.Fatal("events --follow did not exit after SIGTERM")
+	// Drain what it prints until it exits: the reader only reaches Wait at EOF, and an
+	// event after the kill would otherwise block it on the unread channel.
+	exitDeadline := time.After(10 * time.Second)
+	pending := lines
+	for exited := false; !exited; {
+		select {
+		case _, ok := <-pending:
+			if !ok {
+				pending = nil
+			}
+		case err := <-followDone:
+			assert.NoError(t, err, "events --follow must exit 0 on SIGTERM; stderr: %s", followErr.String())
+			exited = true
+		case <-exitDeadline:
+			t.Fatal("events --follow did not exit after SIGTERM")
+		}
 	}
 
 	// events (history, text form) shows the kill too.
