@@ -30,6 +30,7 @@ func runOomctl(t *testing.T, ctx context.Context, s *stack, args ...string) (cod
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()
+	checkNoRace(t, fmt.Sprintf("oomctl %q", args), errb.String())
 	var ee *exec.ExitError
 	switch {
 	case err == nil:
@@ -183,6 +184,7 @@ func TestOomctl(t *testing.T) {
 			}
 		case err := <-followDone:
 			assert.NoError(t, err, "events --follow must exit 0 on SIGTERM; stderr: %s", followErr.String())
+			checkNoRace(t, "oomctl events --follow", followErr.String())
 			exited = true
 		case <-exitDeadline:
 			t.Fatal("events --follow did not exit after SIGTERM")

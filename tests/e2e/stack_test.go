@@ -1,16 +1,22 @@
 // Package e2e runs the real stack — execd, logd, oomd, hogs — as separate processes over
 // real Unix sockets and checks the kill path from outside, through the same control API
 // and markers a user sees. Binaries are built once in TestMain.
+//
+// With OOMD_E2E_RACE=1 they are race builds (make race does this): every child then
+// runs with GORACE halt_on_error=1 exitcode=66, and a race report in any child's output,
+// or a child exiting 66, fails the test that ran it.
 package e2e
 
 import (
 	"bufio"
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -21,6 +27,16 @@ import (
 )
 
 var binDir string
+
+// raceBuild is the OOMD_E2E_RACE=1 switch (see the package comment).
+var raceBuild = os.Getenv("OOMD_E2E_RACE") == "1"
+
+const (
+	raceReport   = "WARNING: DATA RACE"
+	raceExitCode = 66
+	// raceExited is execd's "exited" line for a child that halted on a race report.
+	raceExited = `"status": "exit=66"`
+)
 
 var programs = map[string]string{
 	"execd-stub":      "./services/execd-stub",
@@ -41,8 +57,16 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	root, _ := filepath.Abs("../..")
+	build := []string{"build"}
+	if raceBuild {
+		build = append(build, "-race")
+		// Inherited by every child (execd passes its environment on): the first race
+		// ends the process, so a report cannot scroll by in a test that still passes.
+		// The test binary read its own GORACE at start-up; this does not change it.
+		os.Setenv("GORACE", strings.TrimSpace(fmt.Sprintf("%s halt_on_error=1 exitcode=%d", os.Getenv("GORACE"), raceExitCode)))
+	}
 	for name, pkg := range programs {
-		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, name), pkg)
+		cmd := exec.Command("go", slices.Concat(build, []string{"-o", filepath.Join(dir, name), pkg})...)
 		cmd.Dir = root
 		if out, err := cmd.CombinedOutput(); err != nil {
 			fmt.Fprintf(os.Stderr, "build %s: %v\n%s", name, err, out)
@@ -106,6 +130,15 @@ func startStackArgs(t *testing.T, manifest string, files map[string]string, args
 				<-s.done
 			}
 		}
+		if n := s.lines.count(raceReport); n > 0 {
+			t.Errorf("the stack's console holds %d data race report(s)", n)
+		}
+		if n := s.lines.count(raceExited); n > 0 {
+			t.Errorf("%d child(ren) exited %d: the race detector's exit code", n, raceExitCode)
+		}
+		if ee := (*exec.ExitError)(nil); errors.As(s.err, &ee) && ee.ExitCode() == raceExitCode {
+			t.Errorf("execd exited %d: the race detector's exit code", raceExitCode)
+		}
 		if t.Failed() {
 			t.Logf("console of the failed stack:\n%s", s.lines.dump())
 		}
@@ -142,6 +175,14 @@ func (s *stack) waitLine(substr string, timeout time.Duration) string {
 }
 
 func (s *stack) path(name string) string { return filepath.Join(s.rt, name) }
+
+// checkNoRace fails t if out, what a program printed, holds a race detector report.
+func checkNoRace(t *testing.T, what, out string) {
+	t.Helper()
+	if strings.Contains(out, raceReport) {
+		t.Errorf("%s reported a data race:\n%s", what, out)
+	}
+}
 
 // syncBuffer is a bytes.Buffer safe to read while an exec.Cmd writes into it: os/exec
 // copies a non-*os.File Stdout or Stderr from its own goroutine until Wait returns.
