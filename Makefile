@@ -51,8 +51,9 @@ lint: ## gofmt and go vet
 	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '^gen/')); [ -z "$$out" ] || { echo "gofmt needed:"; echo "$$out"; exit 1; }
 	$(GO) vet ./...
 
-race: ## Run the unit tests under the race detector (the e2e suite's daemons are not race builds yet)
+race: ## Run the unit tests under the race detector, then the e2e suite with race-built daemons
 	$(GO) test -race -count=1 -timeout 20m $$($(GO) list ./... | grep -v -e /tests/e2e -e '/services/execd-stub$$')
+	OOMD_E2E_RACE=1 $(GO) test -race -count=1 -timeout 30m ./tests/e2e/
 
 bench: ## Run the Go benchmarks (figures go to docs/perf.md)
 	$(GO) test -run '^$$' -bench . -benchmem -count 6 ./services/oomd/policy/ | tee /tmp/oomd-bench.txt

@@ -32,6 +32,7 @@ func TestMalformedManifestIsRejectedWithPosition(t *testing.T) {
 			require.NoError(t, os.WriteFile(m, []byte(tc.body), 0o600))
 			cmd := exec.Command(filepath.Join(binDir, "execd-stub"), "--manifest", m, "--runtime-dir", filepath.Join(dir, "rt"))
 			out, err := cmd.CombinedOutput()
+			checkNoRace(t, "execd", string(out))
 			require.Error(t, err, "execd accepted a bad manifest:\n%s", out)
 			assert.Contains(t, string(out), tc.want)
 		})

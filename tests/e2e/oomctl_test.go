@@ -30,6 +30,7 @@ func runOomctl(t *testing.T, ctx context.Context, s *stack, args ...string) (cod
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()
+	checkNoRace(t, fmt.Sprintf("oomctl %q", args), errb.String())
 	var ee *exec.ExitError
 	switch {
 	case err == nil:
@@ -115,7 +116,9 @@ func TestOomctl(t *testing.T) {
 
 	// events --follow, started before the inject, sees the kill as it happens.
 	follow := exec.CommandContext(ctx, filepath.Join(binDir, "oomctl"), "events", "--follow", "--json", "--socket", s.path("oomd.sock"))
-	var followErr bytes.Buffer
+	// os/exec copies the child's stderr into followErr from its own goroutine until
+	// Wait returns, and the failure messages below read it while the child runs.
+	var followErr syncBuffer
 	follow.Stderr = &followErr
 	out, err := follow.StdoutPipe()
 	require.NoError(t, err)
@@ -145,7 +148,9 @@ func TestOomctl(t *testing.T) {
 		for {
 			select {
 			case l, ok := <-lines:
-				require.True(t, ok, "events --follow ended early; stderr: %s", followErr.String())
+				if !ok {
+					t.Fatalf("events --follow ended early; stderr: %s", followErr.String())
+				}
 				var e ev
 				require.NoError(t, json.Unmarshal([]byte(l), &e), "not a JSON line: %q", l)
 				if e.Kind == kind && e.Subject == subject {
@@ -167,11 +172,23 @@ func TestOomctl(t *testing.T) {
 	assert.Greater(t, killed.Bytes, uint64(12<<20))
 	assert.NotZero(t, killed.Decision)
 	require.NoError(t, follow.Process.Signal(syscall.SIGTERM))
-	select {
-	case err := <-followDone:
-		assert.NoError(t, err, "events --follow must exit 0 on SIGTERM; stderr: %s", followErr.String())
-	case <-time.After(10 * time.Second):
-		t.Fatal("events --follow did not exit after SIGTERM")
+	// Drain what it prints until it exits: the reader only reaches Wait at EOF, and an
+	// event after the kill would otherwise block it on the unread channel.
+	exitDeadline := time.After(10 * time.Second)
+	pending := lines
+	for exited := false; !exited; {
+		select {
+		case _, ok := <-pending:
+			if !ok {
+				pending = nil
+			}
+		case err := <-followDone:
+			assert.NoError(t, err, "events --follow must exit 0 on SIGTERM; stderr: %s", followErr.String())
+			checkNoRace(t, "oomctl events --follow", followErr.String())
+			exited = true
+		case <-exitDeadline:
+			t.Fatal("events --follow did not exit after SIGTERM")
+		}
 	}
 
 	// events (history, text form) shows the kill too.

@@ -1,15 +1,22 @@
 // Package e2e runs the real stack — execd, logd, oomd, hogs — as separate processes over
 // real Unix sockets and checks the kill path from outside, through the same control API
 // and markers a user sees. Binaries are built once in TestMain.
+//
+// With OOMD_E2E_RACE=1 the stack's own programs (raceBuilt) are race builds (make race
+// does this): every child then runs with GORACE halt_on_error=1 exitcode=66, and a race
+// report in any child's output, or a child exiting 66, fails the test that ran it.
 package e2e
 
 import (
 	"bufio"
+	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -20,6 +27,41 @@ import (
 )
 
 var binDir string
+
+// raceBuild is the OOMD_E2E_RACE=1 switch (see the package comment).
+var raceBuild = os.Getenv("OOMD_E2E_RACE") == "1"
+
+// raceBuilt are the programs built with -race under the switch: the stack and its CLI.
+// The subjects (hogs, the selftest client, the hostile test children) stay normal
+// builds: their memory is what the tests feed oomd, and a race build's shadow memory
+// in their cgroups would cross the tests' limits on its own (a 3-member family hog
+// reached 109 MiB against a 96 MiB hard limit before the selftest had injected a byte).
+// Their code is under the race detector in make race's unit tests.
+var raceBuilt = map[string]bool{"execd-stub": true, "logd-stub": true, "oomd": true, "oomctl": true}
+
+// raceGORACE is added to the children's GORACE under the switch. halt_on_error and
+// exitcode make a race fatal and recognisable; atexit_sleep_ms=0 drops the race
+// runtime's default 1 s pause at exit, which made a stopped service miss its stop
+// timeout (the system teardown tests count those).
+var raceGORACE = fmt.Sprintf("halt_on_error=1 exitcode=%d atexit_sleep_ms=0", raceExitCode)
+
+// raceRSS scales a bound on a race-built daemon's resident memory: the race runtime's
+// shadow memory multiplies a Go process's RSS (the detector's documentation says by
+// 5–10x at worst). 4x stays far below the growth those bounds exist to catch (900 MiB
+// in ten seconds for the flood without rpcx's limits).
+func raceRSS(kib uint64) uint64 {
+	if raceBuild {
+		return 4 * kib
+	}
+	return kib
+}
+
+const (
+	raceReport   = "WARNING: DATA RACE"
+	raceExitCode = 66
+	// raceExited is execd's "exited" line for a child that halted on a race report.
+	raceExited = `"status": "exit=66"`
+)
 
 var programs = map[string]string{
 	"execd-stub":      "./services/execd-stub",
@@ -40,8 +82,18 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	root, _ := filepath.Abs("../..")
+	if raceBuild {
+		// Inherited by every child (execd passes its environment on): the first race
+		// ends the process, so a report cannot scroll by in a test that still passes.
+		// The test binary read its own GORACE at start-up; this does not change it.
+		os.Setenv("GORACE", strings.TrimSpace(os.Getenv("GORACE")+" "+raceGORACE))
+	}
 	for name, pkg := range programs {
-		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, name), pkg)
+		build := []string{"build"}
+		if raceBuild && raceBuilt[name] {
+			build = append(build, "-race")
+		}
+		cmd := exec.Command("go", slices.Concat(build, []string{"-o", filepath.Join(dir, name), pkg})...)
 		cmd.Dir = root
 		if out, err := cmd.CombinedOutput(); err != nil {
 			fmt.Fprintf(os.Stderr, "build %s: %v\n%s", name, err, out)
@@ -105,6 +157,15 @@ func startStackArgs(t *testing.T, manifest string, files map[string]string, args
 				<-s.done
 			}
 		}
+		if n := s.lines.count(raceReport); n > 0 {
+			t.Errorf("the stack's console holds %d data race report(s)", n)
+		}
+		if n := s.lines.count(raceExited); n > 0 {
+			t.Errorf("%d child(ren) exited %d: the race detector's exit code", n, raceExitCode)
+		}
+		if ee := (*exec.ExitError)(nil); errors.As(s.err, &ee) && ee.ExitCode() == raceExitCode {
+			t.Errorf("execd exited %d: the race detector's exit code", raceExitCode)
+		}
 		if t.Failed() {
 			t.Logf("console of the failed stack:\n%s", s.lines.dump())
 		}
@@ -141,6 +202,33 @@ func (s *stack) waitLine(substr string, timeout time.Duration) string {
 }
 
 func (s *stack) path(name string) string { return filepath.Join(s.rt, name) }
+
+// checkNoRace fails t if out, what a program printed, holds a race detector report.
+func checkNoRace(t *testing.T, what, out string) {
+	t.Helper()
+	if strings.Contains(out, raceReport) {
+		t.Errorf("%s reported a data race:\n%s", what, out)
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe to read while an exec.Cmd writes into it: os/exec
+// copies a non-*os.File Stdout or Stderr from its own goroutine until Wait returns.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
 
 // lines collects a process's output and lets tests wait for a line.
 type lines struct {

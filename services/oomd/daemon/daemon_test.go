@@ -68,23 +68,40 @@ func newTestDaemon(t *testing.T) (*Daemon, *fakeAuditor, fakeTerminator, *syncBu
 	return d, aud, term, markers
 }
 
-// report simulates a sample arriving on a subject's sink.
-func report(d *Daemon, s *slot, claimed string, n uint64) {
-	srv := &sinkServer{slot: s, dirty: &d.dirty}
-	if claimed == s.subject {
-		s.bytes.Store(n)
-		s.accepted.Add(1)
-	} else if s.rejected.Add(1) == 1 {
-		s.claimed = claimed
+// handOver hands subject to d the way execd does (a SubjectHandoff with a fresh
+// socketpair, taken by acceptHandoff) and returns the subject's end as a publisher, so a
+// test's samples reach oomd's real sinkServer over a real go-capnp connection.
+func handOver(t *testing.T, d *Daemon, subject string) *publisher {
+	t.Helper()
+	p := newPublisher(context.Background(), handoff(t, d, subject), subject, false)
+	d.mu.Lock()
+	srv := d.slots[subject].conn
+	d.mu.Unlock()
+	// oomd's end logs to the test's logger: it is closed, and Close waits for its
+	// goroutines, before the test ends.
+	t.Cleanup(func() {
+		srv.Close()
+		p.sink.Release()
+		p.conn.Close()
+	})
+	return p
+}
+
+// report streams n samples of size bytes claiming claimed and returns once oomd's sink has
+// returned from every one, so the next tick sees them.
+func (p *publisher) report(t *testing.T, claimed string, size uint64, n int) {
+	t.Helper()
+	ctx := context.Background()
+	for i := range n {
+		err := p.sink.Report(ctx, func(a oomdpb_report) error { return fill(a, size, uint64(i), claimed) })
+		require.NoError(t, err, "report %d of %d from %s", i+1, n, p.subject)
 	}
-	srv.dirty.mark(s)
+	require.NoError(t, p.sink.WaitStreaming(), "reports from %s", p.subject)
 }
 
 func TestTerminateWaitsForDurableAudit(t *testing.T) {
 	d, aud, term, markers := newTestDaemon(t)
-	hog := &slot{subject: "hog", instance: 1}
-	d.Register(hog)
-	report(d, hog, "hog", 500)
+	handOver(t, d, "hog").report(t, "hog", 500, 1)
 	for range 10 {
 		d.tick()
 	}
@@ -119,14 +136,11 @@ func TestTerminateWaitsForDurableAudit(t *testing.T) {
 
 func TestSpoofFloodIsCoalescedPerTick(t *testing.T) {
 	d, _, _, _ := newTestDaemon(t)
-	hog := &slot{subject: "hog", instance: 1}
-	evil := &slot{subject: "evil", instance: 1}
-	d.Register(hog)
-	d.Register(evil)
-	for range 10_000 {
-		report(d, evil, "hog", 1<<40)
-	}
+	handOver(t, d, "hog")
+	handOver(t, d, "evil").report(t, "hog", 1<<40, 10_000)
+	d.dirty.mu.Lock()
 	assert.Len(t, d.dirty.slots, 1, "a flood occupies one dirty entry")
+	d.dirty.mu.Unlock()
 	d.tick()
 	var hs, es policy.SubjectStatus
 	var rejectedEvents int

@@ -29,11 +29,8 @@ func TestVictimDecisionLogSaysWhy(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, d.Start(context.Background()))
 
-	big, small := &slot{subject: "big", instance: 1}, &slot{subject: "small", instance: 1}
-	d.Register(big)
-	d.Register(small)
-	report(d, big, "big", 900)
-	report(d, small, "small", 200)
+	handOver(t, d, "big").report(t, "big", 900, 1)
+	handOver(t, d, "small").report(t, "small", 200, 1)
 	d.tick()
 	d.step(policy.Input{Kind: policy.InputMemAvailable, Bytes: 500}) // imminentOom
 	d.tick()

@@ -41,10 +41,9 @@ func TestEventsNumberedAboveBaseAndStamped(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, d.Start(context.Background()))
 
-	s := &slot{subject: "app", instance: 1}
-	d.Register(s)
+	app := handOver(t, d, "app")
 	for _, b := range []uint64{60, 10, 60} { // soft crossings, one event each way
-		report(d, s, "app", b)
+		app.report(t, "app", b, 1)
 		d.tick()
 	}
 	evs, _, missed := d.events(2990, 100)
