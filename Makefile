@@ -55,10 +55,27 @@ race: ## Run the unit tests under the race detector, then the e2e suite with rac
 	$(GO) test -race -count=1 -timeout 20m $$($(GO) list ./... | grep -v -e /tests/e2e -e '/services/execd-stub$$')
 	OOMD_E2E_RACE=1 $(GO) test -race -count=1 -timeout 30m ./tests/e2e/
 
+# The fault-injection suite of issue 15: one test per fault of docs/reliability/audit-faults.md
+# (corruption, torn tails, fsync seams, full disks, crashes, restarts, unsafe paths). `make
+# test` runs all of them too, inside `go test ./...`; the power-cut test is VM_TEST=powercut.
+FAULT_TESTS := TestSyncIsAnFsync|TestSeqReservation|TestFlippedByte|TestCutOnAFrameBoundary|TestCorrupt|TestTornTail|TestSymlinksRefused|\
+  TestWalk|TestOpenFileRefuses|TestDir|TestDamageBecomesACorruptRecord|TestLostRecordBridgesAGap|TestOpenFencesEarlierAppender|TestSyncAckMeansOnDisk|\
+  TestSpill|TestAuditor|TestDecisionScan|TestRecoverDecisions|TestPolicyStore|TestLoadPolicyFileRefusesSymlinks|TestDurable|\
+  TestRecordCorrupt|TestRecordTorn|TestStoreRefuses|TestOutcomeIsNotOverwritten|TestOomdBinaryLinksNoWayToSignal|TestOomdMakesNoRawSyscall|\
+  TestWatchdogStartsWithoutItsDependency|TestWatchdogRestart|\
+  TestRestartContinuesADurableDecision|TestCrashWhileLogdIsFrozenDecidesOnce|TestWatchdogComesUpWithoutLogd|TestBadPolicyFileAtStartStillWatches|\
+  TestRestartedOomdStillKills|TestLogdOutage|TestSpillSurvivesOomdRestart|TestFrozenLogd|TestPolicySurvivesRestartAndSIGHUP|TestEventSeqsSurviveRestart
+empty :=
+space := $(empty) $(empty)
+FAULT_PKGS := ./internal/frame/ ./internal/safefile/ ./services/logd-stub/... ./services/oomd/... ./services/execd-stub/... ./tests/e2e/
+
+faults: ## Run the fault-injection suite (audit trail and watchdog under corruption, full disks, crashes; docs/reliability/audit-faults.md)
+	$(GO) test -count=1 -timeout 15m -run '$(subst $(space),,$(FAULT_TESTS))' $(FAULT_PKGS)
+
 bench: ## Run the Go benchmarks (figures go to docs/perf.md)
 	$(GO) test -run '^$$' -bench . -benchmem -count 6 ./services/oomd/policy/ | tee /tmp/oomd-bench.txt
 
 clean: ## Remove built binaries and caches
 	rm -rf $(BIN) .cache
 
-.PHONY: help build test run selftest qemu-test tools gen check-gen lint race bench clean
+.PHONY: help build test run selftest qemu-test tools gen check-gen lint race faults bench clean
