@@ -481,6 +481,11 @@ struct Status {
   # with them), its ticks count from 0 at startedAtNs (wall clock, Unix ns).
   eventSeqBase @17 :UInt64;
   startedAtNs @18 :Int64;
+  # The audit trail: records made but not yet durable (a kill waits for its own), logd
+  # not connected now, and records held in oomd's spill file until logd has them.
+  auditWaiting @19 :UInt64;
+  auditLogdDown @20 :Bool;
+  auditSpilled @21 :UInt64;
 }
 
 struct RebootRecord {

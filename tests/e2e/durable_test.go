@@ -160,6 +160,9 @@ func TestWatchdogComesUpWithoutLogd(t *testing.T) {
 	require.NoError(t, err)
 	waitTicks(t, ctx, c, 20)
 	assert.Zero(t, s.lines.count("oomd: kill app=hog"), "no kill before its audit record is durable")
+	st := status(t, ctx, c)
+	assert.True(t, st.AuditLogdDown(), "status says logd is down")
+	assert.GreaterOrEqual(t, st.AuditWaiting(), uint64(2), "the denial and the decision wait")
 
 	require.NoError(t, os.Remove(s.path("journal")))
 	require.NoError(t, os.Mkdir(s.path("journal"), 0o700))

@@ -132,6 +132,18 @@ func (a *LogdAuditor) nudge() {
 	}
 }
 
+// State reports whether logd is connected now and how many records the spill file holds
+// (status; the audit trail's health for people).
+func (a *LogdAuditor) State() (logdConnected bool, spilled int) {
+	a.mu.Lock()
+	logdConnected = a.journal.IsValid()
+	a.mu.Unlock()
+	if a.spill != nil {
+		spilled = a.spill.Len()
+	}
+	return logdConnected, spilled
+}
+
 // Journal returns a reference to logd's journal for reads, if connected.
 func (a *LogdAuditor) Journal() (oomdpb.Journal, bool) {
 	a.mu.Lock()

@@ -166,6 +166,7 @@ func (s *controlServer) Status(_ context.Context, call oomdpb.Control_status) er
 		level     policy.Level
 		avail     uint64
 		halt      policy.HaltStatus
+		waiting   uint64
 		victim    policy.VictimChoice
 	)
 	var modes []oomdpb.CgroupMode
@@ -174,6 +175,7 @@ func (s *controlServer) Status(_ context.Context, call oomdpb.Control_status) er
 		counters, tick, ver, last, seqBase = c.Counters(), c.TickCount(), c.PolicyVersion(), c.LastSeq(), c.EventSeqBase()
 		level, avail = c.Level()
 		halt = c.Halt()
+		waiting = c.AuditWaiting()
 		victim, _ = c.VictimPreview()
 		modes = make([]oomdpb.CgroupMode, len(subjects))
 		for i, ss := range subjects {
@@ -205,6 +207,12 @@ func (s *controlServer) Status(_ context.Context, call oomdpb.Control_status) er
 	st.SetLevel(oomdpb.PressureLevel(level))
 	st.SetMemAvailableBytes(avail)
 	st.SetHaltClaimed(halt.Claimed)
+	st.SetAuditWaiting(waiting)
+	if as, ok := s.d.audit.(interface{ State() (bool, int) }); ok {
+		connected, spilled := as.State()
+		st.SetAuditLogdDown(!connected)
+		st.SetAuditSpilled(uint64(spilled))
+	}
 	if err := setVictim(st, victim); err != nil {
 		return err
 	}

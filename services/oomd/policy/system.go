@@ -161,6 +161,9 @@ func (c *Core) Level() (Level, uint64) { return c.sys.level, c.sys.avail }
 // file).
 func (c *Core) AuditDurable() uint64 { return c.auditAcked }
 
+// AuditWaiting is how many audit records were produced and not yet acknowledged durable.
+func (c *Core) AuditWaiting() uint64 { return c.auditSeq - c.auditAcked }
+
 // Halt returns the state of the halt token.
 func (c *Core) Halt() HaltStatus {
 	h := c.sys.halt

@@ -425,7 +425,8 @@ spoofer  normal       1.5 KiB  256 MiB  512 MiB  kernel       1.5 KiB  -        
 		`"kernelBytes":0,"cooperativeBytes":0,"published":false,"signal":"max","cgroupMode":"none"},`+
 		`{"subject":"spoofer","instance":1,"state":"normal","bytes":1536,"softBytes":268435456,"hardBytes":536870912,"critical":false,"rejected":3,`+
 		`"kernelBytes":1536,"cooperativeBytes":0,"published":false,"signal":"kernel","cgroupMode":"proc"}],`+
-		`"victim":"","victimReason":"","victimHold":"","eventSeqBase":0,"startedAtNs":0}`+"\n", stdout)
+		`"victim":"","victimReason":"","victimHold":"","eventSeqBase":0,"startedAtNs":0,`+
+		`"auditWaiting":0,"auditLogdDown":false,"auditSpilled":0}`+"\n", stdout)
 
 	f.do(func() {
 		f.status = statusView{Tick: 5, Level: "warning", MemAvailableBytes: 3 << 30, HaltClaimed: true, Truncated: true,
@@ -444,6 +445,28 @@ a        exited  0      0     0     max     -       -          none    no       
 
 // TestStatusVictim: the victim preview is one line under the notes, saying whom oomd
 // would pick, why, and what holds it back; nothing when victim selection is off.
+// TestStatusSaysWhenAuditIsDown: a logd oomd cannot reach is said loudly, with what
+// waits (a kill waits for its own record) and what sits in the spill file.
+func TestStatusSaysWhenAuditIsDown(t *testing.T) {
+	f := startFake(t)
+	for _, c := range []struct {
+		st   statusView
+		want string
+	}{
+		{statusView{AuditLogdDown: true, AuditWaiting: 2}, "AUDIT: logd NOT CONNECTED, 2 records waiting; kills wait until they are durable\n"},
+		{statusView{AuditLogdDown: true, AuditSpilled: 7}, "AUDIT: logd NOT CONNECTED; 7 records in the spill file, 0 waiting\n"},
+		{statusView{AuditSpilled: 7, AuditWaiting: 1}, "audit: logd connected; 7 records in the spill file, 1 waiting\n"},
+	} {
+		f.do(func() { f.status = c.st; f.status.Level = "normal" })
+		code, stdout, stderr := oomctl(t, nil, "--socket", f.path, "status")
+		require.Equal(t, ExitOK, code, stderr)
+		assert.Contains(t, stdout, c.want)
+	}
+	f.do(func() { f.status = statusView{Level: "normal"} })
+	_, stdout, _ := oomctl(t, nil, "--socket", f.path, "status")
+	assert.NotContains(t, stdout, "audit", "a healthy audit trail says nothing")
+}
+
 func TestStatusVictim(t *testing.T) {
 	f := startFake(t)
 	const reason = "pressure victim: level=imminentOom score=97 runners-up=b:35,a:19"

@@ -20,7 +20,8 @@
 //	status      {"tick","policyVersion","lastEventSeq","kills","denied","throttled",
 //	             "acceptedSamples","rejectedSamples","level","memAvailableBytes",
 //	             "haltClaimed","injectEnabled","truncated","subjects":[{"subject",
-//	             "instance","state","bytes","softBytes","hardBytes","critical","rejected"}]}
+//	             "instance","state","bytes","softBytes","hardBytes","critical","rejected",
+//	             ...}], ..., "auditWaiting","auditLogdDown","auditSpilled"}
 //	policy get  {"version","policy":{...}} where "policy" is a policy file as
 //	             `policy set --file` (and oomd --policy) read it
 //	policy set  {"version"}

@@ -244,6 +244,9 @@ func (f *fakeOomd) Status(_ context.Context, call oomdpb.Control_status) error {
 	st.SetLevel(oomdpb.PressureLevelFromString(v.Level))
 	st.SetMemAvailableBytes(v.MemAvailableBytes)
 	st.SetHaltClaimed(v.HaltClaimed)
+	st.SetAuditWaiting(v.AuditWaiting)
+	st.SetAuditLogdDown(v.AuditLogdDown)
+	st.SetAuditSpilled(v.AuditSpilled)
 	st.SetInjectEnabled(v.InjectEnabled)
 	st.SetTruncated(v.Truncated)
 	if err := st.SetVictim(v.Victim); err != nil {

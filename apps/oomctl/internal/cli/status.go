@@ -37,6 +37,11 @@ type statusView struct {
 	// StartedAtNs (Unix ns, wall clock).
 	EventSeqBase uint64 `json:"eventSeqBase"`
 	StartedAtNs  int64  `json:"startedAtNs"`
+	// The audit trail: records not yet durable (kills wait for theirs), logd not
+	// connected, records in oomd's spill file.
+	AuditWaiting  uint64 `json:"auditWaiting"`
+	AuditLogdDown bool   `json:"auditLogdDown"`
+	AuditSpilled  uint64 `json:"auditSpilled"`
 }
 
 type subjectView struct {
@@ -94,6 +99,7 @@ func readStatus(st oomdpb.Status) (statusView, error) {
 		MemAvailableBytes: st.MemAvailableBytes(), HaltClaimed: st.HaltClaimed(),
 		InjectEnabled: st.InjectEnabled(), Truncated: st.Truncated(),
 		EventSeqBase: st.EventSeqBase(), StartedAtNs: st.StartedAtNs(),
+		AuditWaiting: st.AuditWaiting(), AuditLogdDown: st.AuditLogdDown(), AuditSpilled: st.AuditSpilled(),
 		Subjects: []subjectView{},
 	}
 	var err error
@@ -138,6 +144,14 @@ func writeStatus(w io.Writer, v statusView) error {
 	}
 	fmt.Fprintf(w, "kills %d, denied %d, throttled %d; samples accepted %d, rejected %d\n",
 		v.Kills, v.Denied, v.Throttled, v.AcceptedSamples, v.RejectedSamples)
+	switch {
+	case v.AuditLogdDown && v.AuditSpilled == 0:
+		fmt.Fprintf(w, "AUDIT: logd NOT CONNECTED, %d records waiting; kills wait until they are durable\n", v.AuditWaiting)
+	case v.AuditLogdDown:
+		fmt.Fprintf(w, "AUDIT: logd NOT CONNECTED; %d records in the spill file, %d waiting\n", v.AuditSpilled, v.AuditWaiting)
+	case v.AuditSpilled > 0 || v.AuditWaiting > 0:
+		fmt.Fprintf(w, "audit: logd connected; %d records in the spill file, %d waiting\n", v.AuditSpilled, v.AuditWaiting)
+	}
 	var notes []string
 	if v.MemAvailableBytes != 0 || v.Level != "normal" {
 		notes = append(notes, fmt.Sprintf("pressure level %s (MemAvailable %s)", v.Level, humanBytes(v.MemAvailableBytes)))
