@@ -87,6 +87,11 @@ struct Policy {
   # Victim selection under system pressure. Unset = the defaults (victims at
   # imminentOom, 500 points, settle 10 ticks, no preference lists); victims only act
   # while levels are set.
+
+  dryRun @12 :Bool;
+  # Report hard-limit crossings (wouldKill: audited, once per crossing) and terminate
+  # nothing: no kill decision is made, and victims are only named (victimWouldKill).
+  # SubjectLimit.dryRun overrides it per subject.
 }
 
 struct Victims {
@@ -145,6 +150,9 @@ struct SubjectLimit {
   hardBytes @2 :UInt64; # as Policy.hardBytes
   signal @3 :Signal;    # as Policy.signal, for this subject
   hasSignal @4 :Bool;   # signal is set here (else Policy.signal applies)
+  dryRun @5 :Bool;      # as Policy.dryRun, for this subject (a dry-run subject is never
+                        # a victim either)
+  hasDryRun @6 :Bool;   # dryRun is set here (else Policy.dryRun applies)
 }
 
 struct LevelThresholds {
@@ -207,6 +215,10 @@ enum EventKind {
   victimWouldKill @21;    # victims.dryRun: the subject oomd would kill under pressure now;
                           # bytes = its reading, limit = its hard limit, reason as a
                           # victim decision's. Once per subject instance per episode.
+  wouldKill @22;          # dry run (Policy.dryRun / SubjectLimit.dryRun): the subject
+                          # crossed hardBytes and would be killed; audited, nothing is
+                          # terminated; once per crossing; bytes = usage, limit = hardBytes.
+                          # decision != 0: a decision made before the dry run, ended unsent
 }
 
 struct Event {

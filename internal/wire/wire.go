@@ -50,8 +50,13 @@ func SetPolicy(dst oomdpb.Policy, p policy.Policy) error {
 			e.SetHasSignal(true)
 			e.SetSignal(oomdpb.Signal(*o.Signal))
 		}
+		if o.DryRun != nil {
+			e.SetHasDryRun(true)
+			e.SetDryRun(*o.DryRun)
+		}
 	}
 	dst.SetSignal(oomdpb.Signal(p.Signal))
+	dst.SetDryRun(p.DryRun)
 	if p.UnderReport != (policy.UnderReport{}) {
 		ur, err := dst.NewUnderReport()
 		if err != nil {
@@ -191,9 +196,14 @@ func Policy(src oomdpb.Policy) (policy.Policy, error) {
 			sig := policy.Signal(e.Signal())
 			o.Signal = &sig
 		}
+		if e.HasDryRun() {
+			dry := e.DryRun()
+			o.DryRun = &dry
+		}
 		p.Overrides = append(p.Overrides, o)
 	}
 	p.Signal = policy.Signal(src.Signal())
+	p.DryRun = src.DryRun()
 	if src.HasUnderReport() {
 		ur, err := src.UnderReport()
 		if err != nil {

@@ -72,6 +72,19 @@ func TestEventRoundTrip(t *testing.T) {
 	assert.Equal(t, "seq=1 tick=2 killed subject=hog bytes=3 limit=4 decision=5 reason=signal=15", FormatEvent(evs[0]))
 }
 
+func TestPolicyDryRunRoundTrip(t *testing.T) {
+	on, off := true, false
+	want := policy.DefaultPolicy()
+	want.DryRun = true
+	want.Overrides = []policy.SubjectLimit{{Subject: "db", SoftBytes: 1 << 20, HardBytes: 2 << 20, DryRun: &off},
+		{Subject: "web", SoftBytes: 1 << 20, HardBytes: 2 << 20, DryRun: &on}, {Subject: "x", SoftBytes: 1 << 20, HardBytes: 2 << 20}}
+	m := newPolicyMsg(t)
+	require.NoError(t, SetPolicy(m, want))
+	got, err := Policy(m)
+	require.NoError(t, err)
+	assert.Equal(t, want, got)
+}
+
 func TestPolicyVictimsRoundTrip(t *testing.T) {
 	want := policy.DefaultPolicy()
 	want.Victims = policy.Victims{Level: policy.VictimLevelWarning, PreferPoints: 700, AvoidPoints: 200, SettleTicks: 25, DryRun: true,

@@ -3,6 +3,7 @@ package daemon
 import (
 	"bytes"
 	"context"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -132,6 +133,53 @@ func TestTerminateWaitsForDurableAudit(t *testing.T) {
 	close(term.release)
 	require.Eventually(t, func() bool { return markers.String() != "" }, 10*time.Second, time.Millisecond)
 	assert.Equal(t, "oomd: kill app=hog bytes=500\n", markers.String())
+}
+
+// TestDryRunSendsNoTerminate: under a dry run the hog's crossing is audited as wouldKill
+// and nothing is decided or sent; "ctl", whose override takes it out of the dry run,
+// crossing at the same tick is decided and terminated as usual, so the absence of the
+// hog's request is not just a slow terminator.
+func TestDryRunSendsNoTerminate(t *testing.T) {
+	d, aud, term, markers := newTestDaemon(t)
+	var p policy.Policy
+	d.withCore(func(c *policy.Core) { p = c.Policy() })
+	off := false
+	p.DryRun = true
+	p.Overrides = []policy.SubjectLimit{{Subject: "ctl", SoftBytes: 50, HardBytes: 100, DryRun: &off}}
+	_, err := d.SetPolicy(p, 0)
+	require.NoError(t, err)
+	handOver(t, d, "hog").report(t, "hog", 500, 1)
+	handOver(t, d, "ctl").report(t, "ctl", 500, 1)
+	for range 10 {
+		d.tick()
+	}
+	aud.mu.Lock()
+	recs := slices.Clone(aud.recs)
+	aud.mu.Unlock()
+	kinds := map[string]policy.EventKind{}
+	for _, r := range recs {
+		kinds[r.Subject] = r.Kind
+	}
+	assert.Equal(t, map[string]policy.EventKind{"hog": policy.EventWouldKill, "ctl": policy.EventKillDecided}, kinds)
+	aud.ack(recs[len(recs)-1].WriterSeq)
+	select {
+	case req := <-term.calls:
+		assert.Equal(t, "ctl", req.Subject)
+	case <-time.After(10 * time.Second):
+		t.Fatal("no terminate for the enforced subject")
+	}
+	close(term.release)
+	d.Exited("ctl", 1, 0, "signal=15")
+	require.Eventually(t, func() bool { return markers.String() != "" }, 10*time.Second, time.Millisecond)
+	for range 5 {
+		d.tick()
+	}
+	select {
+	case req := <-term.calls:
+		t.Fatalf("terminate %+v under a dry run", req)
+	default:
+	}
+	assert.Equal(t, "oomd: kill app=ctl bytes=500\n", markers.String())
 }
 
 func TestSpoofFloodIsCoalescedPerTick(t *testing.T) {

@@ -91,7 +91,7 @@ func (s *decisionScan) add(r policy.AuditRecord, run uint64) {
 		if run == s.run && s.run != 0 && policy.ValidateSubjectID(r.Subject) == nil {
 			s.open[r.Decision] = policy.DurableDecision{ID: r.Decision, Subject: r.Subject, Instance: r.Instance, Bytes: r.Bytes, Limit: r.Limit}
 		}
-	case policy.EventKilled, policy.EventKillRefused, policy.EventKillDenied, policy.EventSubjectExited:
+	case policy.EventKilled, policy.EventKillRefused, policy.EventKillDenied, policy.EventSubjectExited, policy.EventWouldKill:
 		delete(s.open, r.Decision)
 	}
 }

@@ -36,6 +36,11 @@ func why(e policy.Event) string {
 		return fmt.Sprintf("execd refused to kill %s: decision %d%s", e.Subject, e.Decision, because)
 	case policy.EventMemstatUnderReported:
 		return fmt.Sprintf("%s under-reports: the kernel counts %s, it publishes %s", e.Subject, b, l)
+	case policy.EventWouldKill:
+		if e.Decision != 0 {
+			return fmt.Sprintf("dry run: decision %d for %s ended unsent (%s > hard %s)%s", e.Decision, e.Subject, b, l, because)
+		}
+		return fmt.Sprintf("dry run: would kill %s: %s > hard %s%s; nothing sent", e.Subject, b, l, because)
 	case policy.EventVictimWouldKill:
 		return fmt.Sprintf("dry run: under pressure oomd would kill %s (%s against hard %s)%s", e.Subject, b, l, because)
 	}

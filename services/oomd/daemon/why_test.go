@@ -28,6 +28,10 @@ func TestWhy(t *testing.T) {
 			"kill denied for policyd: 46 MiB > hard 40 MiB, but it is critical"},
 		{policy.Event{Kind: policy.EventMemstatUnderReported, Subject: "liar", Bytes: 70 << 20, Limit: 7 << 20},
 			"liar under-reports: the kernel counts 70 MiB, it publishes 7 MiB"},
+		{policy.Event{Kind: policy.EventWouldKill, Subject: "hog", Bytes: 44 << 20, Limit: 40 << 20, Reason: "dry run: hard limit exceeded"},
+			"dry run: would kill hog: 44 MiB > hard 40 MiB (dry run: hard limit exceeded); nothing sent"},
+		{policy.Event{Kind: policy.EventWouldKill, Subject: "hog", Bytes: 44 << 20, Limit: 40 << 20, Decision: 3, Reason: "dry run began before its terminate request"},
+			"dry run: decision 3 for hog ended unsent (44 MiB > hard 40 MiB) (dry run began before its terminate request)"},
 		{policy.Event{Kind: policy.EventSubjectRegistered, Subject: "hog"}, "subjectRegistered"},
 	} {
 		assert.Equal(t, tc.want, why(tc.e))

@@ -528,6 +528,7 @@ func (c *Core) setPolicy(p Policy) {
 		s := &c.subjects.slots[i]
 		s.soft, s.hard = c.limits(s.id)
 		s.signal = c.signalOf(s.id)
+		s.dryRun = c.dryRunOf(s.id)
 	}
 }
 
@@ -552,6 +553,14 @@ func (c *Core) limits(id string) (soft, hard uint64) {
 		return o.SoftBytes, o.HardBytes
 	}
 	return c.pol.SoftBytes, c.pol.HardBytes
+}
+
+// dryRunOf is the policy's dry run for subject id (docs: Policy.DryRun).
+func (c *Core) dryRunOf(id string) bool {
+	if o, ok := c.overrides[id]; ok && o.DryRun != nil {
+		return *o.DryRun
+	}
+	return c.pol.DryRun
 }
 
 func (c *Core) register(in *Input) error {
@@ -579,6 +588,7 @@ func (c *Core) register(in *Input) error {
 	s.pref = in.Preference
 	s.soft, s.hard = c.limits(in.Subject)
 	s.signal = c.signalOf(in.Subject)
+	s.dryRun = c.dryRunOf(in.Subject)
 	if k, ok := c.decisionOf(s.id, s.instance); ok {
 		// A decision an earlier run made durably for this very instance (Config.Durable):
 		// the instance has had its one decision.
@@ -898,10 +908,33 @@ func (c *Core) evaluate(s *subject) {
 				c.endDecision(k)
 			}
 		}
+	case s.dryRun && s.decision == 0:
+		// Reported once per crossing (re-armed below hard, like a denial); nothing is
+		// decided, so the instance keeps its one decision for when the dry run ends.
+		if !s.denied {
+			s.denied = true
+			c.wouldKill(s.id, s.instance, u, s.hard, 0, "dry run: "+c.killReason(s))
+		}
 	case !s.decided:
 		s.decided = true
 		c.decide(s, u)
 	}
+}
+
+// wouldKill reports (and audits) a kill a dry run holds back; decisionID is the decision
+// it ends, 0 if none was made.
+func (c *Core) wouldKill(subject string, instance, bytes, limit, decisionID uint64, reason string) {
+	reason = clip(reason)
+	c.appendAudit(AuditRecord{Kind: EventWouldKill, Subject: subject, Instance: instance, Bytes: bytes, Limit: limit, Decision: decisionID, Reason: reason})
+	c.emit(Event{Subject: subject, Kind: EventWouldKill, Bytes: bytes, Limit: limit, Decision: decisionID, Reason: reason})
+}
+
+// killReason is the reason a hard-limit decision about s carries.
+func (c *Core) killReason(s *subject) string {
+	if src := s.source(); src != "" {
+		return ReasonHardLimit + " (" + src + ")"
+	}
+	return ReasonHardLimit
 }
 
 func (c *Core) deny(subject string, instance, bytes, limit, decisionID uint64) {
@@ -913,10 +946,7 @@ func (c *Core) deny(subject string, instance, bytes, limit, decisionID uint64) {
 func (c *Core) decide(s *subject, u uint64) {
 	c.lastDecision++
 	d := decision{id: c.lastDecision, subject: s.id, instance: s.instance, bytes: u, limit: s.hard}
-	reason, src := ReasonHardLimit, s.source()
-	if src != "" {
-		reason += " (" + src + ")"
-	}
+	reason, src := c.killReason(s), s.source()
 	d.auditSeq = c.appendAudit(AuditRecord{Kind: EventKillDecided, Subject: s.id, Instance: s.instance, Bytes: u, Limit: s.hard, Decision: d.id, Reason: reason})
 	c.decisions = append(c.decisions, d)
 	s.decision = d.id
@@ -942,6 +972,16 @@ func (c *Core) release() {
 				s.denied = true // this crossing is now denied; do not deny it twice
 			}
 			c.deny(d.subject, d.instance, d.bytes, d.limit, d.id)
+			c.endDecision(k)
+			k--
+			continue
+		}
+		if c.dryRunOf(d.subject) {
+			// A dry run began after the decision: it ends unsent, said as what it is.
+			if s, _, ok := c.subjects.lookup(d.subject); ok && s.instance == d.instance {
+				s.denied = true // reported for this crossing
+			}
+			c.wouldKill(d.subject, d.instance, d.bytes, d.limit, d.id, "dry run began before its terminate request")
 			c.endDecision(k)
 			k--
 			continue

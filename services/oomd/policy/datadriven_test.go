@@ -173,6 +173,17 @@ func scanPolicy(t *testing.T, d *datadriven.TestData, p *Policy) {
 			p.Overrides = append(p.Overrides, SubjectLimit{Subject: f[0], SoftBytes: soft, HardBytes: hard})
 		}
 	}
+	d.MaybeScanArgs(t, "kill-dry-run", &p.DryRun)
+	if arg, ok := d.Arg("subject-dry-run"); ok { // (<id>:true|false,...), on existing overrides
+		for _, v := range arg.Vals {
+			id, val, _ := strings.Cut(v, ":")
+			dry, err := strconv.ParseBool(val)
+			require.NoError(t, err, d.Pos)
+			k := slices.IndexFunc(p.Overrides, func(o SubjectLimit) bool { return o.Subject == id })
+			require.GreaterOrEqual(t, k, 0, "%s: subject-dry-run %s needs an override", d.Pos, id)
+			p.Overrides[k].DryRun = &dry
+		}
+	}
 }
 
 // new [ring=<n>] [audit-base=<n>] [soft=<n>] [hard=<n>] [sample-ms=<n>] [budget=<n>]
@@ -182,6 +193,8 @@ func scanPolicy(t *testing.T, d *datadriven.TestData, p *Policy) {
 //	[levels=(<warning>,<imminentOom>,<oom>,<hysteresis>)] [oom-timeout-ms=<n>]
 //	[victim-level=off|warning|imminentOom] [prefer-points=<n>] [avoid-points=<n>]
 //	[settle=<ticks>] [dry-run=true|false] [prefer=(<id>,...)] [avoid=(...)] [never=(...)]
+//	[kill-dry-run=true|false] [subject-dry-run=(<id>:true|false,...)] (dry-run is the
+//	victims' dry run; kill-dry-run is Policy.DryRun; subject-dry-run sets an override's)
 //
 // Starts a fresh core (ending and replay-checking the previous one). Policy fields not
 // given keep a small test default: soft=100 hard=200 sample-ms=100 budget=2 window=10.

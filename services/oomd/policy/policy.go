@@ -57,6 +57,10 @@ type Policy struct {
 	// value means the defaults: pick at imminentOom, prefer/avoid 500 points, settle 10
 	// ticks, no per-subject preferences.
 	Victims Victims `json:"victims,omitzero"`
+	// DryRun: hard-limit crossings are reported (wouldKill, audited, once per crossing)
+	// and nobody is terminated: no kill decision is made, and under pressure victims
+	// are only named (victimWouldKill). An override's DryRun wins for its subject.
+	DryRun bool `json:"dryRun,omitempty"`
 }
 
 // SubjectLimit replaces the global soft/hard limits (and, when Signal is set, the
@@ -66,6 +70,10 @@ type SubjectLimit struct {
 	SoftBytes uint64  `json:"softBytes"`
 	HardBytes uint64  `json:"hardBytes"`
 	Signal    *Signal `json:"signal,omitempty"`
+	// DryRun, when set, replaces Policy.DryRun for this subject: true watches it
+	// without ever terminating it (and keeps it out of victim selection), false
+	// enforces it under a global dry run.
+	DryRun *bool `json:"dryRun,omitempty"`
 }
 
 // Signal says which reading a subject's limits apply to. Values equal oomdpb.Signal's.

@@ -30,7 +30,8 @@ type subject struct {
 	invalid       bool   // memstatInvalid was emitted for this episode
 
 	aboveSoft bool   // softExceeded was emitted for the current upward crossing
-	denied    bool   // killDenied was emitted for the current crossing of hard
+	denied    bool   // killDenied (or wouldKill, under a dry run) was emitted for the current crossing of hard
+	dryRun    bool   // the effective dry run of the policy for this subject
 	decided   bool   // this instance already had its one kill decision
 	decision  uint64 // the live decision of this instance, 0 if none
 	requested bool   // that decision's terminate request was sent

@@ -173,6 +173,11 @@ const (
 	// EventVictimWouldKill: victims.dryRun is on and the core would pick Subject now;
 	// Reason is the reason a decision would carry. Once per subject instance per episode.
 	EventVictimWouldKill
+	// EventWouldKill: under a dry run (Policy.DryRun or the subject's override) the
+	// subject crossed its hard limit; audited like a decision would be, but no decision
+	// is made and nothing is terminated. Once per crossing. A decision already made when
+	// a dry run starts ends with this event too (Decision set).
+	EventWouldKill
 )
 
 var eventKindNames = [...]string{
@@ -199,6 +204,7 @@ var eventKindNames = [...]string{
 	EventKernelReadFailed:     "kernelReadFailed",
 	EventMemstatInvalid:       "memstatInvalid",
 	EventVictimWouldKill:      "victimWouldKill",
+	EventWouldKill:            "wouldKill",
 }
 
 func (k EventKind) String() string {

@@ -93,7 +93,7 @@ func (c *Core) victimHold() string {
 	if h := c.victimGate(); h != "" {
 		return h
 	}
-	if c.pol.Victims.DryRun {
+	if c.pol.Victims.DryRun || c.pol.DryRun {
 		return "dry run"
 	}
 	return c.victimBusy()
@@ -138,7 +138,7 @@ func (c *Core) pickVictim() {
 		c.vic.inEpisode = true
 		c.vic.episode++
 	}
-	dry := c.pol.Victims.DryRun
+	dry := c.pol.Victims.DryRun || c.pol.DryRun
 	if !dry && c.victimBusy() != "" {
 		return
 	}
@@ -185,7 +185,8 @@ func (c *Core) rankVictims() (top [1 + MaxRunnersUp]uint32, n int) {
 	for _, i := range c.subjects.order {
 		s := &c.subjects.slots[i]
 		pref := c.preferenceOf(s)
-		if s.decided || s.decision != 0 || s.bytes == 0 || pref == PreferenceNever || c.isCritical(s.id, s.critical) {
+		if s.decided || s.decision != 0 || s.bytes == 0 || pref == PreferenceNever || c.isCritical(s.id, s.critical) ||
+			s.dryRun && !c.pol.DryRun {
 			continue
 		}
 		sc := Score(s.bytes, s.hard, pref, c.pol.Victims)

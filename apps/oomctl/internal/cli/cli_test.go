@@ -193,6 +193,7 @@ func TestSetFlagsApply(t *testing.T) {
 			})},
 		{name: "bad signal", args: []string{"--signal", "rss"}, err: `signal "rss": want max, kernel or cooperative`},
 		{name: "bad override signal", args: []string{"--override", "a=1:2:rss"}, err: `a: signal "rss": want max, kernel or cooperative`},
+		{name: "dry run", args: []string{"--dry-run"}, want: with(func(p *policy.Policy) { p.DryRun = true })},
 		{name: "victims off", args: []string{"--victim-level", "off"}, want: with(func(p *policy.Policy) { p.Victims.Level = policy.VictimLevelOff })},
 		{name: "victims default level", args: []string{"--victim-level", "default", "--victim-dry-run=false"}, want: with(func(p *policy.Policy) {})},
 		{name: "victims bad level", args: []string{"--victim-level", "oom"}, err: `victim level "oom": want off, warning or imminentOom`},

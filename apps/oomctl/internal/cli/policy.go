@@ -144,7 +144,7 @@ type setFlags struct {
 	underTicks                             uint32Value
 	victimLevel                            victimLevelValue
 	preferPoints, avoidPoints, settleTicks uint32Value
-	dryRun                                 bool
+	dryRun, killDryRun                     bool
 	victimPrefer, victimAvoid, victimNever listValue
 }
 
@@ -166,6 +166,7 @@ func registerSetFlags(fs *flag.FlagSet) *setFlags {
 	fs.Var(&f.preferPoints, "victim-prefer-points", "score `points` added to a preferred subject (0 = default 500, else 1.."+strconv.Itoa(policy.MaxVictimPoints)+"; 1000 = a whole hard limit)")
 	fs.Var(&f.avoidPoints, "victim-avoid-points", "score `points` taken from an avoided subject (0 = default 500, else 1.."+strconv.Itoa(policy.MaxVictimPoints)+")")
 	fs.Var(&f.settleTicks, "victim-settle-ticks", "`ticks` to wait after a victim's kill before the next (0 = default 10)")
+	fs.BoolVar(&f.killDryRun, "dry-run", false, "watch and report without terminating anything: hard-limit crossings become wouldKill events (audited), victims are only named; --dry-run=false turns it off (per subject: \"dryRun\" in an override, with --file)")
 	fs.BoolVar(&f.dryRun, "victim-dry-run", false, "report whom oomd would kill under pressure (victimWouldKill events) but kill no victim; --victim-dry-run=false turns it off")
 	fs.Var(&f.victimPrefer, "victim-prefer", "comma-separated `subjects` preferred as victims, replacing the list in force (\"\" clears it)")
 	fs.Var(&f.victimAvoid, "victim-avoid", "comma-separated `subjects` avoided as victims, replacing the list in force (\"\" clears it)")
@@ -188,7 +189,7 @@ func (f *setFlags) given() map[string]bool {
 var fieldFlags = []string{"soft-bytes", "hard-bytes", "sample-ms", "kill-budget", "kill-window-ticks",
 	"oom-timeout-ms", "critical", "override", "remove-override", "signal", "under-report-margin", "under-report-ticks",
 	"victim-level", "victim-prefer-points", "victim-avoid-points", "victim-settle-ticks", "victim-dry-run",
-	"victim-prefer", "victim-avoid", "victim-never"}
+	"victim-prefer", "victim-avoid", "victim-never", "dry-run"}
 
 // edits reports whether any field flag was given.
 func (f *setFlags) edits() bool {
@@ -247,6 +248,9 @@ func (f *setFlags) apply(cur policy.Policy) (policy.Policy, error) {
 	}
 	if set["victim-settle-ticks"] {
 		p.Victims.SettleTicks = f.settleTicks.n
+	}
+	if set["dry-run"] {
+		p.DryRun = f.killDryRun
 	}
 	if set["victim-dry-run"] {
 		p.Victims.DryRun = f.dryRun
