@@ -112,8 +112,10 @@ Global flags (accepted before or after the command):
   --timeout D     deadline for connecting and for each call, except the stream of
                   events --follow (default 10s; 0 means none)
 
-Sizes (--soft-bytes, --hard-bytes, --override) are a byte count or take a 1024-based
-suffix: K/KiB, M/MiB, G/GiB, T/TiB (so 8M = 8MiB = 8388608).
+Sizes (--soft-bytes, --hard-bytes, --override, --under-report-margin) are a byte count,
+whole or with a fraction, with an optional suffix: K/KiB, M/MiB, G/GiB, T/TiB are
+1024-based (8M = 8MiB = 8388608, 0.5G = 512MiB), KB, MB, GB, TB 1000-based (512MB =
+512000000); or a percentage of this machine's memory (25% of MemTotal).
 
 Exit status:
   0  success (also when events --follow is ended by Ctrl-C or SIGTERM)

@@ -65,6 +65,12 @@ func oomctl(t *testing.T, env map[string]string, args ...string) (code int, stdo
 }
 
 func TestParseSize(t *testing.T) {
+	saved := memTotal
+	t.Cleanup(func() { memTotal = saved })
+	real, err := saved()
+	require.NoError(t, err, "this machine's /proc/meminfo")
+	assert.Greater(t, real, uint64(1<<20))
+	memTotal = func() (uint64, error) { return 16 << 30, nil }
 	for _, tc := range []struct {
 		in   string
 		want uint64
@@ -80,12 +86,23 @@ func TestParseSize(t *testing.T) {
 		{in: "1TiB", want: 1 << 40},
 		{in: "100B", want: 100},
 		{in: " 3 M ", want: 3 << 20},
+		{in: "1.5G", want: 3 << 29},
+		{in: "0.5GiB", want: 1 << 29},
+		{in: "512MB", want: 512_000_000},
+		{in: "2GB", want: 2_000_000_000},
+		{in: "1.5KB", want: 1500},
+		{in: "0.1", want: 0},
+		{in: "25%", want: 4 << 30},
+		{in: "12.5 %", want: 2 << 30},
 		{in: "", err: `"" is not a size`},
 		{in: "M", err: `"M" is not a size`},
-		{in: "1.5G", err: `"1.5G" is not a size`},
+		{in: ".5G", err: `".5G" is not a size`},
+		{in: "5.G", err: `"5.G" is not a size`},
+		{in: "1e3", err: `"1e3" is not a size`},
 		{in: "-1", err: `"-1" is not a size`},
-		{in: "8MB", err: `"8MB" is not a size`},
+		{in: "8XB", err: `"8XB" is not a size`},
 		{in: "16777216T", err: `"16777216T" is too large`},
+		{in: "18446744073709551616", err: `is too large`},
 	} {
 		got, err := parseSize(tc.in)
 		if tc.err != "" {

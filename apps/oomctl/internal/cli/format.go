@@ -1,10 +1,13 @@
 package cli
 
 import (
+	"bufio"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
-	"math"
+	"math/big"
+	"os"
 	"strconv"
 	"strings"
 
@@ -15,33 +18,78 @@ import (
 // shared with oomd's log lines). Exact values are in --json and in the policy view.
 func humanBytes(n uint64) string { return wire.HumanBytes(n) }
 
-// sizeSuffixes are the suffixes parseSize accepts, all 1024-based: operators write "8M"
-// and mean MiB, and a memory watchdog has no use for powers of ten.
+// sizeSuffixes are the suffixes parseSize accepts. K, M, G, T and KiB..TiB are
+// 1024-based (operators write "8M" and mean MiB, as systemd's MemoryMax= and docker do);
+// KB, MB, GB, TB are the SI units, 1000-based, as their names say.
 var sizeSuffixes = []struct {
-	s     string
-	shift uint
+	s    string
+	mult uint64
 }{
-	{"kib", 10}, {"mib", 20}, {"gib", 30}, {"tib", 40},
-	{"k", 10}, {"m", 20}, {"g", 30}, {"t", 40}, {"b", 0},
+	{"kib", 1 << 10}, {"mib", 1 << 20}, {"gib", 1 << 30}, {"tib", 1 << 40},
+	{"kb", 1e3}, {"mb", 1e6}, {"gb", 1e9}, {"tb", 1e12},
+	{"k", 1 << 10}, {"m", 1 << 20}, {"g", 1 << 30}, {"t", 1 << 40}, {"b", 1},
 }
 
-// parseSize reads a byte count: digits with an optional suffix (see sizeSuffixes).
-func parseSize(s string) (uint64, error) {
-	num, shift := strings.ToLower(strings.TrimSpace(s)), uint(0)
-	for _, x := range sizeSuffixes {
-		if strings.HasSuffix(num, x.s) {
-			num, shift = strings.TrimSpace(strings.TrimSuffix(num, x.s)), x.shift
-			break
+// memTotal is the machine's MemTotal in bytes, for sizes given in percent (a variable
+// so tests can set it).
+var memTotal = func() (uint64, error) {
+	f, err := os.Open("/proc/meminfo")
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if rest, ok := strings.CutPrefix(sc.Text(), "MemTotal:"); ok {
+			kb, err := strconv.ParseUint(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
+			if err != nil {
+				return 0, fmt.Errorf("/proc/meminfo MemTotal: %w", err)
+			}
+			return kb << 10, nil
 		}
 	}
-	n, err := strconv.ParseUint(num, 10, 64)
-	if err != nil {
-		return 0, fmt.Errorf("%q is not a size (a byte count, or with a suffix K, M, G, T, KiB, MiB, GiB, TiB)", s)
+	return 0, errors.New("/proc/meminfo has no MemTotal")
+}
+
+// parseSize reads a byte count: a number, whole or with a fraction ("0.5G"), with an
+// optional suffix (see sizeSuffixes), or a percentage of this machine's MemTotal
+// ("25%"). Fractions of a byte are dropped.
+func parseSize(s string) (uint64, error) {
+	num := strings.ToLower(strings.TrimSpace(s))
+	bad := fmt.Errorf("%q is not a size (bytes, optionally with a fraction and a suffix K, M, G, T or KiB..TiB (1024-based), KB, MB, GB, TB (1000-based), or a percentage of memory like 25%%)", s)
+	mult := new(big.Rat).SetInt64(1)
+	if p, ok := strings.CutSuffix(num, "%"); ok {
+		total, err := memTotal()
+		if err != nil {
+			return 0, fmt.Errorf("%q: a percentage of memory needs MemTotal: %w", s, err)
+		}
+		num = strings.TrimSpace(p)
+		mult.SetFrac(new(big.Int).SetUint64(total), big.NewInt(100))
+	} else {
+		for _, x := range sizeSuffixes {
+			if strings.HasSuffix(num, x.s) {
+				num = strings.TrimSpace(strings.TrimSuffix(num, x.s))
+				mult.SetInt(new(big.Int).SetUint64(x.mult))
+				break
+			}
+		}
 	}
-	if n > math.MaxUint64>>shift {
+	// Digits with at most one '.', digits on its left: no sign, exponent or "Inf".
+	whole, frac, _ := strings.Cut(num, ".")
+	if whole == "" || strings.Trim(whole, "0123456789") != "" || strings.Trim(frac, "0123456789") != "" ||
+		strings.HasSuffix(num, ".") {
+		return 0, bad
+	}
+	r, ok := new(big.Rat).SetString(num)
+	if !ok {
+		return 0, bad
+	}
+	r.Mul(r, mult)
+	n := new(big.Int).Quo(r.Num(), r.Denom())
+	if !n.IsUint64() {
 		return 0, fmt.Errorf("%q is too large", s)
 	}
-	return n << shift, nil
+	return n.Uint64(), nil
 }
 
 // jsonLine writes v as one line of JSON.
