@@ -261,6 +261,8 @@ struct JournalEntry {
   seq @0 :UInt64;        # logd's journal sequence: 1, 2, 3, ... survives restarts
   writer @1 :Text;       # who appended it (the name given to Journal.open)
   record @2 :AuditRecord;
+  appendedAtNs @3 :Int64; # logd's wall clock when it appended the entry (Unix ns), for
+                          # people; 0 = unknown (written by an older logd). Never an order.
 }
 
 interface Journal {

@@ -79,9 +79,10 @@ func (c *Client) ReadEvents(ctx context.Context, since uint64, limit uint32) (ev
 
 // AuditEntry is one record of logd's journal as read through oomd.
 type AuditEntry struct {
-	Seq    uint64 // logd's journal sequence
-	Writer string
-	Record policy.AuditRecord
+	Seq          uint64 // logd's journal sequence
+	Writer       string
+	Record       policy.AuditRecord
+	AppendedAtNs int64 // logd's wall clock at append (Unix ns; 0 = unknown)
 }
 
 // ReadAudit returns one page of logd's journal after since (limit 1..1024), the seq to
@@ -116,7 +117,7 @@ func (c *Client) ReadAudit(ctx context.Context, since uint64, limit uint32) (out
 		if err != nil {
 			return nil, 0, 0, fmt.Errorf("audit: entries[%d]: %w", i, err)
 		}
-		out = append(out, AuditEntry{Seq: e.Seq(), Writer: writer, Record: r})
+		out = append(out, AuditEntry{Seq: e.Seq(), Writer: writer, Record: r, AppendedAtNs: e.AppendedAtNs()})
 	}
 	return out, res.NextSeq(), res.Missed(), nil
 }

@@ -12,6 +12,9 @@ var units = []string{"B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"}
 
 // HumanBytes renders n for people: "0", "512 B", "8 MiB", "12.5 MiB" (1024-based, one
 // decimal at most).
+// CompactBytes is HumanBytes without the space ("16MiB", "512B"), for key=value lines.
+func CompactBytes(n uint64) string { return strings.ReplaceAll(HumanBytes(n), " ", "") }
+
 func HumanBytes(n uint64) string {
 	if n == 0 {
 		return "0"

@@ -313,17 +313,18 @@ func SetAuditRecord(dst oomdpb.AuditRecord, r policy.AuditRecord, writerSeq, exe
 	return dst.SetReason(r.Reason)
 }
 
-// FormatEvent renders an event as one stable, human-readable line.
+// FormatEvent renders an event as one stable, human-readable line: sizes in human
+// units without a space (bytes=16MiB; exact values are in oomctl's --json).
 func FormatEvent(e policy.Event) string {
 	s := fmt.Sprintf("seq=%d tick=%d %s", e.Seq, e.Tick, e.Kind)
 	if e.Subject != "" {
 		s += " subject=" + e.Subject
 	}
 	if e.Bytes != 0 {
-		s += fmt.Sprintf(" bytes=%d", e.Bytes)
+		s += " bytes=" + CompactBytes(e.Bytes)
 	}
 	if e.Limit != 0 {
-		s += fmt.Sprintf(" limit=%d", e.Limit)
+		s += " limit=" + CompactBytes(e.Limit)
 	}
 	if e.Decision != 0 {
 		s += fmt.Sprintf(" decision=%d", e.Decision)

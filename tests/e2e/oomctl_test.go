@@ -19,6 +19,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"oomd.dev/oomd/internal/ctlclient"
+	"oomd.dev/oomd/internal/wire"
 )
 
 // runOomctl runs the built oomctl binary against the stack's socket and returns its
@@ -201,7 +202,9 @@ func TestOomctl(t *testing.T) {
 	// audit lists the kill decision's durable record.
 	code, stdout, stderr = runOomctl(t, ctx, s, "audit")
 	require.Equal(t, 0, code, "audit: %s", stderr)
-	assert.Contains(t, stdout, fmt.Sprintf("killDecided subject=hog instance=1 bytes=%d limit=%d decision=%d", killed.Bytes, 12<<20, killed.Decision))
+	// "<logd's append time> seq=... killDecided ..." in human units (raw with --json).
+	assert.Contains(t, stdout, fmt.Sprintf("killDecided subject=hog instance=1 bytes=%s limit=12MiB decision=%d", wire.CompactBytes(killed.Bytes), killed.Decision))
+	assert.Regexp(t, `(?m)^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\S* seq=\d+ writer=oomd .*killDecided subject=hog`, stdout)
 	code, stdout, stderr = runOomctl(t, ctx, s, "audit", "--json")
 	require.Equal(t, 0, code, stderr)
 	found := false

@@ -21,16 +21,22 @@ const (
 	MaxDataBytes = 2048
 
 	frameHeaderBytes = framing.HeaderBytes
-	entryFixedBytes  = 1 + 8 + 8 + 1
+	// entryFixedBytes: kind, seq, writerSeq, append time (Unix ns), writer length. The
+	// entries of journals written before the time was kept (kindEntryV1) lack the time.
+	entryFixedBytes   = 1 + 8 + 8 + 8 + 1
+	entryFixedBytesV1 = entryFixedBytes - 8
 	// MaxPayloadBytes bounds a frame's payload; a larger length on disk is corruption.
 	// Checkpoints are bounded separately by Options.MaxWriters and share this limit.
 	MaxPayloadBytes = 1 << 16
 
-	kindEntry      = 0x01
+	kindEntryV1    = 0x01 // an entry without its append time (read, never written)
 	kindCheckpoint = 0x02
 	// kindGap says that seqs from..to are not in the journal: lost to damage found by
 	// recovery, or skipped so that no seq is ever reused. Readers count them as missed.
-	kindGap      = 0x03
+	kindGap = 0x03
+	// kindEntry is an entry with logd's wall time at append: the time shown to people
+	// ("when was it killed"), never used for ordering.
+	kindEntry = 0x04
 	gapBytes     = 1 + 8 + 8
 	gapFrameSize = frameHeaderBytes + gapBytes
 	// maxEntryPayload bounds an entry's payload: the tightest bound the recovery scan
@@ -53,11 +59,12 @@ func checkpointFrameBytes(n int) int64 {
 	return int64(frameHeaderBytes + 1 + 2 + n*(1+MaxWriterBytes+8))
 }
 
-func encodeEntry(buf []byte, seq, writerSeq uint64, writer string, data []byte) []byte {
+func encodeEntry(buf []byte, seq, writerSeq uint64, atNs int64, writer string, data []byte) []byte {
 	buf, start := framing.Begin(buf)
 	buf = append(buf, kindEntry)
 	buf = binary.LittleEndian.AppendUint64(buf, seq)
 	buf = binary.LittleEndian.AppendUint64(buf, writerSeq)
+	buf = binary.LittleEndian.AppendUint64(buf, uint64(atNs))
 	buf = append(buf, byte(len(writer)))
 	buf = append(buf, writer...)
 	buf = append(buf, data...)
@@ -98,6 +105,7 @@ type frame struct {
 	writerSeq uint64
 	writer    []byte
 	data      []byte
+	atNs      int64 // an entry's append time (0: an entry of kindEntryV1)
 	// checkpoint holds a checkpoint's table.
 	checkpoint []checkpointEntry
 	// to is a gap's last seq (seq is its first).
@@ -135,16 +143,24 @@ func decodePayload(p []byte) (frame, error) {
 		return frame{}, errors.New("empty payload")
 	}
 	switch p[0] {
-	case kindEntry:
-		if len(p) < entryFixedBytes {
+	case kindEntry, kindEntryV1:
+		fixed := entryFixedBytes
+		if p[0] == kindEntryV1 {
+			fixed = entryFixedBytesV1
+		}
+		if len(p) < fixed {
 			return frame{}, fmt.Errorf("entry of %d bytes is shorter than its header", len(p))
 		}
+		// Both versions read as kindEntry: the rest of the journal knows one kind.
 		f := frame{kind: kindEntry,
 			seq:       binary.LittleEndian.Uint64(p[1:]),
 			writerSeq: binary.LittleEndian.Uint64(p[9:]),
 		}
-		wlen := int(p[17])
-		rest := p[entryFixedBytes:]
+		if p[0] == kindEntry {
+			f.atNs = int64(binary.LittleEndian.Uint64(p[17:]))
+		}
+		wlen := int(p[fixed-1])
+		rest := p[fixed:]
 		if wlen == 0 || wlen > MaxWriterBytes || wlen > len(rest) || len(rest)-wlen > MaxDataBytes {
 			return frame{}, fmt.Errorf("entry seq %d: bad writer length %d", f.seq, wlen)
 		}

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"sync"
 	"sync/atomic"
+	"time"
 	"unicode/utf8"
 
 	"go.uber.org/zap"
@@ -38,6 +39,8 @@ type Options struct {
 	// Syncer performs every fsync (segments, the directory, the high-water mark);
 	// nil = safefile.OS. Tests count or fail fsyncs through it.
 	Syncer safefile.Syncer
+	// Now stamps each entry's append time (Entry.AppendedAtNs); nil = time.Now.
+	Now func() time.Time
 }
 
 // MinSegmentBytes is the smallest MaxSegmentBytes that always fits a full checkpoint and
@@ -56,6 +59,9 @@ func (o *Options) withDefaults() (Options, error) {
 	}
 	if r.MaxSegments == 0 {
 		r.MaxSegments = DefaultMaxSegments
+	}
+	if r.Now == nil {
+		r.Now = time.Now
 	}
 	if r.MaxWriters < 1 || r.MaxWriters > 4096 {
 		return r, fmt.Errorf("max writers %d: must be 1..4096", r.MaxWriters)
@@ -105,7 +111,10 @@ type Entry struct {
 	Seq       uint64
 	Writer    string
 	WriterSeq uint64
-	Data      []byte
+	// AppendedAtNs is logd's wall clock when the entry was appended (Unix ns), for
+	// people; 0 for entries written before logd kept it.
+	AppendedAtNs int64
+	Data         []byte
 }
 
 // Status is a snapshot of the journal's sequence numbers and size.
@@ -476,7 +485,7 @@ func (j *Journal) append(writer string, epoch, writerSeq uint64, data []byte, sk
 	}
 	a := j.active()
 	off := a.size
-	j.buf = encodeEntry(j.buf[:0], seq, writerSeq, writer, data)
+	j.buf = encodeEntry(j.buf[:0], seq, writerSeq, j.opts.Now().UnixNano(), writer, data)
 	if err := j.writeAt(a, j.buf); err != nil {
 		// Nothing was appended (writeAt cut the file back), so the journal stays usable.
 		return 0, err
@@ -621,7 +630,7 @@ func (j *Journal) Read(since uint64, limit int, maxBytes int) (entries []Entry, 
 			expected = f.seq + 1
 			bytes += len(f.data)
 			entries = append(entries, Entry{Seq: f.seq, Writer: string(f.writer), WriterSeq: f.writerSeq,
-				Data: append([]byte(nil), f.data...)})
+				AppendedAtNs: f.atNs, Data: append([]byte(nil), f.data...)})
 			next = f.seq
 		}
 	}

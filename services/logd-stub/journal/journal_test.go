@@ -15,8 +15,14 @@ import (
 	"go.uber.org/zap/zaptest"
 )
 
+// testNow is the wall clock the tests' journals stamp entries with (Options.Now).
+var testNow = time.Unix(1_800_000_000, 5)
+
 func open(t testing.TB, dir string, opts Options) *Journal {
 	t.Helper()
+	if opts.Now == nil {
+		opts.Now = func() time.Time { return testNow }
+	}
 	j, err := Open(dir, opts, zaptest.NewLogger(t))
 	require.NoError(t, err)
 	t.Cleanup(func() { j.Close() })
@@ -81,7 +87,7 @@ func TestAppendSyncReadAndReopen(t *testing.T) {
 	for i, e := range es {
 		assert.Equal(t, uint64(i+1), e.Seq, "seqs are consecutive from 1")
 	}
-	assert.Equal(t, Entry{Seq: 11, Writer: "other", WriterSeq: 1, Data: data("other", 1)}, es[10])
+	assert.Equal(t, Entry{Seq: 11, Writer: "other", WriterSeq: 1, AppendedAtNs: testNow.UnixNano(), Data: data("other", 1)}, es[10])
 
 	// The same records come back from disk alone.
 	require.NoError(t, j.Close())
@@ -233,7 +239,7 @@ func checkRecoveredTo(t *testing.T, j *Journal, dir string, n uint64, msg string
 	es, _ := readAll(t, j)
 	require.Len(t, es, int(n), msg)
 	for i, e := range es {
-		require.Equal(t, Entry{Seq: uint64(i + 1), Writer: "oomd", WriterSeq: uint64(i + 1), Data: data("oomd", uint64(i+1))}, e, msg)
+		require.Equal(t, Entry{Seq: uint64(i + 1), Writer: "oomd", WriterSeq: uint64(i + 1), AppendedAtNs: testNow.UnixNano(), Data: data("oomd", uint64(i+1))}, e, msg)
 	}
 	require.Equal(t, n, j.LastWriterSeq("oomd"), msg)
 	seq, err := j.Append("oomd", n+1, data("oomd", n+1))
@@ -519,4 +525,39 @@ func BenchmarkAppendSyncParallel(b *testing.B) {
 		}
 	})
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N), "ns/record")
+}
+
+// TestEntriesKeepTheirAppendTime: each entry keeps logd's wall clock at append across a
+// reopen; an entry of the format before the time was kept (kind 0x01) still reads, with
+// time 0, beside new ones.
+func TestEntriesKeepTheirAppendTime(t *testing.T) {
+	dir := t.TempDir()
+	tick := int64(0)
+	clock := func() time.Time { tick++; return time.Unix(1_800_000_000+tick, 0) }
+	j := open(t, dir, Options{Now: clock})
+	for ws := uint64(1); ws <= 3; ws++ {
+		_, err := j.Append("oomd", ws, data("oomd", ws))
+		require.NoError(t, err)
+	}
+	require.NoError(t, j.Sync(ctxT(t), 3))
+	require.NoError(t, j.Close())
+
+	j = open(t, dir, Options{Now: clock})
+	es, _ := readAll(t, j)
+	require.Len(t, es, 3)
+	for i, e := range es {
+		assert.Equal(t, time.Unix(1_800_000_000+int64(i+1), 0).UnixNano(), e.AppendedAtNs, "entry %d", i+1)
+	}
+
+	// A version-1 entry, as an older logd wrote it, decodes with time 0.
+	v2 := encodeEntry(nil, 9, 4, 77, "oomd", []byte("x"))
+	p := v2[frameHeaderBytes:]
+	v1 := append([]byte{kindEntryV1}, p[1:17]...)
+	v1 = append(v1, p[25:]...)
+	f, err := decodePayload(v1)
+	require.NoError(t, err)
+	assert.Equal(t, frame{kind: kindEntry, seq: 9, writerSeq: 4, writer: []byte("oomd"), data: []byte("x")}, f)
+	f, err = decodePayload(p)
+	require.NoError(t, err)
+	assert.Equal(t, int64(77), f.atNs)
 }

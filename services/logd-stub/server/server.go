@@ -116,6 +116,7 @@ func (s *journalServer) Read(ctx context.Context, call oomdpb.Journal_read) erro
 	for i, e := range entries {
 		out := list.At(i)
 		out.SetSeq(e.Seq)
+		out.SetAppendedAtNs(e.AppendedAtNs)
 		if err := out.SetWriter(e.Writer); err != nil {
 			return fmt.Errorf("read: entry %d: %w", e.Seq, err)
 		}

@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"oomd.dev/oomd/internal/ctlclient"
+	"oomd.dev/oomd/internal/wire"
 )
 
 // auditView is one journal entry in --json: logd's seq and writer, and the record's
@@ -23,23 +24,34 @@ type auditView struct {
 	Limit     uint64 `json:"limit"`
 	Decision  uint64 `json:"decision"`
 	Reason    string `json:"reason"`
+	// AppendedAtNs is when logd appended it (Unix ns; 0 = unknown, an older logd).
+	AppendedAtNs int64 `json:"appendedAtNs"`
 }
 
-// formatAudit renders an entry as one line in the style of wire.FormatEvent: fixed
-// order, zero fields left out.
+// formatAudit renders an entry as one line in the style of wire.FormatEvent: logd's
+// append time first when known, fixed order, zero fields left out, sizes in human units.
 func formatAudit(a auditView) string {
 	var b strings.Builder
+	if a.AppendedAtNs != 0 {
+		b.WriteString(wallTime(a.AppendedAtNs) + " ")
+	}
 	fmt.Fprintf(&b, "seq=%d writer=%s writerSeq=%d tick=%d %s", a.Seq, a.Writer, a.WriterSeq, a.Tick, a.Kind)
 	if a.Subject != "" {
 		b.WriteString(" subject=" + a.Subject)
 	}
+	if a.Instance != 0 {
+		fmt.Fprintf(&b, " instance=%d", a.Instance)
+	}
 	for _, f := range []struct {
 		k string
 		v uint64
-	}{{"instance", a.Instance}, {"bytes", a.Bytes}, {"limit", a.Limit}, {"decision", a.Decision}} {
+	}{{"bytes", a.Bytes}, {"limit", a.Limit}} {
 		if f.v != 0 {
-			fmt.Fprintf(&b, " %s=%d", f.k, f.v)
+			fmt.Fprintf(&b, " %s=%s", f.k, wire.CompactBytes(f.v))
 		}
+	}
+	if a.Decision != 0 {
+		fmt.Fprintf(&b, " decision=%d", a.Decision)
 	}
 	if a.Reason != "" {
 		b.WriteString(" reason=" + a.Reason)
@@ -52,7 +64,7 @@ func auditViewOf(e ctlclient.AuditEntry) auditView {
 	return auditView{
 		Seq: e.Seq, Writer: e.Writer, WriterSeq: r.WriterSeq, Tick: r.Tick,
 		Kind: enumName(r.Kind.String(), uint16(r.Kind)), Subject: r.Subject, Instance: r.Instance,
-		Bytes: r.Bytes, Limit: r.Limit, Decision: r.Decision, Reason: r.Reason,
+		Bytes: r.Bytes, Limit: r.Limit, Decision: r.Decision, Reason: r.Reason, AppendedAtNs: e.AppendedAtNs,
 	}
 }
 

@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -677,8 +678,8 @@ func TestEvents(t *testing.T) {
 	code, stdout, stderr := oomctl(t, nil, "--socket", f.path, "events")
 	require.Equal(t, ExitOK, code, stderr)
 	assert.Equal(t, `missed=2 (overwritten in oomd's event ring before they were read)
-seq=3 tick=4 killDecided subject=hog bytes=16777216 limit=8388608 decision=1
-seq=4 tick=9 killed subject=hog bytes=16777216 limit=8388608 decision=1
+seq=3 tick=4 killDecided subject=hog bytes=16MiB limit=8MiB decision=1
+seq=4 tick=9 killed subject=hog bytes=16MiB limit=8MiB decision=1
 seq=5 tick=9 subjectExited subject=hog reason=signal=terminated
 seq=6 tick=10 unknown
 `, stdout)
@@ -759,10 +760,10 @@ func TestEventsFollow(t *testing.T) {
 	}
 	f.do(func() { assert.Equal(t, uint64(2), f.subSince) })
 	f.push(t, evs[2:3], 0)
-	assert.Equal(t, "seq=3 tick=4 killDecided subject=hog bytes=16777216 limit=8388608 decision=1", next())
+	assert.Equal(t, "seq=3 tick=4 killDecided subject=hog bytes=16MiB limit=8MiB decision=1", next())
 	f.push(t, evs[3:5], 7)
 	assert.Equal(t, "missed=7 (overwritten in oomd's event ring before they could be sent)", next())
-	assert.Equal(t, "seq=4 tick=9 killed subject=hog bytes=16777216 limit=8388608 decision=1", next())
+	assert.Equal(t, "seq=4 tick=9 killed subject=hog bytes=16MiB limit=8MiB decision=1", next())
 	assert.Equal(t, "seq=5 tick=9 subjectExited subject=hog reason=signal=terminated", next())
 
 	interrupt()
@@ -818,17 +819,20 @@ func TestAudit(t *testing.T) {
 	f.do(func() {
 		f.audit = []auditView{
 			{Seq: 7, Writer: "oomd", WriterSeq: 1, Tick: 4, Kind: "killDecided", Subject: "hog", Instance: 1, Bytes: 16 << 20, Limit: 8 << 20, Decision: 1},
-			{Seq: 8, Writer: "oomd", WriterSeq: 2, Tick: 5, Kind: "memstatRejected", Subject: "spoofer", Instance: 2, Reason: "claimed=hog"},
+			{Seq: 8, Writer: "oomd", WriterSeq: 2, Tick: 5, Kind: "memstatRejected", Subject: "spoofer", Instance: 2, Reason: "claimed=hog",
+				AppendedAtNs: time.Date(2026, 12, 2, 8, 30, 1, 250e6, time.Local).UnixNano()},
 		}
 	})
 	code, stdout, stderr := oomctl(t, nil, "--socket", f.path, "audit")
 	require.Equal(t, ExitOK, code, stderr)
-	assert.Equal(t, `seq=7 writer=oomd writerSeq=1 tick=4 killDecided subject=hog instance=1 bytes=16777216 limit=8388608 decision=1
-seq=8 writer=oomd writerSeq=2 tick=5 memstatRejected subject=spoofer instance=2 reason=claimed=hog
-`, stdout)
+	stamp := time.Date(2026, 12, 2, 8, 30, 1, 250e6, time.Local).Format("2006-01-02T15:04:05.000Z07:00")
+	assert.Equal(t, `seq=7 writer=oomd writerSeq=1 tick=4 killDecided subject=hog instance=1 bytes=16MiB limit=8MiB decision=1
+`+stamp+` seq=8 writer=oomd writerSeq=2 tick=5 memstatRejected subject=spoofer instance=2 reason=claimed=hog
+`, stdout, "logd's append time first, when the entry has one")
 	code, stdout, _ = oomctl(t, nil, "--socket", f.path, "audit", "--json", "--since", "7")
 	require.Equal(t, ExitOK, code)
-	assert.Equal(t, `{"seq":8,"writer":"oomd","writerSeq":2,"tick":5,"kind":"memstatRejected","subject":"spoofer","instance":2,"bytes":0,"limit":0,"decision":0,"reason":"claimed=hog"}`+"\n", stdout)
+	assert.Equal(t, `{"seq":8,"writer":"oomd","writerSeq":2,"tick":5,"kind":"memstatRejected","subject":"spoofer","instance":2,"bytes":0,"limit":0,"decision":0,"reason":"claimed=hog",`+
+		`"appendedAtNs":`+strconv.FormatInt(time.Date(2026, 12, 2, 8, 30, 1, 250e6, time.Local).UnixNano(), 10)+`}`+"\n", stdout)
 	_, stdout, _ = oomctl(t, nil, "--socket", f.path, "audit", "--limit", "1")
 	assert.Equal(t, 1, strings.Count(stdout, "\n"))
 }
@@ -901,8 +905,8 @@ func TestEventsAcrossRestart(t *testing.T) {
 	when, err := time.Parse(time.RFC3339, stamp)
 	require.NoError(t, err, "the wall time is RFC 3339")
 	assert.Equal(t, at/1e6, when.UnixMilli())
-	assert.Equal(t, "seq=1027 tick=4 softExceeded subject=hog bytes=5242880 limit=4194304", rest)
-	assert.Equal(t, "seq=1028 tick=9 softCleared subject=hog bytes=1048576 limit=4194304", lines[2], "no wall time known: none printed")
+	assert.Equal(t, "seq=1027 tick=4 softExceeded subject=hog bytes=5MiB limit=4MiB", rest)
+	assert.Equal(t, "seq=1028 tick=9 softCleared subject=hog bytes=1MiB limit=4MiB", lines[2], "no wall time known: none printed")
 
 	_, stdout, _ = oomctl(t, nil, "--socket", f.path, "events", "--json", "--since", "1000", "--limit", "1")
 	assert.Equal(t, `{"missed":26,"earlierRun":24}`+"\n"+`{"seq":1027,"tick":4,"kind":"softExceeded","subject":"hog","bytes":5242880,"limit":4194304,"decision":0,"reason":"","wallTimeNs":1700000000123000000}`+"\n", stdout)

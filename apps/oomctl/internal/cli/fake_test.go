@@ -342,6 +342,7 @@ func (f *fakeOomd) Audit(_ context.Context, call oomdpb.Control_audit) error {
 	for i, a := range page {
 		e := l.At(i)
 		e.SetSeq(a.Seq)
+		e.SetAppendedAtNs(a.AppendedAtNs)
 		if err := e.SetWriter(a.Writer); err != nil {
 			return err
 		}
