@@ -104,6 +104,8 @@ Commands:
 		fmt.Fprintf(tw, "  %s %s\t%s\n", c.name, c.args, c.summary)
 	}
 	fmt.Fprintf(tw, "  help [command]\tthis text, or one command's flags\n")
+	fmt.Fprintf(tw, "  completion bash\ta bash completion script (source it, or install it as\n")
+	fmt.Fprintf(tw, "  \t/usr/share/bash-completion/completions/oomctl)\n")
 	tw.Flush()
 	fmt.Fprint(w, `
 Global flags (accepted before or after the command):
@@ -171,7 +173,7 @@ func run(ctx context.Context, args []string, env Env) error {
 	g.register(top)
 	showVersion := top.Bool("version", false, "print the version and exit")
 	if err := top.Parse(args); err != nil {
-		return parseErr(err, env, func(w io.Writer) { usage(w) })
+		return parseErr(err, env, func(w io.Writer) { usage(w) }, top)
 	}
 	if *showVersion {
 		fmt.Fprintf(env.Stdout, "oomctl %s\n", version.String())
@@ -184,6 +186,9 @@ func run(ctx context.Context, args []string, env Env) error {
 	}
 	if rest[0] == "help" {
 		return help(rest[1:], env)
+	}
+	if rest[0] == "completion" {
+		return completion(rest[1:], env)
 	}
 	cmd, rest, err := lookup(rest)
 	if err != nil {
@@ -198,7 +203,7 @@ func run(ctx context.Context, args []string, env Env) error {
 	g.register(fs)
 	fs.Usage = func() {}
 	if err := fs.Parse(rest); err != nil {
-		return parseErr(err, env, func(w io.Writer) { commandUsage(w, cmd, fs) })
+		return parseErr(err, env, func(w io.Writer) { commandUsage(w, cmd, fs) }, fs)
 	}
 	if fs.NArg() > 0 {
 		return invalidf("%s: unexpected argument %q (see oomctl help %s)", cmd.name, fs.Arg(0), cmd.name)
@@ -212,10 +217,17 @@ func run(ctx context.Context, args []string, env Env) error {
 
 // parseErr prints the usage after a flag error (which the flag package has printed to
 // stderr already), or to stdout for -h/--help, and returns what Main maps to the exit code.
-func parseErr(err error, env Env, show func(io.Writer)) error {
+func parseErr(err error, env Env, show func(io.Writer), fs *flag.FlagSet) error {
 	if errors.Is(err, flag.ErrHelp) {
 		show(env.Stdout)
 		return err
+	}
+	if name, ok := strings.CutPrefix(err.Error(), "flag provided but not defined: -"); ok {
+		var known []string
+		fs.VisitAll(func(f *flag.Flag) { known = append(known, f.Name) })
+		if best := closest(strings.TrimLeft(name, "-"), known); best != "" {
+			fmt.Fprintf(env.Stderr, "oomctl: --%s: did you mean --%s?\n", name, best)
+		}
 	}
 	show(env.Stderr)
 	return errUsageShown
@@ -233,9 +245,13 @@ func lookup(args []string) (command, []string, error) {
 		if len(args) == 1 {
 			return command{}, nil, invalidf("policy: say get or set (see oomctl help)")
 		}
-		return command{}, nil, invalidf("policy %s: unknown command: say get or set (see oomctl help)", args[1])
+		return command{}, nil, invalidf("policy %s: unknown command: say get or set%s (see oomctl help)", args[1], didYouMean(args[1], []string{"get", "set"}))
 	}
-	return command{}, nil, invalidf("unknown command %q (see oomctl help)", args[0])
+	var names []string
+	for _, c := range commands {
+		names = append(names, strings.Fields(c.name)[0])
+	}
+	return command{}, nil, invalidf("unknown command %q%s (see oomctl help)", args[0], didYouMean(args[0], append(names, "help", "completion")))
 }
 
 func help(args []string, env Env) error {

@@ -1,0 +1,69 @@
+package cli
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func TestClosest(t *testing.T) {
+	cands := []string{"status", "policy", "events", "audit", "last-reboot", "help"}
+	for got, want := range map[string]string{
+		"stauts": "status", "statu": "status", "polcy": "policy", "event": "events", "audti": "audit",
+		"last": "last-reboot", "zzz": "", "status": "", "": "", "e": "events", "hlep": "help", "xyzzy-reboot": "",
+	} {
+		assert.Equal(t, want, closest(got, cands), "closest(%q)", got)
+	}
+	assert.Equal(t, 3, editDistance("kitten", "sitting"))
+	assert.Equal(t, 1, editDistance("ab", "ba"), "a swap of neighbours is one edit")
+}
+
+func TestTypoSuggestions(t *testing.T) {
+	code, _, stderr := oomctl(t, nil, "stauts")
+	assert.Equal(t, ExitUsage, code)
+	assert.Equal(t, "oomctl: unknown command \"stauts\" (did you mean \"status\"?) (see oomctl help)\n", stderr)
+	code, _, stderr = oomctl(t, nil, "policy", "st")
+	assert.Equal(t, ExitUsage, code)
+	assert.Contains(t, stderr, `policy st: unknown command: say get or set (did you mean "set"?)`)
+	code, _, stderr = oomctl(t, nil, "policy", "set", "--hard-byte", "5M")
+	assert.Equal(t, ExitUsage, code)
+	assert.Contains(t, stderr, "oomctl: --hard-byte: did you mean --hard-bytes?\n")
+	code, _, stderr = oomctl(t, nil, "events", "--folow")
+	assert.Equal(t, ExitUsage, code)
+	assert.Contains(t, stderr, "did you mean --follow?")
+}
+
+// TestBashCompletion sources the generated script in a real bash and completes a few
+// command lines with it.
+func TestBashCompletion(t *testing.T) {
+	bash, err := exec.LookPath("bash")
+	if err != nil {
+		t.Skip("no bash here")
+	}
+	code, script, stderr := oomctl(t, nil, "completion", "bash")
+	require.Equal(t, ExitOK, code, stderr)
+	path := filepath.Join(t.TempDir(), "oomctl.bash")
+	require.NoError(t, os.WriteFile(path, []byte(script), 0o600))
+	complete := func(words ...string) []string {
+		t.Helper()
+		// COMP_WORDS as bash fills it: the command line split into words, the cursor on the last.
+		line := `source "$1"; shift; COMP_WORDS=("$@"); COMP_CWORD=$(($# - 1)); _oomctl; printf '%s\n' "${COMPREPLY[@]}"`
+		out, err := exec.Command(bash, append([]string{"-c", line, "bash", path}, words...)...).CombinedOutput()
+		require.NoError(t, err, "%s", out)
+		return strings.Fields(string(out))
+	}
+	assert.Equal(t, []string{"policy"}, complete("oomctl", "pol"))
+	assert.Equal(t, []string{"get", "set"}, complete("oomctl", "policy", ""))
+	assert.Equal(t, []string{"--hard-bytes"}, complete("oomctl", "policy", "set", "--hard"))
+	assert.Equal(t, []string{"--follow"}, complete("oomctl", "--json", "events", "--fo"))
+	assert.Contains(t, complete("oomctl", ""), "completion")
+
+	code, _, stderr = oomctl(t, nil, "completion", "fish")
+	assert.Equal(t, ExitUsage, code)
+	assert.Contains(t, stderr, "completion: say bash")
+}
