@@ -161,6 +161,10 @@ func (c *Core) Level() (Level, uint64) { return c.sys.level, c.sys.avail }
 // file).
 func (c *Core) AuditDurable() uint64 { return c.auditAcked }
 
+// AuditProduced is the highest audit WriterSeq handed out so far (Config.AuditSeqBase if
+// none): AuditProduced - AuditDurable records are waiting to become durable.
+func (c *Core) AuditProduced() uint64 { return c.auditSeq }
+
 // Halt returns the state of the halt token.
 func (c *Core) Halt() HaltStatus {
 	h := c.sys.halt
