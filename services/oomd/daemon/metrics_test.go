@@ -17,6 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap/zaptest"
 
+	"oomd.dev/oomd/lib/memstat/page"
 	"oomd.dev/oomd/services/oomd/policy"
 )
 
@@ -231,4 +232,24 @@ func TestQuietTickDoesNotAllocate(t *testing.T) {
 	d := metricsBenchDaemon(t, 1000)
 	d.tick()
 	assert.Zero(t, testing.AllocsPerRun(100, d.tick))
+}
+
+// A page whose header the subject wrote over is counted as a read failure, by reason.
+func TestMetricsCountPageReadFailures(t *testing.T) {
+	d, _, _, _ := newTestDaemon(t)
+	url := startMetrics(t, d)
+	rw, err := page.Create("oomd-memstat:scribbler")
+	require.NoError(t, err)
+	defer rw.Close()
+	handoffPage(t, d, "scribbler", rw)
+	_, err = rw.WriteAt([]byte{0xde, 0xad, 0xbe, 0xef}, page.OffMagic)
+	require.NoError(t, err)
+	d.tick()
+	d.tick()
+	checkSamples(t, scrape(t, url), "scribbled", []sample{
+		{"oomd_memstat_page_read_failures_total", []string{"reason=bad-magic"}, 2},
+		{"oomd_memstat_page_read_failures_total", []string{"reason=bad-version"}, 0},
+		{"oomd_memstat_page_read_failures_total", []string{"reason=torn"}, 0},
+		{"oomd_events_total", []string{"kind=memstatInvalid"}, 1},
+	})
 }
