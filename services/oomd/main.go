@@ -45,6 +45,7 @@ func main() {
 	flag.Int64Var(&o.spillMax, "spill-max-bytes", daemon.DefaultSpillMaxBytes, "bound of the spill file; when full, records wait in memory and so do their kills")
 	flag.DurationVar(&o.syncTimeout, "audit-sync-timeout", daemon.DefaultAuditSyncTimeout, "with --spill: how long logd may take to acknowledge audit records before they are spilled")
 	flag.DurationVar(&o.logdWait, "logd-start-wait", daemon.DefaultLogdStartWait, "without a non-empty --spill: how long to wait for logd at start (to learn where the audit sequence stands and read back earlier decisions) before watching without it; records, and the kills they gate, then wait for logd")
+	flag.StringVar(&o.metrics, "metrics", "", "serve Prometheus metrics at http://`ADDR`/metrics (host:port), e.g. 127.0.0.1:9466; empty = off. Unauthenticated read-only data (subject names and usage): bind to loopback")
 	flag.StringVar(&o.eventSeqFile, "event-seq-file", "", "event seq high-water mark, so seqs never go backwards across a restart; default: <--policy file>.eventseq, none without --policy")
 	memLimit := memlimit.Flag()
 	logFormat := logx.FormatFlag()
@@ -78,6 +79,7 @@ type options struct {
 	spillMax                 int64
 	syncTimeout, logdWait    time.Duration
 	eventSeqFile             string
+	metrics                  string
 }
 
 func run(ctx context.Context, o options, log *zap.Logger) error {
@@ -92,6 +94,14 @@ func run(ctx context.Context, o options, log *zap.Logger) error {
 	}
 	if o.socket == "" || o.logd == "" {
 		return fmt.Errorf("--socket and --logd are required")
+	}
+	var metrics *daemon.MetricsServer
+	if o.metrics != "" {
+		m, err := daemon.ListenMetrics(o.metrics, log)
+		if err != nil {
+			return fmt.Errorf("--metrics: %w", err)
+		}
+		metrics = m
 	}
 	pol, polVersion := policy.DefaultPolicy(), uint64(1)
 	var store *daemon.FilePolicyStore
@@ -211,6 +221,9 @@ func run(ctx context.Context, o options, log *zap.Logger) error {
 	go func() { errc <- d.Run(ctx) }()
 	go func() { errc <- d.ServeBroker(ctx, broker) }()
 	go func() { errc <- srv.Serve(ctx, l) }()
+	if metrics != nil {
+		go metrics.Serve(ctx, d)
+	}
 
 	go reloadOnHUP(ctx, o.policyFile, d, log)
 

@@ -18,6 +18,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
 	"oomd.dev/oomd/services/oomd/policy"
@@ -86,6 +87,9 @@ type Daemon struct {
 	seqErr   bool // the last Cover failed (logged once until it works again)
 	walls    wallStamps
 	started  time.Time // when this run started (Status.startedAtNs)
+
+	stats       shellStats           // totals for metrics (metrics.go); under mu
+	tickSeconds prometheus.Histogram // each tick's duration; lock-free
 }
 
 // New builds a daemon around a fresh core.
@@ -114,6 +118,8 @@ func New(cfg Config, audit Auditor, term Terminator) (*Daemon, error) {
 		sampleC: make(chan time.Duration, 1),
 		walls:   newWallStamps(cfg.RingSize),
 		started: cfg.Now(),
+
+		tickSeconds: newTickHistogram(),
 	}
 	d.sys.init()
 	return d, nil
@@ -151,6 +157,10 @@ func (d *Daemon) Run(ctx context.Context) error {
 
 // tick drains the coalesced samples into the core and advances it by one tick.
 func (d *Daemon) tick() {
+	// A duration, not a time for people: the monotonic clock, not Config.Now. Observed
+	// after the mutex is released (defers run last-in first-out).
+	start := time.Now()
+	defer func() { d.tickSeconds.Observe(time.Since(start).Seconds()) }()
 	d.drainBuf = d.dirty.take(d.drainBuf)
 	// Feed in subject order so the core sees the same inputs whatever order the samples
 	// raced in within this tick.
@@ -217,6 +227,7 @@ func (d *Daemon) processReadyLocked() {
 		now := d.cfg.Now().UnixNano()
 		for _, e := range rd.Events {
 			d.walls.put(e.Seq, now)
+			d.stats.event(e.Kind)
 			d.publishLocked(e)
 		}
 		d.subs.wake()

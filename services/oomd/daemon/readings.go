@@ -57,6 +57,7 @@ func (d *Daemon) readAllLocked() {
 			in := policy.Input{Kind: policy.InputKernel, Subject: s.subject, Instance: s.instance, Slot: s.coreSlot, Bytes: v}
 			if err != nil {
 				in.Bytes, in.Reason = 0, truncate(err.Error(), 200)
+				d.stats.kernelFailed++
 			}
 			d.stepLocked(in)
 		}
@@ -84,6 +85,7 @@ func (d *Daemon) readPage(s *slot) {
 		// (the last good value stays in force) and report only a run of torn ticks.
 		s.torn++
 		s.tornRun++
+		d.stats.pageFailed[st]++
 		if s.torn&(s.torn-1) == 0 { // 1, 2, 4, 8, ...: a log line, never a flood
 			d.log.Warn("memstat page torn on every retry; sample skipped", zap.String("subject", s.subject), zap.Uint64("times", s.torn))
 		}
@@ -91,6 +93,9 @@ func (d *Daemon) readPage(s *slot) {
 			d.stepLocked(policy.Input{Kind: policy.InputMemstatInvalid, Subject: s.subject, Instance: s.instance, Reason: "torn"})
 		}
 	default: // BadMagic, BadVersion: the subject wrote over the header
+		if int(st) < len(d.stats.pageFailed) {
+			d.stats.pageFailed[st]++
+		}
 		d.stepLocked(policy.Input{Kind: policy.InputMemstatInvalid, Subject: s.subject, Instance: s.instance, Reason: st.String()})
 	}
 }
