@@ -1,0 +1,174 @@
+package tracelog
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"oomd.dev/oomd/services/oomd/policy"
+)
+
+func testPolicy() policy.Policy {
+	p := policy.DefaultPolicy()
+	p.SoftBytes, p.HardBytes, p.KillBudget, p.KillWindowTicks = 100, 200, 1, 100
+	return p
+}
+
+// scenario is a small run: two hogs cross hard, one is throttled, acks and exits.
+func scenario() []policy.Input {
+	in := []policy.Input{
+		{Kind: policy.InputRegister, Subject: "a", Instance: 1},
+		{Kind: policy.InputRegister, Subject: "b", Instance: 1},
+		{Kind: policy.InputRegister, Subject: "c", Instance: 1},
+	}
+	for tick := range 40 {
+		in = append(in, policy.Input{Kind: policy.InputSample, Subject: "a", Instance: 1, Claimed: "a", Bytes: uint64(50 + 10*tick)},
+			policy.Input{Kind: policy.InputSample, Subject: "b", Instance: 1, Claimed: "b", Bytes: uint64(300 - 5*tick)},
+			// c swings across its soft limit all run long: events in every file.
+			policy.Input{Kind: policy.InputSample, Subject: "c", Instance: 1, Claimed: "c", Bytes: uint64(80 + 40*(tick%2))},
+			policy.Input{Kind: policy.InputTick})
+		switch tick {
+		case 5:
+			in = append(in, policy.Input{Kind: policy.InputAuditAck, Seq: 1})
+		case 6:
+			in = append(in, policy.Input{Kind: policy.InputTerminateAck, Decision: 1},
+				policy.Input{Kind: policy.InputExited, Subject: "b", Instance: 1, Decision: 1, Reason: "signal=15"})
+		case 20:
+			in = append(in, policy.Input{Kind: policy.InputAuditAck, Seq: 3})
+		}
+	}
+	return in
+}
+
+// record runs inputs through a core while recording, rotating like the daemon, and
+// returns the events the live core emitted.
+func record(t *testing.T, dir string, opts Options, inputs []policy.Input) []policy.Event {
+	t.Helper()
+	c, err := policy.New(policy.Config{Policy: testPolicy()})
+	require.NoError(t, err)
+	r, err := Open(dir, 1_800_000_000_000_000_000, opts)
+	require.NoError(t, err)
+	st, err := c.State()
+	require.NoError(t, err)
+	require.NoError(t, r.Start(st))
+	var events []policy.Event
+	for _, in := range inputs {
+		require.NoError(t, r.Input(in))
+		_ = c.Step(in)
+		events = append(events, c.Ready().Events...)
+		c.Advance()
+		if r.Full() {
+			st, err := c.State()
+			require.NoError(t, err)
+			require.NoError(t, r.Start(st))
+		}
+	}
+	require.NoError(t, r.Close())
+	return events
+}
+
+// TestReplayIsByteIdentical: a recorded run, rotated over several files, replays to the
+// same events; with the oldest files pruned the rest still replays to the tail of them.
+func TestReplayIsByteIdentical(t *testing.T) {
+	dir := t.TempDir()
+	live := record(t, dir, Options{MaxFileBytes: 1500, MaxFiles: 100}, scenario())
+	names, err := List(dir)
+	require.NoError(t, err)
+	require.Greater(t, len(names), 3, "the run rotated")
+
+	files, err := Chain(dir)
+	require.NoError(t, err)
+	got, err := Replay(files)
+	require.NoError(t, err)
+	assert.Equal(t, live, got)
+
+	// Prune to the last 3 files: the replay starts at the oldest left and matches the
+	// live run's tail.
+	for _, n := range names[:len(names)-3] {
+		require.NoError(t, os.Remove(filepath.Join(dir, n)))
+	}
+	files, err = Chain(dir)
+	require.NoError(t, err)
+	got, err = Replay(files)
+	require.NoError(t, err)
+	require.NotEmpty(t, got)
+	assert.Equal(t, live[len(live)-len(got):], got)
+
+	// A file missing in the middle breaks the chain, said so.
+	require.NoError(t, os.Remove(filepath.Join(dir, names[len(names)-2])))
+	files, err = Chain(dir)
+	require.NoError(t, err)
+	_, err = Replay(files)
+	assert.ErrorContains(t, err, "does not continue")
+}
+
+// TestRotationKeepsMaxFiles: the recorder keeps at most MaxFiles files.
+func TestRotationKeepsMaxFiles(t *testing.T) {
+	dir := t.TempDir()
+	record(t, dir, Options{MaxFileBytes: 1000, MaxFiles: 3}, scenario())
+	names, err := List(dir)
+	require.NoError(t, err)
+	assert.Len(t, names, 3)
+	files, err := Chain(dir)
+	require.NoError(t, err)
+	_, err = Replay(files)
+	require.NoError(t, err)
+}
+
+// TestDamageCostsTheRestOfThatFile: a flipped byte in the last file stops its reading
+// there, said in Damage; what came before still replays.
+func TestDamageCostsTheRestOfThatFile(t *testing.T) {
+	dir := t.TempDir()
+	live := record(t, dir, Options{MaxFiles: 10}, scenario())
+	names, err := List(dir)
+	require.NoError(t, err)
+	require.Len(t, names, 1)
+	path := filepath.Join(dir, names[0])
+	raw, err := os.ReadFile(path)
+	require.NoError(t, err)
+	clean, err := ReadFile(path)
+	require.NoError(t, err)
+	raw[clean.Offsets[len(clean.Offsets)/4]+12] ^= 0x40
+	require.NoError(t, os.WriteFile(path, raw, 0o600))
+	f, err := ReadFile(path)
+	require.NoError(t, err)
+	assert.NotEmpty(t, f.Damage)
+	got, err := Replay([]*File{f})
+	require.NoError(t, err)
+	assert.Equal(t, live[:len(got)], got, "the inputs before the damage replay as they ran")
+	assert.Less(t, len(got), len(live))
+
+	_, err = Read(bytes.NewReader([]byte("not a trace")))
+	assert.Error(t, err)
+}
+
+// TestWhatIfDiff: the same trace under a higher hard limit decides nothing; the diff
+// names the real run's decisions as its own.
+func TestWhatIfDiff(t *testing.T) {
+	dir := t.TempDir()
+	live := record(t, dir, Options{}, scenario())
+	files, err := Chain(dir)
+	require.NoError(t, err)
+	lax := testPolicy()
+	lax.HardBytes = 1 << 20
+	other, err := WhatIf(files, lax)
+	require.NoError(t, err)
+	onlyActual, onlyOther := Diff(live, other)
+	assert.Empty(t, onlyOther)
+	require.NotEmpty(t, onlyActual)
+	for _, d := range onlyActual {
+		assert.Contains(t, []policy.EventKind{policy.EventKillDecided, policy.EventKillThrottled}, d.Kind)
+	}
+	// The same policy as the real run makes the same kill decisions (throttling may
+	// differ: the model acknowledges audit at once, the real logd took its time).
+	same, err := WhatIf(files, testPolicy())
+	require.NoError(t, err)
+	onlyActual, onlyOther = Diff(live, same)
+	for _, d := range append(onlyActual, onlyOther...) {
+		assert.NotEqual(t, policy.EventKillDecided, d.Kind, "%+v", d)
+	}
+}
