@@ -255,6 +255,8 @@ struct AuditRecord {
   execdRun @9 :UInt64;  # which run of execd the instance belongs to (instance numbers
                         # restart with execd): oomd's shell stamps a hash of the boot id
                         # and execd's pid and start time; 0 = unknown (older writers)
+  tracePos @10 :Text;   # where the inputs that led to this record end in oomd's live
+                        # trace: "<file>:<offset>" (oomctl replay); at most 128 bytes
 }
 
 struct JournalEntry {

@@ -310,6 +310,11 @@ func SetAuditRecord(dst oomdpb.AuditRecord, r policy.AuditRecord, writerSeq, exe
 	if err := dst.SetSubject(r.Subject); err != nil {
 		return err
 	}
+	if r.TracePos != "" {
+		if err := dst.SetTracePos(r.TracePos); err != nil {
+			return err
+		}
+	}
 	return dst.SetReason(r.Reason)
 }
 
@@ -345,9 +350,14 @@ func AuditRecord(src oomdpb.AuditRecord) (policy.AuditRecord, error) {
 	if err != nil {
 		return policy.AuditRecord{}, fmt.Errorf("record.reason: %w", err)
 	}
+	pos, err := src.TracePos()
+	if err != nil {
+		return policy.AuditRecord{}, fmt.Errorf("record.tracePos: %w", err)
+	}
 	return policy.AuditRecord{
 		WriterSeq: src.WriterSeq(), Tick: src.Tick(), Kind: policy.EventKind(src.Kind()), Subject: subject,
 		Instance: src.Instance(), Bytes: src.Bytes(), Limit: src.Limit(), Decision: src.Decision(), Reason: reason,
+		TracePos: pos,
 	}, nil
 }
 

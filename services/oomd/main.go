@@ -27,6 +27,7 @@ import (
 	"oomd.dev/oomd/internal/version"
 	"oomd.dev/oomd/services/oomd/daemon"
 	"oomd.dev/oomd/services/oomd/policy"
+	"oomd.dev/oomd/services/oomd/tracelog"
 )
 
 func main() {
@@ -46,6 +47,9 @@ func main() {
 	flag.DurationVar(&o.syncTimeout, "audit-sync-timeout", daemon.DefaultAuditSyncTimeout, "with --spill: how long logd may take to acknowledge audit records before they are spilled")
 	flag.DurationVar(&o.logdWait, "logd-start-wait", daemon.DefaultLogdStartWait, "without a non-empty --spill: how long to wait for logd at start (to learn where the audit sequence stands and read back earlier decisions) before watching without it; records, and the kills they gate, then wait for logd")
 	flag.StringVar(&o.metrics, "metrics", "", "serve Prometheus metrics at http://`ADDR`/metrics (host:port), e.g. 127.0.0.1:9466; empty = off. Unauthenticated read-only data (subject names and usage): bind to loopback")
+	flag.StringVar(&o.trace, "trace", "", "live trace directory: every input of the policy core, in rotated files, for `oomctl replay`; default: <--policy file>.trace, none without --policy; \"off\" disables it")
+	flag.Int64Var(&o.traceOpts.MaxFileBytes, "trace-file-bytes", tracelog.DefaultMaxFileBytes, "rotate a live trace file at this size")
+	flag.IntVar(&o.traceOpts.MaxFiles, "trace-files", tracelog.DefaultMaxFiles, "live trace files kept (the oldest are deleted); the bound on disk is trace-files × trace-file-bytes")
 	flag.StringVar(&o.eventSeqFile, "event-seq-file", "", "event seq high-water mark, so seqs never go backwards across a restart; default: <--policy file>.eventseq, none without --policy")
 	memLimit := memlimit.Flag()
 	logFormat := logx.FormatFlag()
@@ -80,6 +84,8 @@ type options struct {
 	syncTimeout, logdWait    time.Duration
 	eventSeqFile             string
 	metrics                  string
+	trace                    string
+	traceOpts                tracelog.Options
 }
 
 func run(ctx context.Context, o options, log *zap.Logger) error {
@@ -189,6 +195,20 @@ func run(ctx context.Context, o options, log *zap.Logger) error {
 		}
 	} else {
 		log.Warn("no --policy or --event-seq-file: event seqs restart at 1 with every oomd run")
+	}
+	if o.trace == "" && o.policyFile != "" {
+		o.trace = o.policyFile + ".trace"
+	}
+	if o.trace != "" && o.trace != "off" {
+		// The run's start time names its files: runs sort by age.
+		rec, err := tracelog.Open(o.trace, time.Now().UnixNano(), o.traceOpts)
+		if err != nil {
+			// Not fatal: the watchdog comes up without its flight recorder.
+			log.Error("no live trace", zap.Error(err))
+		} else {
+			cfg.Trace = rec // the daemon closes it when Run ends
+			log.Info("live trace", zap.String("dir", o.trace), zap.Int64("fileBytes", o.traceOpts.MaxFileBytes), zap.Int("files", o.traceOpts.MaxFiles))
+		}
 	}
 	d, err := daemon.New(cfg, auditor, daemon.ExecdTerminator{T: term})
 	if err != nil {

@@ -16,9 +16,10 @@ import (
 
 // Bounds from schema/oomd.capnp, enforced on receipt.
 const (
-	maxSubjectBytes = 64
-	maxReasonBytes  = 256
-	maxReadLimit    = 1024
+	maxSubjectBytes  = 64
+	maxReasonBytes   = 256
+	maxTracePosBytes = 128
+	maxReadLimit     = 1024
 	// maxReadDataBytes keeps a full read page well inside rpcx.DefaultMaxMessageBytes:
 	// 1024 entries of record data plus per-entry overhead and a 64-byte writer each.
 	maxReadDataBytes = rpcx.DefaultMaxMessageBytes / 2
@@ -262,6 +263,13 @@ func checkRecord(rec oomdpb.AuditRecord) error {
 	}
 	if len(reason) > maxReasonBytes {
 		return fmt.Errorf("reason is %d bytes, at most %d", len(reason), maxReasonBytes)
+	}
+	pos, err := rec.TracePosBytes()
+	if err != nil {
+		return fmt.Errorf("read tracePos: %w", err)
+	}
+	if len(pos) > maxTracePosBytes {
+		return fmt.Errorf("tracePos is %d bytes, at most %d", len(pos), maxTracePosBytes)
 	}
 	return nil
 }

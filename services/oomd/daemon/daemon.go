@@ -22,6 +22,7 @@ import (
 	"go.uber.org/zap"
 
 	"oomd.dev/oomd/services/oomd/policy"
+	"oomd.dev/oomd/services/oomd/tracelog"
 )
 
 // Config is everything the daemon needs that is not a connection.
@@ -47,6 +48,9 @@ type Config struct {
 	Durable      []policy.DurableDecision
 	// EventSeq, if set, keeps the high-water mark covering every seq shown to anyone.
 	EventSeq interface{ Cover(seq uint64) error }
+	// Trace, if set, records every input the core steps (services/oomd/tracelog); its
+	// position goes into each audit record (AuditRecord.TracePos).
+	Trace *tracelog.Recorder
 	// Now is the wall clock the shell stamps events and log lines for people with; nil
 	// = time.Now. The core never sees it.
 	Now func() time.Time
@@ -122,6 +126,15 @@ func New(cfg Config, audit Auditor, term Terminator) (*Daemon, error) {
 		tickSeconds: newTickHistogram(),
 	}
 	d.sys.init()
+	if cfg.Trace != nil {
+		st, err := core.State()
+		if err == nil {
+			err = cfg.Trace.Start(st)
+		}
+		if err != nil {
+			d.log.Error("no live trace for this run", zap.Error(err))
+		}
+	}
 	return d, nil
 }
 
@@ -146,6 +159,11 @@ func (d *Daemon) Run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			d.subs.closeAll()
+			d.mu.Lock()
+			if d.cfg.Trace != nil {
+				d.cfg.Trace.Close() // flushed; later steps skip the closed trace
+			}
+			d.mu.Unlock()
 			return nil
 		case p := <-d.sampleC:
 			t.Reset(p)
@@ -189,14 +207,30 @@ func (d *Daemon) tick() {
 	}
 	d.stepLocked(policy.Input{Kind: policy.InputTick})
 	d.processReadyLocked()
+	if t := d.cfg.Trace; t != nil && t.Err() == nil {
+		if err := t.Flush(); err != nil {
+			d.log.Error("live trace stopped; the watchdog goes on without it", zap.Error(err))
+		}
+	}
 }
 
 // stepLocked feeds one input. Errors are inputs the core refused as malformed; they are
 // logged, never fatal.
 func (d *Daemon) stepLocked(in policy.Input) {
-	if err := d.core.Step(in); err != nil {
+	if err := d.coreStep(in); err != nil {
 		d.log.Warn("core refused input", zap.Stringer("kind", in.Kind), zap.String("subject", in.Subject), zap.Error(err))
 	}
+}
+
+// coreStep is the one place the core is stepped (d.mu held): the input goes to the live
+// trace first, so the trace holds exactly what the core saw, in order.
+func (d *Daemon) coreStep(in policy.Input) error {
+	if t := d.cfg.Trace; t != nil && t.Err() == nil {
+		if err := t.Input(in); err != nil {
+			d.log.Error("live trace stopped; the watchdog goes on without it", zap.Error(err))
+		}
+	}
+	return d.core.Step(in)
 }
 
 // step feeds one input from outside the tick loop and executes what it produced.
@@ -216,7 +250,15 @@ func (d *Daemon) processReadyLocked() {
 	}
 	rd := d.core.Ready()
 	if len(rd.Audit) > 0 {
-		d.audit.Submit(slices.Clone(rd.Audit))
+		recs := slices.Clone(rd.Audit)
+		if d.cfg.Trace != nil {
+			// The inputs that led to these records end here in the live trace.
+			pos := d.cfg.Trace.Position()
+			for i := range recs {
+				recs[i].TracePos = pos
+			}
+		}
+		d.audit.Submit(recs)
 	}
 	for _, req := range rd.Terminate {
 		go d.terminate(req)
@@ -233,6 +275,16 @@ func (d *Daemon) processReadyLocked() {
 		d.subs.wake()
 	}
 	d.core.Advance()
+	if t := d.cfg.Trace; t != nil && t.Full() {
+		// Rotate: the next file starts from the state now (nothing is pending).
+		st, err := d.core.State()
+		if err == nil {
+			err = t.Start(st)
+		}
+		if err != nil {
+			d.log.Error("live trace stopped; the watchdog goes on without it", zap.Error(err))
+		}
+	}
 }
 
 // coverSeqLocked makes the high-water mark cover seq before an event with it is shown.
@@ -368,7 +420,7 @@ func (d *Daemon) SetPolicy(p policy.Policy, expectVersion uint64) (uint64, error
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	old := d.core.Policy().SampleMs
-	if err := d.core.Step(policy.Input{Kind: policy.InputPolicy, Policy: &p}); err != nil {
+	if err := d.coreStep(policy.Input{Kind: policy.InputPolicy, Policy: &p}); err != nil {
 		return 0, err
 	}
 	d.processReadyLocked()

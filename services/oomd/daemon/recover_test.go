@@ -123,18 +123,23 @@ func TestExecdRunIsStableAndNamesTheParent(t *testing.T) {
 func TestSpillReadsVersion1Records(t *testing.T) {
 	r := spillRec(5)
 	r.ExecdRun = 99
+	r.Rec.TracePos = "trace-1-000001.otr:4096"
 	v2 := encodeSpilled(nil, r)
 	got, err := decodeSpilled(v2)
 	require.NoError(t, err)
 	assert.Equal(t, uint64(99), got.ExecdRun)
+	assert.Equal(t, "trace-1-000001.otr:4096", got.Rec.TracePos)
 
+	// Version 1: no execd run, no trace position length (and so no position).
 	v1 := append([]byte{1}, v2[1:51]...)
-	v1 = append(v1, v2[59:]...)
+	v1 = append(v1, v2[59:62]...)
+	v1 = append(v1, v2[63:63+len(r.Rec.Subject)+len(r.Rec.Reason)]...)
 	got, err = decodeSpilled(v1)
 	require.NoError(t, err)
 	want := r
 	want.ExecdRun = 0
 	want.Rec.WriterSeq = 5
+	want.Rec.TracePos = ""
 	assert.Equal(t, want, got)
 
 	_, err = decodeSpilled(append([]byte{3}, v2[1:]...))

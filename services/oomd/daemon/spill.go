@@ -29,16 +29,18 @@ const DefaultSpillMaxBytes = 8 << 20
 var ErrSpillFull = errors.New("audit spill file is full")
 
 const (
-	// spillVersion 2 added the execd run after the decision; version 1 records (written
-	// before it) are still read, with run 0 (unknown).
+	// spillVersion 2 added the execd run after the decision and the trace position after
+	// the reason; version 1 records (written before) are still read, with run 0
+	// (unknown) and no trace position.
 	spillVersion = 2
 	// spillFixedBytes: version, journal writerSeq, tick, kind, instance, bytes, limit,
-	// decision, execd run, subject length, reason length.
-	spillFixedBytes   = 1 + 8 + 8 + 2 + 8 + 8 + 8 + 8 + 8 + 1 + 2
-	spillFixedBytesV1 = spillFixedBytes - 8
+	// decision, execd run, subject length, reason length, trace position length.
+	spillFixedBytes   = 1 + 8 + 8 + 2 + 8 + 8 + 8 + 8 + 8 + 1 + 2 + 1
+	spillFixedBytesV1 = spillFixedBytes - 8 - 1
+	spillMaxTracePos  = 128
 	spillMaxSubject   = 64
 	spillMaxReason    = policy.MaxReasonBytes
-	spillMaxPayload   = spillFixedBytes + spillMaxSubject + spillMaxReason
+	spillMaxPayload   = spillFixedBytes + spillMaxSubject + spillMaxReason + spillMaxTracePos
 	spillMinMaxBytes  = 64 << 10
 )
 
@@ -354,6 +356,7 @@ func (s *Spill) Append(recs []SpilledRecord) error {
 		r.Rec.WriterSeq = r.JournalSeq // as decodeSpilled returns it
 		r.Rec.Subject = clipString(r.Rec.Subject, spillMaxSubject)
 		r.Rec.Reason = clipString(r.Rec.Reason, spillMaxReason)
+		r.Rec.TracePos = clipString(r.Rec.TracePos, spillMaxTracePos)
 		s.recs = append(s.recs, r)
 	}
 	return nil
@@ -400,10 +403,13 @@ func encodeSpilled(buf []byte, r SpilledRecord) []byte {
 	buf = binary.LittleEndian.AppendUint64(buf, r.Rec.Limit)
 	buf = binary.LittleEndian.AppendUint64(buf, r.Rec.Decision)
 	buf = binary.LittleEndian.AppendUint64(buf, r.ExecdRun)
+	pos := clipString(r.Rec.TracePos, spillMaxTracePos)
 	buf = append(buf, byte(len(subject)))
 	buf = binary.LittleEndian.AppendUint16(buf, uint16(len(reason)))
+	buf = append(buf, byte(len(pos)))
 	buf = append(buf, subject...)
-	return append(buf, reason...)
+	buf = append(buf, reason...)
+	return append(buf, pos...)
 }
 
 func decodeSpilled(p []byte) (SpilledRecord, error) {
@@ -425,19 +431,21 @@ func decodeSpilled(p []byte) (SpilledRecord, error) {
 	r.Rec.Bytes = le.Uint64(p[27:])
 	r.Rec.Limit = le.Uint64(p[35:])
 	r.Rec.Decision = le.Uint64(p[43:])
+	slen, rlen, plen := int(p[51]), int(le.Uint16(p[52:])), 0
 	if fixed == spillFixedBytes {
 		r.ExecdRun = le.Uint64(p[51:])
+		slen, rlen, plen = int(p[59]), int(le.Uint16(p[60:])), int(p[62])
 	}
-	slen, rlen := int(p[fixed-3]), int(le.Uint16(p[fixed-2:]))
 	rest := p[fixed:]
-	if slen > spillMaxSubject || rlen > spillMaxReason || len(rest) != slen+rlen {
-		return SpilledRecord{}, fmt.Errorf("bad lengths subject=%d reason=%d for %d bytes", slen, rlen, len(rest))
+	if slen > spillMaxSubject || rlen > spillMaxReason || plen > spillMaxTracePos || len(rest) != slen+rlen+plen {
+		return SpilledRecord{}, fmt.Errorf("bad lengths subject=%d reason=%d tracePos=%d for %d bytes", slen, rlen, plen, len(rest))
 	}
 	if r.JournalSeq == 0 {
 		return SpilledRecord{}, errors.New("journal seq 0")
 	}
 	r.Rec.Subject = string(rest[:slen])
-	r.Rec.Reason = string(rest[slen:])
+	r.Rec.Reason = string(rest[slen : slen+rlen])
+	r.Rec.TracePos = string(rest[slen+rlen:])
 	r.Rec.WriterSeq = r.JournalSeq // the run that spilled it is gone; only the journal seq counts
 	return r, nil
 }

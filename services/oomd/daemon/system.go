@@ -263,7 +263,7 @@ func (d *Daemon) RequestReboot(reason string) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	h := d.core.Halt()
-	if err := d.core.Step(policy.Input{Kind: policy.InputRebootRequest, Reason: reason}); err != nil {
+	if err := d.coreStep(policy.Input{Kind: policy.InputRebootRequest, Reason: reason}); err != nil {
 		return err
 	}
 	d.processReadyLocked()

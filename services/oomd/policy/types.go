@@ -243,6 +243,9 @@ type AuditRecord struct {
 	Limit     uint64
 	Decision  uint64
 	Reason    string
+	// TracePos is set by the shell, never by the core: where the inputs that led to
+	// this record end in oomd's live trace ("<file>:<offset>", services/oomd/tracelog).
+	TracePos string
 }
 
 // TerminateRequest asks execd to stop one subject instance. The core releases one only

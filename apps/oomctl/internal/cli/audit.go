@@ -26,6 +26,9 @@ type auditView struct {
 	Reason    string `json:"reason"`
 	// AppendedAtNs is when logd appended it (Unix ns; 0 = unknown, an older logd).
 	AppendedAtNs int64 `json:"appendedAtNs"`
+	// TracePos is where the inputs that led to it end in oomd's live trace
+	// ("<file>:<offset>", for oomctl replay; "" = none).
+	TracePos string `json:"tracePos"`
 }
 
 // formatAudit renders an entry as one line in the style of wire.FormatEvent: logd's
@@ -56,6 +59,9 @@ func formatAudit(a auditView) string {
 	if a.Reason != "" {
 		b.WriteString(" reason=" + a.Reason)
 	}
+	if a.TracePos != "" {
+		b.WriteString(" trace=" + a.TracePos)
+	}
 	return b.String()
 }
 
@@ -65,6 +71,7 @@ func auditViewOf(e ctlclient.AuditEntry) auditView {
 		Seq: e.Seq, Writer: e.Writer, WriterSeq: r.WriterSeq, Tick: r.Tick,
 		Kind: enumName(r.Kind.String(), uint16(r.Kind)), Subject: r.Subject, Instance: r.Instance,
 		Bytes: r.Bytes, Limit: r.Limit, Decision: r.Decision, Reason: r.Reason, AppendedAtNs: e.AppendedAtNs,
+		TracePos: r.TracePos,
 	}
 }
 

@@ -67,7 +67,10 @@ type command struct {
 	args    string
 	summary string
 	flags   func(fs *flag.FlagSet) any // registers the command's own flags, returns its options
-	run     func(ctx context.Context, r *runner, opts any) error
+	// positional, if set, takes the command's one required argument (anywhere among
+	// its flags); without it no argument is accepted.
+	positional func(opts any, arg string)
+	run        func(ctx context.Context, r *runner, opts any) error
 }
 
 var commands = []command{
@@ -89,6 +92,11 @@ var commands = []command{
 		run:     func(ctx context.Context, r *runner, o any) error { return r.audit(ctx, o.(*pageFlags)) }},
 	{name: "last-reboot", summary: "why the system last rebooted, from the record oomd read at start",
 		run: func(ctx context.Context, r *runner, _ any) error { return r.lastReboot(ctx) }},
+	{name: "replay", args: "TRACE [--policy FILE]",
+		summary:    "recompute a recorded run's events from oomd's live trace (TRACE: its directory or a file; needs no oomd), or with --policy what another policy would have decided",
+		flags:      func(fs *flag.FlagSet) any { return registerReplayFlags(fs) },
+		positional: func(o any, arg string) { o.(*replayFlags).trace = arg },
+		run:        func(ctx context.Context, r *runner, o any) error { return r.replay(ctx, o.(*replayFlags)) }},
 }
 
 func usage(w io.Writer) {
@@ -204,6 +212,16 @@ func run(ctx context.Context, args []string, env Env) error {
 	fs.Usage = func() {}
 	if err := fs.Parse(rest); err != nil {
 		return parseErr(err, env, func(w io.Writer) { commandUsage(w, cmd, fs) }, fs)
+	}
+	if cmd.positional != nil {
+		if fs.NArg() == 0 {
+			return invalidf("%s: missing %s (see oomctl help %s)", cmd.name, strings.Fields(cmd.args)[0], cmd.name)
+		}
+		cmd.positional(opts, fs.Arg(0))
+		// Flags may follow the argument: parse what is after it.
+		if err := fs.Parse(fs.Args()[1:]); err != nil {
+			return parseErr(err, env, func(w io.Writer) { commandUsage(w, cmd, fs) }, fs)
+		}
 	}
 	if fs.NArg() > 0 {
 		return invalidf("%s: unexpected argument %q (see oomctl help %s)", cmd.name, fs.Arg(0), cmd.name)

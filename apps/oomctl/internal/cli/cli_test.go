@@ -818,7 +818,8 @@ func TestAudit(t *testing.T) {
 	f := startFake(t)
 	f.do(func() {
 		f.audit = []auditView{
-			{Seq: 7, Writer: "oomd", WriterSeq: 1, Tick: 4, Kind: "killDecided", Subject: "hog", Instance: 1, Bytes: 16 << 20, Limit: 8 << 20, Decision: 1},
+			{Seq: 7, Writer: "oomd", WriterSeq: 1, Tick: 4, Kind: "killDecided", Subject: "hog", Instance: 1, Bytes: 16 << 20, Limit: 8 << 20, Decision: 1,
+				TracePos: "trace-1-000001.otr:4096"},
 			{Seq: 8, Writer: "oomd", WriterSeq: 2, Tick: 5, Kind: "memstatRejected", Subject: "spoofer", Instance: 2, Reason: "claimed=hog",
 				AppendedAtNs: time.Date(2026, 12, 2, 8, 30, 1, 250e6, time.Local).UnixNano()},
 		}
@@ -826,13 +827,13 @@ func TestAudit(t *testing.T) {
 	code, stdout, stderr := oomctl(t, nil, "--socket", f.path, "audit")
 	require.Equal(t, ExitOK, code, stderr)
 	stamp := time.Date(2026, 12, 2, 8, 30, 1, 250e6, time.Local).Format("2006-01-02T15:04:05.000Z07:00")
-	assert.Equal(t, `seq=7 writer=oomd writerSeq=1 tick=4 killDecided subject=hog instance=1 bytes=16MiB limit=8MiB decision=1
+	assert.Equal(t, `seq=7 writer=oomd writerSeq=1 tick=4 killDecided subject=hog instance=1 bytes=16MiB limit=8MiB decision=1 trace=trace-1-000001.otr:4096
 `+stamp+` seq=8 writer=oomd writerSeq=2 tick=5 memstatRejected subject=spoofer instance=2 reason=claimed=hog
 `, stdout, "logd's append time first, when the entry has one")
 	code, stdout, _ = oomctl(t, nil, "--socket", f.path, "audit", "--json", "--since", "7")
 	require.Equal(t, ExitOK, code)
 	assert.Equal(t, `{"seq":8,"writer":"oomd","writerSeq":2,"tick":5,"kind":"memstatRejected","subject":"spoofer","instance":2,"bytes":0,"limit":0,"decision":0,"reason":"claimed=hog",`+
-		`"appendedAtNs":`+strconv.FormatInt(time.Date(2026, 12, 2, 8, 30, 1, 250e6, time.Local).UnixNano(), 10)+`}`+"\n", stdout)
+		`"appendedAtNs":`+strconv.FormatInt(time.Date(2026, 12, 2, 8, 30, 1, 250e6, time.Local).UnixNano(), 10)+`,"tracePos":""}`+"\n", stdout)
 	_, stdout, _ = oomctl(t, nil, "--socket", f.path, "audit", "--limit", "1")
 	assert.Equal(t, 1, strings.Count(stdout, "\n"))
 }

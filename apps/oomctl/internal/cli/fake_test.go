@@ -357,6 +357,9 @@ func (f *fakeOomd) Audit(_ context.Context, call oomdpb.Control_audit) error {
 		r.SetLimit(a.Limit)
 		r.SetDecision(a.Decision)
 		r.SetInstance(a.Instance)
+		if err := r.SetTracePos(a.TracePos); err != nil {
+			return err
+		}
 		if err := r.SetSubject(a.Subject); err != nil {
 			return err
 		}
