@@ -23,6 +23,7 @@ import (
 
 	"oomd.dev/oomd/internal/logx"
 	"oomd.dev/oomd/internal/memlimit"
+	"oomd.dev/oomd/internal/sdnotify"
 	"oomd.dev/oomd/internal/version"
 	"oomd.dev/oomd/services/execd-stub/cgroup"
 	"oomd.dev/oomd/services/execd-stub/manifest"
@@ -114,8 +115,11 @@ func run() int {
 		defer cg.Close()
 	}
 
+	// Under systemd (Type=notify): READY=1 once the stack is up, STOPPING=1 when it stops,
+	// and the unit's watchdog is fed by oomd's tick loop, not by execd (no-ops elsewhere).
 	sup := supervisor.New(supervisor.Config{Manifest: m, Log: log, ReapOrphans: true, RebootWatcherTimeout: *watcherTimeout,
-		Cgroups: cg, NoPages: *noPages})
+		Cgroups: cg, NoPages: *noPages, WatchdogEnv: sdnotify.WatchdogEnv(),
+		OnReady: func() { sdnotify.Ready(log) }, OnStopping: func() { sdnotify.Stopping(log) }})
 	code, err := sup.Run(ctx)
 	if err != nil {
 		log.Error("execd failed", zap.Error(err))
