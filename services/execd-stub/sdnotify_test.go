@@ -96,3 +96,28 @@ func TestSystemdWatchdogForAnotherPidIsNotPassedOn(t *testing.T) {
 		assert.NotContains(t, wd, v, "the watchdog's environment")
 	}
 }
+
+// SIGHUP to execd (the unit's ExecReload) reaches the watchdog alone, and execd lives on.
+func TestSIGHUPIsPassedToTheWatchdogOnly(t *testing.T) {
+	h := start(t, []svc{watchdog(), withDeps(child("app", "--ready"), "wd")})
+	h.waitEvent("ready app")
+	require.NoError(t, h.cmd.Process.Signal(unix.SIGHUP))
+	h.waitEvent("sighup wd")
+	require.NoError(t, h.cmd.Process.Signal(unix.SIGHUP))
+	h.waitFor("a second sighup wd", func() bool {
+		n := 0
+		for _, e := range h.events() {
+			if e == "sighup wd" {
+				n++
+			}
+		}
+		return n == 2
+	})
+	assert.Equal(t, -1, index(h.events(), "sighup app"), "a subject got the watchdog's SIGHUP")
+	select {
+	case <-h.waited:
+		t.Fatalf("execd exited on SIGHUP: %v", h.err)
+	default:
+	}
+	assert.Equal(t, 0, h.stop())
+}

@@ -407,6 +407,24 @@ func (s *Supervisor) waitWaiters(d time.Duration) {
 	}
 }
 
+// ErrNoWatchdog is returned by ReloadWatchdog when no watchdog instance is running.
+var ErrNoWatchdog = errors.New("no watchdog running")
+
+// ReloadWatchdog sends SIGHUP to the running watchdog instance, and to no other child:
+// oomd then re-reads its policy file (systemctl reload, through execd's own SIGHUP).
+func (s *Supervisor) ReloadWatchdog() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, svc := range s.order {
+		if svc.spec.Watchdog() && svc.cur != nil {
+			s.log.Info("reload: SIGHUP to the watchdog", zap.String("subject", svc.spec.ID),
+				zap.Uint64("instance", svc.cur.instance), zap.Int("pid", svc.cur.pid))
+			return s.signal(svc.cur, unix.SIGHUP)
+		}
+	}
+	return ErrNoWatchdog
+}
+
 // signalAll sends sig to the main process (through its pidfd) and to every other
 // process of its group. It returns the main process's error: ESRCH-like when it was
 // already reaped. s.mu must be held.

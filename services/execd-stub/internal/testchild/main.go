@@ -72,6 +72,13 @@ func main() {
 	}
 	terms := make(chan os.Signal, 1)
 	signal.Notify(terms, syscall.SIGTERM)
+	hups := make(chan os.Signal, 1)
+	signal.Notify(hups, syscall.SIGHUP)
+	go func() {
+		for range hups {
+			event("sighup")
+		}
+	}()
 	if err := run(terms); err != nil {
 		fmt.Fprintf(os.Stderr, "testchild %s: %v\n", *name, err)
 		os.Exit(2)
