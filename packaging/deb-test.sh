@@ -16,7 +16,7 @@ deb=${1:?usage: deb-test.sh PKG.deb}
 t0=$SECONDS
 fail() { echo "deb-test FAILED: $*" >&2; exit 1; }
 skip() { echo "deb-test SKIPPED: $*"; exit 0; }
-step() { echo "deb-test: $*"; }
+step() { echo "deb-test: [$((SECONDS - t0)) s] $*"; }
 
 [ "$(id -u)" = 0 ] || skip "needs root for dpkg -i (CI runs as root)"
 command -v dpkg >/dev/null || skip "no dpkg: not a Debian system"
@@ -125,6 +125,16 @@ grep -q logd "$tmp/status" || { cat "$tmp/status" >&2; fail "status does not lis
 "$ctl" policy set --soft-bytes 300M >/dev/null || fail "oomwatchctl policy set"
 grep -q '"softBytes": 314572800' /var/lib/oomwatch/policy.json || fail "policy set did not reach /var/lib/oomwatch/policy.json"
 [ -d /var/lib/oomwatch/journal ] || fail "logd's journal is not in /var/lib/oomwatch/journal"
+# The unit's ExecReload: a hand-edited live policy is put in force.
+reload=$(sed -n 's/^ExecReload=//p' "$unit")
+sed -i 's/"softBytes": 314572800/"softBytes": 335544320/' /var/lib/oomwatch/policy.json
+MAINPID=$execd eval "$reload" || fail "ExecReload: $reload"
+ok=""
+for _ in $(seq 100); do # up to 10 s
+  if "$ctl" policy get | grep -q '^softBytes.*335544320'; then ok=1; break; fi
+  sleep 0.1
+done
+[ -n "$ok" ] || { "$ctl" policy get >&2; fail "ExecReload did not put the edited policy in force"; }
 kill -TERM "$execd"
 for _ in $(seq 300); do kill -0 "$execd" 2>/dev/null || break; sleep 0.1; done
 kill -0 "$execd" 2>/dev/null && fail "execd still running 30 s after SIGTERM"
