@@ -6,6 +6,12 @@ GOBIN := $(shell $(GO) env GOPATH)/bin
 BIN := bin
 CMDS := services/oomd services/execd-stub services/logd-stub apps/hog apps/selftest-client apps/oomctl
 
+# make deb: the oomwatch package (packaging/nfpm.yaml). nfpm is a tool installed pinned
+# (make tools), like capnpc-go, so its dependencies stay out of go.mod.
+NFPM_VERSION := v2.45.2
+DIST := dist
+DEB_ARCH := $(shell $(GO) env GOARCH)
+
 .DEFAULT_GOAL := help
 
 help: ## Show this help
@@ -13,13 +19,19 @@ help: ## Show this help
 
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo devel)
 
+# A Debian version must start with a digit: a tag's v1.2.0-3-gabc gives 1.2.0.3.gabc, an
+# untagged abc1234-dirty gives 0.0.0+gabc1234.dirty.
+DEB_VERSION = $(shell echo '$(VERSION)' | sed -E 's/^v?([0-9]+\.)/\1/; /^[0-9]+\./!s/^/0.0.0+g/; s/-/./g')
+PKG_LDFLAGS = -X oomd.dev/oomd/internal/version.Version=$(VERSION) -X oomd.dev/oomd/apps/oomctl/internal/cli.DefaultSocket=/run/oomwatch/oomd.sock
+
 build: ## Build every daemon and app into bin/ (each says which build it is with --version)
 	@mkdir -p $(BIN)
 	@for c in $(CMDS); do [ -d $$c ] || continue; \
 	  $(GO) build -ldflags "-X oomd.dev/oomd/internal/version.Version=$(VERSION)" -o $(BIN)/$$(basename $$c) ./$$c || exit 1; done
 
-test: ## Run all tests (unit, multi-process integration, VM proof)
+test: ## Run all tests (unit, multi-process integration, the .deb install test, VM proof)
 	$(GO) test -count=1 -timeout 20m ./...
+	@$(MAKE) --no-print-directory deb-test
 	@if [ -x scripts/qemu-test.sh ]; then $(MAKE) --no-print-directory qemu-test; fi
 
 run: build ## Run the stack on the host: execd starts logd, oomd and a hog, and you see a kill
@@ -34,10 +46,26 @@ qemu-test: ## Boot a Linux VM under QEMU (TCG): the kill-path proof, the two-boo
 	VM_TEST=victim RUN_UNTIL_MARKER=1 RUN_TIMEOUT=$${VICTIM_RUN_TIMEOUT:-180s} ./scripts/qemu-test.sh
 	VM_TEST=powercut RUN_UNTIL_MARKER=1 RUN_TIMEOUT=$${POWERCUT_RUN_TIMEOUT:-120s} ./scripts/qemu-test.sh
 
-tools: ## Install the capnp compiler (Debian) and capnpc-go pinned to go.mod's version
+# The binaries are built with the same flags as make build and the e2e tests (only the
+# link differs), so after make test's go test this is link-only.
+deb: nfpm ## Build dist/oomwatch_<version>_<arch>.deb: the stack as oomwatch.service, oomwatchctl, man pages
+	@rm -rf $(DIST)/build $(DIST)/man $(DIST)/oomwatch_*.deb && mkdir -p $(DIST)/build
+	@for c in services/execd-stub services/logd-stub services/oomd apps/oomctl; do \
+	  $(GO) build -ldflags "$(PKG_LDFLAGS)" -o $(DIST)/build/$$(basename $$c) ./$$c || exit 1; done
+	@$(GO) run ./packaging/mangen -bin $(DIST)/build -out $(DIST)/man -version $(DEB_VERSION)
+	@DEB_VERSION=$(DEB_VERSION) DEB_ARCH=$(DEB_ARCH) $(GOBIN)/nfpm package -f packaging/nfpm.yaml -p deb -t $(DIST)/
+
+deb-test: deb ## Install the .deb on this machine (root), check files, modes, units, --version; remove and purge it
+	@DEB_VERSION=$(DEB_VERSION) VERSION=$(VERSION) ./packaging/deb-test.sh $(DIST)/oomwatch_*.deb
+
+tools: nfpm ## Install the capnp compiler (Debian), capnpc-go pinned to go.mod's version, nfpm (make deb)
 	@command -v capnp >/dev/null || ./scripts/apt-install.sh capnproto
 	@[ -x $(GOBIN)/capnpc-go ] && [ "$$(cat $(GOBIN)/.capnpc-go-version 2>/dev/null)" = "$(CAPNP_VERSION)" ] || \
 	  { $(GO) install capnproto.org/go/capnp/v3/capnpc-go@$(CAPNP_VERSION) && echo $(CAPNP_VERSION) > $(GOBIN)/.capnpc-go-version; }
+
+nfpm:
+	@[ -x $(GOBIN)/nfpm ] && [ "$$(cat $(GOBIN)/.nfpm-version 2>/dev/null)" = "$(NFPM_VERSION)" ] || \
+	  { $(GO) install github.com/goreleaser/nfpm/v2/cmd/nfpm@$(NFPM_VERSION) && echo $(NFPM_VERSION) > $(GOBIN)/.nfpm-version; }
 
 gen: tools ## Regenerate gen/ from schema/oomd.capnp
 	@STD=$$($(GO) mod download -json capnproto.org/go/capnp/v3@$(CAPNP_VERSION) | sed -n 's/.*"Dir": "\(.*\)",/\1/p')/std; \
@@ -75,7 +103,7 @@ faults: ## Run the fault-injection suite (audit trail and watchdog under corrupt
 bench: ## Run the Go benchmarks (figures go to docs/perf.md)
 	$(GO) test -run '^$$' -bench . -benchmem -count 6 ./services/oomd/policy/ | tee /tmp/oomd-bench.txt
 
-clean: ## Remove built binaries and caches
-	rm -rf $(BIN) .cache
+clean: ## Remove built binaries, packages and caches
+	rm -rf $(BIN) $(DIST) .cache
 
-.PHONY: help build test run selftest qemu-test tools gen check-gen lint race faults bench clean
+.PHONY: deb deb-test nfpm help build test run selftest qemu-test tools gen check-gen lint race faults bench clean

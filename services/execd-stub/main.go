@@ -5,6 +5,7 @@
 //	execd-stub --manifest FILE --runtime-dir DIR [--reboot-watcher-timeout 5s]
 //
 // SIGTERM or SIGINT stops every service in reverse dependency order; execd then exits 0.
+// SIGHUP is passed on to the watchdog service alone (oomd re-reads its policy file).
 // When a service marked exitWith exits, execd stops the others the same way and exits
 // with that service's status. After a system teardown (SystemControl.teardown, asked for
 // by the watchdog) execd keeps running with the watchdog alone; when the watchdog exits,
@@ -23,6 +24,7 @@ import (
 
 	"oomd.dev/oomd/internal/logx"
 	"oomd.dev/oomd/internal/memlimit"
+	"oomd.dev/oomd/internal/sdnotify"
 	"oomd.dev/oomd/internal/version"
 	"oomd.dev/oomd/services/execd-stub/cgroup"
 	"oomd.dev/oomd/services/execd-stub/manifest"
@@ -47,6 +49,9 @@ func run() int {
 	// Signals before slow start-up, so SIGTERM during boot still stops cleanly.
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	// SIGHUP (systemctl reload) goes on to the watchdog; it never ends execd.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
 
 	manifestPath := flag.String("manifest", "/etc/execd/manifest.json", "the service manifest (JSON)")
 	runtimeDir := flag.String("runtime-dir", "/run/oomd", "private directory for sockets; created 0700; replaces ${RUNTIME_DIR} in the manifest")
@@ -114,8 +119,18 @@ func run() int {
 		defer cg.Close()
 	}
 
+	// Under systemd (Type=notify): READY=1 once the stack is up, STOPPING=1 when it stops,
+	// and the unit's watchdog is fed by oomd's tick loop, not by execd (no-ops elsewhere).
 	sup := supervisor.New(supervisor.Config{Manifest: m, Log: log, ReapOrphans: true, RebootWatcherTimeout: *watcherTimeout,
-		Cgroups: cg, NoPages: *noPages})
+		Cgroups: cg, NoPages: *noPages, WatchdogEnv: sdnotify.WatchdogEnv(),
+		OnReady: func() { sdnotify.Ready(log) }, OnStopping: func() { sdnotify.Stopping(log) }})
+	go func() {
+		for range hup {
+			if err := sup.ReloadWatchdog(); err != nil {
+				log.Warn("SIGHUP: could not pass it to the watchdog", zap.Error(err))
+			}
+		}
+	}()
 	code, err := sup.Run(ctx)
 	if err != nil {
 		log.Error("execd failed", zap.Error(err))

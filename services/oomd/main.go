@@ -23,6 +23,7 @@ import (
 	"oomd.dev/oomd/internal/logx"
 	"oomd.dev/oomd/internal/memlimit"
 	"oomd.dev/oomd/internal/rpcx"
+	"oomd.dev/oomd/internal/sdnotify"
 	"oomd.dev/oomd/internal/session"
 	"oomd.dev/oomd/internal/version"
 	"oomd.dev/oomd/services/oomd/daemon"
@@ -173,6 +174,8 @@ func run(ctx context.Context, o options, log *zap.Logger) error {
 		Policy: pol, PolicyVersion: polVersion, RingSize: o.ring, EnableInject: o.enableInject, Markers: os.Stdout, Log: log, System: sys,
 		DecisionBase: recovered.DecisionBase, Durable: recovered.Durable,
 	}
+	// Under systemd, execd passes oomd the unit's watchdog: the tick loop feeds it.
+	cfg.Alive = sdnotify.NewWatchdog(log).Beat
 	if store != nil {
 		cfg.PolicyStore = store
 	} else {

@@ -41,6 +41,10 @@ func TestRestartContinuesADurableDecision(t *testing.T) {
 	c := dialClient(t, ctx, s)
 	_, err := c.WaitEvent(ctx, "hog registered", ctlclient.IsKind("hog", "subjectRegistered"))
 	require.NoError(t, err)
+	// The inject below travels on the hog's end of its memstat socketpair, which execd's
+	// broker delivers to the hog only after oomd registered it: freezing execd in
+	// between left the inject unanswered (seen under load).
+	s.waitLine("connected child's memstat to the watchdog\t{\"subject\": \"hog\"", 10*time.Second)
 
 	execd := s.cmd.Process.Pid
 	require.NoError(t, syscall.Kill(execd, syscall.SIGSTOP))

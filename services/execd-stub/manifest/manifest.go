@@ -21,7 +21,9 @@
 //   - stopTimeoutMs: grace between SIGTERM and SIGKILL, MinStopTimeoutMs..MaxStopTimeoutMs;
 //     omitted means DefaultStopTimeoutMs.
 //   - restart: "never" (default), "on-failure" (non-zero exit or signal) or "always".
-//   - env: extra environment; names must not start with the reserved prefix "OOMD_".
+//   - env: extra environment; names must not start with the reserved prefix "OOMD_", nor
+//     be systemd's NOTIFY_SOCKET, WATCHDOG_USEC or WATCHDOG_PID (execd passes those to the
+//     watchdog alone).
 //   - role: "" or "watchdog" (at most one service): the watchdog (oomd) receives the
 //     Terminator and SystemControl capabilities and every other child's memstat socket.
 //   - injectable: the child serves a TestHook on its memstat connection.
@@ -52,6 +54,7 @@ import (
 	"strings"
 	"time"
 
+	"oomd.dev/oomd/internal/sdnotify"
 	"oomd.dev/oomd/services/oomd/policy"
 )
 
@@ -310,6 +313,9 @@ func (m *Manifest) validate() error {
 			}
 			if strings.HasPrefix(k, ReservedEnvPrefix) {
 				return fmt.Errorf("%s: env: %q uses the prefix %q reserved for execd", where, k, ReservedEnvPrefix)
+			}
+			if slices.Contains(sdnotify.Vars, k) {
+				return fmt.Errorf("%s: env: %q is systemd's notify protocol, which execd passes to the watchdog alone", where, k)
 			}
 		}
 		for _, d := range s.DependsOn {

@@ -36,6 +36,7 @@ func TestParseErrors(t *testing.T) {
 		{"two watchdogs", `{"services": [{"id": "a", "argv": ["x"], "role": "watchdog"}, {"id": "b", "argv": ["x"], "role": "watchdog"}]}`,
 			[]string{`service "b"`, `taken by service "a"`}},
 		{"reserved env", `{"services": [{"id": "a", "argv": ["x"], "env": {"OOMD_SUBJECT": "b"}}]}`, []string{`service "a"`, "env", "reserved"}},
+		{"notify socket in env", `{"services": [{"id": "a", "argv": ["x"], "env": {"NOTIFY_SOCKET": "/run/systemd/notify"}}]}`, []string{`service "a"`, "env", "NOTIFY_SOCKET", "watchdog alone"}},
 		{"exitWith with restart", `{"services": [{"id": "a", "argv": ["x"], "exitWith": true, "restart": "always"}]}`, []string{`service "a"`, "exitWith"}},
 		{"missing dependency", `{"services": [{"id": "a", "argv": ["x"], "dependsOn": ["logd"]}]}`, []string{`service "a"`, "dependsOn", `"logd"`}},
 		{"self dependency", `{"services": [{"id": "a", "argv": ["x"], "dependsOn": ["a"]}]}`, []string{`service "a"`, "itself"}},

@@ -20,6 +20,7 @@ import (
 
 	"oomd.dev/oomd/gen/oomdpb"
 	"oomd.dev/oomd/internal/rpcx"
+	"oomd.dev/oomd/internal/sdnotify"
 	"oomd.dev/oomd/lib/memstat/page"
 	"oomd.dev/oomd/services/execd-stub/cgroup"
 	"oomd.dev/oomd/services/execd-stub/manifest"
@@ -282,10 +283,10 @@ func (s *Supervisor) contain(spec *manifest.Service, instance uint64, log *zap.L
 // env (sorted, so the order is deterministic), then OOMD_SUBJECT. The fd variables are
 // appended by spawn.
 func (s *Supervisor) childEnv(spec *manifest.Service) []string {
-	env := make([]string, 0, len(s.cfg.Env)+len(spec.Env)+3)
+	env := make([]string, 0, len(s.cfg.Env)+len(spec.Env)+len(s.cfg.WatchdogEnv)+3)
 	for _, kv := range s.cfg.Env {
 		name, _, _ := strings.Cut(kv, "=")
-		if strings.HasPrefix(name, manifest.ReservedEnvPrefix) {
+		if strings.HasPrefix(name, manifest.ReservedEnvPrefix) || slices.Contains(sdnotify.Vars, name) {
 			continue
 		}
 		if _, overridden := spec.Env[name]; overridden {
@@ -295,6 +296,9 @@ func (s *Supervisor) childEnv(spec *manifest.Service) []string {
 	}
 	for _, k := range slices.Sorted(maps.Keys(spec.Env)) {
 		env = append(env, k+"="+spec.Env[k])
+	}
+	if spec.Watchdog() {
+		env = append(env, s.cfg.WatchdogEnv...)
 	}
 	return append(env, rpcx.EnvSubject+"="+spec.ID)
 }

@@ -43,7 +43,10 @@ func (ss *session) Ready(context.Context, oomdpb.Session_ready) error {
 	defer ss.s.mu.Unlock()
 	if !ss.p.ready {
 		ss.p.ready = true
-		ss.p.svc.wasReady = true
+		if !ss.p.svc.wasReady {
+			ss.p.svc.wasReady = true
+			close(ss.p.svc.firstReady)
+		}
 		ss.log.Info("ready")
 		close(ss.p.readyCh)
 	}

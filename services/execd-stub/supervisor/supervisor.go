@@ -47,6 +47,17 @@ type Config struct {
 	Cgroups *cgroup.Manager
 	// NoPages turns off the memstat page (children then publish over RPC, as in v1).
 	NoPages bool
+	// WatchdogEnv is added to the watchdog service's environment only (under systemd:
+	// NOTIFY_SOCKET and WATCHDOG_USEC, sdnotify.WatchdogEnv). The notify protocol's
+	// variables in Env reach no child: a subject that could reach systemd's notify
+	// socket could tell it the unit is alive, ready or stopping.
+	WatchdogEnv []string
+	// OnReady, if set, is called once when every service was started and the watchdog
+	// (if the manifest has one) called ready: the stack is up (systemd's READY=1).
+	OnReady func()
+	// OnStopping, if set, is called once when Run begins stopping the services
+	// (systemd's STOPPING=1).
+	OnStopping func()
 }
 
 // Supervisor runs the services of one manifest. Create it with New and call Run once.
@@ -81,6 +92,8 @@ type service struct {
 	spawns   uint64 // instance counter: the n-th spawn is instance n
 	cur      *proc  // the running instance, nil if none
 	wasReady bool   // some instance called ready
+	// firstReady is closed when wasReady becomes true.
+	firstReady chan struct{}
 
 	failures     int // consecutive failed instances, for the restart backoff
 	restartTimer *time.Timer
@@ -115,7 +128,7 @@ func New(cfg Config) *Supervisor {
 	s.exits = newExitQueue(cfg.Log.Named("exits"))
 	s.broker = newBroker(cfg.Log.Named("broker"))
 	for _, spec := range cfg.Manifest.StartOrder() {
-		svc := &service{spec: spec}
+		svc := &service{spec: spec, firstReady: make(chan struct{})}
 		s.services[spec.ID] = svc
 		s.order = append(s.order, svc)
 		s.hasWatchdog = s.hasWatchdog || spec.Watchdog()
@@ -151,7 +164,11 @@ func (s *Supervisor) Run(ctx context.Context) (exitCode int, err error) {
 		err = nil
 	}
 	if err == nil {
+		s.announceReady(runCtx)
 		<-runCtx.Done()
+	}
+	if s.cfg.OnStopping != nil {
+		s.cfg.OnStopping()
 	}
 	var ew exitWithCause
 	switch {
@@ -182,6 +199,27 @@ func (s *Supervisor) Run(ctx context.Context) (exitCode int, err error) {
 		s.reapOrphans() // whatever the last exits left behind
 	}
 	return exitCode, err
+}
+
+// announceReady calls OnReady once the watchdog, if there is one, called ready (it need
+// not: nothing has to depend on it), unless ctx ends first. Every other service was
+// started by then.
+func (s *Supervisor) announceReady(ctx context.Context) {
+	if s.cfg.OnReady == nil {
+		return
+	}
+	for _, svc := range s.order {
+		if !svc.spec.Watchdog() {
+			continue
+		}
+		select {
+		case <-svc.firstReady:
+		case <-ctx.Done():
+			return
+		}
+	}
+	s.log.Info("the stack is up")
+	s.cfg.OnReady()
 }
 
 // exitWithCause ends Run when a service marked exitWith exited, or the watchdog after a
@@ -367,6 +405,24 @@ func (s *Supervisor) waitWaiters(d time.Duration) {
 	case <-time.After(d):
 		s.log.Error("some children were never reaped; exiting without them", zap.Duration("waited", d))
 	}
+}
+
+// ErrNoWatchdog is returned by ReloadWatchdog when no watchdog instance is running.
+var ErrNoWatchdog = errors.New("no watchdog running")
+
+// ReloadWatchdog sends SIGHUP to the running watchdog instance, and to no other child:
+// oomd then re-reads its policy file (systemctl reload, through execd's own SIGHUP).
+func (s *Supervisor) ReloadWatchdog() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, svc := range s.order {
+		if svc.spec.Watchdog() && svc.cur != nil {
+			s.log.Info("reload: SIGHUP to the watchdog", zap.String("subject", svc.spec.ID),
+				zap.Uint64("instance", svc.cur.instance), zap.Int("pid", svc.cur.pid))
+			return s.signal(svc.cur, unix.SIGHUP)
+		}
+	}
+	return ErrNoWatchdog
 }
 
 // signalAll sends sig to the main process (through its pidfd) and to every other

@@ -54,6 +54,10 @@ type Config struct {
 	// Now is the wall clock the shell stamps events and log lines for people with; nil
 	// = time.Now. The core never sees it.
 	Now func() time.Time
+	// Alive, if set, is called by Run after every tick the core completed: the proof
+	// that oomd still watches (under systemd it feeds the unit's watchdog,
+	// sdnotify.Watchdog.Beat). A loop that stops ticking stops calling it.
+	Alive func()
 }
 
 // Auditor makes audit records durable. Submit never blocks for long; once every record
@@ -169,6 +173,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 			t.Reset(p)
 		case <-t.C:
 			d.tick()
+			if d.cfg.Alive != nil {
+				d.cfg.Alive()
+			}
 		}
 	}
 }

@@ -208,3 +208,38 @@ func TestSpoofFloodIsCoalescedPerTick(t *testing.T) {
 	assert.Equal(t, uint64(10_000), es.Rejected)
 	assert.Equal(t, 1, rejectedEvents)
 }
+
+// Alive is called from the tick loop once per completed tick, so a loop that stops
+// ticking (a deadlock, a wedged core) stops feeding systemd's watchdog.
+func TestAliveFollowsEveryCompletedTick(t *testing.T) {
+	p := policy.DefaultPolicy()
+	p.SampleMs = policy.MinSampleMs
+	alive := make(chan uint64, 16)
+	var d *Daemon
+	d, err := New(Config{Policy: p, Log: zaptest.NewLogger(t), Alive: func() {
+		d.mu.Lock() // free: the tick that called us has released it
+		tick := d.core.TickCount()
+		d.mu.Unlock()
+		select {
+		case alive <- tick:
+		default: // the test has read enough
+		}
+	}}, &fakeAuditor{}, fakeTerminator{calls: make(chan policy.TerminateRequest, 1)})
+	require.NoError(t, err)
+	require.NoError(t, d.Start(context.Background()))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	var prev uint64
+	for i := range 3 {
+		select {
+		case tick := <-alive:
+			assert.Greater(t, tick, prev, "call %d follows a tick the core completed", i+1)
+			prev = tick
+		case <-time.After(10 * time.Second):
+			t.Fatal("Alive not called from the tick loop")
+		}
+	}
+	cancel()
+	require.NoError(t, <-done)
+}

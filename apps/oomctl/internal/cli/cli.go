@@ -24,8 +24,9 @@ const (
 	ExitUsage   = 2 // bad command line or invalid input, including a policy oomd refused
 )
 
-// DefaultSocket is used when neither --socket nor OOMD_SOCKET is given.
-const DefaultSocket = "/run/oomd/oomd.sock"
+// DefaultSocket is used when neither --socket nor OOMD_SOCKET is given. A variable so a
+// package can link in its own (make deb: -X ...cli.DefaultSocket=/run/oomwatch/oomd.sock).
+var DefaultSocket = "/run/oomd/oomd.sock"
 
 // Env is what a run of oomctl talks to; tests pass buffers and a fixed environment.
 type Env struct {

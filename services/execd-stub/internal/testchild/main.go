@@ -32,6 +32,7 @@ var (
 	name        = flag.String("name", "", "name used in --log lines")
 	logPath     = flag.String("log", "", "append event lines here")
 	fdsPath     = flag.String("fds", "", "write the open fds (fd and target, one a line) here, first thing")
+	environPath = flag.String("environ", "", "write the environment (NAME=value, one a line) here, before start")
 	exitCode    = flag.Int("exit", -1, "exit with this code right after start (and the other one-shot actions)")
 	ready       = flag.Bool("ready", false, "call Session.ready()")
 	gate        = flag.String("gate", "", "before ready: block until a byte arrives on this FIFO")
@@ -71,6 +72,13 @@ func main() {
 	}
 	terms := make(chan os.Signal, 1)
 	signal.Notify(terms, syscall.SIGTERM)
+	hups := make(chan os.Signal, 1)
+	signal.Notify(hups, syscall.SIGHUP)
+	go func() {
+		for range hups {
+			event("sighup")
+		}
+	}()
 	if err := run(terms); err != nil {
 		fmt.Fprintf(os.Stderr, "testchild %s: %v\n", *name, err)
 		os.Exit(2)
@@ -78,6 +86,11 @@ func main() {
 }
 
 func run(terms chan os.Signal) error {
+	if *environPath != "" {
+		if err := writeAtomic(*environPath, []byte(strings.Join(os.Environ(), "\n")+"\n")); err != nil {
+			return err
+		}
+	}
 	event("start")
 	ctx := context.Background()
 

@@ -1,0 +1,134 @@
+// Package sdnotify speaks systemd's notify protocol (sd_notify(3)) for execd and oomd,
+// through github.com/coreos/go-systemd/v22/daemon. Without NOTIFY_SOCKET every call is a
+// no-op, so the daemons behave the same outside systemd (make run, the VM, tests).
+//
+// Under systemd (packaging/systemd/oomwatch.service) execd is the unit's main process
+// and says READY=1 once its services are up and STOPPING=1 when it begins stopping them.
+// The unit's watchdog is fed by oomd, not execd: execd passes NOTIFY_SOCKET and
+// WATCHDOG_USEC to its watchdog service alone (WatchdogEnv) and to no other child, and
+// oomd's tick loop calls Watchdog.Beat, so an oomd that stops ticking stops the pings
+// and systemd restarts the unit. That needs NotifyAccess=all in the unit (oomd is not the
+// main pid).
+//
+//	// execd
+//	sup := supervisor.New(supervisor.Config{..., WatchdogEnv: sdnotify.WatchdogEnv(),
+//		OnReady: func() { sdnotify.Ready(log) }, OnStopping: func() { sdnotify.Stopping(log) }})
+//
+//	// oomd, in the loop that proves it is alive
+//	w := sdnotify.NewWatchdog(log) // nil without a watchdog; Beat on nil does nothing
+//	for range ticks { tick(); w.Beat() }
+package sdnotify
+
+import (
+	"os"
+	"time"
+
+	"github.com/coreos/go-systemd/v22/daemon"
+	"go.uber.org/zap"
+)
+
+// The environment systemd gives the unit's main process for the notify protocol.
+const (
+	EnvSocket       = "NOTIFY_SOCKET"
+	EnvWatchdogUsec = "WATCHDOG_USEC"
+	EnvWatchdogPID  = "WATCHDOG_PID"
+)
+
+// Vars are the variables of the protocol. A child given NOTIFY_SOCKET could tell systemd
+// the unit is ready, stopping or alive, so execd passes none of them to a subject.
+var Vars = []string{EnvSocket, EnvWatchdogUsec, EnvWatchdogPID}
+
+// Ready tells systemd that start-up finished (READY=1).
+func Ready(log *zap.Logger) { notify(log, daemon.SdNotifyReady) }
+
+// Stopping tells systemd that the service is stopping (STOPPING=1).
+func Stopping(log *zap.Logger) { notify(log, daemon.SdNotifyStopping) }
+
+func notify(log *zap.Logger, state string) {
+	sent, err := daemon.SdNotify(false, state)
+	switch {
+	case err != nil:
+		log.Warn("sd_notify failed", zap.String("state", state), zap.Error(err))
+	case sent:
+		log.Debug("sd_notify", zap.String("state", state))
+	}
+}
+
+// WatchdogEnv is what execd adds to its watchdog service's environment so that oomd
+// feeds systemd's watchdog in execd's place: NOTIFY_SOCKET and WATCHDOG_USEC when systemd
+// asked this process (WATCHDOG_PID is ours or unset) for pings, nothing otherwise.
+// WATCHDOG_PID is left out: it names execd, and oomd would rightly ignore a watchdog
+// meant for another pid.
+func WatchdogEnv() []string {
+	sock := os.Getenv(EnvSocket)
+	if sock == "" {
+		return nil
+	}
+	if d, err := daemon.SdWatchdogEnabled(false); err != nil || d <= 0 {
+		return nil
+	}
+	return []string{EnvSocket + "=" + sock, EnvWatchdogUsec + "=" + os.Getenv(EnvWatchdogUsec)}
+}
+
+// Watchdog sends WATCHDOG=1 at most every half interval, from whichever loop calls
+// Beat. A nil *Watchdog (no watchdog configured) does nothing.
+type Watchdog struct {
+	interval time.Duration
+	now      func() time.Time
+	log      *zap.Logger
+	last     time.Time // when the last ping was sent
+	beat     time.Time // the previous Beat
+	warned   bool
+}
+
+// NewWatchdog returns a Watchdog when systemd asked this process for pings
+// (NOTIFY_SOCKET and WATCHDOG_USEC set, WATCHDOG_PID ours or unset), else nil.
+func NewWatchdog(log *zap.Logger) *Watchdog {
+	return newWatchdog(log, time.Now)
+}
+
+func newWatchdog(log *zap.Logger, now func() time.Time) *Watchdog {
+	if os.Getenv(EnvSocket) == "" {
+		return nil
+	}
+	d, err := daemon.SdWatchdogEnabled(false)
+	if err != nil {
+		log.Warn("systemd watchdog not fed: bad "+EnvWatchdogUsec, zap.Error(err))
+		return nil
+	}
+	if d <= 0 {
+		return nil
+	}
+	log.Info("feeding the systemd watchdog from the tick loop", zap.Duration("interval", d), zap.Duration("every", d/2))
+	return &Watchdog{interval: d, now: now, log: log}
+}
+
+// Interval is the watchdog interval systemd set (WatchdogSec); 0 for a nil Watchdog.
+func (w *Watchdog) Interval() time.Duration {
+	if w == nil {
+		return 0
+	}
+	return w.interval
+}
+
+// Beat records that the caller's loop made progress and pings systemd when half the
+// interval has passed since the last ping. Call it from one goroutine.
+func (w *Watchdog) Beat() {
+	if w == nil {
+		return
+	}
+	now := w.now()
+	if !w.beat.IsZero() && now.Sub(w.beat) > w.interval/2 && !w.warned {
+		// The loop itself is slower than the pings must be (a sampleMs near WatchdogSec):
+		// systemd will restart a healthy unit. Say so once.
+		w.warned = true
+		w.log.Warn("the tick loop runs less often than every half watchdog interval; raise WatchdogSec above twice sampleMs",
+			zap.Duration("gap", now.Sub(w.beat)), zap.Duration("watchdogInterval", w.interval))
+	}
+	w.beat = now
+	if !w.last.IsZero() && now.Sub(w.last) < w.interval/2 {
+		return
+	}
+	w.last = now
+	notify(w.log, daemon.SdNotifyWatchdog)
+}

@@ -1,0 +1,139 @@
+package sdnotify
+
+import (
+	"os"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/coreos/go-systemd/v22/daemon"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/zap/zaptest"
+
+	"oomd.dev/oomd/internal/sdnotify/sdnotifytest"
+)
+
+const bound = 10 * time.Second
+
+// clearEnv unsets the protocol's variables for the test (the test binary may itself run
+// under systemd).
+func clearEnv(t *testing.T) {
+	for _, v := range Vars {
+		t.Setenv(v, "")
+		os.Unsetenv(v)
+	}
+}
+
+// drain returns every state received up to a sentinel sent after the calls under test;
+// datagrams from one sender on one socket arrive in order, so nothing is missed.
+func drain(t *testing.T, s *sdnotifytest.Socket) []string {
+	t.Helper()
+	_, err := daemon.SdNotify(false, "X_SENTINEL=1")
+	require.NoError(t, err)
+	_, before, err := s.Wait("X_SENTINEL=1", bound)
+	require.NoError(t, err)
+	var states []string
+	for _, m := range before {
+		assert.Equal(t, os.Getpid(), m.Pid, "sender of %s", m.State)
+		states = append(states, m.State)
+	}
+	return states
+}
+
+func TestNoSocketIsANoOp(t *testing.T) {
+	clearEnv(t)
+	t.Setenv(EnvWatchdogUsec, "1000000")
+	log := zaptest.NewLogger(t)
+	Ready(log)
+	Stopping(log)
+	assert.Nil(t, WatchdogEnv(), "no socket: nothing to pass on")
+	w := NewWatchdog(log)
+	assert.Nil(t, w)
+	w.Beat() // a nil Watchdog does nothing
+	assert.Zero(t, w.Interval())
+}
+
+func TestReadyAndStopping(t *testing.T) {
+	clearEnv(t)
+	s := sdnotifytest.Listen(t)
+	t.Setenv(EnvSocket, s.Path)
+	log := zaptest.NewLogger(t)
+	Ready(log)
+	Stopping(log)
+	assert.Equal(t, []string{"READY=1", "STOPPING=1"}, drain(t, s))
+}
+
+func TestWatchdogEnv(t *testing.T) {
+	me := strconv.Itoa(os.Getpid())
+	for _, tc := range []struct {
+		name       string
+		usec, wpid string
+		want       []string
+	}{
+		{"no watchdog", "", "", nil},
+		{"for us", "2000000", me, []string{"NOTIFY_SOCKET=/n", "WATCHDOG_USEC=2000000"}},
+		{"no pid given", "2000000", "", []string{"NOTIFY_SOCKET=/n", "WATCHDOG_USEC=2000000"}},
+		{"for another pid", "2000000", "1", nil},
+		{"garbage", "soon", "", nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			clearEnv(t)
+			t.Setenv(EnvSocket, "/n")
+			if tc.usec != "" {
+				t.Setenv(EnvWatchdogUsec, tc.usec)
+			}
+			if tc.wpid != "" {
+				t.Setenv(EnvWatchdogPID, tc.wpid)
+			}
+			assert.Equal(t, tc.want, WatchdogEnv(), tc.name)
+		})
+	}
+}
+
+func TestWatchdogPingsAtHalfTheInterval(t *testing.T) {
+	clearEnv(t)
+	s := sdnotifytest.Listen(t)
+	t.Setenv(EnvSocket, s.Path)
+	t.Setenv(EnvWatchdogUsec, "10000000") // 10 s
+	var now time.Time
+	w := newWatchdog(zaptest.NewLogger(t), func() time.Time { return now })
+	require.NotNil(t, w)
+	assert.Equal(t, 10*time.Second, w.Interval())
+
+	now = time.Unix(1000, 0)
+	var got []string
+	for _, step := range []struct {
+		after time.Duration
+		ping  bool
+	}{
+		{0, true}, // the first beat pings at once
+		{time.Second, false},
+		{3 * time.Second, false}, // 4 s since the last ping
+		{time.Second, true},      // 5 s: half the interval
+		{4999 * time.Millisecond, false},
+		{time.Millisecond, true},
+	} {
+		now = now.Add(step.after)
+		w.Beat()
+		got = append(got, drain(t, s)...)
+		if step.ping {
+			assert.Equal(t, []string{"WATCHDOG=1"}, got, "at %v", now)
+		} else {
+			assert.Empty(t, got, "at %v", now)
+		}
+		got = nil
+	}
+	assert.False(t, w.warned, "beats 1 s apart are well within half the interval")
+	now = now.Add(6 * time.Second)
+	w.Beat()
+	assert.True(t, w.warned, "a 6 s gap against a 10 s watchdog is said")
+}
+
+func TestWatchdogForAnotherPidIsNotFed(t *testing.T) {
+	clearEnv(t)
+	t.Setenv(EnvSocket, "/nonexistent/notify")
+	t.Setenv(EnvWatchdogUsec, "10000000")
+	t.Setenv(EnvWatchdogPID, "1")
+	assert.Nil(t, NewWatchdog(zaptest.NewLogger(t)))
+}

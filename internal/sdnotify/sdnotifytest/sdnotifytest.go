@@ -1,0 +1,120 @@
+// Package sdnotifytest is a fake systemd notify socket for tests: a unixgram socket in a
+// temporary directory that records every datagram with the sender's pid (SO_PASSCRED,
+// as systemd itself learns it).
+package sdnotifytest
+
+import (
+	"errors"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Message is one datagram received.
+type Message struct {
+	State string // e.g. "READY=1"
+	Pid   int    // the sender's pid, from its credentials
+}
+
+// Socket is a listening fake NOTIFY_SOCKET.
+type Socket struct {
+	Path string
+	msgs chan Message
+}
+
+// Listen makes the socket in a fresh temporary directory; it is closed at the end of t.
+func Listen(t testing.TB) *Socket {
+	t.Helper()
+	// A short directory: a socket path must fit in sun_path (108 bytes).
+	dir, err := os.MkdirTemp("", "sdn")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	s := &Socket{Path: filepath.Join(dir, "notify"), msgs: make(chan Message, 1024)}
+	c, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: s.Path, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var serr error
+	if err := raw.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PASSCRED, 1) }); err != nil || serr != nil {
+		t.Fatal("SO_PASSCRED:", err, serr)
+	}
+	done := make(chan struct{})
+	t.Cleanup(func() { c.Close(); <-done })
+	go func() {
+		defer close(done)
+		defer close(s.msgs)
+		buf, oob := make([]byte, 4096), make([]byte, unix.CmsgSpace(unix.SizeofUcred))
+		for {
+			n, oobn, _, _, err := c.ReadMsgUnix(buf, oob)
+			if err != nil {
+				return
+			}
+			m := Message{State: strings.TrimSpace(string(buf[:n]))}
+			if cmsgs, err := unix.ParseSocketControlMessage(oob[:oobn]); err == nil {
+				for _, cm := range cmsgs {
+					if cred, err := unix.ParseUnixCredentials(&cm); err == nil {
+						m.Pid = int(cred.Pid)
+					}
+				}
+			}
+			select {
+			case s.msgs <- m:
+			default: // a test that stopped reading; never block the sender
+			}
+		}
+	}()
+	return s
+}
+
+// ErrTimeout is returned by Wait when no matching message came within its bound.
+var ErrTimeout = errors.New("no such notify message in time")
+
+// Wait returns the next message whose state is state, skipping others, or ErrTimeout
+// after within. The bound is a failure bound, not a timing assertion.
+func (s *Socket) Wait(state string, within time.Duration) (Message, []Message, error) {
+	var skipped []Message
+	timer := time.NewTimer(within)
+	defer timer.Stop()
+	for {
+		select {
+		case m, ok := <-s.msgs:
+			if !ok {
+				return Message{}, skipped, errors.New("notify socket closed")
+			}
+			if m.State == state {
+				return m, skipped, nil
+			}
+			skipped = append(skipped, m)
+		case <-timer.C:
+			return Message{}, skipped, ErrTimeout
+		}
+	}
+}
+
+// Received returns the messages read so far and not yet returned by Wait, without
+// waiting for more.
+func (s *Socket) Received() []Message {
+	var got []Message
+	for {
+		select {
+		case m, ok := <-s.msgs:
+			if !ok {
+				return got
+			}
+			got = append(got, m)
+		default:
+			return got
+		}
+	}
+}
