@@ -12,7 +12,7 @@ import (
 	"oomd.dev/oomd/gen/oomdpb"
 	"oomd.dev/oomd/internal/guards"
 	"oomd.dev/oomd/internal/rpcx"
-	"oomd.dev/oomd/services/oomd/policy"
+	"oomd.dev/oomd/internal/subjectid"
 )
 
 // MaxReasonBytes bounds terminate's reason (as the audit record's reason).
@@ -126,7 +126,7 @@ func (s *Supervisor) terminate(subject string, instance, decision uint64, reason
 		log.Warn("terminate refused", zap.Stringer("refusal", r), zap.String("message", msg))
 		return r, msg, 0
 	}
-	if err := policy.ValidateSubjectID(subject); err != nil {
+	if err := subjectid.Validate(subject); err != nil {
 		return refuse(oomdpb.Refusal_unknown, "no subject %q: a subject id is %v", subject, err)
 	}
 	s.mu.Lock()
