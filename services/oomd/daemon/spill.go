@@ -14,8 +14,8 @@ import (
 
 	"oomd.dev/oomd/internal/frame"
 	"oomd.dev/oomd/internal/safefile"
-	"oomd.dev/oomd/internal/wire"
 	"oomd.dev/oomd/services/oomd/policy"
+	"oomd.dev/oomd/services/oomd/wire"
 )
 
 // DefaultSpillMaxBytes is the default bound of the spill file (--spill-max-bytes).

@@ -13,7 +13,7 @@ import (
 	"strings"
 	"text/tabwriter"
 
-	"oomd.dev/oomd/internal/ctlclient"
+	"oomd.dev/oomd/services/oomd/ctlclient"
 	"oomd.dev/oomd/services/oomd/policy"
 	"oomd.dev/oomd/services/oomd/policyfile"
 )
