@@ -39,9 +39,10 @@ tools: ## Install the capnp compiler (Debian) and capnpc-go pinned to go.mod's v
 	@[ -x $(GOBIN)/capnpc-go ] && [ "$$(cat $(GOBIN)/.capnpc-go-version 2>/dev/null)" = "$(CAPNP_VERSION)" ] || \
 	  { $(GO) install capnproto.org/go/capnp/v3/capnpc-go@$(CAPNP_VERSION) && echo $(CAPNP_VERSION) > $(GOBIN)/.capnpc-go-version; }
 
-gen: tools ## Regenerate gen/ from schema/oomd.capnp
+gen: tools ## Regenerate gen/ from schema/oomd.capnp (gen/oomdpb, and its constants alone in gen/bounds)
 	@STD=$$($(GO) mod download -json capnproto.org/go/capnp/v3@$(CAPNP_VERSION) | sed -n 's/.*"Dir": "\(.*\)",/\1/p')/std; \
 	  mkdir -p gen/oomdpb && PATH=$(GOBIN):$$PATH capnp compile -I "$$STD" -ogo:gen/oomdpb --src-prefix=schema schema/oomd.capnp
+	@mkdir -p gen/bounds && $(GO) run ./scripts/genbounds -package bounds schema/oomd.capnp gen/bounds/bounds.go
 
 check-gen: gen ## Fail if gen/ is stale (differs from what make gen produces)
 	@git diff --exit-code --stat -- gen/ || { echo "gen/ is stale: run make gen and commit it"; exit 1; }

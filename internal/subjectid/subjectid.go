@@ -4,10 +4,14 @@
 // so that execd need not import oomd's policy to check an id.
 package subjectid
 
-import "fmt"
+import (
+	"fmt"
+
+	"oomd.dev/oomd/gen/bounds"
+)
 
 // MaxBytes bounds a subject id's length.
-const MaxBytes = 64
+const MaxBytes = bounds.MaxSubjectBytes
 
 // Validate checks the subject id format: 1..MaxBytes bytes of [a-z0-9._-], starting
 // with a letter or digit. The error completes "must be ..." ("a subject id of ...").

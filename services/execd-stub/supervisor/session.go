@@ -9,6 +9,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 
+	"oomd.dev/oomd/gen/bounds"
 	"oomd.dev/oomd/gen/oomdpb"
 	"oomd.dev/oomd/internal/guards"
 	"oomd.dev/oomd/internal/rpcx"
@@ -16,7 +17,7 @@ import (
 )
 
 // MaxReasonBytes bounds terminate's reason (as the audit record's reason).
-const MaxReasonBytes = 256
+const MaxReasonBytes = bounds.MaxReasonBytes
 
 // session is a child's bootstrap object. It is bound to one proc at spawn; nothing the
 // child sends selects another identity.

@@ -8,6 +8,7 @@ import (
 	capnp "capnproto.org/go/capnp/v3"
 	"go.uber.org/zap"
 
+	"oomd.dev/oomd/gen/bounds"
 	"oomd.dev/oomd/gen/oomdpb"
 	"oomd.dev/oomd/internal/lostrec"
 	"oomd.dev/oomd/internal/rpcx"
@@ -16,9 +17,9 @@ import (
 
 // Bounds from schema/oomd.capnp, enforced on receipt.
 const (
-	maxSubjectBytes = 64
-	maxReasonBytes  = 256
-	maxReadLimit    = 1024
+	maxSubjectBytes = bounds.MaxSubjectBytes
+	maxReasonBytes  = bounds.MaxReasonBytes
+	maxReadLimit    = bounds.MaxReadLimit
 	// maxReadDataBytes keeps a full read page well inside rpcx.DefaultMaxMessageBytes:
 	// 1024 entries of record data plus per-entry overhead and a 64-byte writer each.
 	maxReadDataBytes = rpcx.DefaultMaxMessageBytes / 2

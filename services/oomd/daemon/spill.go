@@ -12,6 +12,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 
+	"oomd.dev/oomd/gen/bounds"
 	"oomd.dev/oomd/internal/frame"
 	"oomd.dev/oomd/internal/safefile"
 	"oomd.dev/oomd/services/oomd/policy"
@@ -36,8 +37,8 @@ const (
 	// decision, execd run, subject length, reason length.
 	spillFixedBytes   = 1 + 8 + 8 + 2 + 8 + 8 + 8 + 8 + 8 + 1 + 2
 	spillFixedBytesV1 = spillFixedBytes - 8
-	spillMaxSubject   = 64
-	spillMaxReason    = policy.MaxReasonBytes
+	spillMaxSubject   = bounds.MaxSubjectBytes
+	spillMaxReason    = bounds.MaxReasonBytes
 	spillMaxPayload   = spillFixedBytes + spillMaxSubject + spillMaxReason
 	spillMinMaxBytes  = 64 << 10
 )

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"slices"
 
+	"oomd.dev/oomd/gen/bounds"
 	"oomd.dev/oomd/internal/subjectid"
 )
 
@@ -15,8 +16,8 @@ const (
 	MaxHardBytes      = 1 << 50
 	MaxKillBudget     = 1024
 	MaxKillWindow     = 1_000_000
-	MaxCritical       = 64
-	MaxOverrides      = 256
+	MaxCritical       = bounds.MaxCritical
+	MaxOverrides      = bounds.MaxOverrides
 	MaxSubjectIDBytes = subjectid.MaxBytes
 	DefaultOOMTimeout = 30_000
 	MinOOMTimeoutMs   = 1_000
@@ -33,7 +34,7 @@ const (
 	MaxVictimPoints          = 100_000
 	DefaultVictimSettleTicks = 10
 	MaxVictimSettleTicks     = 1_000_000
-	MaxVictimList            = 256
+	MaxVictimList            = bounds.MaxVictimList
 )
 
 // DefaultCritical are always critical, whatever a policy says: a policy's list adds to
