@@ -32,14 +32,6 @@ import (
 // bytes); anything larger is a broken or hostile peer and closes that connection.
 const DefaultMaxMessageBytes = 1 << 20
 
-// NewTransport wraps rwc in a Cap'n Proto stream transport that rejects frames larger
-// than maxBytes (DefaultMaxMessageBytes if 0) and applies DefaultLimits otherwise.
-func NewTransport(rwc io.ReadWriteCloser, maxBytes uint64) transport.Transport {
-	lim := DefaultLimits
-	lim.MaxMessageBytes = maxBytes
-	return NewLimitedTransport(rwc, lim, nil)
-}
-
 // NewLimitedTransport wraps rwc in a Cap'n Proto stream transport that enforces lim.
 func NewLimitedTransport(rwc io.ReadWriteCloser, lim Limits, log *zap.Logger) transport.Transport {
 	return transport.New(newLimitCodec(rwc, lim, log))
@@ -195,22 +187,6 @@ type ServerOption func(*Server)
 
 // WithGuard checks every incoming message of every connection against g.
 func WithGuard(g *Guard) ServerOption { return func(s *Server) { s.lim.Guard = g } }
-
-// WithLimits replaces DefaultLimits (the guard and timeouts are kept unless lim sets them).
-func WithLimits(lim Limits) ServerOption {
-	return func(s *Server) {
-		if lim.Guard == nil {
-			lim.Guard = s.lim.Guard
-		}
-		if lim.FirstMessageTimeout == 0 {
-			lim.FirstMessageTimeout = s.lim.FirstMessageTimeout
-		}
-		if lim.FrameTimeout == 0 {
-			lim.FrameTimeout = s.lim.FrameTimeout
-		}
-		s.lim = lim
-	}
-}
 
 // WithMaxConns bounds the live connections (DefaultMaxConns if not given).
 func WithMaxConns(n int) ServerOption { return func(s *Server) { s.maxConns = n } }

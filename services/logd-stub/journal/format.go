@@ -40,9 +40,6 @@ const (
 	kindEntry    = 0x04
 	gapBytes     = 1 + 8 + 8
 	gapFrameSize = frameHeaderBytes + gapBytes
-	// maxEntryPayload bounds an entry's payload: the tightest bound the recovery scan
-	// can use when it looks for the next intact frame after damage.
-	maxEntryPayload = entryFixedBytes + MaxWriterBytes + MaxDataBytes
 
 	segmentSuffix = ".seg"
 	// sparseEvery is how many entries share one mark of the in-memory offset index: reads

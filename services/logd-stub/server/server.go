@@ -46,12 +46,6 @@ func (s *Service) Bootstrap(p rpcx.Peer) (capnp.Client, error) {
 	return rpcx.Recovering(oomdpb.Journal_Methods(nil, js), js, log), nil
 }
 
-// Client returns a Journal capability served in-process, for tests and embedding.
-func (s *Service) Client() oomdpb.Journal {
-	js := &journalServer{j: s.j, log: s.log}
-	return oomdpb.Journal(rpcx.Recovering(oomdpb.Journal_Methods(nil, js), js, s.log))
-}
-
 type journalServer struct {
 	j   *journal.Journal
 	log *zap.Logger
