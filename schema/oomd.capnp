@@ -150,7 +150,7 @@ enum Signal {
   max @0;         # the larger of kernel and cooperative (a subject that never published
                   # is enforced on the kernel's count alone)
   kernel @1;      # the kernel's working set of the subject's cgroup (or /proc tree)
-  cooperative @2; # what the subject publishes on its memstat page (the seed's signal)
+  cooperative @2; # what the subject publishes on its memstat page (what the subject says it holds)
 }
 
 struct UnderReport {
@@ -449,7 +449,7 @@ interface RebootWatcher {
 }
 
 interface SystemControl {
-  # Held by oomd only (the RFC's "kernel" side asks "userspace" to tear down).
+  # Held by oomd only (the watchdog, in the kernel's role, asks userspace to tear down; docs/reliability/system-oom.md).
 
   teardown @0 (reason :RebootReason) -> (report :TeardownReport);
   # Notify reboot watchers, stop every service in reverse dependency order (keeping logd

@@ -3,7 +3,7 @@
 // object and keeps every connection so shutdown can close them, a zap adapter for the
 // rpc logger, and helpers for inherited and passed file descriptors.
 //
-// It exists so that the traps measured in shared/CAPNP-NOTES.md are handled once:
+// It exists so that the go-capnp traps listed in docs/capnp-traps.md are handled once:
 // rpc.Serve shares one bootstrap across connections (we never use it), the rpc logger
 // reports every peer disconnect at ERROR (we demote it), and an oversized frame must
 // close only that connection (the bounded codec does), and a peer that writes calls
@@ -312,7 +312,7 @@ func (s *Server) Conns() int {
 
 // Close closes every connection and waits (at most timeout) for them to finish.
 // go-capnp's Conn.Close can hang when a handler waits on the same connection
-// (CAPNP-NOTES trap 2), so the wait is bounded.
+// (docs/capnp-traps.md, trap 2), so the wait is bounded.
 func (s *Server) Close(timeout time.Duration) {
 	s.mu.Lock()
 	s.closed = true

@@ -66,7 +66,7 @@ type Options struct {
 // so the window is far above a single message (a FixedLimiter panics otherwise).
 const flowWindow = 16 << 10
 
-// closeTimeout bounds closing a replaced connection (CAPNP-NOTES trap 2).
+// closeTimeout bounds closing a replaced connection (docs/capnp-traps.md, trap 2).
 const closeTimeout = 2 * time.Second
 
 // ErrDeliveryClosed is returned by Run when execd closed the delivery socket: no
@@ -260,7 +260,7 @@ func (p *Publisher) Run(ctx context.Context) error {
 	var last time.Time
 	lastVal, haveLast := uint64(0), false
 	// sink is Run's own reference to the current connection's sink, with the flow
-	// limiter on it (CAPNP-NOTES trap 4: the limiter sits on the reference called
+	// limiter on it (capnp trap 4 in docs/capnp-traps.md: the limiter sits on the reference called
 	// through, and AddRef returns one without it).
 	var sink oomdpb.MemstatSink
 	var gen uint64     // connection sink belongs to

@@ -112,7 +112,7 @@ func (t *terminator) WatchExits(_ context.Context, call oomdpb.Terminator_watchE
 	if !w.IsValid() {
 		return fmt.Errorf("watchExits: watcher is a null capability")
 	}
-	// Params are released when this returns (CAPNP-NOTES trap 7): keep our own ref.
+	// Params are released when this returns (docs/capnp-traps.md, trap 7): keep our own ref.
 	t.s.exits.setWatcher(w.AddRef())
 	t.log.Info("exit watcher registered")
 	return nil

@@ -89,7 +89,7 @@ const (
 	// SignalKernel enforces the kernel's count (the cgroup's working set, or the /proc
 	// tree's RSS); without a kernel reading it falls back to the cooperative value.
 	SignalKernel
-	// SignalCooperative enforces what the subject publishes (the seed's signal).
+	// SignalCooperative enforces what the subject publishes (what the subject says it holds).
 	SignalCooperative
 )
 
