@@ -67,9 +67,10 @@ nfpm:
 	@[ -x $(GOBIN)/nfpm ] && [ "$$(cat $(GOBIN)/.nfpm-version 2>/dev/null)" = "$(NFPM_VERSION)" ] || \
 	  { $(GO) install github.com/goreleaser/nfpm/v2/cmd/nfpm@$(NFPM_VERSION) && echo $(NFPM_VERSION) > $(GOBIN)/.nfpm-version; }
 
-gen: tools ## Regenerate gen/ from schema/oomd.capnp
+gen: tools ## Regenerate gen/ from schema/oomd.capnp (gen/oomdpb, and its constants alone in gen/bounds)
 	@STD=$$($(GO) mod download -json capnproto.org/go/capnp/v3@$(CAPNP_VERSION) | sed -n 's/.*"Dir": "\(.*\)",/\1/p')/std; \
 	  mkdir -p gen/oomdpb && PATH=$(GOBIN):$$PATH capnp compile -I "$$STD" -ogo:gen/oomdpb --src-prefix=schema schema/oomd.capnp
+	@mkdir -p gen/bounds && $(GO) run ./scripts/genbounds -package bounds schema/oomd.capnp gen/bounds/bounds.go
 
 check-gen: gen ## Fail if gen/ is stale (differs from what make gen produces)
 	@git diff --exit-code --stat -- gen/ || { echo "gen/ is stale: run make gen and commit it"; exit 1; }

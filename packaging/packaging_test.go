@@ -14,7 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"oomd.dev/oomd/services/execd-stub/manifest"
-	"oomd.dev/oomd/services/oomd/daemon"
+	"oomd.dev/oomd/services/oomd/policyfile"
 )
 
 // shipped lists the dst paths of nfpm.yaml.
@@ -44,7 +44,7 @@ func TestDefaultManifestAndPolicyAreValid(t *testing.T) {
 		}
 	}
 	assert.True(t, watchdog, "the manifest has a watchdog")
-	_, err = daemon.LoadPolicyFile("policy.json")
+	_, err = policyfile.Load("policy.json")
 	require.NoError(t, err, "the packaged policy")
 }
 

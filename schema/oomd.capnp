@@ -38,6 +38,23 @@ $Go.package("oomdpb");
 $Go.import("oomd.dev/oomd/gen/oomdpb");
 
 # ---------------------------------------------------------------------------------------
+# Bounds
+#
+# Shared by every peer: the receiver enforces them. `make gen` writes them into
+# gen/oomdpb (typed) and gen/bounds (untyped, no imports, for the policy core); Go code
+# refers to those and never repeats the numbers. One constant per line, in the form
+# scripts/genbounds reads.
+
+const maxSubjectBytes :UInt32 = 64; # bounds a subject id (1..64 bytes of [a-z0-9._-]).
+const maxReasonBytes :UInt32 = 256; # bounds a reason (event, audit record, terminate).
+const maxWriterBytes :UInt32 = 64; # bounds a writer name given to Journal.open.
+const maxReadLimit :UInt32 = 1024; # bounds the limit of Journal.read, Control.events/audit.
+const memstatPageBytes :UInt32 = 4096; # is the memstat page's size (docs/memstat-page.md).
+const maxCritical :UInt32 = 64; # bounds the entries of Policy.critical.
+const maxOverrides :UInt32 = 256; # bounds the entries of Policy.overrides.
+const maxVictimList :UInt32 = 256; # bounds each of Victims.prefer, avoid and never.
+
+# ---------------------------------------------------------------------------------------
 # Policy
 
 struct Policy {
@@ -133,7 +150,7 @@ enum Signal {
   max @0;         # the larger of kernel and cooperative (a subject that never published
                   # is enforced on the kernel's count alone)
   kernel @1;      # the kernel's working set of the subject's cgroup (or /proc tree)
-  cooperative @2; # what the subject publishes on its memstat page (the seed's signal)
+  cooperative @2; # what the subject publishes on its memstat page (what the subject says it holds)
 }
 
 struct UnderReport {
@@ -434,7 +451,7 @@ interface RebootWatcher {
 }
 
 interface SystemControl {
-  # Held by oomd only (the RFC's "kernel" side asks "userspace" to tear down).
+  # Held by oomd only (the watchdog, in the kernel's role, asks userspace to tear down; docs/reliability/system-oom.md).
 
   teardown @0 (reason :RebootReason) -> (report :TeardownReport);
   # Notify reboot watchers, stop every service in reverse dependency order (keeping logd

@@ -63,7 +63,7 @@ case $VM_TEST in
   *) printf 'qemu-test: FAIL: VM_TEST=%s: want selftest, oom, victim or powercut\n' "$VM_TEST" >&2; exit 1 ;;
 esac
 
-# Subjects oomd must never kill (DESIGN.md, security invariant 5); the denial marker must
+# Subjects oomd must never kill (docs/security-invariants.md, invariant 5); the denial marker must
 # name one of them.
 CRITICAL_SUBJECTS=${VM_CRITICAL_SUBJECTS:-init|execd|samgrd|policyd|logd|oomd}
 # Required markers, as extended regular expressions, in the order they must appear.

@@ -27,11 +27,11 @@ import (
 	"go.uber.org/zap"
 
 	"oomd.dev/oomd/gen/oomdpb"
-	"oomd.dev/oomd/internal/ctlclient"
 	"oomd.dev/oomd/internal/logx"
 	"oomd.dev/oomd/internal/rpcx"
 	"oomd.dev/oomd/internal/session"
 	"oomd.dev/oomd/internal/version"
+	"oomd.dev/oomd/services/oomd/ctlclient"
 	"oomd.dev/oomd/services/oomd/policy"
 )
 

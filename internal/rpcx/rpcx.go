@@ -3,7 +3,7 @@
 // object and keeps every connection so shutdown can close them, a zap adapter for the
 // rpc logger, and helpers for inherited and passed file descriptors.
 //
-// It exists so that the traps measured in shared/CAPNP-NOTES.md are handled once:
+// It exists so that the go-capnp traps listed in docs/capnp-traps.md are handled once:
 // rpc.Serve shares one bootstrap across connections (we never use it), the rpc logger
 // reports every peer disconnect at ERROR (we demote it), and an oversized frame must
 // close only that connection (the bounded codec does), and a peer that writes calls
@@ -31,14 +31,6 @@ import (
 // largest legitimate message is an events or audit page (1024 entries of a few hundred
 // bytes); anything larger is a broken or hostile peer and closes that connection.
 const DefaultMaxMessageBytes = 1 << 20
-
-// NewTransport wraps rwc in a Cap'n Proto stream transport that rejects frames larger
-// than maxBytes (DefaultMaxMessageBytes if 0) and applies DefaultLimits otherwise.
-func NewTransport(rwc io.ReadWriteCloser, maxBytes uint64) transport.Transport {
-	lim := DefaultLimits
-	lim.MaxMessageBytes = maxBytes
-	return NewLimitedTransport(rwc, lim, nil)
-}
 
 // NewLimitedTransport wraps rwc in a Cap'n Proto stream transport that enforces lim.
 func NewLimitedTransport(rwc io.ReadWriteCloser, lim Limits, log *zap.Logger) transport.Transport {
@@ -196,22 +188,6 @@ type ServerOption func(*Server)
 // WithGuard checks every incoming message of every connection against g.
 func WithGuard(g *Guard) ServerOption { return func(s *Server) { s.lim.Guard = g } }
 
-// WithLimits replaces DefaultLimits (the guard and timeouts are kept unless lim sets them).
-func WithLimits(lim Limits) ServerOption {
-	return func(s *Server) {
-		if lim.Guard == nil {
-			lim.Guard = s.lim.Guard
-		}
-		if lim.FirstMessageTimeout == 0 {
-			lim.FirstMessageTimeout = s.lim.FirstMessageTimeout
-		}
-		if lim.FrameTimeout == 0 {
-			lim.FrameTimeout = s.lim.FrameTimeout
-		}
-		s.lim = lim
-	}
-}
-
 // WithMaxConns bounds the live connections (DefaultMaxConns if not given).
 func WithMaxConns(n int) ServerOption { return func(s *Server) { s.maxConns = n } }
 
@@ -336,7 +312,7 @@ func (s *Server) Conns() int {
 
 // Close closes every connection and waits (at most timeout) for them to finish.
 // go-capnp's Conn.Close can hang when a handler waits on the same connection
-// (CAPNP-NOTES trap 2), so the wait is bounded.
+// (docs/capnp-traps.md, trap 2), so the wait is bounded.
 func (s *Server) Close(timeout time.Duration) {
 	s.mu.Lock()
 	s.closed = true

@@ -111,18 +111,6 @@ func OpenNode(path string, flag int, perm os.FileMode) (*os.File, os.FileMode, e
 	return f, fi.Mode(), nil
 }
 
-// CheckRegular fails unless f (just opened) is a regular file.
-func CheckRegular(f *os.File) error {
-	fi, err := f.Stat()
-	if err != nil {
-		return fmt.Errorf("stat %s: %w", f.Name(), err)
-	}
-	if !fi.Mode().IsRegular() {
-		return fmt.Errorf("%s (%s) %w", f.Name(), fi.Mode().Type(), ErrNotRegular)
-	}
-	return nil
-}
-
 // ReadFile reads a regular file without following a symlink in its last component.
 func ReadFile(path string) ([]byte, error) {
 	f, err := OpenFile(path, os.O_RDONLY, 0)

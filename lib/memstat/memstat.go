@@ -23,7 +23,7 @@
 //	if err != nil { ... }      // not started by execd: run without publishing
 //	defer pub.Close()
 //	go pub.Run(ctx)
-//	pub.Set(memstat.RuntimeBytes()) // or any explicit value, as often as you like
+//	pub.Set(heldBytes) // what the process holds, as often as you like
 //
 // The value is what the process says it holds. It is not kernel RSS: a process can
 // under-report or not report at all (docs/reliability/oom-policy.md).
@@ -35,7 +35,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"runtime/metrics"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -67,7 +66,7 @@ type Options struct {
 // so the window is far above a single message (a FixedLimiter panics otherwise).
 const flowWindow = 16 << 10
 
-// closeTimeout bounds closing a replaced connection (CAPNP-NOTES trap 2).
+// closeTimeout bounds closing a replaced connection (docs/capnp-traps.md, trap 2).
 const closeTimeout = 2 * time.Second
 
 // ErrDeliveryClosed is returned by Run when execd closed the delivery socket: no
@@ -127,13 +126,6 @@ func Connect(ctx context.Context, opts Options, log *zap.Logger) (*Publisher, er
 		go p.receive()
 	}
 	return p, nil
-}
-
-// New wraps an existing sink (it takes over the reference); there are no reconnections.
-func New(sink oomdpb.MemstatSink, opts Options, log *zap.Logger) *Publisher {
-	p := newPublisher(opts, log)
-	p.setSink(nil, sink)
-	return p
 }
 
 func newPublisher(opts Options, log *zap.Logger) *Publisher {
@@ -268,7 +260,7 @@ func (p *Publisher) Run(ctx context.Context) error {
 	var last time.Time
 	lastVal, haveLast := uint64(0), false
 	// sink is Run's own reference to the current connection's sink, with the flow
-	// limiter on it (CAPNP-NOTES trap 4: the limiter sits on the reference called
+	// limiter on it (capnp trap 4 in docs/capnp-traps.md: the limiter sits on the reference called
 	// through, and AddRef returns one without it).
 	var sink oomdpb.MemstatSink
 	var gen uint64     // connection sink belongs to
@@ -380,15 +372,4 @@ func (p *Publisher) Close() error {
 		}
 	}
 	return nil
-}
-
-// RuntimeBytes is the Go allocator's live heap object bytes (runtime/metrics, ~260 ns;
-// runtime.ReadMemStats would stop the world).
-func RuntimeBytes() uint64 {
-	s := [1]metrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}}
-	metrics.Read(s[:])
-	if s[0].Value.Kind() != metrics.KindUint64 {
-		return 0
-	}
-	return s[0].Value.Uint64()
 }

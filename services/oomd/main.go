@@ -28,6 +28,7 @@ import (
 	"oomd.dev/oomd/internal/version"
 	"oomd.dev/oomd/services/oomd/daemon"
 	"oomd.dev/oomd/services/oomd/policy"
+	"oomd.dev/oomd/services/oomd/policyfile"
 	"oomd.dev/oomd/services/oomd/tracelog"
 )
 
@@ -298,7 +299,7 @@ func reloadOnHUP(ctx context.Context, path string, d *daemon.Daemon, log *zap.Lo
 			log.Warn("SIGHUP: no --policy file to reload")
 			continue
 		}
-		p, err := daemon.LoadPolicyFile(path)
+		p, err := policyfile.Load(path)
 		if err != nil {
 			log.Error("SIGHUP: policy file rejected whole; the policy in force stays", zap.String("file", path), zap.Error(err))
 			continue

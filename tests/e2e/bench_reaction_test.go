@@ -14,9 +14,9 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"oomd.dev/oomd/gen/oomdpb"
-	"oomd.dev/oomd/internal/ctlclient"
-	"oomd.dev/oomd/internal/wire"
+	"oomd.dev/oomd/services/oomd/ctlclient"
 	"oomd.dev/oomd/services/oomd/policy"
+	"oomd.dev/oomd/services/oomd/wire"
 )
 
 // TestBenchReaction measures the kill path's reaction time on the real stack (execd,

@@ -11,7 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"oomd.dev/oomd/gen/oomdpb"
-	"oomd.dev/oomd/internal/ctlclient"
+	"oomd.dev/oomd/services/oomd/ctlclient"
 )
 
 // countAudit counts oomd's records of kind about subject.

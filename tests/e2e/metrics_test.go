@@ -14,7 +14,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"oomd.dev/oomd/internal/ctlclient"
+	"oomd.dev/oomd/services/oomd/ctlclient"
 )
 
 var metricsURL = regexp.MustCompile(`http://127\.0\.0\.1:[0-9]+/metrics`)

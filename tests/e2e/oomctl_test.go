@@ -18,8 +18,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"oomd.dev/oomd/internal/ctlclient"
-	"oomd.dev/oomd/internal/wire"
+	"oomd.dev/oomd/services/oomd/ctlclient"
+	"oomd.dev/oomd/services/oomd/wire"
 )
 
 // runOomctl runs the built oomctl binary against the stack's socket and returns its

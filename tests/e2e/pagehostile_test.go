@@ -14,7 +14,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"oomd.dev/oomd/internal/ctlclient"
+	"oomd.dev/oomd/services/oomd/ctlclient"
 )
 
 // Bounds for oomd while a subject attacks its own memstat page (security invariant 8).

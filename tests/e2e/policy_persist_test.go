@@ -14,7 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap/zaptest"
 
-	"oomd.dev/oomd/internal/ctlclient"
+	"oomd.dev/oomd/services/oomd/ctlclient"
 	"oomd.dev/oomd/services/oomd/policy"
 )
 

@@ -12,7 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"oomd.dev/oomd/gen/oomdpb"
-	"oomd.dev/oomd/internal/ctlclient"
+	"oomd.dev/oomd/services/oomd/ctlclient"
 )
 
 // recoveryManifest is logd and oomd, both restarted by execd when they crash, a hog and

@@ -13,7 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"oomd.dev/oomd/gen/oomdpb"
-	"oomd.dev/oomd/internal/ctlclient"
+	"oomd.dev/oomd/services/oomd/ctlclient"
 	"oomd.dev/oomd/services/oomd/policy"
 	"oomd.dev/oomd/services/oomd/sysoom"
 )

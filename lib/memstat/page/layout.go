@@ -1,13 +1,17 @@
 package page
 
-import "unsafe"
+import (
+	"unsafe"
+
+	"oomd.dev/oomd/gen/bounds"
+)
 
 // The page layout, version 1. All fields are native-endian (little-endian) and naturally
 // aligned; everything from HeaderSize to PageSize is reserved and zero. See
 // docs/memstat-page.md.
 const (
 	// PageSize is the size of the memfd and of every mapping of it.
-	PageSize = 4096
+	PageSize = bounds.MemstatPageBytes
 
 	// OffMagic is a u32 written once by execd (Create): Magic.
 	OffMagic = 0

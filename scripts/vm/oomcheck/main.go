@@ -28,9 +28,9 @@ import (
 	"go.uber.org/zap"
 
 	"oomd.dev/oomd/gen/oomdpb"
-	"oomd.dev/oomd/internal/ctlclient"
 	"oomd.dev/oomd/internal/logx"
 	"oomd.dev/oomd/internal/session"
+	"oomd.dev/oomd/services/oomd/ctlclient"
 )
 
 func main() {

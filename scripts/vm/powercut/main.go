@@ -252,7 +252,7 @@ func writeUntilCut(ctx context.Context, journal oomdpb.Journal, acked, batch, ex
 	}
 	app := res.Appender().AddRef()
 	defer app.Release()
-	// The limiter must sit on the reference we call through (CAPNP-NOTES trap 4).
+	// The limiter must sit on the reference we call through (docs/capnp-traps.md, trap 4).
 	app.SetFlowLimiter(flowcontrol.NewFixedLimiter(64 << 10))
 
 	sync := func(upTo uint64) (oomdpb.Appender_sync_Results_Future, capnp.ReleaseFunc) {

@@ -31,9 +31,9 @@ import (
 
 	"go.uber.org/zap"
 
-	"oomd.dev/oomd/internal/ctlclient"
 	"oomd.dev/oomd/internal/logx"
 	"oomd.dev/oomd/internal/session"
+	"oomd.dev/oomd/services/oomd/ctlclient"
 	"oomd.dev/oomd/services/oomd/policy"
 )
 

@@ -290,7 +290,6 @@ type Group struct {
 	name string
 	path string   // the cgroup directory; "" in proc mode
 	dir  *os.File // v2: the directory, for CLONE_INTO_CGROUP; nil otherwise
-	rel  string   // path relative to the hierarchy's root as /proc/PID/cgroup shows it
 	tree procTree // proc mode
 }
 

@@ -13,7 +13,7 @@
 //	]}
 //
 // Fields of a service:
-//   - id: the subject id (see policy.ValidateSubjectID), unique in the manifest.
+//   - id: the subject id (see subjectid.Validate), unique in the manifest.
 //   - argv: program and arguments, non-empty; argv[0] is looked up in PATH if it has no
 //     slash.
 //   - critical: execd refuses to terminate it on request (defence in depth).
@@ -55,7 +55,7 @@ import (
 	"time"
 
 	"oomd.dev/oomd/internal/sdnotify"
-	"oomd.dev/oomd/services/oomd/policy"
+	"oomd.dev/oomd/internal/subjectid"
 )
 
 // Bounds and defaults for stopTimeoutMs.
@@ -264,7 +264,7 @@ func (m *Manifest) validate() error {
 	for i := range m.Services {
 		s := &m.Services[i]
 		where := fmt.Sprintf("services[%d]", i)
-		if err := policy.ValidateSubjectID(s.ID); err != nil {
+		if err := subjectid.Validate(s.ID); err != nil {
 			return fmt.Errorf("%s: id %q: must be %v", where, s.ID, err)
 		}
 		where = fmt.Sprintf("service %q", s.ID)

@@ -103,7 +103,7 @@
 //
 // # System teardown
 //
-// The watchdog (oomd, in the role of the RFC's kernel) asks for a graceful teardown with
+// The watchdog (oomd, in the role of the kernel's memory watchdog; docs/reliability/system-oom.md) asks for a graceful teardown with
 // SystemControl.teardown(reason) before it reboots; execd plays userspace. Any child may
 // register a RebootWatcher first, through its own Session.watchReboot (the watchdog may
 // also use SystemControl.watchReboot): one per subject, the latest registration wins,

@@ -16,7 +16,7 @@ const MaxExitBacklog = 1024
 
 // exitQueue holds exit reports in order until the registered watcher acknowledged them.
 // One pusher goroutine per watcher sends them one call at a time, so a slow or dead
-// watcher never blocks the supervisor (CAPNP-NOTES trap 1) and the calls need no flow
+// watcher never blocks the supervisor (docs/capnp-traps.md, trap 1) and the calls need no flow
 // limiter (at most one in flight).
 type exitQueue struct {
 	log *zap.Logger
@@ -128,7 +128,7 @@ func (q *exitQueue) pushTo(ctx context.Context, gen uint64, w oomdpb.ExitWatcher
 }
 
 // deliver makes one exited() call and waits for its answer or ctx: a dead watcher must
-// not keep this goroutine forever (CAPNP-NOTES trap 1, 5).
+// not keep this goroutine forever (capnp traps 1 and 5, docs/capnp-traps.md).
 func deliver(ctx context.Context, w oomdpb.ExitWatcher, r ExitReport) error {
 	fut, release := w.Exited(ctx, func(p oomdpb.ExitWatcher_exited_Params) error {
 		rep, err := p.NewReport()

@@ -356,7 +356,7 @@ func (s *Supervisor) wait(p *proc) {
 	close(p.exited)
 	s.mu.Unlock()
 
-	// Closing a connection can wait on its handlers (CAPNP-NOTES trap 2); nothing waits
+	// Closing a connection can wait on its handlers (docs/capnp-traps.md, trap 2); nothing waits
 	// on this goroutine.
 	go func() {
 		rw.Release()

@@ -9,14 +9,15 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 
+	"oomd.dev/oomd/gen/bounds"
 	"oomd.dev/oomd/gen/oomdpb"
 	"oomd.dev/oomd/internal/guards"
 	"oomd.dev/oomd/internal/rpcx"
-	"oomd.dev/oomd/services/oomd/policy"
+	"oomd.dev/oomd/internal/subjectid"
 )
 
 // MaxReasonBytes bounds terminate's reason (as the audit record's reason).
-const MaxReasonBytes = 256
+const MaxReasonBytes = bounds.MaxReasonBytes
 
 // session is a child's bootstrap object. It is bound to one proc at spawn; nothing the
 // child sends selects another identity.
@@ -114,7 +115,7 @@ func (t *terminator) WatchExits(_ context.Context, call oomdpb.Terminator_watchE
 	if !w.IsValid() {
 		return fmt.Errorf("watchExits: watcher is a null capability")
 	}
-	// Params are released when this returns (CAPNP-NOTES trap 7): keep our own ref.
+	// Params are released when this returns (docs/capnp-traps.md, trap 7): keep our own ref.
 	t.s.exits.setWatcher(w.AddRef())
 	t.log.Info("exit watcher registered")
 	return nil
@@ -129,7 +130,7 @@ func (s *Supervisor) terminate(subject string, instance, decision uint64, reason
 		log.Warn("terminate refused", zap.Stringer("refusal", r), zap.String("message", msg))
 		return r, msg, 0
 	}
-	if err := policy.ValidateSubjectID(subject); err != nil {
+	if err := subjectid.Validate(subject); err != nil {
 		return refuse(oomdpb.Refusal_unknown, "no subject %q: a subject id is %v", subject, err)
 	}
 	s.mu.Lock()

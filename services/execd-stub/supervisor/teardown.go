@@ -15,7 +15,7 @@ import (
 )
 
 // DefaultRebootWatcherTimeout bounds each reboot watcher's answer during a teardown
-// unless Config.RebootWatcherTimeout says otherwise (the RFC's power_manager: 5 s).
+// unless Config.RebootWatcherTimeout says otherwise (the 5 s a power manager gives its watchers).
 const DefaultRebootWatcherTimeout = 5 * time.Second
 
 // Teardown refusals. A teardown happens at most once per execd run.
@@ -71,7 +71,7 @@ func (s *Supervisor) watchReboot(p *proc, w oomdpb.RebootWatcher) error {
 		if prev := s.rebootWatchers[p.svc.spec.ID]; prev != nil {
 			old = prev.client
 		}
-		// Params are released when the call returns (CAPNP-NOTES trap 7).
+		// Params are released when the call returns (docs/capnp-traps.md, trap 7).
 		s.rebootWatchers[p.svc.spec.ID] = &rebootWatcher{instance: p.instance, client: w.AddRef()}
 	}
 	s.mu.Unlock()
@@ -96,7 +96,7 @@ func (s *Supervisor) dropRebootWatcher(p *proc) oomdpb.RebootWatcher {
 	return w.client
 }
 
-// Teardown is the userspace side of a system reboot (the RFC's graceful teardown). It
+// Teardown is the userspace side of a system reboot (the graceful teardown of docs/reliability/system-oom.md). It
 // runs once per execd run, and never alongside Stop:
 //
 //  1. execd starts shutting down: terminate() is refused with shuttingDown, pending
@@ -199,7 +199,7 @@ func (s *Supervisor) notifyRebootWatchers(watchers []namedWatcher, reason oomdpb
 			})
 			defer release()
 			// Waiting on ctx too: an answer that never comes must not hold the teardown
-			// even if the connection cannot send the cancellation (CAPNP-NOTES trap 1).
+			// even if the connection cannot send the cancellation (docs/capnp-traps.md, trap 1).
 			var err error
 			select {
 			case <-fut.Done():

@@ -9,12 +9,13 @@ import (
 	"strconv"
 	"strings"
 
+	"oomd.dev/oomd/gen/bounds"
 	framing "oomd.dev/oomd/internal/frame"
 )
 
 const (
 	// MaxWriterBytes bounds a writer name (Journal.open in oomd.capnp).
-	MaxWriterBytes = 64
+	MaxWriterBytes = bounds.MaxWriterBytes
 	// MaxDataBytes bounds one record's opaque data. An AuditRecord with a 64-byte subject
 	// and a 256-byte reason encodes to about 450 bytes; the rest is room for fields a
 	// later schema adds.
@@ -36,12 +37,9 @@ const (
 	kindGap = 0x03
 	// kindEntry is an entry with logd's wall time at append: the time shown to people
 	// ("when was it killed"), never used for ordering.
-	kindEntry = 0x04
+	kindEntry    = 0x04
 	gapBytes     = 1 + 8 + 8
 	gapFrameSize = frameHeaderBytes + gapBytes
-	// maxEntryPayload bounds an entry's payload: the tightest bound the recovery scan
-	// can use when it looks for the next intact frame after damage.
-	maxEntryPayload = entryFixedBytes + MaxWriterBytes + MaxDataBytes
 
 	segmentSuffix = ".seg"
 	// sparseEvery is how many entries share one mark of the in-memory offset index: reads

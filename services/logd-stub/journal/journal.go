@@ -80,7 +80,7 @@ func (o *Options) withDefaults() (Options, error) {
 var (
 	ErrDuplicate      = errors.New("duplicate: writerSeq is not above the writer's last")
 	ErrTooManyWriters = errors.New("too many writers")
-	ErrBadWriter      = errors.New("writer name must be 1..64 bytes of UTF-8")
+	ErrBadWriter      = fmt.Errorf("writer name must be 1..%d bytes of UTF-8", MaxWriterBytes)
 	ErrTooLarge       = errors.New("record data too large")
 	ErrClosed         = errors.New("journal closed")
 	// ErrFailed: an fsync or write failed. After a failed fsync the kernel may have

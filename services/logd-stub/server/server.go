@@ -8,6 +8,7 @@ import (
 	capnp "capnproto.org/go/capnp/v3"
 	"go.uber.org/zap"
 
+	"oomd.dev/oomd/gen/bounds"
 	"oomd.dev/oomd/gen/oomdpb"
 	"oomd.dev/oomd/internal/lostrec"
 	"oomd.dev/oomd/internal/rpcx"
@@ -16,10 +17,10 @@ import (
 
 // Bounds from schema/oomd.capnp, enforced on receipt.
 const (
-	maxSubjectBytes  = 64
-	maxReasonBytes   = 256
+	maxSubjectBytes  = bounds.MaxSubjectBytes
+	maxReasonBytes   = bounds.MaxReasonBytes
 	maxTracePosBytes = 128
-	maxReadLimit     = 1024
+	maxReadLimit     = bounds.MaxReadLimit
 	// maxReadDataBytes keeps a full read page well inside rpcx.DefaultMaxMessageBytes:
 	// 1024 entries of record data plus per-entry overhead and a 64-byte writer each.
 	maxReadDataBytes = rpcx.DefaultMaxMessageBytes / 2
@@ -44,12 +45,6 @@ func (s *Service) Bootstrap(p rpcx.Peer) (capnp.Client, error) {
 	}
 	js := &journalServer{j: s.j, log: log}
 	return rpcx.Recovering(oomdpb.Journal_Methods(nil, js), js, log), nil
-}
-
-// Client returns a Journal capability served in-process, for tests and embedding.
-func (s *Service) Client() oomdpb.Journal {
-	js := &journalServer{j: s.j, log: s.log}
-	return oomdpb.Journal(rpcx.Recovering(oomdpb.Journal_Methods(nil, js), js, s.log))
 }
 
 type journalServer struct {

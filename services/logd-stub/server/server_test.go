@@ -102,7 +102,7 @@ func openWriter(t testing.TB, j oomdpb.Journal, writer string) (oomdpb.Appender,
 	require.NoError(t, err, "open %q", writer)
 	a := res.Appender().AddRef()
 	t.Cleanup(a.Release)
-	// The window must stay above the largest message (CAPNP-NOTES trap 4).
+	// The window must stay above the largest message (docs/capnp-traps.md, trap 4).
 	a.SetFlowLimiter(flowcontrol.NewFixedLimiter(64 << 10))
 	return a, res.LastWriterSeq()
 }

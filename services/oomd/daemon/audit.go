@@ -15,8 +15,8 @@ import (
 
 	"oomd.dev/oomd/gen/oomdpb"
 	"oomd.dev/oomd/internal/rpcx"
-	"oomd.dev/oomd/internal/wire"
 	"oomd.dev/oomd/services/oomd/policy"
+	"oomd.dev/oomd/services/oomd/wire"
 )
 
 // WriterName is how oomd names itself to logd.
@@ -242,12 +242,12 @@ func (a *LogdAuditor) connect(ctx context.Context) (*logdSession, error) {
 	res, err := f.Struct()
 	if err != nil {
 		journal.Release()
-		go conn.Close() // may wait on a frozen peer (CAPNP-NOTES trap 2)
+		go conn.Close() // may wait on a frozen peer (docs/capnp-traps.md, trap 2)
 		return nil, fmt.Errorf("open journal: %w", err)
 	}
 	last := res.LastWriterSeq()
 	s := &logdSession{conn: conn, appender: res.Appender().AddRef(), last: last, sent: last, durable: last, log: a.log}
-	// The limiter must sit on the reference we call through (CAPNP-NOTES trap 4).
+	// The limiter must sit on the reference we call through (docs/capnp-traps.md, trap 4).
 	s.appender.SetFlowLimiter(flowcontrol.NewFixedLimiter(64 << 10))
 	a.mu.Lock()
 	if !a.opened {
@@ -301,7 +301,7 @@ func (a *LogdAuditor) run(ctx context.Context, s *logdSession, ack func(uint64))
 	cause := "logd unreachable"
 	drop := func(err error) {
 		a.log.Warn("lost logd; reconnecting", zap.Error(err))
-		go s.close() // may wait on a frozen peer (CAPNP-NOTES trap 2)
+		go s.close() // may wait on a frozen peer (docs/capnp-traps.md, trap 2)
 		s = nil
 		a.mu.Lock()
 		if a.journal.IsValid() {

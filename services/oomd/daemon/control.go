@@ -9,8 +9,8 @@ import (
 
 	"oomd.dev/oomd/gen/oomdpb"
 	"oomd.dev/oomd/internal/rpcx"
-	"oomd.dev/oomd/internal/wire"
 	"oomd.dev/oomd/services/oomd/policy"
+	"oomd.dev/oomd/services/oomd/wire"
 )
 
 // Errors a control client can get; their text is what the client sees.

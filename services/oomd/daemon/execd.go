@@ -14,10 +14,10 @@ import (
 	"oomd.dev/oomd/gen/oomdpb"
 	"oomd.dev/oomd/internal/guards"
 	"oomd.dev/oomd/internal/rpcx"
-	"oomd.dev/oomd/internal/wire"
 	"oomd.dev/oomd/lib/memstat/page"
 	"oomd.dev/oomd/services/oomd/kernel"
 	"oomd.dev/oomd/services/oomd/policy"
+	"oomd.dev/oomd/services/oomd/wire"
 )
 
 // ExecdTerminator adapts execd's Terminator capability (which only oomd's session can

@@ -12,7 +12,7 @@ import (
 	"oomd.dev/oomd/services/oomd/policy"
 )
 
-// Level watchers (Control.watchLevels). Each has its own goroutine (CAPNP-NOTES trap 1)
+// Level watchers (Control.watchLevels). Each has its own goroutine (docs/capnp-traps.md, trap 1)
 // and holds at most one change: the latest. While a changed() call is unanswered,
 // newer changes overwrite that one slot, so a watcher that never answers costs one
 // goroutine and one slot, never a queue; when it answers it gets the level as it is

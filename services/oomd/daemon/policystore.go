@@ -11,6 +11,7 @@ import (
 
 	"oomd.dev/oomd/internal/safefile"
 	"oomd.dev/oomd/services/oomd/policy"
+	"oomd.dev/oomd/services/oomd/policyfile"
 )
 
 // PolicyStore makes a policy durable before it is put in force (setPolicy returns only
@@ -79,7 +80,7 @@ func (s FilePolicyStore) LoadPolicyState() (policy.Policy, uint64, error) {
 	if err != nil {
 		return policy.Policy{}, 0, fmt.Errorf("read policy: %w", err)
 	}
-	p, err := ParsePolicy(b)
+	p, err := policyfile.Parse(b)
 	if err != nil {
 		return p, 0, fmt.Errorf("policy file %s: %w", s.Path, err)
 	}

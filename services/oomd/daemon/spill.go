@@ -12,10 +12,11 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 
+	"oomd.dev/oomd/gen/bounds"
 	"oomd.dev/oomd/internal/frame"
 	"oomd.dev/oomd/internal/safefile"
-	"oomd.dev/oomd/internal/wire"
 	"oomd.dev/oomd/services/oomd/policy"
+	"oomd.dev/oomd/services/oomd/wire"
 )
 
 // DefaultSpillMaxBytes is the default bound of the spill file (--spill-max-bytes).
@@ -38,8 +39,8 @@ const (
 	spillFixedBytes   = 1 + 8 + 8 + 2 + 8 + 8 + 8 + 8 + 8 + 1 + 2 + 1
 	spillFixedBytesV1 = spillFixedBytes - 8 - 1
 	spillMaxTracePos  = 128
-	spillMaxSubject   = 64
-	spillMaxReason    = policy.MaxReasonBytes
+	spillMaxSubject   = bounds.MaxSubjectBytes
+	spillMaxReason    = bounds.MaxReasonBytes
 	spillMaxPayload   = spillFixedBytes + spillMaxSubject + spillMaxReason + spillMaxTracePos
 	spillMinMaxBytes  = 64 << 10
 )

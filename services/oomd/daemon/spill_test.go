@@ -22,10 +22,10 @@ import (
 	"oomd.dev/oomd/gen/oomdpb"
 	"oomd.dev/oomd/internal/rpcx"
 	"oomd.dev/oomd/internal/safefile"
-	"oomd.dev/oomd/internal/wire"
 	"oomd.dev/oomd/services/logd-stub/journal"
 	"oomd.dev/oomd/services/logd-stub/server"
 	"oomd.dev/oomd/services/oomd/policy"
+	"oomd.dev/oomd/services/oomd/wire"
 )
 
 func spillRec(seq uint64) SpilledRecord {

@@ -9,7 +9,7 @@ import (
 
 	"oomd.dev/oomd/gen/oomdpb"
 	"oomd.dev/oomd/internal/rpcx"
-	"oomd.dev/oomd/internal/wire"
+	"oomd.dev/oomd/services/oomd/wire"
 )
 
 // Each subscriber is served by its own goroutine that reads the ring from its own

@@ -3,8 +3,8 @@ package daemon
 import (
 	"fmt"
 
-	"oomd.dev/oomd/internal/wire"
 	"oomd.dev/oomd/services/oomd/policy"
+	"oomd.dev/oomd/services/oomd/wire"
 )
 
 // why is the one log line a person reads for a decision: what happened to whom, the

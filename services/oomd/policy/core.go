@@ -7,6 +7,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"oomd.dev/oomd/gen/bounds"
 )
 
 // Bounds of the core itself (the policy's bounds are in policy.go).
@@ -19,7 +21,7 @@ const (
 	// MaxRingSize bounds Config.RingSize.
 	MaxRingSize = 1 << 20
 	// MaxReasonBytes bounds every reason the core emits; longer input reasons are cut.
-	MaxReasonBytes = 256
+	MaxReasonBytes = bounds.MaxReasonBytes
 )
 
 // Reasons the core writes into events, audit records and terminate requests.

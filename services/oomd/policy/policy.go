@@ -3,6 +3,9 @@ package policy
 import (
 	"fmt"
 	"slices"
+
+	"oomd.dev/oomd/gen/bounds"
+	"oomd.dev/oomd/internal/subjectid"
 )
 
 // Bounds of a valid policy. They are part of the documented contract (schema comments
@@ -13,9 +16,9 @@ const (
 	MaxHardBytes      = 1 << 50
 	MaxKillBudget     = 1024
 	MaxKillWindow     = 1_000_000
-	MaxCritical       = 64
-	MaxOverrides      = 256
-	MaxSubjectIDBytes = 64
+	MaxCritical       = bounds.MaxCritical
+	MaxOverrides      = bounds.MaxOverrides
+	MaxSubjectIDBytes = subjectid.MaxBytes
 	DefaultOOMTimeout = 30_000
 	MinOOMTimeoutMs   = 1_000
 	MaxOOMTimeoutMs   = 600_000
@@ -31,7 +34,7 @@ const (
 	MaxVictimPoints          = 100_000
 	DefaultVictimSettleTicks = 10
 	MaxVictimSettleTicks     = 1_000_000
-	MaxVictimList            = 256
+	MaxVictimList            = bounds.MaxVictimList
 )
 
 // DefaultCritical are always critical, whatever a policy says: a policy's list adds to
@@ -86,7 +89,7 @@ const (
 	// SignalKernel enforces the kernel's count (the cgroup's working set, or the /proc
 	// tree's RSS); without a kernel reading it falls back to the cooperative value.
 	SignalKernel
-	// SignalCooperative enforces what the subject publishes (the seed's signal).
+	// SignalCooperative enforces what the subject publishes (what the subject says it holds).
 	SignalCooperative
 )
 
@@ -476,22 +479,9 @@ func (l LevelThresholds) validate() error {
 	return nil
 }
 
-// ValidateSubjectID checks the subject id format shared by execd, oomd and logd:
-// 1..64 bytes of [a-z0-9._-], starting with a letter or digit.
-func ValidateSubjectID(s string) error {
-	if len(s) == 0 || len(s) > MaxSubjectIDBytes {
-		return fmt.Errorf("a subject id of 1..%d bytes", MaxSubjectIDBytes)
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		alnum := (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9')
-		if alnum || (i > 0 && (c == '.' || c == '_' || c == '-')) {
-			continue
-		}
-		return fmt.Errorf("a subject id of [a-z0-9._-] starting with a letter or digit (bad byte %q at %d)", c, i)
-	}
-	return nil
-}
+// ValidateSubjectID checks the subject id format shared by execd, oomd and logd
+// (subjectid.Validate): the core rejects any input naming a subject that fails it.
+func ValidateSubjectID(s string) error { return subjectid.Validate(s) }
 
 // EffectiveCritical returns the critical set in force, sorted and without duplicates:
 // DefaultCritical plus the policy's own list.

@@ -5,8 +5,8 @@ import (
 	"strings"
 )
 
-// This file is the core's side of system OOM (seed 001, "the kernel's memory
-// watchdog"): the pressure level derived from MemAvailable, the halt token, and the
+// This file is the core's side of system OOM (docs/reliability/system-oom.md: oomd plays
+// the kernel's memory watchdog): the pressure level derived from MemAvailable, the halt token, and the
 // bound on the teardown that follows a claim. It lives in the core, not beside it, so
 // that level changes, token claims and outcomes share the one event sequence and the
 // one gap-free audit sequence with everything else, and replay with it.

@@ -1,5 +1,5 @@
-// Package sysoom is the I/O side of oomd's system OOM handling (seed 001, where oomd
-// plays the kernel's memory watchdog): reading MemAvailable, the persisted reboot
+// Package sysoom is the I/O side of oomd's system OOM handling (docs/reliability/system-oom.md,
+// where oomd plays the kernel's memory watchdog): reading MemAvailable, the persisted reboot
 // record, and the reboot action. The decisions themselves — pressure levels with
 // hysteresis, the halt token, the teardown bound — are in the pure policy core, so they
 // share its event and audit sequences and replay with it; this package only does what

@@ -28,9 +28,6 @@ func NewMeminfoReader(path string) *MeminfoReader {
 	return &MeminfoReader{path: path, buf: make([]byte, 8<<10)}
 }
 
-// Path is the file read.
-func (m *MeminfoReader) Path() string { return m.path }
-
 var memAvailableKey = []byte("MemAvailable:")
 
 // ReadMemAvailable returns MemAvailable in bytes. A file without a complete

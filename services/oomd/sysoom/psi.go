@@ -26,9 +26,6 @@ func NewPSIReader(path string) *PSIReader {
 	return &PSIReader{path: path, buf: make([]byte, 512)}
 }
 
-// Path is the file read.
-func (r *PSIReader) Path() string { return r.path }
-
 var psiFullKey = []byte("full avg10=")
 
 // ReadFull returns "full avg10" in hundredths of a percent (0..10000): the share of the

@@ -6,8 +6,8 @@ import (
 	"io"
 	"strings"
 
-	"oomd.dev/oomd/internal/ctlclient"
-	"oomd.dev/oomd/internal/wire"
+	"oomd.dev/oomd/services/oomd/ctlclient"
+	"oomd.dev/oomd/services/oomd/wire"
 )
 
 // auditView is one journal entry in --json: logd's seq and writer, and the record's

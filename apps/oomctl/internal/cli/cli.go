@@ -13,8 +13,8 @@ import (
 
 	"go.uber.org/zap"
 
-	"oomd.dev/oomd/internal/ctlclient"
 	"oomd.dev/oomd/internal/version"
+	"oomd.dev/oomd/services/oomd/ctlclient"
 )
 
 // Exit codes, as documented in the usage text.

@@ -7,7 +7,7 @@ import (
 	"strings"
 	"syscall"
 
-	"oomd.dev/oomd/internal/ctlclient"
+	"oomd.dev/oomd/services/oomd/ctlclient"
 )
 
 // dialError says, for a failed connect to the socket at path, what is wrong and what to

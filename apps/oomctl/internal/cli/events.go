@@ -9,9 +9,9 @@ import (
 	"time"
 
 	"oomd.dev/oomd/gen/oomdpb"
-	"oomd.dev/oomd/internal/ctlclient"
-	"oomd.dev/oomd/internal/wire"
+	"oomd.dev/oomd/services/oomd/ctlclient"
 	"oomd.dev/oomd/services/oomd/policy"
+	"oomd.dev/oomd/services/oomd/wire"
 )
 
 // pageFlags are the options of events and audit.

@@ -16,8 +16,8 @@ import (
 
 	"oomd.dev/oomd/gen/oomdpb"
 	"oomd.dev/oomd/internal/rpcx"
-	"oomd.dev/oomd/internal/wire"
 	"oomd.dev/oomd/services/oomd/policy"
+	"oomd.dev/oomd/services/oomd/wire"
 )
 
 // fakeOomd serves oomd's Control interface on a real Unix socket with canned answers,

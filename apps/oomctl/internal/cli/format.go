@@ -11,7 +11,7 @@ import (
 	"strconv"
 	"strings"
 
-	"oomd.dev/oomd/internal/wire"
+	"oomd.dev/oomd/services/oomd/wire"
 )
 
 // humanBytes renders n for people: "0", "512 B", "8 MiB", "12.5 MiB" (wire.HumanBytes,

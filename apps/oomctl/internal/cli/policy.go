@@ -13,9 +13,9 @@ import (
 	"strings"
 	"text/tabwriter"
 
-	"oomd.dev/oomd/internal/ctlclient"
-	"oomd.dev/oomd/services/oomd/daemon"
+	"oomd.dev/oomd/services/oomd/ctlclient"
 	"oomd.dev/oomd/services/oomd/policy"
+	"oomd.dev/oomd/services/oomd/policyfile"
 )
 
 // policyView is `policy get --json`: the version and the policy in the same JSON form
@@ -361,7 +361,7 @@ func readPolicyFile(path string, stdin io.Reader) (policy.Policy, error) {
 	if err != nil {
 		return policy.Policy{}, invalidf("policy file: %w", err)
 	}
-	p, err := daemon.ParsePolicy(b)
+	p, err := policyfile.Parse(b)
 	if err != nil {
 		return p, invalidf("policy file %s: %w", path, err)
 	}

@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"os"
 
-	"oomd.dev/oomd/services/oomd/daemon"
+	"oomd.dev/oomd/services/oomd/policyfile"
 	"oomd.dev/oomd/services/oomd/tracelog"
 )
 
@@ -48,7 +48,7 @@ func (r *runner) replay(_ context.Context, f *replayFlags) error {
 	if err != nil {
 		return invalidf("replay --policy: %v", err)
 	}
-	pol, err := daemon.ParsePolicy(b)
+	pol, err := policyfile.Parse(b)
 	if err != nil {
 		return invalidf("replay --policy %s: %v", f.policy, err)
 	}

@@ -1,4 +1,4 @@
-package daemon
+package policyfile
 
 import (
 	"os"
@@ -13,7 +13,7 @@ import (
 	"oomd.dev/oomd/services/oomd/policy"
 )
 
-func TestParsePolicy(t *testing.T) {
+func TestParse(t *testing.T) {
 	for _, tc := range []struct {
 		name, in, wantErr string
 		check             func(t *testing.T, p policy.Policy)
@@ -34,7 +34,7 @@ func TestParsePolicy(t *testing.T) {
 		{name: "trailing data", in: `{} {}`, wantErr: "trailing data"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			p, err := ParsePolicy([]byte(tc.in))
+			p, err := Parse([]byte(tc.in))
 			if tc.wantErr != "" {
 				require.Error(t, err)
 				assert.Contains(t, err.Error(), tc.wantErr)
@@ -50,15 +50,15 @@ func TestLoadPolicyFileRefusesSymlinks(t *testing.T) {
 	dir := t.TempDir()
 	real := filepath.Join(dir, "policy.json")
 	require.NoError(t, os.WriteFile(real, []byte(`{}`), 0o600))
-	_, err := LoadPolicyFile(real)
+	_, err := Load(real)
 	require.NoError(t, err)
 	link := filepath.Join(dir, "link.json")
 	require.NoError(t, os.Symlink(real, link))
-	_, err = LoadPolicyFile(link)
+	_, err = Load(link)
 	require.ErrorIs(t, err, safefile.ErrSymlink)
 	assert.Contains(t, err.Error(), link)
 	fifo := filepath.Join(dir, "fifo.json")
 	require.NoError(t, unix.Mkfifo(fifo, 0o600))
-	_, err = LoadPolicyFile(fifo)
+	_, err = Load(fifo)
 	assert.ErrorIs(t, err, safefile.ErrNotRegular, "a FIFO would block the start")
 }

@@ -5,8 +5,8 @@ import (
 	"fmt"
 
 	"oomd.dev/oomd/gen/oomdpb"
-	"oomd.dev/oomd/internal/wire"
 	"oomd.dev/oomd/services/oomd/policy"
+	"oomd.dev/oomd/services/oomd/wire"
 )
 
 // GetPolicy returns the policy in force and its version.

@@ -8,14 +8,15 @@ import (
 
 	capnp "capnproto.org/go/capnp/v3"
 
+	"oomd.dev/oomd/gen/bounds"
 	"oomd.dev/oomd/gen/oomdpb"
 	"oomd.dev/oomd/services/oomd/policy"
 )
 
 // Bounds on lists and text read from peers.
 const (
-	MaxReasonBytes = 256
-	MaxPage        = 1024
+	MaxReasonBytes = bounds.MaxReasonBytes
+	MaxPage        = bounds.MaxReadLimit
 )
 
 // SetPolicy writes p into dst.

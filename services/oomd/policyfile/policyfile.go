@@ -1,4 +1,8 @@
-package daemon
+// Package policyfile reads oomd's JSON policy file: strictly (unknown fields, keys that differ
+// only in case and trailing data are errors, and syntax errors name their line and column),
+// over policy.DefaultPolicy, validated whole. oomd reads its --policy file with it and oomctl
+// checks a file with it before sending it, so both judge a file the same way.
+package policyfile
 
 import (
 	"bytes"
@@ -14,23 +18,23 @@ import (
 	"oomd.dev/oomd/services/oomd/policy"
 )
 
-// LoadPolicyFile reads a JSON policy over the defaults: fields the file sets replace
+// Load reads a JSON policy over the defaults: fields the file sets replace
 // the default, unknown fields are an error, and the result is validated whole.
-func LoadPolicyFile(path string) (policy.Policy, error) {
+func Load(path string) (policy.Policy, error) {
 	// Not through a symlink, and only a regular file (a FIFO would block the start).
 	b, err := safefile.ReadFile(path)
 	if err != nil {
 		return policy.Policy{}, fmt.Errorf("read policy: %w", err)
 	}
-	p, err := ParsePolicy(b)
+	p, err := Parse(b)
 	if err != nil {
 		return p, fmt.Errorf("policy file %s: %w", path, err)
 	}
 	return p, nil
 }
 
-// ParsePolicy decodes a JSON policy strictly over policy.DefaultPolicy.
-func ParsePolicy(b []byte) (policy.Policy, error) {
+// Parse decodes a JSON policy strictly over policy.DefaultPolicy.
+func Parse(b []byte) (policy.Policy, error) {
 	p := policy.DefaultPolicy()
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
