@@ -64,24 +64,8 @@ func TestRestartContinuesADurableDecision(t *testing.T) {
 	s.waitCount("oomd: ready", 2, 30*time.Second)
 	s.waitLine("oomd: kill app=hog", 30*time.Second)
 
-	c2 := dialClient(t, ctx, s)
-	var mine []auditEntry
-	for {
-		mine = checkWriterSequence(t, readAudit(t, ctx, c2))
-		if n, _ := countAudit(mine, "hog", oomdpb.EventKind_killed); n > 0 {
-			break
-		}
-		waitTicks(t, ctx, c2, 1) // the killed record is not gating: it may trail the marker
-	}
-	waitTicks(t, ctx, c2, 20) // room for a wrong second decision to show
-	mine = checkWriterSequence(t, readAudit(t, ctx, c2))
-	n, decided := countAudit(mine, "hog", oomdpb.EventKind_killDecided)
-	assert.Equal(t, 1, n, "one decision for hog instance 1, across the restart: %+v", mine)
-	n, killed := countAudit(mine, "hog", oomdpb.EventKind_killed)
-	assert.Equal(t, 1, n, "its kill reported once: %+v", mine)
+	decided := oneKillAcrossRestart(t, ctx, s)
 	assert.Equal(t, []uint64{requested.Decision}, decided)
-	assert.Equal(t, decided, killed)
-	assert.Equal(t, 1, s.lines.count("oomd: kill app=hog"), "the kill marker exactly once")
 	require.NoError(t, s.stop(20*time.Second))
 }
 
@@ -118,23 +102,7 @@ func TestCrashWhileLogdIsFrozenDecidesOnce(t *testing.T) {
 	s.waitCount("oomd: ready", 2, 30*time.Second)
 	s.waitLine("oomd: kill app=hog", 30*time.Second)
 
-	c2 := dialClient(t, ctx, s)
-	var mine []auditEntry
-	for {
-		mine = checkWriterSequence(t, readAudit(t, ctx, c2))
-		if n, _ := countAudit(mine, "hog", oomdpb.EventKind_killed); n > 0 {
-			break
-		}
-		waitTicks(t, ctx, c2, 1)
-	}
-	waitTicks(t, ctx, c2, 20)
-	mine = checkWriterSequence(t, readAudit(t, ctx, c2))
-	n, decided := countAudit(mine, "hog", oomdpb.EventKind_killDecided)
-	assert.Equal(t, 1, n, "one decision for hog instance 1, across the restart: %+v", mine)
-	n, killed := countAudit(mine, "hog", oomdpb.EventKind_killed)
-	assert.Equal(t, 1, n, "its kill reported once: %+v", mine)
-	assert.Equal(t, decided, killed)
-	assert.Equal(t, 1, s.lines.count("oomd: kill app=hog"), "the kill marker exactly once")
+	oneKillAcrossRestart(t, ctx, s)
 	require.NoError(t, s.stop(20*time.Second))
 }
 
@@ -180,4 +148,29 @@ func TestWatchdogComesUpWithoutLogd(t *testing.T) {
 	assert.Equal(t, decided.Decision, d.decision)
 	assert.Less(t, denied.writerSeq, d.writerSeq)
 	require.NoError(t, s.stop(20*time.Second))
+}
+
+// oneKillAcrossRestart waits, through the restarted oomd, for the hog's killed record and
+// 20 more ticks (room for a wrong second decision to show), then requires exactly one
+// killDecided and one killed for the hog with the same decision, a writer sequence
+// without gap or duplicate, and one kill marker. It returns the decision ids.
+func oneKillAcrossRestart(t *testing.T, ctx context.Context, s *stack) []uint64 {
+	t.Helper()
+	c2 := dialClient(t, ctx, s)
+	for {
+		mine := checkWriterSequence(t, readAudit(t, ctx, c2))
+		if n, _ := countAudit(mine, "hog", oomdpb.EventKind_killed); n > 0 {
+			break
+		}
+		waitTicks(t, ctx, c2, 1) // the killed record is not gating: it may trail the marker
+	}
+	waitTicks(t, ctx, c2, 20)
+	mine := checkWriterSequence(t, readAudit(t, ctx, c2))
+	n, decided := countAudit(mine, "hog", oomdpb.EventKind_killDecided)
+	assert.Equal(t, 1, n, "one decision for hog instance 1, across the restart: %+v", mine)
+	n, killed := countAudit(mine, "hog", oomdpb.EventKind_killed)
+	assert.Equal(t, 1, n, "its kill reported once: %+v", mine)
+	assert.Equal(t, decided, killed)
+	assert.Equal(t, 1, s.lines.count("oomd: kill app=hog"), "the kill marker exactly once")
+	return decided
 }
