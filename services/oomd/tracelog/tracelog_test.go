@@ -172,3 +172,34 @@ func TestWhatIfDiff(t *testing.T) {
 		assert.NotEqual(t, policy.EventKillDecided, d.Kind, "%+v", d)
 	}
 }
+
+// BenchmarkRecordSample is the live trace's cost per sample input (JSON, a frame and a
+// buffered write), beside BenchmarkStepSample, the core's own cost for the same input.
+func BenchmarkRecordSample(b *testing.B) {
+	r, err := Open(b.TempDir(), 1, Options{MaxFileBytes: 1 << 40})
+	require.NoError(b, err)
+	c, err := policy.New(policy.Config{Policy: testPolicy()})
+	require.NoError(b, err)
+	st, err := c.State()
+	require.NoError(b, err)
+	require.NoError(b, r.Start(st))
+	in := policy.Input{Kind: policy.InputSample, Subject: "hog", Instance: 1, Claimed: "hog", Bytes: 123 << 20, Count: 1, Slot: 1}
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := r.Input(in); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(r.size)/float64(b.N), "bytes/input")
+}
+
+func BenchmarkStepSample(b *testing.B) {
+	c, err := policy.New(policy.Config{Policy: testPolicy()})
+	require.NoError(b, err)
+	require.NoError(b, c.Step(policy.Input{Kind: policy.InputRegister, Subject: "hog", Instance: 1}))
+	in := policy.Input{Kind: policy.InputSample, Subject: "hog", Instance: 1, Claimed: "hog", Bytes: 123 << 20, Count: 1}
+	b.ReportAllocs()
+	for b.Loop() {
+		_ = c.Step(in)
+	}
+}
