@@ -548,11 +548,14 @@ interface LevelWatcher {
 }
 
 interface Control {
-  setPolicy @0 (policy :Policy, expectVersion :UInt64) -> (version :UInt64);
+  setPolicy @0 (policy :Policy, expectVersion :UInt64, dryRun :Bool) -> (version :UInt64, wouldDo :List(Event));
   # Validates the whole policy; an invalid one fails with an error naming the field and
   # the bound, and the previous policy stays in force. expectVersion (0 = don't check)
   # makes it a compare-and-set: if the version in force differs, nothing changes and the
   # call fails with "policy changed", so a read-modify-write cannot lose another's edit.
+  # dryRun: a what-if. Nothing changes and nothing is persisted; a copy of the live core
+  # takes the policy and one tick, and wouldDo is what it emitted (at most 1024 events,
+  # seqs and ticks as the copy counted them); version is the version in force.
 
   getPolicy @1 () -> (policy :Policy, version :UInt64);
 

@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"strings"
 	"testing"
@@ -96,4 +97,37 @@ func TestLiveTraceReplays(t *testing.T) {
 	require.Equal(t, 0, code, stderr)
 	assert.Regexp(t, `(?m)^- tick \d+ killDecided subject=hog \(only the recorded run\)$`, diff)
 	assert.NotContains(t, diff, "+ tick", "the lax policy decides nothing the real one did not")
+}
+
+// TestWhatIfOverRPC: `oomctl policy set --what-if` against the real oomd shows what a
+// stricter policy would do now (the hog, under the hard limit in force, would be
+// decided), and nothing changes: the version in force stays, no decision is made, the
+// hog lives on.
+func TestWhatIfOverRPC(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	s := startStack(t, recoveryManifest(""), map[string]string{"policy.json": policyJSON})
+	c := dialClient(t, ctx, s)
+	_, err := c.WaitEvent(ctx, "hog registered", ctlclient.IsKind("hog", "subjectRegistered"))
+	require.NoError(t, err)
+	require.NoError(t, c.Inject(ctx, "hog", 6<<20)) // above soft (4 MiB), below hard (8 MiB)
+	_, err = c.WaitEvent(ctx, "hog above soft", ctlclient.IsKind("hog", "softExceeded"))
+	require.NoError(t, err)
+	before := status(t, ctx, c).PolicyVersion()
+
+	code, out, stderr := runOomctl(t, ctx, s, "policy", "set", "--hard-bytes", "5M", "--what-if")
+	require.Equal(t, 0, code, stderr)
+	assert.Contains(t, out, fmt.Sprintf("version %d stays in force", before))
+	assert.Regexp(t, `(?m)^seq=\d+ tick=\d+ killDecided subject=hog bytes=\S+ limit=5MiB decision=\d+`, out)
+
+	waitTicks(t, ctx, c, 20)
+	st := status(t, ctx, c)
+	assert.Equal(t, before, st.PolicyVersion(), "the policy in force did not change")
+	assert.Zero(t, st.Kills())
+	evs, _, _, err := c.ReadEvents(ctx, 0, 1024)
+	require.NoError(t, err)
+	for _, e := range evs {
+		assert.NotEqual(t, "killDecided", e.Kind.String(), "no decision was made: %+v", e)
+	}
+	require.NoError(t, s.stop(20*time.Second))
 }

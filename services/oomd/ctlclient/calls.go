@@ -54,6 +54,34 @@ func (c *Client) SetPolicyIf(ctx context.Context, p policy.Policy, expectVersion
 	return res.Version(), nil
 }
 
+// WhatIf asks oomd what p would do now against the live state, changing nothing
+// (setPolicy with dryRun): the events a copy of its core emitted taking p and one tick,
+// and the version in force.
+func (c *Client) WhatIf(ctx context.Context, p policy.Policy) ([]policy.Event, uint64, error) {
+	f, rel := c.Ctl.SetPolicy(ctx, func(a oomdpb.Control_setPolicy_Params) error {
+		a.SetDryRun(true)
+		dst, err := a.NewPolicy()
+		if err != nil {
+			return err
+		}
+		return wire.SetPolicy(dst, p)
+	})
+	defer rel()
+	res, err := f.Struct()
+	if err != nil {
+		return nil, 0, fmt.Errorf("setPolicy (what-if): %w", err)
+	}
+	l, err := res.WouldDo()
+	if err != nil {
+		return nil, 0, fmt.Errorf("setPolicy (what-if): wouldDo: %w", err)
+	}
+	evs, err := wire.Events(l)
+	if err != nil {
+		return nil, 0, fmt.Errorf("setPolicy (what-if): %w", err)
+	}
+	return evs, res.Version(), nil
+}
+
 // ReadEvents returns one page of oomd's event ring after since (limit 1..1024), the
 // seq to continue from, and how many requested events were already overwritten.
 func (c *Client) ReadEvents(ctx context.Context, since uint64, limit uint32) (evs []policy.Event, next, missed uint64, err error) {

@@ -42,6 +42,22 @@ func (s *controlServer) SetPolicy(_ context.Context, call oomdpb.Control_setPoli
 	if err != nil {
 		return err // names the field and the bound; the old policy stays in force
 	}
+	if call.Args().DryRun() {
+		evs, v, err := s.d.WhatIf(p)
+		if err != nil {
+			return err
+		}
+		res, err := call.AllocResults()
+		if err != nil {
+			return err
+		}
+		res.SetVersion(v)
+		l, err := wire.NewEventList(res.Segment(), evs)
+		if err != nil {
+			return err
+		}
+		return res.SetWouldDo(l)
+	}
 	v, err := s.d.SetPolicy(p, call.Args().ExpectVersion())
 	if err != nil {
 		return err

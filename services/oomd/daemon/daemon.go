@@ -443,6 +443,38 @@ func (d *Daemon) SetPolicy(p policy.Policy, expectVersion uint64) (uint64, error
 	return d.core.PolicyVersion(), nil
 }
 
+// maxWhatIf bounds a what-if's answer (events).
+const maxWhatIf = 1024
+
+// WhatIf returns what p would do now, against the live state, without changing anything:
+// a copy of the core (policy.Restore of its State) takes p and one tick, and its events
+// are returned (at most maxWhatIf), with the version in force.
+func (d *Daemon) WhatIf(p policy.Policy) ([]policy.Event, uint64, error) {
+	if err := p.Validate(); err != nil {
+		return nil, 0, err
+	}
+	d.mu.Lock()
+	st, err := d.core.State()
+	v := d.core.PolicyVersion()
+	d.mu.Unlock()
+	if err != nil {
+		return nil, 0, fmt.Errorf("what-if: %w", err)
+	}
+	c, err := policy.Restore(st)
+	if err != nil {
+		return nil, 0, fmt.Errorf("what-if: %w", err)
+	}
+	var evs []policy.Event
+	for _, in := range []policy.Input{{Kind: policy.InputPolicy, Policy: &p}, {Kind: policy.InputTick}} {
+		if err := c.Step(in); err != nil {
+			return nil, 0, fmt.Errorf("what-if: %w", err)
+		}
+		evs = append(evs, c.Ready().Events...)
+		c.Advance()
+	}
+	return evs[:min(len(evs), maxWhatIf)], v, nil
+}
+
 // events reads the core's ring like policy.Core.Events, with each event's wall time.
 func (d *Daemon) events(since uint64, limit int) (evs []policy.Event, next, missed uint64) {
 	d.mu.Lock()

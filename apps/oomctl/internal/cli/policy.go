@@ -144,7 +144,7 @@ type setFlags struct {
 	underTicks                             uint32Value
 	victimLevel                            victimLevelValue
 	preferPoints, avoidPoints, settleTicks uint32Value
-	dryRun, killDryRun                     bool
+	dryRun, killDryRun, whatIf             bool
 	victimPrefer, victimAvoid, victimNever listValue
 }
 
@@ -166,6 +166,7 @@ func registerSetFlags(fs *flag.FlagSet) *setFlags {
 	fs.Var(&f.preferPoints, "victim-prefer-points", "score `points` added to a preferred subject (0 = default 500, else 1.."+strconv.Itoa(policy.MaxVictimPoints)+"; 1000 = a whole hard limit)")
 	fs.Var(&f.avoidPoints, "victim-avoid-points", "score `points` taken from an avoided subject (0 = default 500, else 1.."+strconv.Itoa(policy.MaxVictimPoints)+")")
 	fs.Var(&f.settleTicks, "victim-settle-ticks", "`ticks` to wait after a victim's kill before the next (0 = default 10)")
+	fs.BoolVar(&f.whatIf, "what-if", false, "change nothing: show what the resulting policy would do now against oomd's live state (the events of one tick under it)")
 	fs.BoolVar(&f.killDryRun, "dry-run", false, "watch and report without terminating anything: hard-limit crossings become wouldKill events (audited), victims are only named; --dry-run=false turns it off (per subject: \"dryRun\" in an override, with --file)")
 	fs.BoolVar(&f.dryRun, "victim-dry-run", false, "report whom oomd would kill under pressure (victimWouldKill events) but kill no victim; --victim-dry-run=false turns it off")
 	fs.Var(&f.victimPrefer, "victim-prefer", "comma-separated `subjects` preferred as victims, replacing the list in force (\"\" clears it)")
@@ -322,6 +323,28 @@ func (r *runner) policySet(ctx context.Context, f *setFlags) error {
 			return err
 		}
 		expect = v
+	}
+	if f.whatIf {
+		if err := p.Validate(); err != nil {
+			return invalidf("the policy would be refused: %v", err)
+		}
+		evs, v, err := c.WhatIf(ctx, p)
+		if err != nil {
+			if why, ok := refusedPolicy(err); ok {
+				return invalidf("oomd would refuse the policy: %s", why)
+			}
+			return r.explain(err)
+		}
+		pr := &printer{w: r.env.Stdout, json: r.g.json}
+		if !r.g.json {
+			fmt.Fprintf(r.env.Stdout, "what-if against the live state (version %d stays in force; nothing changed):\n", v)
+		}
+		for _, e := range evs {
+			if err := pr.event(e); err != nil {
+				return err
+			}
+		}
+		return nil
 	}
 	v, err := r.setPolicy(ctx, c, p, expect)
 	if err != nil {
