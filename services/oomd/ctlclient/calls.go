@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 
+	capnp "capnproto.org/go/capnp/v3"
+
 	"oomd.dev/oomd/gen/oomdpb"
 	"oomd.dev/oomd/services/oomd/policy"
 	"oomd.dev/oomd/services/oomd/wire"
@@ -38,38 +40,40 @@ func (c *Client) SetPolicy(ctx context.Context, p policy.Policy) (uint64, error)
 // (the version a GetPolicy returned) is still in force, and fails with "policy changed"
 // otherwise. Use it for read-modify-write.
 func (c *Client) SetPolicyIf(ctx context.Context, p policy.Policy, expectVersion uint64) (uint64, error) {
+	res, rel, err := c.setPolicy(ctx, p, expectVersion, false)
+	defer rel()
+	if err != nil {
+		return 0, err
+	}
+	return res.Version(), nil
+}
+
+// setPolicy makes one setPolicy call; release the results with rel.
+func (c *Client) setPolicy(ctx context.Context, p policy.Policy, expectVersion uint64, dryRun bool) (oomdpb.Control_setPolicy_Results, capnp.ReleaseFunc, error) {
 	f, rel := c.Ctl.SetPolicy(ctx, func(a oomdpb.Control_setPolicy_Params) error {
 		a.SetExpectVersion(expectVersion)
+		a.SetDryRun(dryRun)
 		dst, err := a.NewPolicy()
 		if err != nil {
 			return err
 		}
 		return wire.SetPolicy(dst, p)
 	})
-	defer rel()
 	res, err := f.Struct()
 	if err != nil {
-		return 0, fmt.Errorf("setPolicy: %w", err)
+		return res, rel, fmt.Errorf("setPolicy: %w", err)
 	}
-	return res.Version(), nil
+	return res, rel, nil
 }
 
 // WhatIf asks oomd what p would do now against the live state, changing nothing
 // (setPolicy with dryRun): the events a copy of its core emitted taking p and one tick,
 // and the version in force.
 func (c *Client) WhatIf(ctx context.Context, p policy.Policy) ([]policy.Event, uint64, error) {
-	f, rel := c.Ctl.SetPolicy(ctx, func(a oomdpb.Control_setPolicy_Params) error {
-		a.SetDryRun(true)
-		dst, err := a.NewPolicy()
-		if err != nil {
-			return err
-		}
-		return wire.SetPolicy(dst, p)
-	})
+	res, rel, err := c.setPolicy(ctx, p, 0, true)
 	defer rel()
-	res, err := f.Struct()
 	if err != nil {
-		return nil, 0, fmt.Errorf("setPolicy (what-if): %w", err)
+		return nil, 0, err
 	}
 	l, err := res.WouldDo()
 	if err != nil {
