@@ -48,6 +48,7 @@ $Go.import("oomd.dev/oomd/gen/oomdpb");
 const maxSubjectBytes :UInt32 = 64; # bounds a subject id (1..64 bytes of [a-z0-9._-]).
 const maxReasonBytes :UInt32 = 256; # bounds a reason (event, audit record, terminate).
 const maxWriterBytes :UInt32 = 64; # bounds a writer name given to Journal.open.
+const maxTracePosBytes :UInt32 = 128; # bounds AuditRecord.tracePos.
 const maxReadLimit :UInt32 = 1024; # bounds the limit of Journal.read, Control.events/audit.
 const memstatPageBytes :UInt32 = 4096; # is the memstat page's size (docs/memstat-page.md).
 const maxCritical :UInt32 = 64; # bounds the entries of Policy.critical.

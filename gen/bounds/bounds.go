@@ -15,6 +15,9 @@ const (
 	// MaxWriterBytes bounds a writer name given to Journal.open.
 	MaxWriterBytes = 64
 
+	// MaxTracePosBytes bounds AuditRecord.tracePos.
+	MaxTracePosBytes = 128
+
 	// MaxReadLimit bounds the limit of Journal.read, Control.events/audit.
 	MaxReadLimit = 1024
 

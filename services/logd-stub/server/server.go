@@ -19,7 +19,7 @@ import (
 const (
 	maxSubjectBytes  = bounds.MaxSubjectBytes
 	maxReasonBytes   = bounds.MaxReasonBytes
-	maxTracePosBytes = 128
+	maxTracePosBytes = bounds.MaxTracePosBytes
 	maxReadLimit     = bounds.MaxReadLimit
 	// maxReadDataBytes keeps a full read page well inside rpcx.DefaultMaxMessageBytes:
 	// 1024 entries of record data plus per-entry overhead and a 64-byte writer each.

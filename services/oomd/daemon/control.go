@@ -191,7 +191,7 @@ func (s *controlServer) Status(_ context.Context, call oomdpb.Control_status) er
 		counters, tick, ver, last, seqBase = c.Counters(), c.TickCount(), c.PolicyVersion(), c.LastSeq(), c.EventSeqBase()
 		level, avail = c.Level()
 		halt = c.Halt()
-		waiting = c.AuditWaiting()
+		waiting = c.AuditProduced() - c.AuditDurable()
 		victim, _ = c.VictimPreview()
 		modes = make([]oomdpb.CgroupMode, len(subjects))
 		for i, ss := range subjects {

@@ -38,7 +38,7 @@ const (
 	// decision, execd run, subject length, reason length, trace position length.
 	spillFixedBytes   = 1 + 8 + 8 + 2 + 8 + 8 + 8 + 8 + 8 + 1 + 2 + 1
 	spillFixedBytesV1 = spillFixedBytes - 8 - 1
-	spillMaxTracePos  = 128
+	spillMaxTracePos  = bounds.MaxTracePosBytes
 	spillMaxSubject   = bounds.MaxSubjectBytes
 	spillMaxReason    = bounds.MaxReasonBytes
 	spillMaxPayload   = spillFixedBytes + spillMaxSubject + spillMaxReason + spillMaxTracePos

@@ -161,9 +161,6 @@ func (c *Core) Level() (Level, uint64) { return c.sys.level, c.sys.avail }
 // file).
 func (c *Core) AuditDurable() uint64 { return c.auditAcked }
 
-// AuditWaiting is how many audit records were produced and not yet acknowledged durable.
-func (c *Core) AuditWaiting() uint64 { return c.auditSeq - c.auditAcked }
-
 // AuditProduced is the highest audit WriterSeq handed out so far (Config.AuditSeqBase if
 // none): AuditProduced - AuditDurable records are waiting to become durable.
 func (c *Core) AuditProduced() uint64 { return c.auditSeq }
