@@ -222,6 +222,10 @@ func run(ctx context.Context, o options, log *zap.Logger) error {
 	if err := d.Start(ctx); err != nil {
 		return err
 	}
+	// The owner loop first: exit reports execd delivers while watchExits is being
+	// answered are calls the loop must take.
+	errc := make(chan error, 3)
+	go func() { errc <- d.Run(ctx) }()
 	if err := watchExits(ctx, term, d); err != nil {
 		return err
 	}
@@ -241,8 +245,6 @@ func run(ctx context.Context, o options, log *zap.Logger) error {
 	srv := rpcx.NewServer(log.Named("control"), func(rpcx.Peer) (capnp.Client, error) { return d.ControlClient(), nil },
 		rpcx.WithGuard(guards.Control))
 
-	errc := make(chan error, 3)
-	go func() { errc <- d.Run(ctx) }()
 	go func() { errc <- d.ServeBroker(ctx, broker) }()
 	go func() { errc <- srv.Serve(ctx, l) }()
 	if metrics != nil {

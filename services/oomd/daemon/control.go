@@ -73,7 +73,9 @@ func (s *controlServer) SetPolicy(_ context.Context, call oomdpb.Control_setPoli
 func (s *controlServer) GetPolicy(_ context.Context, call oomdpb.Control_getPolicy) error {
 	var p policy.Policy
 	var v uint64
-	s.d.withCore(func(c *policy.Core) { p, v = c.Policy(), c.PolicyVersion() })
+	if err := s.d.inspect(func(c *policy.Core) { p, v = c.Policy(), c.PolicyVersion() }); err != nil {
+		return err
+	}
 	res, err := call.AllocResults()
 	if err != nil {
 		return err
@@ -98,7 +100,10 @@ func (s *controlServer) Events(_ context.Context, call oomdpb.Control_events) er
 	if err := checkLimit(args.Limit()); err != nil {
 		return fmt.Errorf("events: %w", err)
 	}
-	evs, next, missed := s.d.events(args.SinceSeq(), int(args.Limit()))
+	evs, next, missed, err := s.d.events(args.SinceSeq(), int(args.Limit()))
+	if err != nil {
+		return err
+	}
 	res, err := call.AllocResults()
 	if err != nil {
 		return err
@@ -186,7 +191,7 @@ func (s *controlServer) Status(_ context.Context, call oomdpb.Control_status) er
 		victim    policy.VictimChoice
 	)
 	var modes []oomdpb.CgroupMode
-	s.d.withCore(func(c *policy.Core) {
+	err := s.d.inspect(func(c *policy.Core) {
 		subjects, truncated = c.Subjects(maxStatusSubjects)
 		counters, tick, ver, last, seqBase = c.Counters(), c.TickCount(), c.PolicyVersion(), c.LastSeq(), c.EventSeqBase()
 		level, avail = c.Level()
@@ -200,6 +205,9 @@ func (s *controlServer) Status(_ context.Context, call oomdpb.Control_status) er
 			}
 		}
 	})
+	if err != nil {
+		return err
+	}
 	res, err := call.AllocResults()
 	if err != nil {
 		return err

@@ -3,10 +3,15 @@
 // the core's Ready in the order the core requires — audit durable first, then terminate
 // via execd, then publish events.
 //
-// Concurrency: the core is guarded by one mutex and only ever touched with it held.
-// Samples never take that mutex: sink handlers store into per-subject slots that the
-// tick loop drains (see sink.go). Everything that talks to another process (logd, execd,
-// subscribers, test hooks) runs outside the mutex.
+// Concurrency: one goroutine, the owner loop (Run, loop.go), owns the core and
+// everything stepped with it; there is no lock around the core. Every input reaches the
+// loop on a channel — ticks, the level clock, the halt bound, answers from other
+// goroutines (audit acks, terminate answers, teardown) and calls (registrations, exits,
+// policy changes, queries) — and every action leaves as a field of the core's Ready.
+// Samples never wait for the loop: sink handlers store into per-subject slots that the
+// tick drains (sink.go). Everything that talks to another process (logd, execd,
+// subscribers, test hooks) runs on goroutines of its own and answers on the loop's
+// channels.
 package daemon
 
 import (
@@ -14,7 +19,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"slices"
 	"sync"
 	"time"
 
@@ -80,23 +84,31 @@ type Daemon struct {
 	audit Auditor
 	term  Terminator
 
-	polMu   sync.Mutex // serialises SetPolicy (check, persist, apply)
-	mu      sync.Mutex // guards core, slots, pending and the ticker period
-	core    *policy.Core
-	slots   map[string]*slot // live subjects by id (lookup only; never iterated for output)
-	live    []*slot          // the same slots sorted by subject id: the order readings are taken in
-	sampleC chan time.Duration
+	polMu sync.Mutex // serialises SetPolicy (check, persist, apply); not a lock on the core
 
-	dirty    dirtyList
-	drainBuf []*slot
-	subs     subscribers
-	sys      sysState
-	ctx      context.Context
-	seqErr   bool // the last Cover failed (logged once until it works again)
-	walls    wallStamps
-	started  time.Time // when this run started (Status.startedAtNs)
+	// The owner loop's inputs (loop.go).
+	in      chan policy.Input // answers from other goroutines, in the order they came
+	calls   chan call         // work run on the loop: registrations, exits, policy, queries
+	stopped chan struct{}     // closed when the loop has ended
 
-	stats       shellStats           // totals for metrics (metrics.go); under mu
+	// Owned by the loop: touched only by Run's goroutine (and by calls it runs).
+	core        *policy.Core
+	slots       map[string]*slot // live subjects by id (lookup only; never iterated for output)
+	live        []*slot          // the same slots sorted by subject id: the order readings are taken in
+	clocks      clocks           // the tick, the level clock and the halt bound
+	levels      levelReader
+	drainBuf    []*slot
+	seqErr      bool // the last Cover failed (logged once until it works again)
+	walls       wallStamps
+	stats       shellStats // totals for metrics (metrics.go)
+	manualTicks bool       // tests: no ticker; ticks come as calls
+
+	// Shared, each with its own synchronisation.
+	dirty       dirtyList
+	subs        subscribers
+	sys         sysState
+	ctx         context.Context
+	started     time.Time            // when this run started (Status.startedAtNs)
 	tickSeconds prometheus.Histogram // each tick's duration; lock-free
 }
 
@@ -121,11 +133,15 @@ func New(cfg Config, audit Auditor, term Terminator) (*Daemon, error) {
 		log:     cfg.Log,
 		audit:   audit,
 		term:    term,
+		in:      make(chan policy.Input, inputQueue),
+		calls:   make(chan call),
+		stopped: make(chan struct{}),
 		core:    core,
 		slots:   make(map[string]*slot),
-		sampleC: make(chan time.Duration, 1),
 		walls:   newWallStamps(cfg.RingSize),
+		levels:  newLevelReader(cfg.System),
 		started: cfg.Now(),
+		ctx:     context.Background(),
 
 		tickSeconds: newTickHistogram(),
 	}
@@ -151,195 +167,8 @@ func (d *Daemon) Start(ctx context.Context) error {
 	return nil
 }
 
-// Run ticks the core until ctx ends.
-func (d *Daemon) Run(ctx context.Context) error {
-	d.mu.Lock()
-	period := time.Duration(d.core.Policy().SampleMs) * time.Millisecond
-	d.mu.Unlock()
-	t := time.NewTicker(period)
-	defer t.Stop()
-	go d.runLevels(ctx)
-	for {
-		select {
-		case <-ctx.Done():
-			d.subs.closeAll()
-			d.mu.Lock()
-			if d.cfg.Trace != nil {
-				d.cfg.Trace.Close() // flushed; later steps skip the closed trace
-			}
-			d.mu.Unlock()
-			return nil
-		case p := <-d.sampleC:
-			t.Reset(p)
-		case <-t.C:
-			d.tick()
-			if d.cfg.Alive != nil {
-				d.cfg.Alive()
-			}
-		}
-	}
-}
-
-// tick drains the coalesced samples into the core and advances it by one tick.
-func (d *Daemon) tick() {
-	// A duration, not a time for people: the monotonic clock, not Config.Now. Observed
-	// after the mutex is released (defers run last-in first-out).
-	start := time.Now()
-	defer func() { d.tickSeconds.Observe(time.Since(start).Seconds()) }()
-	d.drainBuf = d.dirty.take(d.drainBuf)
-	// Feed in subject order so the core sees the same inputs whatever order the samples
-	// raced in within this tick.
-	slices.SortFunc(d.drainBuf, func(a, b *slot) int {
-		switch {
-		case a.subject < b.subject:
-			return -1
-		case a.subject > b.subject:
-			return 1
-		}
-		return 0
-	})
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	d.readAllLocked()
-	for _, s := range d.drainBuf {
-		if n := s.rejected.Swap(0); n > 0 {
-			s.mu.Lock()
-			claimed := s.claimed
-			s.mu.Unlock()
-			d.stepLocked(policy.Input{Kind: policy.InputSample, Subject: s.subject, Instance: s.instance, Claimed: claimed, Count: n, Slot: s.coreSlot})
-		}
-		if n := s.accepted.Swap(0); n > 0 {
-			d.stepLocked(policy.Input{Kind: policy.InputSample, Subject: s.subject, Instance: s.instance, Claimed: s.subject, Bytes: s.bytes.Load(), Count: n, Slot: s.coreSlot})
-		}
-	}
-	d.stepLocked(policy.Input{Kind: policy.InputTick})
-	d.processReadyLocked()
-	if t := d.cfg.Trace; t != nil && t.Err() == nil {
-		if err := t.Flush(); err != nil {
-			d.log.Error("live trace stopped; the watchdog goes on without it", zap.Error(err))
-		}
-	}
-}
-
-// stepLocked feeds one input. Errors are inputs the core refused as malformed; they are
-// logged, never fatal.
-func (d *Daemon) stepLocked(in policy.Input) {
-	if err := d.coreStep(in); err != nil {
-		d.log.Warn("core refused input", zap.Stringer("kind", in.Kind), zap.String("subject", in.Subject), zap.Error(err))
-	}
-}
-
-// coreStep is the one place the core is stepped (d.mu held): the input goes to the live
-// trace first, so the trace holds exactly what the core saw, in order.
-func (d *Daemon) coreStep(in policy.Input) error {
-	if t := d.cfg.Trace; t != nil && t.Err() == nil {
-		if err := t.Input(in); err != nil {
-			d.log.Error("live trace stopped; the watchdog goes on without it", zap.Error(err))
-		}
-	}
-	return d.core.Step(in)
-}
-
-// step feeds one input from outside the tick loop and executes what it produced.
-func (d *Daemon) step(in policy.Input) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	d.stepLocked(in)
-	d.processReadyLocked()
-	poke(d.sys.stepped)
-}
-
-// processReadyLocked executes the core's Ready in the order the core demands. Audit
-// submission and terminate calls are asynchronous: their outcomes come back as inputs.
-func (d *Daemon) processReadyLocked() {
-	if !d.core.HasReady() {
-		return
-	}
-	rd := d.core.Ready()
-	if len(rd.Audit) > 0 {
-		recs := slices.Clone(rd.Audit)
-		if d.cfg.Trace != nil {
-			// The inputs that led to these records end here in the live trace.
-			pos := d.cfg.Trace.Position()
-			for i := range recs {
-				recs[i].TracePos = pos
-			}
-		}
-		d.audit.Submit(recs)
-	}
-	for _, req := range rd.Terminate {
-		go d.terminate(req)
-	}
-	d.systemReadyLocked(rd)
-	if len(rd.Events) > 0 {
-		d.coverSeqLocked(rd.Events[len(rd.Events)-1].Seq)
-		now := d.cfg.Now().UnixNano()
-		for _, e := range rd.Events {
-			d.walls.put(e.Seq, now)
-			d.stats.event(e.Kind)
-			d.publishLocked(e)
-		}
-		d.subs.wake()
-	}
-	d.core.Advance()
-	if t := d.cfg.Trace; t != nil && t.Full() {
-		// Rotate: the next file starts from the state now (nothing is pending).
-		st, err := d.core.State()
-		if err == nil {
-			err = t.Start(st)
-		}
-		if err != nil {
-			d.log.Error("live trace stopped; the watchdog goes on without it", zap.Error(err))
-		}
-	}
-}
-
-// coverSeqLocked makes the high-water mark cover seq before an event with it is shown.
-// A failure is logged, not fatal: the watchdog keeps working, and only a restart before
-// the mark is written again can reuse the numbers above it.
-func (d *Daemon) coverSeqLocked(seq uint64) {
-	if d.cfg.EventSeq == nil {
-		return
-	}
-	err := d.cfg.EventSeq.Cover(seq)
-	switch {
-	case err != nil && !d.seqErr:
-		d.log.Error("event seq high-water mark not written: a restart may reuse event seqs", zap.Uint64("seq", seq), zap.Error(err))
-	case err == nil && d.seqErr:
-		d.log.Info("event seq high-water mark written again", zap.Uint64("seq", seq))
-	}
-	d.seqErr = err != nil
-}
-
-func (d *Daemon) publishLocked(e policy.Event) {
-	fields := []zap.Field{zap.Uint64("seq", e.Seq), zap.Uint64("tick", e.Tick), zap.String("subject", e.Subject)}
-	if e.Bytes != 0 {
-		fields = append(fields, zap.Uint64("bytes", e.Bytes))
-	}
-	if e.Limit != 0 {
-		fields = append(fields, zap.Uint64("limit", e.Limit))
-	}
-	if e.Decision != 0 {
-		fields = append(fields, zap.Uint64("decision", e.Decision))
-	}
-	if e.Reason != "" {
-		fields = append(fields, zap.String("reason", e.Reason))
-	}
-	// One line per event; for a decision its message says why in words (why.go), and
-	// the fields carry the numbers.
-	d.log.Info(why(e), append(fields, zap.String("event", e.Kind.String()))...)
-	switch e.Kind {
-	case policy.EventKilled:
-		fmt.Fprintf(d.cfg.Markers, "oomd: kill app=%s bytes=%d\n", e.Subject, e.Bytes)
-	case policy.EventKillDenied:
-		fmt.Fprintf(d.cfg.Markers, "oomd: kill denied (subject=%s reason=%s)\n", e.Subject, e.Reason)
-	case policy.EventMemstatUnderReported:
-		fmt.Fprintf(d.cfg.Markers, "oomd: memstat under-reported app=%s kernel=%d published=%d\n", e.Subject, e.Bytes, e.Limit)
-	}
-}
-
 func (d *Daemon) auditAcked(upTo uint64) {
-	d.step(policy.Input{Kind: policy.InputAuditAck, Seq: upTo})
+	d.send(policy.Input{Kind: policy.InputAuditAck, Seq: upTo})
 }
 
 func (d *Daemon) terminate(req policy.TerminateRequest) {
@@ -352,11 +181,11 @@ func (d *Daemon) terminate(req policy.TerminateRequest) {
 	switch {
 	case err != nil:
 		d.log.Error("terminate failed", zap.String("subject", req.Subject), zap.Uint64("decision", req.Decision), zap.Error(err))
-		d.step(policy.Input{Kind: policy.InputTerminateRefused, Subject: req.Subject, Instance: req.Instance, Decision: req.Decision, Reason: "error: " + truncate(err.Error(), 200)})
+		d.send(policy.Input{Kind: policy.InputTerminateRefused, Subject: req.Subject, Instance: req.Instance, Decision: req.Decision, Reason: "error: " + truncate(err.Error(), 200)})
 	case refusal != "":
-		d.step(policy.Input{Kind: policy.InputTerminateRefused, Subject: req.Subject, Instance: req.Instance, Decision: req.Decision, Reason: refusal})
+		d.send(policy.Input{Kind: policy.InputTerminateRefused, Subject: req.Subject, Instance: req.Instance, Decision: req.Decision, Reason: refusal})
 	default:
-		d.step(policy.Input{Kind: policy.InputTerminateAck, Subject: req.Subject, Instance: req.Instance, Decision: req.Decision})
+		d.send(policy.Input{Kind: policy.InputTerminateAck, Subject: req.Subject, Instance: req.Instance, Decision: req.Decision})
 	}
 }
 
@@ -364,38 +193,37 @@ func (d *Daemon) terminate(req policy.TerminateRequest) {
 var ErrUnknownSubject = errors.New("unknown subject")
 
 // Register adds a subject handed over by execd. Its samples count from the next tick.
-func (d *Daemon) Register(s *slot) {
+// It fails only when the loop has ended.
+func (d *Daemon) Register(s *slot) error {
 	s.subjectB = []byte(s.subject)
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if old, ok := d.slots[s.subject]; ok {
-		if old.conn != nil {
-			old.conn.Close()
+	return d.do(func() {
+		if old, ok := d.slots[s.subject]; ok {
+			if old.conn != nil {
+				old.conn.Close()
+			}
+			d.dropLive(old)
 		}
-		d.dropLiveLocked(old)
-	}
-	d.slots[s.subject] = s
-	d.addLiveLocked(s)
-	d.stepLocked(policy.Input{Kind: policy.InputRegister, Subject: s.subject, Instance: s.instance, Critical: s.critical, Preference: s.preference})
-	s.coreSlot = d.core.SlotOf(s.subject)
-	d.processReadyLocked()
+		d.slots[s.subject] = s
+		d.addLive(s)
+		d.feed(policy.Input{Kind: policy.InputRegister, Subject: s.subject, Instance: s.instance, Critical: s.critical, Preference: s.preference})
+		s.coreSlot = d.core.SlotOf(s.subject)
+	})
 }
 
 // Exited feeds execd's exit report and forgets that instance's connection (a newer
 // instance that already registered keeps its own). decision is the kill decision whose
 // terminate request the exit followed, as execd recorded it (0: none).
-func (d *Daemon) Exited(subject string, instance, decision uint64, reason string) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if s, ok := d.slots[subject]; ok && s.instance == instance {
-		delete(d.slots, subject)
-		d.dropLiveLocked(s)
-		if s.conn != nil {
-			go s.conn.Close()
+func (d *Daemon) Exited(subject string, instance, decision uint64, reason string) error {
+	return d.do(func() {
+		if s, ok := d.slots[subject]; ok && s.instance == instance {
+			delete(d.slots, subject)
+			d.dropLive(s)
+			if s.conn != nil {
+				go s.conn.Close()
+			}
 		}
-	}
-	d.stepLocked(policy.Input{Kind: policy.InputExited, Subject: subject, Instance: instance, Decision: decision, Reason: reason})
-	d.processReadyLocked()
+		d.feed(policy.Input{Kind: policy.InputExited, Subject: subject, Instance: instance, Decision: decision, Reason: reason})
+	})
 }
 
 // ErrPolicyChanged refuses a compare-and-set whose expected version is not in force.
@@ -409,38 +237,35 @@ func (d *Daemon) SetPolicy(p policy.Policy, expectVersion uint64) (uint64, error
 		return 0, err
 	}
 	// One change at a time, from the version check to the apply, so that what was
-	// persisted is what is put in force, under the number it was persisted with.
+	// persisted is what is put in force, under the number it was persisted with. Only
+	// SetPolicy changes the policy, so the version read here is still in force below.
 	d.polMu.Lock()
 	defer d.polMu.Unlock()
-	d.mu.Lock()
-	cur := d.core.PolicyVersion()
-	d.mu.Unlock()
+	cur, err := query(d, d.core.PolicyVersion)
+	if err != nil {
+		return 0, err
+	}
 	if expectVersion != 0 && cur != expectVersion {
 		return 0, fmt.Errorf("%w: version %d is in force, not %d; read it again and retry", ErrPolicyChanged, cur, expectVersion)
 	}
 	if d.cfg.PolicyStore != nil {
-		// Durable first (fsync'ed; no lock held): a restart comes back with it.
+		// Durable first (fsync'ed; the loop goes on meanwhile): a restart comes back with it.
 		if err := d.cfg.PolicyStore.Save(p, cur+1); err != nil {
 			return 0, fmt.Errorf("policy not changed: %w", err)
 		}
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	old := d.core.Policy().SampleMs
-	if err := d.coreStep(policy.Input{Kind: policy.InputPolicy, Policy: &p}); err != nil {
+	var v uint64
+	err = d.do(func() {
+		if err = d.coreStep(policy.Input{Kind: policy.InputPolicy, Policy: &p}); err != nil {
+			return
+		}
+		d.clocks.configure(d.core.Policy(), d.manualTicks)
+		v = d.core.PolicyVersion()
+	})
+	if err != nil {
 		return 0, err
 	}
-	d.processReadyLocked()
-	poke(d.sys.policyC)
-	if p.SampleMs != old {
-		select {
-		case d.sampleC <- time.Duration(p.SampleMs) * time.Millisecond:
-		default:
-			<-d.sampleC
-			d.sampleC <- time.Duration(p.SampleMs) * time.Millisecond
-		}
-	}
-	return d.core.PolicyVersion(), nil
+	return v, nil
 }
 
 // maxWhatIf bounds a what-if's answer (events).
@@ -448,17 +273,22 @@ const maxWhatIf = 1024
 
 // WhatIf returns what p would do now, against the live state, without changing anything:
 // a copy of the core (policy.Restore of its State) takes p and one tick, and its events
-// are returned (at most maxWhatIf), with the version in force.
+// are returned (at most maxWhatIf), with the version in force. The copy runs on the
+// caller's goroutine, not the loop's.
 func (d *Daemon) WhatIf(p policy.Policy) ([]policy.Event, uint64, error) {
 	if err := p.Validate(); err != nil {
 		return nil, 0, err
 	}
-	d.mu.Lock()
-	st, err := d.core.State()
-	v := d.core.PolicyVersion()
-	d.mu.Unlock()
-	if err != nil {
-		return nil, 0, fmt.Errorf("what-if: %w", err)
+	var (
+		st    policy.State
+		v     uint64
+		stErr error
+	)
+	if err := d.do(func() { st, stErr = d.core.State(); v = d.core.PolicyVersion() }); err != nil {
+		return nil, 0, err
+	}
+	if stErr != nil {
+		return nil, 0, fmt.Errorf("what-if: %w", stErr)
 	}
 	c, err := policy.Restore(st)
 	if err != nil {
@@ -476,24 +306,26 @@ func (d *Daemon) WhatIf(p policy.Policy) ([]policy.Event, uint64, error) {
 }
 
 // events reads the core's ring like policy.Core.Events, with each event's wall time.
-func (d *Daemon) events(since uint64, limit int) (evs []policy.Event, next, missed uint64) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	evs, next, missed = d.core.Events(since, limit)
-	d.walls.stamp(evs)
-	return evs, next, missed
+func (d *Daemon) events(since uint64, limit int) (evs []policy.Event, next, missed uint64, err error) {
+	err = d.do(func() {
+		evs, next, missed = d.core.Events(since, limit)
+		d.walls.stamp(evs)
+	})
+	return evs, next, missed, err
 }
 
-// withCore runs f with the core locked, for read-only queries.
-func (d *Daemon) withCore(f func(c *policy.Core)) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	f(d.core)
+// inspect runs f on the loop, for read-only queries of the core and the loop's state.
+func (d *Daemon) inspect(f func(c *policy.Core)) error {
+	return d.do(func() { f(d.core) })
 }
 
 func (d *Daemon) slot(subject string) (*slot, bool) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	s, ok := d.slots[subject]
+	var (
+		s  *slot
+		ok bool
+	)
+	if d.do(func() { s, ok = d.slots[subject] }) != nil {
+		return nil, false
+	}
 	return s, ok
 }

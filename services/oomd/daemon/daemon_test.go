@@ -66,6 +66,7 @@ func newTestDaemon(t *testing.T) (*Daemon, *fakeAuditor, fakeTerminator, *syncBu
 	d, err := New(Config{Policy: p, Markers: markers, Log: zaptest.NewLogger(t)}, aud, term)
 	require.NoError(t, err)
 	require.NoError(t, d.Start(context.Background()))
+	runLoop(t, d)
 	return d, aud, term, markers
 }
 
@@ -75,9 +76,9 @@ func newTestDaemon(t *testing.T) (*Daemon, *fakeAuditor, fakeTerminator, *syncBu
 func handOver(t *testing.T, d *Daemon, subject string) *publisher {
 	t.Helper()
 	p := newPublisher(context.Background(), handoff(t, d, subject), subject, false)
-	d.mu.Lock()
-	srv := d.slots[subject].conn
-	d.mu.Unlock()
+	sl, ok := d.slot(subject)
+	require.True(t, ok)
+	srv := sl.conn
 	// oomd's end logs to the test's logger: it is closed, and Close waits for its
 	// goroutines, before the test ends.
 	t.Cleanup(func() {
@@ -104,7 +105,7 @@ func TestTerminateWaitsForDurableAudit(t *testing.T) {
 	d, aud, term, markers := newTestDaemon(t)
 	handOver(t, d, "hog").report(t, "hog", 500, 1)
 	for range 10 {
-		d.tick()
+		d.tickNow()
 	}
 	aud.mu.Lock()
 	require.Len(t, aud.recs, 1, "one kill decision, one audit record")
@@ -151,7 +152,7 @@ func TestDryRunSendsNoTerminate(t *testing.T) {
 	handOver(t, d, "hog").report(t, "hog", 500, 1)
 	handOver(t, d, "ctl").report(t, "ctl", 500, 1)
 	for range 10 {
-		d.tick()
+		d.tickNow()
 	}
 	aud.mu.Lock()
 	recs := slices.Clone(aud.recs)
@@ -172,7 +173,7 @@ func TestDryRunSendsNoTerminate(t *testing.T) {
 	d.Exited("ctl", 1, 0, "signal=15")
 	require.Eventually(t, func() bool { return markers.String() != "" }, 10*time.Second, time.Millisecond)
 	for range 5 {
-		d.tick()
+		d.tickNow()
 	}
 	select {
 	case req := <-term.calls:
@@ -189,7 +190,7 @@ func TestSpoofFloodIsCoalescedPerTick(t *testing.T) {
 	d.dirty.mu.Lock()
 	assert.Len(t, d.dirty.slots, 1, "a flood occupies one dirty entry")
 	d.dirty.mu.Unlock()
-	d.tick()
+	d.tickNow()
 	var hs, es policy.SubjectStatus
 	var rejectedEvents int
 	d.withCore(func(c *policy.Core) {
@@ -217,9 +218,7 @@ func TestAliveFollowsEveryCompletedTick(t *testing.T) {
 	alive := make(chan uint64, 16)
 	var d *Daemon
 	d, err := New(Config{Policy: p, Log: zaptest.NewLogger(t), Alive: func() {
-		d.mu.Lock() // free: the tick that called us has released it
-		tick := d.core.TickCount()
-		d.mu.Unlock()
+		tick := d.core.TickCount() // called on the loop, right after the tick
 		select {
 		case alive <- tick:
 		default: // the test has read enough

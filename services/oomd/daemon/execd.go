@@ -79,8 +79,7 @@ func (w exitWatcher) Exited(_ context.Context, call oomdpb.ExitWatcher_exited) e
 	}
 	w.d.log.Info("execd reported exit", zap.String("subject", subject), zap.Uint64("instance", r.Instance()),
 		zap.Int32("pid", r.Pid()), zap.String("reason", reason), zap.Bool("terminated", r.Terminated()), zap.Uint64("decision", r.Decision()))
-	w.d.Exited(subject, r.Instance(), r.Decision(), reason)
-	return nil
+	return w.d.Exited(subject, r.Instance(), r.Decision(), reason)
 }
 
 // ServeBroker receives SubjectHandoffs from execd on its private broker socket until
@@ -161,7 +160,11 @@ func (d *Daemon) acceptHandoff(msg *capnp.Message, files []*os.File) (err error)
 	if err != nil {
 		return fmt.Errorf("handoff %s: %w", subject, err)
 	}
-	if n, limit := d.nLive(), maxSubjects(); n >= limit {
+	n, err := d.nLive()
+	if err != nil {
+		return fmt.Errorf("handoff %s: %w", subject, err)
+	}
+	if limit := maxSubjects(); n >= limit {
 		return fmt.Errorf("handoff %s: %w: %d subjects watched (max %d: each holds up to 2 fds and a mapping; RLIMIT_NOFILE and vm.max_map_count bound them)",
 			subject, ErrTooManySubjects, n, limit)
 	}
@@ -194,9 +197,7 @@ func (d *Daemon) acceptHandoff(msg *capnp.Message, files []*os.File) (err error)
 	files = nil // taken over (the deferred close must not touch them)
 	defer func() {
 		if err != nil { // the readers are ours until the subject is registered
-			d.mu.Lock()
-			d.dropLiveLocked(s)
-			d.mu.Unlock()
+			s.closeReaders()
 		}
 	}()
 
@@ -233,7 +234,12 @@ func (d *Daemon) acceptHandoff(msg *capnp.Message, files []*os.File) (err error)
 	if mode == kernel.ModeProc {
 		log.Warn("contained by its /proc process tree only: weaker (a process that daemonises escapes it)")
 	}
-	d.Register(s)
+	if err := d.Register(s); err != nil {
+		if s.conn != nil {
+			s.conn.Close()
+		}
+		return fmt.Errorf("handoff %s: %w", subject, err)
+	}
 	return nil
 }
 
@@ -259,10 +265,8 @@ func maxSubjects() int {
 // ErrTooManySubjects refuses a handoff beyond maxSubjects.
 var ErrTooManySubjects = errors.New("too many subjects")
 
-func (d *Daemon) nLive() int {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return len(d.live)
+func (d *Daemon) nLive() (int, error) {
+	return query(d, func() int { return len(d.live) })
 }
 
 // publisherLimits are rpcx.PublisherLimits with the memstat guard (internal/guards) and a

@@ -196,11 +196,11 @@ func benchIngest(b *testing.B, pubs int, limiter, oomd bool) {
 			go s.Close()
 		}
 		if d != nil {
-			d.mu.Lock()
-			for _, s := range d.slots {
-				go s.conn.Close()
-			}
-			d.mu.Unlock()
+			_ = d.do(func() {
+				for _, s := range d.slots {
+					go s.conn.Close()
+				}
+			})
 		}
 	}()
 	// Warm up: every connection resolved its bootstrap and carried a sample.

@@ -121,7 +121,8 @@ func loadRun(t *testing.T, n int, ticks uint64, path string) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	d := benchDaemon(t, ctx)
-	p := d.core.Policy()
+	var p policy.Policy
+	d.withCore(func(c *policy.Core) { p = c.Policy() })
 	p.SampleMs = 100
 	if _, err := d.SetPolicy(p, 0); err != nil {
 		t.Fatal(err)
@@ -141,13 +142,13 @@ func loadRun(t *testing.T, n int, ticks uint64, path string) {
 	defer func() {
 		cmd.Process.Kill()
 		cmd.Wait()
-		d.mu.Lock()
-		for _, s := range d.slots {
-			if s.conn != nil {
-				go s.conn.Close()
+		_ = d.do(func() {
+			for _, s := range d.slots {
+				if s.conn != nil {
+					go s.conn.Close()
+				}
 			}
-		}
-		d.mu.Unlock()
+		})
 		for _, c := range bareConns {
 			go c.Close()
 		}
@@ -202,7 +203,7 @@ func loadRun(t *testing.T, n int, ticks uint64, path string) {
 
 // crossing lowers subject's hard limit just above its published value, so that its
 // next samples cross it, and reports the tick at which the core first showed a reading
-// over the limit and the tick of the kill decision, polling under the daemon's lock.
+// over the limit and the tick of the kill decision, polling on the daemon's loop.
 //
 // With watch (the page path) it also reads the subject's page itself and reports the
 // tick during which the crossing value was first on the page: the decision should come

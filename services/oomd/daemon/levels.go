@@ -65,25 +65,33 @@ func (ws *levelWatchers) remove(w *levelWatcher) {
 }
 
 // watchLevels registers client (whose reference it takes over) and returns the level
-// it starts from. Registration and the level read happen under the core's lock, so no
-// change can fall between them.
+// it starts from. Registration and the level read happen on the loop, where level
+// changes are published, so no change can fall between them.
 func (d *Daemon) watchLevels(client oomdpb.LevelWatcher) (policy.Level, context.CancelFunc, error) {
 	ctx, cancel := context.WithCancel(d.ctx)
 	w := &levelWatcher{client: client, wake: make(chan struct{}, 1), cancel: cancel}
-	d.mu.Lock()
-	l, avail := d.core.Level()
-	w.latest = levelNote{level: l, avail: avail}
-	d.sys.watchers.mu.Lock()
-	full := len(d.sys.watchers.list) >= maxLevelWatchers
-	if !full {
-		d.sys.watchers.list = append(d.sys.watchers.list, w)
+	var (
+		l    policy.Level
+		full bool
+	)
+	err := d.do(func() {
+		var avail uint64
+		l, avail = d.core.Level()
+		w.latest = levelNote{level: l, avail: avail}
+		d.sys.watchers.mu.Lock()
+		full = len(d.sys.watchers.list) >= maxLevelWatchers
+		if !full {
+			d.sys.watchers.list = append(d.sys.watchers.list, w)
+		}
+		d.sys.watchers.mu.Unlock()
+	})
+	if err == nil && full {
+		err = errTooManyLevelWatchers
 	}
-	d.sys.watchers.mu.Unlock()
-	d.mu.Unlock()
-	if full {
+	if err != nil {
 		cancel()
 		client.Release()
-		return 0, nil, errTooManyLevelWatchers
+		return 0, nil, err
 	}
 	go d.serveLevelWatcher(ctx, w, l)
 	return l, cancel, nil

@@ -20,17 +20,17 @@ import (
 
 // Metrics (opt-in, --metrics): a Prometheus view of the daemon, read at scrape time.
 //
-// Nothing is updated per subject per tick for it. A scrape takes the core's mutex once,
-// copies the subject list and a few totals (see snapshotLocked), releases it, and
-// builds the metrics from the copy. The only per-tick cost is one histogram
-// observation of the tick's duration and a few counter increments on paths that
-// already run under the mutex (events handed out, read failures).
+// Nothing is updated per subject per tick for it. A scrape is one call on the owner
+// loop that copies the subject list and a few totals (see snapshot); the metrics are
+// built from the copy off the loop. The only per-tick cost is one histogram
+// observation of the tick's duration and a few counter increments on paths the loop
+// already runs (events handed out, read failures).
 
 // maxEventKinds bounds the event kinds counted per kind (the policy core has fewer;
 // TestEventKindsFitTheirCounters keeps it so).
 const maxEventKinds = 32
 
-// shellStats are totals the shell keeps for metrics. Guarded by Daemon.mu.
+// shellStats are totals the shell keeps for metrics. Owned by the loop.
 type shellStats struct {
 	events       [maxEventKinds]uint64 // events handed out by the core, by kind
 	kernelFailed uint64                // kernel readings that failed
@@ -91,7 +91,7 @@ var (
 		[]string{"reason"}, nil)
 )
 
-// metricsSnapshot is what one scrape copies under the mutex.
+// metricsSnapshot is what one scrape copies on the loop.
 type metricsSnapshot struct {
 	subjects          []policy.SubjectStatus
 	counters          policy.Counters
@@ -101,9 +101,9 @@ type metricsSnapshot struct {
 	avail             uint64
 }
 
-// snapshotLocked copies what a scrape reports. d.mu must be held; it costs one
-// allocation (the subject list) and a copy per subject.
-func (d *Daemon) snapshotLocked(s *metricsSnapshot) {
+// snapshot copies what a scrape reports (loop only); it costs one allocation (the
+// subject list) and a copy per subject.
+func (d *Daemon) snapshot(s *metricsSnapshot) {
 	s.subjects, _ = d.core.Subjects(math.MaxInt)
 	s.counters = d.core.Counters()
 	s.stats = d.stats
@@ -124,9 +124,9 @@ func (c collector) Describe(ch chan<- *prometheus.Desc) {
 
 func (c collector) Collect(ch chan<- prometheus.Metric) {
 	var s metricsSnapshot
-	c.d.mu.Lock()
-	c.d.snapshotLocked(&s)
-	c.d.mu.Unlock()
+	if c.d.do(func() { c.d.snapshot(&s) }) != nil {
+		return // the loop has ended: nothing to report
+	}
 
 	gauge := func(d *prometheus.Desc, v uint64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, float64(v), labels...)
@@ -182,7 +182,7 @@ type MetricsServer struct {
 }
 
 // maxScrapesInFlight bounds concurrent scrapes, so a client hammering the endpoint
-// cannot keep the core's mutex busy.
+// cannot keep the owner loop busy.
 const maxScrapesInFlight = 2
 
 // ListenMetrics listens on addr (host:port; port 0 picks one) and returns the server,

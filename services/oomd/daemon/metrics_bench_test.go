@@ -14,7 +14,7 @@ import (
 )
 
 // metricsBenchDaemon is a daemon with n subjects, each with a published and a kernel
-// reading, and no tick loop (so nothing else contends for the mutex).
+// reading, and manual ticks (so the loop does nothing but the scrapes).
 func metricsBenchDaemon(b testing.TB, n int) *Daemon {
 	p := policy.DefaultPolicy()
 	p.SoftBytes, p.HardBytes = 1<<48, 1<<49
@@ -22,30 +22,33 @@ func metricsBenchDaemon(b testing.TB, n int) *Daemon {
 	if err != nil {
 		b.Fatal(err)
 	}
+	runLoop(b, d)
 	for i := range n {
 		name := fmt.Sprintf("sub-%05d", i)
-		d.Register(&slot{subject: name, instance: 1})
-		d.step(policy.Input{Kind: policy.InputSample, Subject: name, Instance: 1, Claimed: name, Bytes: uint64(i) << 20})
-		d.step(policy.Input{Kind: policy.InputKernel, Subject: name, Instance: 1, Bytes: uint64(i)<<20 + 4096})
+		if err := d.Register(&slot{subject: name, instance: 1}); err != nil {
+			b.Fatal(err)
+		}
+		d.stepNow(policy.Input{Kind: policy.InputSample, Subject: name, Instance: 1, Claimed: name, Bytes: uint64(i) << 20})
+		d.stepNow(policy.Input{Kind: policy.InputKernel, Subject: name, Instance: 1, Bytes: uint64(i)<<20 + 4096})
 	}
-	d.tick()
+	d.tickNow()
 	return d
 }
 
 // BenchmarkMetricsScrape is the cost of one scrape of /metrics at 1 000 subjects:
-// "locked" is the part under the core's mutex (the snapshot), "oomd" a whole scrape
+// "loop" is the part on the owner loop (the snapshot), "oomd" a whole scrape
 // of the daemon's own collector through the promhttp handler (text format), "all" the
 // same with the Go and process collectors as --metrics serves it.
 func BenchmarkMetricsScrape(b *testing.B) {
 	const subjects = 1000
 	d := metricsBenchDaemon(b, subjects)
-	b.Run(fmt.Sprintf("locked/subjects=%d", subjects), func(b *testing.B) {
+	b.Run(fmt.Sprintf("loop/subjects=%d", subjects), func(b *testing.B) {
 		b.ReportAllocs()
 		var s metricsSnapshot
 		for b.Loop() {
-			d.mu.Lock()
-			d.snapshotLocked(&s)
-			d.mu.Unlock()
+			if err := d.do(func() { d.snapshot(&s) }); err != nil {
+				b.Fatal(err)
+			}
 		}
 		if len(s.subjects) != subjects {
 			b.Fatalf("%d subjects in the snapshot, want %d", len(s.subjects), subjects)

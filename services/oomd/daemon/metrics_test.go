@@ -105,7 +105,7 @@ func TestMetricsEndpoint(t *testing.T) {
 	evil.report(t, "hog", 1<<20, 3) // spoofs: rejected, and never hog's reading
 	const ticks = 10
 	for range ticks {
-		d.tick()
+		d.tickNow()
 	}
 	aud.mu.Lock()
 	recs := slices.Clone(aud.recs)
@@ -230,7 +230,7 @@ func TestEventKindsFitTheirCounters(t *testing.T) {
 // nothing: a quiet tick over 1 000 subjects allocates nothing at all.
 func TestQuietTickDoesNotAllocate(t *testing.T) {
 	d := metricsBenchDaemon(t, 1000)
-	d.tick()
+	d.tickNow()
 	assert.Zero(t, testing.AllocsPerRun(100, d.tick))
 }
 
@@ -244,8 +244,8 @@ func TestMetricsCountPageReadFailures(t *testing.T) {
 	handoffPage(t, d, "scribbler", rw)
 	_, err = rw.WriteAt([]byte{0xde, 0xad, 0xbe, 0xef}, page.OffMagic)
 	require.NoError(t, err)
-	d.tick()
-	d.tick()
+	d.tickNow()
+	d.tickNow()
 	checkSamples(t, scrape(t, url), "scribbled", []sample{
 		{"oomd_memstat_page_read_failures_total", []string{"reason=bad-magic"}, 2},
 		{"oomd_memstat_page_read_failures_total", []string{"reason=bad-version"}, 0},

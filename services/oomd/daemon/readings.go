@@ -25,16 +25,21 @@ const silentTicks = 50
 // ReasonNeverPublished is memstatInvalid's reason for a page never written.
 const ReasonNeverPublished = "never published: watched on the kernel's count alone"
 
-// addLiveLocked inserts s into the sorted live list. d.mu must be held.
-func (d *Daemon) addLiveLocked(s *slot) {
+// addLive inserts s into the sorted live list (loop only).
+func (d *Daemon) addLive(s *slot) {
 	i, _ := slices.BinarySearchFunc(d.live, s.subject, func(x *slot, id string) int { return strings.Compare(x.subject, id) })
 	d.live = slices.Insert(d.live, i, s)
 }
 
-// dropLiveLocked removes s from the live list and closes its readers. d.mu must be held
-// (the tick loop reads them under it, so nothing reads a closed fd).
-func (d *Daemon) dropLiveLocked(s *slot) {
+// dropLive removes s from the live list and closes its readers (loop only: the tick
+// reads them on the loop, so nothing reads a closed fd).
+func (d *Daemon) dropLive(s *slot) {
 	d.live = slices.DeleteFunc(d.live, func(x *slot) bool { return x == s })
+	s.closeReaders()
+}
+
+// closeReaders closes the subject's kernel reading and page mapping.
+func (s *slot) closeReaders() {
 	if s.kernel != nil {
 		s.kernel.Close()
 		s.kernel = nil
@@ -45,9 +50,9 @@ func (d *Daemon) dropLiveLocked(s *slot) {
 	}
 }
 
-// readAllLocked steps one page sample (when the page has news) and one kernel reading
-// per live subject. d.mu must be held.
-func (d *Daemon) readAllLocked() {
+// readAll steps one page sample (when the page has news) and one kernel reading per
+// live subject (loop only).
+func (d *Daemon) readAll() {
 	for _, s := range d.live {
 		if s.page != nil {
 			d.readPage(s)
@@ -59,7 +64,7 @@ func (d *Daemon) readAllLocked() {
 				in.Bytes, in.Reason = 0, truncate(err.Error(), 200)
 				d.stats.kernelFailed++
 			}
-			d.stepLocked(in)
+			d.feed(in)
 		}
 	}
 }
@@ -73,12 +78,12 @@ func (d *Daemon) readPage(s *slot) {
 		// A subject that never publishes is watched on the kernel's count alone: said
 		// once (the core reports an episode once), after silentTicks ticks.
 		if s.silentTicks++; s.silentTicks == silentTicks {
-			d.stepLocked(policy.Input{Kind: policy.InputMemstatInvalid, Subject: s.subject, Instance: s.instance, Reason: ReasonNeverPublished})
+			d.feed(policy.Input{Kind: policy.InputMemstatInvalid, Subject: s.subject, Instance: s.instance, Reason: ReasonNeverPublished})
 		}
 	}
 	switch st {
 	case page.OK:
-		d.stepLocked(policy.Input{Kind: policy.InputSample, Subject: s.subject, Instance: s.instance, Claimed: s.subject, Bytes: smp.Bytes, Slot: s.coreSlot})
+		d.feed(policy.Input{Kind: policy.InputSample, Subject: s.subject, Instance: s.instance, Claimed: s.subject, Bytes: smp.Bytes, Slot: s.coreSlot})
 	case page.Unchanged, page.NeverWritten, page.Closed:
 	case page.Torn:
 		// A publisher pre-empted mid-write tears a read now and then: skip the sample
@@ -90,12 +95,12 @@ func (d *Daemon) readPage(s *slot) {
 			d.log.Warn("memstat page torn on every retry; sample skipped", zap.String("subject", s.subject), zap.Uint64("times", s.torn))
 		}
 		if s.tornRun >= tornTicks {
-			d.stepLocked(policy.Input{Kind: policy.InputMemstatInvalid, Subject: s.subject, Instance: s.instance, Reason: "torn"})
+			d.feed(policy.Input{Kind: policy.InputMemstatInvalid, Subject: s.subject, Instance: s.instance, Reason: "torn"})
 		}
 	default: // BadMagic, BadVersion: the subject wrote over the header
 		if int(st) < len(d.stats.pageFailed) {
 			d.stats.pageFailed[st]++
 		}
-		d.stepLocked(policy.Input{Kind: policy.InputMemstatInvalid, Subject: s.subject, Instance: s.instance, Reason: st.String()})
+		d.feed(policy.Input{Kind: policy.InputMemstatInvalid, Subject: s.subject, Instance: s.instance, Reason: st.String()})
 	}
 }

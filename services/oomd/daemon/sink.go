@@ -27,9 +27,9 @@ type slot struct {
 	injectable bool
 	preference policy.Preference // the manifest's victim preference
 	conn       *rpc.Conn         // the brokered connection; its bootstrap is the child's TestHook
-	coreSlot   uint32            // the core's handle for this subject (Core.SlotOf); under Daemon.mu
+	coreSlot   uint32            // the core's handle for this subject (Core.SlotOf); loop only
 
-	// Read on every tick, under Daemon.mu, by the tick loop only (ticks.go).
+	// Read on every tick, by the owner loop only (readings.go).
 	kernel      *kernel.Reader // the kernel's count (nil: execd passed none)
 	page        *page.Reader   // the memstat page (nil: the subject publishes over RPC)
 	torn        uint64         // page reads skipped because every retry was torn

@@ -6,5 +6,5 @@ import "oomd.dev/oomd/services/oomd/policy"
 // durable in the spill file: it reports auditSpilled and counts that as the ack. Give it
 // to LogdAuditor.SetSpillHook.
 func (d *Daemon) AuditSpilled(upTo uint64, reason string) {
-	d.step(policy.Input{Kind: policy.InputAuditSpilled, Seq: upTo, Reason: reason})
+	d.send(policy.Input{Kind: policy.InputAuditSpilled, Seq: upTo, Reason: reason})
 }

@@ -103,11 +103,14 @@ func (d *Daemon) serveSubscriber(ctx context.Context, sub *subscriber) {
 		case <-sub.wake:
 		}
 		for {
-			evs, next, missed := d.events(sub.next, subscriberBatch)
+			evs, next, missed, err := d.events(sub.next, subscriberBatch)
+			if err != nil {
+				return // the loop has ended
+			}
 			if len(evs) == 0 && missed == 0 {
 				break
 			}
-			err := sub.client.Push(ctx, func(p oomdpb.EventSubscriber_push_Params) error {
+			err = sub.client.Push(ctx, func(p oomdpb.EventSubscriber_push_Params) error {
 				l, err := wire.NewEventList(p.Segment(), evs)
 				if err != nil {
 					return err

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -61,17 +60,11 @@ const DefaultAuditGrace = time.Second
 type sysState struct {
 	watchers levelWatchers
 
-	stepped chan struct{} // poked after every input from outside the tick (acks among them)
-	policyC chan struct{} // poked on every policy change
-
-	mu        sync.Mutex
-	claimedAt time.Time   // wall clock of the claim, for teardownMs
-	bound     *time.Timer // the bound on the wall clock (InputHaltTimeout)
+	stepped chan struct{} // poked after every turn of the loop (audit acks among them)
 }
 
 func (s *sysState) init() {
 	s.stepped = make(chan struct{}, 1)
-	s.policyC = make(chan struct{}, 1)
 }
 
 func poke(c chan struct{}) {
@@ -81,28 +74,13 @@ func poke(c chan struct{}) {
 	}
 }
 
-// systemReadyLocked carries out the system part of a Ready: note the claim time, start
-// the teardown, finish the sequence, tell level watchers. Nothing here blocks.
-func (d *Daemon) systemReadyLocked(rd policy.Ready) {
-	levelChanged := uint64(0)
-	for _, e := range rd.Events {
-		switch e.Kind {
-		case policy.EventHaltClaimed:
-			// The core counts the bound in ticks; this timer is the same bound on the
-			// wall clock, so a tick loop that falls behind cannot stretch it.
-			ms := d.core.Policy().OOMTimeoutMs
-			if ms == 0 {
-				ms = policy.DefaultOOMTimeout
-			}
-			d.sys.mu.Lock()
-			d.sys.claimedAt = time.Now()
-			d.sys.bound = time.AfterFunc(time.Duration(ms)*time.Millisecond, func() {
-				d.step(policy.Input{Kind: policy.InputHaltTimeout})
-			})
-			d.sys.mu.Unlock()
-		case policy.EventLevelChanged:
-			levelChanged = e.Seq
-		}
+// systemReady carries out the system part of a Ready: start the halt bound, start the
+// teardown, finish the sequence, tell level watchers. Nothing here blocks.
+func (d *Daemon) systemReady(rd policy.Ready) {
+	for _, t := range rd.HaltTimer {
+		// The core counts the bound in ticks; this timer is the same bound on the wall
+		// clock, so a tick loop that falls behind cannot stretch it.
+		d.clocks.startHalt(time.Duration(t.Ms) * time.Millisecond)
 	}
 	for _, h := range rd.Halt {
 		go d.teardown(h)
@@ -112,7 +90,14 @@ func (d *Daemon) systemReadyLocked(rd policy.Ready) {
 		if n := len(rd.Audit); n > 0 {
 			lastAudit = rd.Audit[n-1].WriterSeq
 		}
-		go d.reboot(rd.Reboot[0], lastAudit)
+		// The wait is a maximum: an acknowledgement ends it at once.
+		go d.reboot(rd.Reboot[0], lastAudit, d.clocks.endHalt())
+	}
+	levelChanged := uint64(0)
+	for _, e := range rd.Events {
+		if e.Kind == policy.EventLevelChanged {
+			levelChanged = e.Seq
+		}
 	}
 	if levelChanged != 0 {
 		l, avail := d.core.Level()
@@ -140,18 +125,13 @@ func (d *Daemon) teardown(h policy.HaltRequest) {
 	}
 	log.Info("execd acknowledged the teardown", zap.Bool("graceful", rep.Graceful), zap.Uint32("execdTeardownMs", rep.TeardownMs),
 		zap.Strings("notStopped", rep.NotStopped), zap.Strings("watchersTimedOut", rep.WatchersTimedOut))
-	d.step(policy.Input{Kind: policy.InputTeardownDone, Graceful: rep.Graceful, NotStopped: rep.NotStopped})
+	d.send(policy.Input{Kind: policy.InputTeardownDone, Graceful: rep.Graceful, NotStopped: rep.NotStopped})
 }
 
-// reboot persists the outcome and runs the reboot action.
-func (d *Daemon) reboot(o policy.RebootOutcome, auditSeq uint64) {
-	d.sys.mu.Lock()
-	ms := time.Since(d.sys.claimedAt).Milliseconds()
-	if d.sys.bound != nil {
-		d.sys.bound.Stop() // the wait is a maximum: an ack cancels it at once
-	}
-	d.sys.mu.Unlock()
-	teardownMs := uint32(min(ms, int64(^uint32(0))))
+// reboot persists the outcome and runs the reboot action; took is the time from the
+// claim to the outcome.
+func (d *Daemon) reboot(o policy.RebootOutcome, auditSeq uint64, took time.Duration) {
+	teardownMs := uint32(min(took.Milliseconds(), int64(^uint32(0))))
 	log := d.log.With(zap.String("reason", o.Reason), zap.Bool("graceful", o.Graceful), zap.Bool("timedOut", o.TimedOut),
 		zap.Strings("notStopped", o.NotStopped), zap.Uint64("ticks", o.Ticks), zap.Uint32("teardownMs", teardownMs))
 	if err := d.cfg.System.Boot.Complete(sysoom.ParseReason(o.Reason), o.Graceful, teardownMs, o.NotStopped); err != nil {
@@ -177,8 +157,10 @@ func (d *Daemon) waitDurable(seq uint64, grace time.Duration) bool {
 	t := time.NewTimer(grace)
 	defer t.Stop()
 	for {
-		var durable uint64
-		d.withCore(func(c *policy.Core) { durable = c.AuditDurable() })
+		durable, err := query(d, d.core.AuditDurable)
+		if err != nil {
+			return false
+		}
 		if durable >= seq {
 			return true
 		}
@@ -192,65 +174,45 @@ func (d *Daemon) waitDurable(seq uint64, grace time.Duration) bool {
 	}
 }
 
-// runLevels samples MemAvailable into the core every levels.intervalMs (sampleMs when
-// 0) while the policy enables levels, and idles otherwise.
-func (d *Daemon) runLevels(ctx context.Context) {
-	m := sysoom.NewMeminfoReader(d.cfg.System.Meminfo)
-	psi := sysoom.NewPSIReader(d.cfg.System.PSI)
-	var lastErr, lastPSIErr string
-	t := time.NewTimer(time.Hour)
-	defer t.Stop()
-	for {
-		d.mu.Lock()
-		p := d.core.Policy()
-		d.mu.Unlock()
-		var wait <-chan time.Time
-		if p.Levels.Enabled() {
-			ms := p.Levels.IntervalMs
-			if ms == 0 {
-				ms = p.SampleMs
-			}
-			t.Reset(time.Duration(ms) * time.Millisecond)
-			wait = t.C
+// levelReader reads MemAvailable and memory pressure for the levels, on the loop.
+type levelReader struct {
+	meminfo            *sysoom.MeminfoReader
+	psi                *sysoom.PSIReader
+	lastErr, lastPSIEr string // the last failure said, so a missing file does not flood the log
+}
+
+func newLevelReader(cfg SystemConfig) levelReader {
+	return levelReader{meminfo: sysoom.NewMeminfoReader(cfg.Meminfo), psi: sysoom.NewPSIReader(cfg.PSI)}
+}
+
+// sampleLevels steps MemAvailable, and memory pressure when the policy sets PSI
+// thresholds, into the core: on every tick when the level interval is the tick's,
+// on the level clock otherwise (loop.go).
+func (d *Daemon) sampleLevels() {
+	r := &d.levels
+	n, err := r.meminfo.ReadMemAvailable()
+	if err != nil {
+		if err.Error() != r.lastErr {
+			d.log.Warn("level sample skipped", zap.Error(err))
+			r.lastErr = err.Error()
 		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-d.sys.policyC:
-			if !t.Stop() {
-				select {
-				case <-t.C:
-				default:
-				}
-			}
-			continue
-		case <-wait:
-		}
-		n, err := m.ReadMemAvailable()
-		if err != nil {
-			// Said once per distinct failure: a missing file must not flood the log.
-			if err.Error() != lastErr {
-				d.log.Warn("level sample skipped", zap.Error(err))
-				lastErr = err.Error()
-			}
-			continue
-		}
-		lastErr = ""
-		d.step(policy.Input{Kind: policy.InputMemAvailable, Bytes: n})
-		if !p.Levels.PSIEnabled() {
-			continue
-		}
-		full, err := psi.ReadFull()
-		if err != nil {
-			if err.Error() != lastPSIErr {
-				d.log.Warn("memory pressure (PSI) sample skipped; levels follow MemAvailable alone", zap.Error(err))
-				lastPSIErr = err.Error()
-			}
-			continue
-		}
-		lastPSIErr = ""
-		d.step(policy.Input{Kind: policy.InputPressure, Pressure: full})
+		return
 	}
+	r.lastErr = ""
+	d.feed(policy.Input{Kind: policy.InputMemAvailable, Bytes: n})
+	if !d.clocks.psi {
+		return
+	}
+	full, err := r.psi.ReadFull()
+	if err != nil {
+		if err.Error() != r.lastPSIEr {
+			d.log.Warn("memory pressure (PSI) sample skipped; levels follow MemAvailable alone", zap.Error(err))
+			r.lastPSIEr = err.Error()
+		}
+		return
+	}
+	r.lastPSIEr = ""
+	d.feed(policy.Input{Kind: policy.InputPressure, Pressure: full})
 }
 
 // ErrHaltClaimed is wrapped by RequestReboot when the token was already claimed.
@@ -260,13 +222,19 @@ var ErrHaltClaimed = errors.New("reboot refused")
 // (the refusal is recorded as a haltRefused event and audit record) when it is already
 // claimed. It returns once the claim is made; the sequence runs on.
 func (d *Daemon) RequestReboot(reason string) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	h := d.core.Halt()
-	if err := d.coreStep(policy.Input{Kind: policy.InputRebootRequest, Reason: reason}); err != nil {
+	var (
+		h   policy.HaltStatus
+		err error
+	)
+	if err := d.do(func() {
+		h = d.core.Halt()
+		err = d.coreStep(policy.Input{Kind: policy.InputRebootRequest, Reason: reason})
+	}); err != nil {
 		return err
 	}
-	d.processReadyLocked()
+	if err != nil {
+		return err
+	}
 	if h.Claimed {
 		return fmt.Errorf("%w: %s", ErrHaltClaimed, h.HaltRefusal())
 	}

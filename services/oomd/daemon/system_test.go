@@ -50,7 +50,7 @@ type sysHarness struct {
 }
 
 // newSysHarness: levels warning 1000 / imminentOom 600 / oom 300, hysteresis 100, and a
-// bound of 60 s at 6 s ticks = 10 ticks, driven by the test's own d.tick() calls (the
+// bound of 60 s at 6 s ticks = 10 ticks, driven by the test's own d.tickNow() calls (the
 // injected clock); the same bound on the wall clock is a minute away, so it decides
 // nothing here unless a test asks for it.
 func newSysHarness(t *testing.T, opts ...func(*policy.Policy)) *sysHarness {
@@ -74,6 +74,7 @@ func newSysHarness(t *testing.T, opts ...func(*policy.Policy)) *sysHarness {
 	}}, h.aud, fakeTerminator{calls: make(chan policy.TerminateRequest, 8)})
 	require.NoError(t, err)
 	require.NoError(t, h.d.Start(ctx))
+	runLoop(t, h.d)
 	return h
 }
 
@@ -141,7 +142,7 @@ func (h *sysHarness) record() sysoom.Record {
 func TestOOMAckBeforeBound(t *testing.T) {
 	h := newSysHarness(t)
 	h.d.Register(&slot{subject: "web", instance: 1})
-	h.d.step(policy.Input{Kind: policy.InputMemAvailable, Bytes: 250})
+	h.d.stepNow(policy.Input{Kind: policy.InputMemAvailable, Bytes: 250})
 	select {
 	case <-h.sys.calls:
 		t.Fatal("teardown before the haltClaimed record was durable")
@@ -151,7 +152,7 @@ func TestOOMAckBeforeBound(t *testing.T) {
 	assert.Equal(t, policy.RebootOOM, h.waitCall())
 	require.Eventually(t, func() bool { return h.record().State == sysoom.StateInProgress }, 10*time.Second, time.Millisecond)
 
-	h.d.tick()
+	h.d.tickNow()
 	h.sys.answers <- fakeAnswer{rep: TeardownReport{Graceful: true}}
 	require.Eventually(t, func() bool {
 		var done bool
@@ -185,17 +186,17 @@ func TestOOMBoundFirst(t *testing.T) {
 	h := newSysHarness(t)
 	h.d.Register(&slot{subject: "stuck", instance: 1})
 	h.d.Register(&slot{subject: "web", instance: 1})
-	h.d.step(policy.Input{Kind: policy.InputMemAvailable, Bytes: 250})
+	h.d.stepNow(policy.Input{Kind: policy.InputMemAvailable, Bytes: 250})
 	h.ackAudit()
 	h.waitCall()
 	h.d.Exited("web", 1, 0, "signal=15")
 	for range 9 {
-		h.d.tick()
+		h.d.tickNow()
 	}
 	var halt policy.HaltStatus
 	h.d.withCore(func(c *policy.Core) { halt = c.Halt() })
 	require.False(t, halt.Done, "the bound is 10 ticks")
-	h.d.tick()
+	h.d.tickNow()
 	h.ackAudit()
 	h.waitReboot()
 	rec := h.record()
@@ -221,7 +222,7 @@ func TestOOMBoundOnWallClock(t *testing.T) {
 	h := newSysHarness(t, func(p *policy.Policy) { p.SampleMs, p.OOMTimeoutMs = 60000, 1000 })
 	h.d.Register(&slot{subject: "stuck", instance: 1})
 	start := time.Now()
-	h.d.step(policy.Input{Kind: policy.InputMemAvailable, Bytes: 10})
+	h.d.stepNow(policy.Input{Kind: policy.InputMemAvailable, Bytes: 10})
 	h.ackAudit()
 	h.waitCall()
 	require.Eventually(t, func() bool {
@@ -241,12 +242,12 @@ func TestOOMBoundOnWallClock(t *testing.T) {
 // as no ack: the bound ends the sequence.
 func TestTeardownUnimplemented(t *testing.T) {
 	h := newSysHarness(t)
-	h.d.step(policy.Input{Kind: policy.InputMemAvailable, Bytes: 10})
+	h.d.stepNow(policy.Input{Kind: policy.InputMemAvailable, Bytes: 10})
 	h.ackAudit()
 	h.waitCall()
 	h.sys.answers <- fakeAnswer{err: capnp.Unimplemented("teardown: not implemented yet in execd")}
 	for range 10 {
-		h.d.tick()
+		h.d.tickNow()
 	}
 	h.ackAudit()
 	h.waitReboot()
@@ -258,7 +259,7 @@ func TestTeardownUnimplemented(t *testing.T) {
 func TestRequestRebootRaces(t *testing.T) {
 	h := newSysHarness(t)
 	require.NoError(t, h.d.RequestReboot(policy.RebootUserRequest))
-	h.d.step(policy.Input{Kind: policy.InputMemAvailable, Bytes: 10})
+	h.d.stepNow(policy.Input{Kind: policy.InputMemAvailable, Bytes: 10})
 	err := h.d.RequestReboot(policy.RebootUserRequest)
 	require.ErrorIs(t, err, ErrHaltClaimed)
 	assert.Contains(t, err.Error(), "halt token already claimed by userRequest at tick 0")
@@ -340,7 +341,7 @@ func TestLevelWatcherCoalesces(t *testing.T) {
 			t.Fatalf("no changed() call; got %v", w.levels())
 		}
 	}
-	mem := func(n uint64) { h.d.step(policy.Input{Kind: policy.InputMemAvailable, Bytes: n}) }
+	mem := func(n uint64) { h.d.stepNow(policy.Input{Kind: policy.InputMemAvailable, Bytes: n}) }
 	mem(900) // warning: delivered, unanswered
 	wait()
 	mem(500)  // imminentOom

@@ -28,12 +28,13 @@ func TestVictimDecisionLogSaysWhy(t *testing.T) {
 	d, err := New(Config{Policy: p, Log: zap.New(core)}, aud, term)
 	require.NoError(t, err)
 	require.NoError(t, d.Start(context.Background()))
+	runLoop(t, d)
 
 	handOver(t, d, "big").report(t, "big", 900, 1)
 	handOver(t, d, "small").report(t, "small", 200, 1)
-	d.tick()
-	d.step(policy.Input{Kind: policy.InputMemAvailable, Bytes: 500}) // imminentOom
-	d.tick()
+	d.tickNow()
+	d.stepNow(policy.Input{Kind: policy.InputMemAvailable, Bytes: 500}) // imminentOom
+	d.tickNow()
 
 	decided := logs.FilterField(zap.String("event", "killDecided")).All()
 	require.Len(t, decided, 1, "one victim decision")

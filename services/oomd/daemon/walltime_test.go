@@ -40,13 +40,15 @@ func TestEventsNumberedAboveBaseAndStamped(t *testing.T) {
 		&fakeAuditor{}, fakeTerminator{calls: make(chan policy.TerminateRequest, 8)})
 	require.NoError(t, err)
 	require.NoError(t, d.Start(context.Background()))
+	runLoop(t, d)
 
 	app := handOver(t, d, "app")
 	for _, b := range []uint64{60, 10, 60} { // soft crossings, one event each way
 		app.report(t, "app", b, 1)
-		d.tick()
+		d.tickNow()
 	}
-	evs, _, missed := d.events(2990, 100)
+	evs, _, missed, err := d.events(2990, 100)
+	require.NoError(t, err)
 	require.NotEmpty(t, evs)
 	assert.Equal(t, uint64(10), missed, "seqs 2991..3000 belong to an earlier run")
 	assert.Equal(t, uint64(3001), evs[0].Seq)

@@ -147,11 +147,12 @@ type Core struct {
 	// those, so output produced between Ready and Advance is never lost.
 	audit                     []AuditRecord
 	terminate                 []TerminateRequest
+	haltTimer                 []HaltTimer
 	halt                      []HaltRequest
 	reboot                    []RebootOutcome
 	events                    []Event
 	handedA, handedT, handedE int
-	handedH, handedR          int
+	handedH, handedR, handedX int
 }
 
 // New returns a core enforcing cfg.Policy, at tick 0, with no subjects.
@@ -261,7 +262,7 @@ func (c *Core) Tick() { c.doTick() }
 // HasReady reports whether Ready has anything the shell has not been handed yet.
 func (c *Core) HasReady() bool {
 	return len(c.audit) > c.handedA || len(c.terminate) > c.handedT || len(c.events) > c.handedE ||
-		len(c.halt) > c.handedH || len(c.reboot) > c.handedR
+		len(c.halt) > c.handedH || len(c.reboot) > c.handedR || len(c.haltTimer) > c.handedX
 }
 
 // Ready returns everything produced since the last Advance. The shell must act on it
@@ -269,8 +270,8 @@ func (c *Core) HasReady() bool {
 // Advance returns the same items plus any produced since.
 func (c *Core) Ready() Ready {
 	c.handedA, c.handedT, c.handedE = len(c.audit), len(c.terminate), len(c.events)
-	c.handedH, c.handedR = len(c.halt), len(c.reboot)
-	return Ready{Audit: c.audit, Terminate: c.terminate, Halt: c.halt, Reboot: c.reboot, Events: c.events}
+	c.handedH, c.handedR, c.handedX = len(c.halt), len(c.reboot), len(c.haltTimer)
+	return Ready{Audit: c.audit, Terminate: c.terminate, HaltTimer: c.haltTimer, Halt: c.halt, Reboot: c.reboot, Events: c.events}
 }
 
 // Advance acknowledges the last Ready: exactly the items it returned are dropped.
@@ -282,8 +283,9 @@ func (c *Core) Advance() {
 	c.events = dropFront(c.events, c.handedE)
 	c.halt = dropFront(c.halt, c.handedH)
 	c.reboot = dropFront(c.reboot, c.handedR)
+	c.haltTimer = dropFront(c.haltTimer, c.handedX)
 	c.handedA, c.handedT, c.handedE = 0, 0, 0
-	c.handedH, c.handedR = 0, 0
+	c.handedH, c.handedR, c.handedX = 0, 0, 0
 }
 
 // dropFront removes the first n items, reusing the backing array so a steady loop

@@ -22,6 +22,7 @@ type harness struct {
 	chk    *checker
 	audit  []AuditRecord
 	term   []TerminateRequest
+	timers []HaltTimer
 	events []Event
 }
 
@@ -45,6 +46,7 @@ func (h *harness) step(in Input) error {
 	rd := h.c.Ready()
 	h.audit = append(h.audit, rd.Audit...)
 	h.term = append(h.term, rd.Terminate...)
+	h.timers = append(h.timers, rd.HaltTimer...)
 	h.events = append(h.events, rd.Events...)
 	require.NoError(h.t, h.chk.check(rd), "invariant after %s", FormatInput(in))
 	h.c.Advance()

@@ -10,7 +10,9 @@
 //
 // # The loop
 //
-// The daemon shell owns the only goroutine that touches a Core:
+// One goroutine owns a Core: the daemon's owner loop (services/oomd/daemon/loop.go), in
+// the style of raft's node.run. Every input reaches it on a channel, and everything the
+// core wants done leaves as a field of Ready:
 //
 //	core, err := policy.New(policy.Config{Policy: policy.DefaultPolicy()})
 //	if err != nil {
@@ -18,34 +20,44 @@
 //	}
 //	for {
 //		select {
-//		case <-ticker.C: // one tick = Policy.SampleMs
-//			core.Tick()
-//		case s := <-samples: // from the sink execd bound to s.subject
-//			_ = core.Step(policy.Input{Kind: policy.InputSample, Subject: s.subject,
-//				Instance: s.instance, Claimed: s.claimed, Bytes: s.bytes})
-//		case in := <-answers: // audit acks, terminate answers, exits, registrations
-//			if err := core.Step(in); err != nil {
-//				log.Warn("input refused", zap.Error(err))
+//		case <-tick.C: // one tick = Policy.SampleMs
+//			for _, s := range drainSamples() { // coalesced per subject, in subject order
+//				_ = core.Step(policy.Input{Kind: policy.InputSample, Subject: s.subject,
+//					Instance: s.instance, Claimed: s.claimed, Bytes: s.bytes})
 //			}
+//			_ = core.Step(policy.Input{Kind: policy.InputMemAvailable, Bytes: memAvailable()})
+//			_ = core.Step(policy.Input{Kind: policy.InputTick})
+//		case <-haltTimer.C: // started from Ready.HaltTimer
+//			_ = core.Step(policy.Input{Kind: policy.InputHaltTimeout})
+//		case in := <-answers: // audit acks, terminate answers, the teardown's report
+//			_ = core.Step(in)
+//		case c := <-calls: // registrations, exits, policy changes, queries
+//			c.run(core)
 //		}
 //		if !core.HasReady() {
 //			continue
 //		}
 //		rd := core.Ready()
 //		journal.Append(rd.Audit)   // 1. audit first; when logd has synced up to
-//		                           //    seq, the shell steps InputAuditAck{Seq: seq}
+//		                           //    seq, an answer InputAuditAck{Seq: seq} comes
 //		for _, t := range rd.Terminate {
-//			terminator.Terminate(t) // 2. its audit record is already durable;
-//			                        //    answer with InputTerminateAck/Refused
+//			go terminate(t)         // 2. its audit record is already durable; the
+//		}                           //    answer is InputTerminateAck/Refused
+//		for _, h := range rd.HaltTimer {
+//			haltTimer = time.NewTimer(ms(h.Ms)) // 3. the bound on the wall clock
 //		}
-//		publish(rd.Events)         // 3. subscribers, markers, logs
+//		for _, h := range rd.Halt {
+//			go teardown(h)          //    and the teardown (answer: InputTeardownDone)
+//		}
+//		persistAndReboot(rd.Reboot) // 4. the outcome (stop haltTimer)
+//		publish(rd.Events)         // 5. subscribers, markers, logs
 //		core.Advance()
 //	}
 //
-// Long operations (logd's sync, execd's terminate) run elsewhere and come back as
-// inputs on the same loop; the core never waits for anything. Advance drops exactly
-// what the last Ready returned, so output produced by a Step made while a Ready was
-// being handled is kept for the next one.
+// Long operations (logd's sync, execd's terminate and teardown) run on goroutines of
+// their own and come back as inputs on the same loop; the core never waits for
+// anything. Advance drops exactly what the last Ready returned, so output produced by
+// a Step made while a Ready was being handled is kept for the next one.
 //
 // # Guarantees
 //

@@ -121,7 +121,7 @@ var ErrOutputPending = errors.New("core state: output pending (call Advance firs
 // State returns the core's state. It fails only when Ready output is pending: take it
 // right after Advance.
 func (c *Core) State() (State, error) {
-	if c.HasReady() || len(c.audit)+len(c.terminate)+len(c.events)+len(c.halt)+len(c.reboot) > 0 {
+	if c.HasReady() || len(c.audit)+len(c.terminate)+len(c.events)+len(c.halt)+len(c.reboot)+len(c.haltTimer) > 0 {
 		return State{}, ErrOutputPending
 	}
 	st := State{

@@ -258,19 +258,24 @@ func (c *Core) claimHalt(reason string, avail uint64) {
 		return
 	}
 	*h = halt{claimed: true, reason: reason, tick: c.tick, deadline: c.tick + c.timeoutTicks()}
+	c.haltTimer = append(c.haltTimer, HaltTimer{Ms: c.timeoutMs()})
 	h.auditSeq = c.appendAudit(AuditRecord{Kind: EventHaltClaimed, Bytes: avail, Limit: c.pol.Levels.OOMBytes, Reason: reason})
 	c.emit(Event{Kind: EventHaltClaimed, Bytes: avail, Reason: reason})
 }
 
-// timeoutTicks is Policy.OOMTimeoutMs in ticks, rounded up, so the bound is never
-// shorter than configured (and at most one tick longer).
-func (c *Core) timeoutTicks() uint64 {
-	ms := uint64(c.pol.OOMTimeoutMs)
-	if ms == 0 {
-		ms = DefaultOOMTimeout
+// timeoutMs is the bound: Policy.OOMTimeoutMs, or DefaultOOMTimeout when unset.
+func (c *Core) timeoutMs() uint64 {
+	if ms := uint64(c.pol.OOMTimeoutMs); ms != 0 {
+		return ms
 	}
+	return DefaultOOMTimeout
+}
+
+// timeoutTicks is the bound in ticks, rounded up, so it is never shorter than
+// configured (and at most one tick longer).
+func (c *Core) timeoutTicks() uint64 {
 	sample := uint64(c.pol.SampleMs)
-	return max(1, (ms+sample-1)/sample)
+	return max(1, (c.timeoutMs()+sample-1)/sample)
 }
 
 // releaseHalt hands out the HaltRequest once its haltClaimed record is durable.

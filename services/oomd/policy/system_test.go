@@ -71,6 +71,7 @@ func TestLevelNextMonotone(t *testing.T) {
 func TestHaltTokenOnce(t *testing.T) {
 	p := testPolicy()
 	p.Levels = LevelThresholds{WarningBytes: 1000, ImminentOOMBytes: 600, OOMBytes: 300}
+	p.OOMTimeoutMs = 2500
 	h := newHarness(t, p)
 	h.must(Input{Kind: InputTick})
 	h.must(Input{Kind: InputRebootRequest, Reason: RebootUserRequest})
@@ -92,5 +93,7 @@ func TestHaltTokenOnce(t *testing.T) {
 	}
 	assert.Equal(t, 1, claimed)
 	assert.Equal(t, 6, refused)
+	// The wall-clock bound leaves once, with the claim, as a Ready field.
+	assert.Equal(t, []HaltTimer{{Ms: 2500}}, h.timers)
 	assert.Equal(t, "halt token already claimed by userRequest at tick 1", h.c.Halt().HaltRefusal())
 }

@@ -271,6 +271,14 @@ type HaltRequest struct {
 	TimeoutTicks uint64 // the bound, counted from Tick
 }
 
+// HaltTimer is the bound on the shell's wall clock: the core hands it out when the halt
+// token is claimed, the moment its own bound (counted in ticks) starts. The shell starts
+// a timer of Ms and steps InputHaltTimeout when it fires, so a tick loop that falls
+// behind cannot stretch the bound; it stops the timer when the RebootOutcome comes out.
+type HaltTimer struct {
+	Ms uint64
+}
+
 // RebootOutcome ends the sequence: exactly one per claimed token, either when execd
 // acknowledged (TimedOut false) or when the bound passed first (TimedOut true). The
 // shell persists it as the reboot record and then runs the reboot action.
@@ -285,7 +293,8 @@ type RebootOutcome struct {
 // Ready is what the shell must do, in this order:
 //  1. append every Audit record and wait until it is durable, then Step(InputAuditAck);
 //  2. send every Terminate request (their audit records were acknowledged earlier);
-//  3. start the Halt sequence (its haltClaimed record was acknowledged earlier);
+//  3. start every HaltTimer, and the Halt sequence (its haltClaimed record was
+//     acknowledged earlier);
 //  4. persist the Reboot outcome, then run the reboot action (its audit record is in
 //     Audit: wait a bounded time for it, never unboundedly, the reboot must happen);
 //  5. publish Events (ring readers, subscribers, markers, logs).
@@ -294,6 +303,7 @@ type RebootOutcome struct {
 type Ready struct {
 	Audit     []AuditRecord
 	Terminate []TerminateRequest
+	HaltTimer []HaltTimer
 	Halt      []HaltRequest
 	Reboot    []RebootOutcome
 	Events    []Event

@@ -1,0 +1,126 @@
+package daemon
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"reflect"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/zap/zaptest"
+
+	"oomd.dev/oomd/services/oomd/policy"
+	"oomd.dev/oomd/services/oomd/tracelog"
+)
+
+// TestClocksConfigure: the level readings share the tick when their interval is the
+// tick's (or unset), get a clock of their own when it differs, and follow a policy
+// change either way.
+func TestClocksConfigure(t *testing.T) {
+	levels := policy.LevelThresholds{WarningBytes: 1000, ImminentOOMBytes: 600, OOMBytes: 300}
+	pol := func(sampleMs, intervalMs uint32, lv bool) policy.Policy {
+		p := policy.DefaultPolicy()
+		p.SampleMs = sampleMs
+		if lv {
+			p.Levels = levels
+			p.Levels.IntervalMs = intervalMs
+		}
+		return p
+	}
+	var c clocks
+	t.Cleanup(c.stop)
+	steps := []struct {
+		name        string
+		p           policy.Policy
+		onTick, own bool
+	}{
+		{"levels off", pol(100, 0, false), false, false},
+		{"unset interval: on the tick", pol(100, 0, true), true, false},
+		{"same interval: on the tick", pol(100, 100, true), true, false},
+		{"other interval: own clock", pol(100, 500, true), false, true},
+		{"the tick moves to it: on the tick", pol(500, 500, true), true, false},
+		{"the tick moves away: own clock", pol(200, 500, true), false, true},
+		{"levels off again", pol(200, 0, false), false, false},
+	}
+	for _, s := range steps {
+		c.configure(s.p, false)
+		assert.Equal(t, s.onTick, c.levelsOnTick, s.name)
+		assert.Equal(t, s.own, c.levels != nil, s.name)
+		assert.NotNil(t, c.ticker, s.name)
+		assert.Equal(t, time.Duration(s.p.SampleMs)*time.Millisecond, c.period, s.name)
+	}
+	var m clocks
+	m.configure(pol(100, 500, true), true)
+	assert.Nil(t, m.ticker, "manual: no ticker")
+	assert.Nil(t, m.levels, "manual: no level clock")
+	assert.False(t, m.levelsOnTick, "manual: the test steps the levels")
+}
+
+// TestLevelsShareTheTick runs the real loop with levels at the tick's interval and reads
+// its live trace: every MemAvailable reading is stepped right before a tick, one per
+// tick, so the loop wakes once per tick, not twice.
+func TestLevelsShareTheTick(t *testing.T) {
+	dir := t.TempDir()
+	meminfo := filepath.Join(dir, "meminfo")
+	require.NoError(t, os.WriteFile(meminfo, []byte("MemTotal: 8000000 kB\nMemAvailable: 4000000 kB\n"), 0o600))
+	rec, err := tracelog.Open(filepath.Join(dir, "trace"), 1, tracelog.Options{})
+	require.NoError(t, err)
+	p := policy.DefaultPolicy()
+	p.SampleMs = policy.MinSampleMs
+	p.Levels = policy.LevelThresholds{WarningBytes: 1 << 20, ImminentOOMBytes: 1 << 19, OOMBytes: 1 << 18}
+	ticks := make(chan struct{}, 64)
+	d, err := New(Config{Policy: p, Log: zaptest.NewLogger(t), Trace: rec, System: SystemConfig{Meminfo: meminfo},
+		Alive: func() {
+			select {
+			case ticks <- struct{}{}:
+			default:
+			}
+		}}, &fakeAuditor{}, fakeTerminator{calls: make(chan policy.TerminateRequest, 1)})
+	require.NoError(t, err)
+	require.NoError(t, d.Start(context.Background()))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	for i := range 10 {
+		select {
+		case <-ticks:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("tick %d never came", i+1)
+		}
+	}
+	cancel()
+	require.NoError(t, <-done) // the loop closed (flushed) the trace
+
+	names, err := tracelog.List(filepath.Join(dir, "trace"))
+	require.NoError(t, err)
+	require.Len(t, names, 1)
+	f, err := tracelog.ReadFile(filepath.Join(dir, "trace", names[0]))
+	require.NoError(t, err)
+	require.Empty(t, f.Damage)
+	var kinds []policy.InputKind
+	for _, in := range f.Inputs {
+		kinds = append(kinds, in.Kind)
+	}
+	require.GreaterOrEqual(t, len(kinds), 20)
+	for i := 0; i+1 < len(kinds); i += 2 {
+		require.Equal(t, []policy.InputKind{policy.InputMemAvailable, policy.InputTick}, kinds[i:i+2], "inputs %d..%d of %v", i, i+1, kinds)
+	}
+}
+
+// TestNoLockAroundTheCore: the owner loop is the core's only guard. A mutex on Daemon
+// other than polMu (which serialises SetPolicy's check-persist-apply, never the core)
+// means something touches the loop's state from another goroutine.
+func TestNoLockAroundTheCore(t *testing.T) {
+	typ := reflect.TypeFor[Daemon]()
+	for i := range typ.NumField() {
+		f := typ.Field(i)
+		switch f.Type {
+		case reflect.TypeFor[sync.Mutex](), reflect.TypeFor[sync.RWMutex]():
+			assert.Equal(t, "polMu", f.Name, "Daemon.%s: a lock beside the owner loop", f.Name)
+		}
+	}
+}
