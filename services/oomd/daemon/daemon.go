@@ -102,6 +102,8 @@ type Daemon struct {
 	walls       wallStamps
 	stats       shellStats // totals for metrics (metrics.go)
 	manualTicks bool       // tests: no ticker; ticks come as calls
+	traceTicks  int        // ticks since the live trace was last flushed
+	traceNews   bool       // the trace holds inputs that produced output: flush at the tick
 
 	// Shared, each with its own synchronisation.
 	dirty       dirtyList

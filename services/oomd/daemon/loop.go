@@ -138,12 +138,30 @@ func (d *Daemon) tick() {
 	}
 	d.feed(policy.Input{Kind: policy.InputTick})
 	d.processReady()
-	if t := d.cfg.Trace; t != nil && t.Err() == nil {
-		if err := t.Flush(); err != nil {
-			d.log.Error("live trace stopped; the watchdog goes on without it", zap.Error(err))
-		}
-	}
+	d.flushTrace()
 	d.tickSeconds.Observe(time.Since(start).Seconds())
+}
+
+// traceFlushEvery is how long an idle loop keeps trace records buffered: it writes them
+// once a second, not on every tick (a write per tick was a tenth of an idle oomd's
+// syscalls), and at once after a tick with events or audit records, so a decision's
+// trace is on disk as soon as its record is on the way to logd.
+const traceFlushEvery = time.Second
+
+// flushTrace writes the buffered trace when it is due (loop only).
+func (d *Daemon) flushTrace() {
+	t := d.cfg.Trace
+	if t == nil || t.Err() != nil {
+		return
+	}
+	d.traceTicks++
+	if !d.traceNews && time.Duration(d.traceTicks)*d.clocks.period < traceFlushEvery {
+		return
+	}
+	d.traceNews, d.traceTicks = false, 0
+	if err := t.Flush(); err != nil {
+		d.log.Error("live trace stopped; the watchdog goes on without it", zap.Error(err))
+	}
 }
 
 // feed steps one input. Errors are inputs the core refused as malformed; they are
@@ -173,6 +191,7 @@ func (d *Daemon) processReady() {
 		return
 	}
 	rd := d.core.Ready()
+	d.traceNews = d.traceNews || len(rd.Audit) > 0 || len(rd.Events) > 0
 	if len(rd.Audit) > 0 {
 		recs := slices.Clone(rd.Audit)
 		if d.cfg.Trace != nil {

@@ -124,3 +124,37 @@ func TestNoLockAroundTheCore(t *testing.T) {
 		}
 	}
 }
+
+// TestTraceFlushedOnNewsOrOnceASecond: an idle loop writes its live trace once a second
+// of ticks, and at the first tick after anything produced output.
+func TestTraceFlushedOnNewsOrOnceASecond(t *testing.T) {
+	dir := t.TempDir()
+	rec, err := tracelog.Open(dir, 1, tracelog.Options{})
+	require.NoError(t, err)
+	p := policy.DefaultPolicy()
+	p.SampleMs = 100 // a flush every 10 idle ticks
+	d, err := New(Config{Policy: p, Log: zaptest.NewLogger(t), Trace: rec}, &fakeAuditor{}, fakeTerminator{calls: make(chan policy.TerminateRequest, 1)})
+	require.NoError(t, err)
+	require.NoError(t, d.Start(context.Background()))
+	runLoop(t, d)
+	onDisk := func() int64 {
+		names, err := tracelog.List(dir)
+		require.NoError(t, err)
+		require.Len(t, names, 1)
+		fi, err := os.Stat(filepath.Join(dir, names[0]))
+		require.NoError(t, err)
+		return fi.Size()
+	}
+	start := onDisk()
+	for range 9 {
+		d.tickNow()
+	}
+	assert.Equal(t, start, onDisk(), "nine idle ticks stay buffered")
+	d.tickNow()
+	second := onDisk()
+	assert.Greater(t, second, start, "the tenth idle tick (a second) flushes")
+	require.NoError(t, d.Register(&slot{subject: "app", instance: 1})) // an event: subjectRegistered
+	assert.Equal(t, second, onDisk(), "the registration is buffered until the tick")
+	d.tickNow()
+	assert.Greater(t, onDisk(), second, "the tick after an event flushes")
+}

@@ -9,9 +9,10 @@
 // own; the files of one run replay as a chain. A file is rotated once it passes
 // Options.MaxFileBytes; beyond Options.MaxFiles the oldest files are deleted (any run).
 //
-// Writes are buffered and flushed at every tick (Flush): a crash loses at most the
-// inputs of the tick under way. The trace is a diagnostic, not an audit: nothing is
-// fsync'ed, and nothing waits for it.
+// Writes are buffered; the daemon flushes (Flush) at the first tick after anything
+// produced output and otherwise once a second, so a crash loses at most a second of
+// quiet inputs, never those before a decision once its tick ended. The trace is a
+// diagnostic, not an audit: nothing is fsync'ed, and nothing waits for it.
 package tracelog
 
 import (
@@ -70,7 +71,7 @@ type Options struct {
 }
 
 // Recorder writes one run's trace. It is not safe for concurrent use: the daemon calls
-// it under the lock that serialises the core.
+// it from its owner loop, the goroutine that steps the core.
 type Recorder struct {
 	dir  string
 	opts Options
