@@ -2,22 +2,19 @@ package sysoom
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
-	"io"
-	"os"
 	"strconv"
 )
 
 // DefaultMeminfo is where the kernel publishes MemAvailable.
 const DefaultMeminfo = "/proc/meminfo"
 
-// MeminfoReader reads MemAvailable from a meminfo-format file. It reopens the file on
-// every read, so a test can replace the file between reads, and reuses one buffer, so a
-// steady read costs no allocation. Not safe for concurrent use.
+// MeminfoReader reads MemAvailable from a meminfo-format file: the kernel's is kept
+// open and read with one pread, any other (a test's, replaced between readings) is
+// reopened on every read (procFile). A steady read costs no allocation. Not safe for
+// concurrent use.
 type MeminfoReader struct {
-	path string
-	buf  []byte
+	f procFile
 }
 
 // NewMeminfoReader reads path (DefaultMeminfo when empty).
@@ -25,7 +22,7 @@ func NewMeminfoReader(path string) *MeminfoReader {
 	if path == "" {
 		path = DefaultMeminfo
 	}
-	return &MeminfoReader{path: path, buf: make([]byte, 8<<10)}
+	return &MeminfoReader{f: newProcFile(path, 8<<10)}
 }
 
 var memAvailableKey = []byte("MemAvailable:")
@@ -34,16 +31,11 @@ var memAvailableKey = []byte("MemAvailable:")
 // MemAvailable line (torn while a test rewrote it, or a kernel without it) is an error,
 // never a zero: a zero would read as out of memory.
 func (m *MeminfoReader) ReadMemAvailable() (uint64, error) {
-	f, err := os.Open(m.path)
+	b, err := m.f.read()
 	if err != nil {
 		return 0, fmt.Errorf("read MemAvailable: %w", err)
 	}
-	n, err := io.ReadFull(f, m.buf)
-	f.Close()
-	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
-		return 0, fmt.Errorf("read MemAvailable from %s: %w", m.path, err)
-	}
-	return parseMemAvailable(m.buf[:n], m.path)
+	return parseMemAvailable(b, m.f.path)
 }
 
 func parseMemAvailable(b []byte, path string) (uint64, error) {

@@ -2,20 +2,16 @@ package sysoom
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
-	"io"
-	"os"
 )
 
 // DefaultPSI is where the kernel reports memory pressure (Linux 4.20+, CONFIG_PSI).
 const DefaultPSI = "/proc/pressure/memory"
 
-// PSIReader reads the "full avg10" of a PSI file, re-opening it on each read (a test
-// may replace the file between reads).
+// PSIReader reads the "full avg10" of a PSI file: the kernel's is kept open and read
+// with one pread, any other (a test's) is reopened on every read (procFile).
 type PSIReader struct {
-	path string
-	buf  []byte
+	f procFile
 }
 
 // NewPSIReader reads path (DefaultPSI when empty).
@@ -23,7 +19,7 @@ func NewPSIReader(path string) *PSIReader {
 	if path == "" {
 		path = DefaultPSI
 	}
-	return &PSIReader{path: path, buf: make([]byte, 512)}
+	return &PSIReader{f: newProcFile(path, 512)}
 }
 
 var psiFullKey = []byte("full avg10=")
@@ -31,16 +27,11 @@ var psiFullKey = []byte("full avg10=")
 // ReadFull returns "full avg10" in hundredths of a percent (0..10000): the share of the
 // last 10 s in which every non-idle task was stalled waiting for memory.
 func (r *PSIReader) ReadFull() (uint32, error) {
-	f, err := os.Open(r.path)
+	b, err := r.f.read()
 	if err != nil {
 		return 0, fmt.Errorf("read memory pressure: %w", err)
 	}
-	n, err := io.ReadFull(f, r.buf)
-	f.Close()
-	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
-		return 0, fmt.Errorf("read memory pressure from %s: %w", r.path, err)
-	}
-	return parsePSIFull(r.buf[:n], r.path)
+	return parsePSIFull(b, r.f.path)
 }
 
 // parsePSIFull reads the avg10 of the "full" line: "full avg10=12.34 avg60=... total=...".
