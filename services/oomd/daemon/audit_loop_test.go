@@ -107,8 +107,10 @@ func TestAuditLoopSpillsWithoutLogd(t *testing.T) {
 func TestAuditLoopWaitsWhenTheSpillIsFull(t *testing.T) {
 	a, sp, k := newLoopAuditor(t, spillMinMaxBytes, 0)
 	n := uint64(0)
-	for sp.Append(spillRecs(n+1, n+1)) == nil {
-		n++
+	for _, batch := range []uint64{16, 1} { // fewer fsyncs than one record at a time
+		for sp.Append(spillRecs(n+1, n+batch)) == nil {
+			n += batch
+		}
 	}
 	a.base = n
 	l := newAuditLoop(a, nil, k.ack)
