@@ -80,10 +80,10 @@ func (r ExitReport) failed() bool { return r.Signal != 0 || r.ExitCode != 0 }
 
 // spawn starts a new instance of svc with its session (and memstat delivery or broker socket)
 // and starts its waiter before anything can miss the exit. s.mu must be held.
-func (s *Supervisor) spawn(svc *service) (p *proc, err error) {
+func (s *Supervisor) spawn(svc *service) (*proc, error) {
 	spec := svc.spec
 	svc.spawns++
-	p = &proc{
+	p := &proc{
 		svc:      svc,
 		instance: svc.spawns,
 		readyCh:  make(chan struct{}),
@@ -91,136 +91,23 @@ func (s *Supervisor) spawn(svc *service) (p *proc, err error) {
 	}
 	log := s.log.With(zap.String("subject", spec.ID), zap.Uint64("instance", p.instance))
 
-	// Every fd below is close-on-exec in execd; ExtraFiles dup2s the child's ends into
-	// place without the flag, so the child gets exactly these.
-	var toClose []*os.File
-	defer func() {
-		for _, f := range toClose {
-			f.Close()
-		}
-	}()
-	sessExecd, sessChild, err := rpcx.Socketpair()
+	cio, err := s.openChildIO(spec)
 	if err != nil {
-		return nil, fmt.Errorf("session socket: %w", err)
+		return nil, err
 	}
-	toClose = append(toClose, sessChild)
-	sessConn, err := rpcx.FileToConn(sessExecd)
-	if err != nil {
-		return nil, fmt.Errorf("session socket: %w", err)
-	}
-	defer func() {
-		if err != nil {
-			sessConn.Close()
-		}
-	}()
-	extra := []*os.File{sessChild}
-	env := s.childEnv(spec)
-	env = append(env, rpcx.EnvSessionFD+"="+strconv.Itoa(childSessionFD))
-
-	var deliveryExecd *net.UnixConn // execd's end of this child's memstat delivery socket
-	var brokerExecd *net.UnixConn
-	if spec.Watchdog() {
-		bExecd, bChild, err := rpcx.SeqpacketPair()
-		if err != nil {
-			return nil, fmt.Errorf("broker socket: %w", err)
-		}
-		f, err := bChild.File() // a dup; both are closed after the fork
-		bChild.Close()
-		if err != nil {
-			bExecd.Close()
-			return nil, fmt.Errorf("broker socket: %w", err)
-		}
-		toClose = append(toClose, f)
-		brokerExecd = bExecd
-		extra = append(extra, f)
-		env = append(env, rpcx.EnvBrokerFD+"="+strconv.Itoa(childSecondFD))
-	} else {
-		dExecd, dChild, err := rpcx.SeqpacketPair()
-		if err != nil {
-			return nil, fmt.Errorf("memstat delivery socket: %w", err)
-		}
-		f, err := dChild.File() // a dup; both are closed after the fork
-		dChild.Close()
-		if err != nil {
-			dExecd.Close()
-			return nil, fmt.Errorf("memstat delivery socket: %w", err)
-		}
-		toClose = append(toClose, f)
-		deliveryExecd = dExecd
-		extra = append(extra, f)
-		env = append(env, rpcx.EnvMemstatFD+"="+strconv.Itoa(childSecondFD))
-	}
-	defer func() {
-		if err != nil {
-			if deliveryExecd != nil {
-				deliveryExecd.Close()
-			}
-			if brokerExecd != nil {
-				brokerExecd.Close()
-			}
-		}
-	}()
-
-	if !spec.Watchdog() && !s.cfg.NoPages {
-		// One sealed page per instance: the child maps it read-write, the watchdog gets a
-		// read-only fd with each handoff (docs/memstat-page.md).
-		pg, err := page.Create("oomd-memstat:" + spec.ID)
-		if err != nil {
-			return nil, fmt.Errorf("memstat page: %w", err)
-		}
-		p.page = pg
-		extra = append(extra, pg)
-		env = append(env, page.EnvFD+"="+strconv.Itoa(childPageFD))
-	}
-	defer func() {
-		if err != nil && p.page != nil {
-			p.page.Close()
-		}
-	}()
+	defer cio.closeChildEnds() // the child has its own copies after the fork
 	p.group = s.contain(spec, p.instance, log)
-	defer func() {
-		if err != nil && p.group != nil {
+	cmd := s.command(spec, cio, p.group)
+	pidfd, err := s.start(cmd, log)
+	if err != nil {
+		if p.group != nil {
 			p.group.Remove()
 		}
-	}()
-
-	cmd := exec.Command(spec.Argv[0], spec.Argv[1:]...)
-	cmd.Env = env
-	cmd.Stdout = s.cfg.Stdout
-	cmd.Stderr = s.cfg.Stderr
-	cmd.ExtraFiles = extra
-	pidfd := -1
-	cmd.SysProcAttr = &syscall.SysProcAttr{
-		PidFD: &pidfd,
-		// Own process group: a terminal's Ctrl-C reaches execd alone, which then stops
-		// the children in order.
-		Setpgid:   true,
-		Pdeathsig: syscall.SIGKILL,
-	}
-	if cmd.Err == nil && p.group != nil {
-		p.group.Prepare(cmd)
-	}
-
-	s.spawnMu.Lock()
-	err = cmd.Start()
-	if err == nil {
-		s.managed[cmd.Process.Pid] = true
-	}
-	s.spawnMu.Unlock()
-	if err != nil {
-		log.Error("spawn failed", zap.Strings("argv", spec.Argv), zap.Error(err))
-		return nil, fmt.Errorf("spawn %s: %w", spec.Argv[0], err)
-	}
-	if pidfd < 0 {
-		// Without a pidfd we could signal a recycled pid; execd needs Linux >= 5.4.
-		cmd.Process.Kill()
-		cmd.Wait()
-		s.spawnMu.Lock()
-		delete(s.managed, cmd.Process.Pid)
-		s.spawnMu.Unlock()
-		return nil, errors.New("spawn: the kernel returned no pidfd (Linux 5.4 or later is required)")
+		cio.abort()
+		return nil, err
 	}
 	p.cmd, p.pid, p.pidfd, p.started = cmd, cmd.Process.Pid, pidfd, time.Now()
+	p.page = cio.page
 	if p.group != nil {
 		p.group.Started(p.pid)
 	}
@@ -231,15 +118,172 @@ func (s *Supervisor) spawn(svc *service) (p *proc, err error) {
 	log = log.With(zap.Int("pid", p.pid))
 	log.Info("started", zap.Strings("argv", spec.Argv))
 	sess := &session{s: s, p: p, log: log}
-	p.session = rpcx.NewLimitedConn(sessConn, rpcx.Recovering(oomdpb.Session_Methods(nil, sess), sess, log), log.Named("session"), SessionLimits)
+	p.session = rpcx.NewLimitedConn(cio.session, rpcx.Recovering(oomdpb.Session_Methods(nil, sess), sess, log), log.Named("session"), SessionLimits)
+	s.handOver(p, cio.second)
+	return p, nil
+}
 
+// childIO is what a child inherits, made before the fork: its fds in ExtraFiles order
+// (ExtraFiles[i] is fd 3+i in the child) with the environment naming them, and execd's
+// ends. Every fd here is close-on-exec in execd; ExtraFiles dup2s the child's ends into
+// place without the flag, so the child gets exactly these.
+type childIO struct {
+	extra     []*os.File
+	env       []string
+	childEnds []*os.File    // execd's copies of the child's socket ends (closeChildEnds)
+	session   net.Conn      // execd's end of the session socket
+	second    *net.UnixConn // execd's end of the broker (watchdog) or memstat delivery socket
+	page      *os.File      // the memstat page, read-write (also in extra); nil: none
+}
+
+// openChildIO makes a child's session socket, its second socket (the broker connection
+// for the watchdog, the memstat delivery socket for every other child) and, unless it is
+// the watchdog or pages are off, its memstat page. On error nothing is left open.
+func (s *Supervisor) openChildIO(spec *manifest.Service) (_ *childIO, err error) {
+	c := &childIO{env: s.childEnv(spec)}
+	defer func() {
+		if err != nil {
+			c.abort()
+			c.closeChildEnds()
+		}
+	}()
+	sessExecd, sessChild, err := rpcx.Socketpair()
+	if err != nil {
+		return nil, fmt.Errorf("session socket: %w", err)
+	}
+	c.childEnds = append(c.childEnds, sessChild)
+	c.pass(sessChild, rpcx.EnvSessionFD, childSessionFD)
+	if c.session, err = rpcx.FileToConn(sessExecd); err != nil {
+		return nil, fmt.Errorf("session socket: %w", err)
+	}
+
+	what, envFD := "memstat delivery socket", rpcx.EnvMemstatFD
+	if spec.Watchdog() {
+		what, envFD = "broker socket", rpcx.EnvBrokerFD
+	}
+	second, secondChild, err := seqpacketForChild()
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	c.second = second
+	c.childEnds = append(c.childEnds, secondChild)
+	c.pass(secondChild, envFD, childSecondFD)
+
+	if !spec.Watchdog() && !s.cfg.NoPages {
+		// One sealed page per instance: the child maps it read-write, the watchdog gets a
+		// read-only fd with each handoff (docs/memstat-page.md).
+		pg, err := page.Create("oomd-memstat:" + spec.ID)
+		if err != nil {
+			return nil, fmt.Errorf("memstat page: %w", err)
+		}
+		c.page = pg
+		c.pass(pg, page.EnvFD, childPageFD)
+	}
+	return c, nil
+}
+
+// pass gives f to the child as fd (the next in ExtraFiles order) and names it in envName.
+func (c *childIO) pass(f *os.File, envName string, fd int) {
+	c.extra = append(c.extra, f)
+	c.env = append(c.env, envName+"="+strconv.Itoa(fd))
+}
+
+// closeChildEnds closes execd's copies of the child's socket ends: after the fork, or
+// when the child is not started.
+func (c *childIO) closeChildEnds() {
+	for _, f := range c.childEnds {
+		f.Close()
+	}
+	c.childEnds = nil
+}
+
+// abort closes execd's ends and the page when the child is not started.
+func (c *childIO) abort() {
+	if c.session != nil {
+		c.session.Close()
+	}
+	if c.second != nil {
+		c.second.Close()
+	}
+	if c.page != nil {
+		c.page.Close()
+	}
+}
+
+// seqpacketForChild makes a SOCK_SEQPACKET pair: execd's end, and the child's end as a
+// file to put in ExtraFiles (a close-on-exec dup; the child's conn is closed here).
+func seqpacketForChild() (execdEnd *net.UnixConn, childEnd *os.File, err error) {
+	e, c, err := rpcx.SeqpacketPair()
+	if err != nil {
+		return nil, nil, err
+	}
+	f, err := c.File()
+	c.Close()
+	if err != nil {
+		e.Close()
+		return nil, nil, err
+	}
+	return e, f, nil
+}
+
+// command is the child's command line, environment, stdio and fds, in its own process
+// group, killed if execd dies, and placed in group (nil: uncontained).
+func (s *Supervisor) command(spec *manifest.Service, cio *childIO, group *cgroup.Group) *exec.Cmd {
+	cmd := exec.Command(spec.Argv[0], spec.Argv[1:]...)
+	cmd.Env = cio.env
+	cmd.Stdout = s.cfg.Stdout
+	cmd.Stderr = s.cfg.Stderr
+	cmd.ExtraFiles = cio.extra
+	pidfd := -1 // stays -1 when the kernel gives none (start)
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		PidFD: &pidfd,
+		// Own process group: a terminal's Ctrl-C reaches execd alone, which then stops
+		// the children in order.
+		Setpgid:   true,
+		Pdeathsig: syscall.SIGKILL,
+	}
+	if cmd.Err == nil && group != nil {
+		group.Prepare(cmd)
+	}
+	return cmd
+}
+
+// start forks cmd and returns its pidfd. The pid is marked managed under spawnMu before
+// the reaper can see it exit, so the reaper never takes it for an orphan.
+func (s *Supervisor) start(cmd *exec.Cmd, log *zap.Logger) (pidfd int, err error) {
+	s.spawnMu.Lock()
+	err = cmd.Start()
+	if err == nil {
+		s.managed[cmd.Process.Pid] = true
+	}
+	s.spawnMu.Unlock()
+	if err != nil {
+		log.Error("spawn failed", zap.Strings("argv", cmd.Args), zap.Error(err))
+		return -1, fmt.Errorf("spawn %s: %w", cmd.Args[0], err)
+	}
+	if pidfd = *cmd.SysProcAttr.PidFD; pidfd < 0 {
+		// Without a pidfd we could signal a recycled pid; execd needs Linux >= 5.4.
+		cmd.Process.Kill()
+		cmd.Wait()
+		s.spawnMu.Lock()
+		delete(s.managed, cmd.Process.Pid)
+		s.spawnMu.Unlock()
+		return -1, errors.New("spawn: the kernel returned no pidfd (Linux 5.4 or later is required)")
+	}
+	return pidfd, nil
+}
+
+// handOver gives execd's end of p's second socket to the broker: the watchdog's becomes
+// the broker's connection, every other child's a member whose socket the watchdog gets.
+// With no watchdog in the manifest it is closed, so the child sees at once that no
+// connection will come rather than waiting for ever.
+func (s *Supervisor) handOver(p *proc, second *net.UnixConn) {
+	spec := p.svc.spec
 	switch {
-	case brokerExecd != nil:
-		s.broker.attach(brokerExecd, p.instance)
+	case spec.Watchdog():
+		s.broker.attach(second, p.instance)
 	case !s.hasWatchdog:
-		// No connection will ever come: the child sees its delivery socket closed at
-		// once rather than waiting forever.
-		deliveryExecd.Close()
+		second.Close()
 	default:
 		s.broker.add(&member{
 			p:          p,
@@ -249,13 +293,12 @@ func (s *Supervisor) spawn(svc *service) (p *proc, err error) {
 			critical:   spec.Critical,
 			injectable: spec.Injectable,
 			preference: oomdpb.Preference(slices.Index(manifest.Preferences, spec.Preference)),
-			delivery:   deliveryExecd,
+			delivery:   second,
 			group:      p.group,
 			page:       p.page,
 		})
 		p.page = nil // the broker owns it now (it makes read-only fds from it)
 	}
-	return p, nil
 }
 
 // contain makes the instance's cgroup (and sets its memory.high when the manifest asks).

@@ -2,7 +2,6 @@ package daemon
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sort"
 	"sync"
@@ -272,147 +271,29 @@ func (a *LogdAuditor) connect(ctx context.Context) (*logdSession, error) {
 	return s, nil
 }
 
-// run is the auditor's only goroutine touching sessions and the spill file.
+// run is the auditor's only goroutine touching sessions and the spill file. It does
+// what its state calls for (auditLoop.step) until nothing can be done, then waits for
+// something to change: a record, a dial's result, a retry, the session's end.
 func (a *LogdAuditor) run(ctx context.Context, s *logdSession, ack func(uint64)) {
-	sessions := make(chan *logdSession, 1)
-	dialing := false
-	backoff := time.Duration(0)
-	dial := func() {
-		if dialing || s != nil {
-			return
-		}
-		dialing = true
-		go func(delay time.Duration) {
-			select {
-			case <-ctx.Done():
-				sessions <- nil
-				return
-			case <-time.After(delay):
-			}
-			dctx, cancel := context.WithTimeout(ctx, dialTimeout)
-			ns, err := a.connect(dctx)
-			cancel()
-			if err != nil {
-				a.log.Warn("logd unreachable", zap.Error(err), zap.Bool("spill", a.spill != nil))
-			}
-			sessions <- ns
-		}(backoff)
-	}
-	cause := "logd unreachable"
-	drop := func(err error) {
-		a.log.Warn("lost logd; reconnecting", zap.Error(err))
-		go s.close() // may wait on a frozen peer (docs/capnp-traps.md, trap 2)
-		s = nil
-		a.mu.Lock()
-		if a.journal.IsValid() {
-			a.journal.Release()
-			a.journal = oomdpb.Journal{}
-		}
-		a.mu.Unlock()
-		cause = truncate("logd: "+err.Error(), 120)
-	}
-	var retry <-chan time.Time
-	spillRetry := 50 * time.Millisecond
-	// replayStep sends logd the next chunk of the spill and empties the spill once logd
-	// has it all; it reports whether that made progress.
-	replayStep := func() bool {
-		done, err := a.replay(ctx, s)
-		if err != nil {
-			if ctx.Err() == nil {
-				drop(fmt.Errorf("replay: %w", err))
-			}
-			return false
-		}
-		backoff = 0
-		if done {
-			n, _ := a.spill.Last()
-			if err := a.spill.Reset(); err != nil {
-				a.log.Error("could not empty the replayed spill file", zap.Error(err))
-				return false
-			}
-			a.log.Info("spill file replayed to logd and emptied", zap.Uint64("upTo", n))
-		}
-		return true
-	}
-	defer func() {
-		if s != nil {
-			go s.close()
-		}
-	}()
-
-	for {
-		if ctx.Err() != nil {
-			return
-		}
-		recs := a.snapshot()
-		spilled := a.spill != nil && a.spill.Len() > 0
-		switch {
-		case len(recs) > 0 && a.spill != nil && (spilled || s == nil):
-			// Pending records first: they may hold a kill. Behind spilled records they go
-			// to the spill too, to keep logd's order.
-			reason := cause
-			if spilled && s != nil {
-				reason = "earlier records not yet replayed to logd"
-			}
-			if err := a.spillRecords(recs, reason, ack); err != nil {
-				a.spillFailures.Add(1)
-				// Full (or failing): the records wait in memory, and so do their kills.
-				// If logd is there, draining the spill into it makes room.
-				if spilled && s != nil && replayStep() {
-					continue
-				}
-				a.log.Error("audit records could not be spilled; they wait (and so do their kills)",
-					zap.Int("pending", len(recs)), zap.Error(err))
-				retry = time.After(spillRetry)
-				spillRetry = min(spillRetry*2, 2*time.Second)
-				break
-			}
-			spillRetry = 50 * time.Millisecond
+	l := newAuditLoop(a, s, ack)
+	defer l.close()
+	for ctx.Err() == nil {
+		if l.step(ctx) {
 			continue
-		case len(recs) > 0 && s != nil:
-			if err := a.flush(ctx, s, recs, ack); err != nil {
-				if ctx.Err() != nil {
-					return
-				}
-				drop(err)
-				continue // with a spill file the records go there now
-			}
-			backoff = 0
-			continue
-		case len(recs) == 0 && spilled && s != nil:
-			if replayStep() {
-				continue
-			}
-			if s != nil { // the spill could not be emptied: try again later
-				retry = time.After(time.Second)
-			}
 		}
-
-		if s == nil {
-			dial()
-		}
-		var connDone <-chan struct{}
-		if s != nil {
-			connDone = s.conn.Done()
-		}
-		select {
-		case <-ctx.Done():
+		if !l.wait(ctx) {
 			return
-		case <-a.wake:
-		case <-retry:
-			retry = nil
-		case ns := <-sessions:
-			dialing = false
-			// The backoff grows with every failed connect and every session lost, and
-			// resets only when logd acknowledged something: a logd that accepts but stays
-			// slower than the sync timeout is not hammered.
-			backoff = min(max(backoff*2, 50*time.Millisecond), 2*time.Second)
-			if ns != nil {
-				s = ns
-			}
-		case <-connDone:
-			drop(errors.New("logd connection closed"))
 		}
+	}
+}
+
+// forgetJournal drops the reference to a lost session's journal (Journal, State).
+func (a *LogdAuditor) forgetJournal() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.journal.IsValid() {
+		a.journal.Release()
+		a.journal = oomdpb.Journal{}
 	}
 }
 
