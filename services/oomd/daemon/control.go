@@ -200,75 +200,35 @@ func (s *controlServer) Status(_ context.Context, call oomdpb.Control_status) er
 			}
 		}
 	})
+	st := wire.Status{
+		Tick: tick, PolicyVersion: ver, LastEventSeq: last, EventSeqBase: seqBase,
+		StartedAtNs: s.d.started.UnixNano(), Truncated: truncated,
+		Kills: counters.Kills, Denied: counters.Denied, Throttled: counters.Throttled,
+		RejectedSamples: counters.Rejected, AcceptedSamples: counters.Accepted,
+		InjectEnabled: s.d.cfg.EnableInject, Level: oomdpb.PressureLevel(level), MemAvailableBytes: avail,
+		HaltClaimed: halt.Claimed, AuditWaiting: waiting,
+		Subjects: make([]wire.SubjectStatus, len(subjects)),
+	}
+	if as, ok := s.d.audit.(interface{ State() (bool, int) }); ok {
+		connected, spilled := as.State()
+		st.AuditLogdDown = !connected
+		st.AuditSpilled = uint64(spilled)
+	}
+	if victim.Subject != "" { // else all three stay empty: no subject is a candidate
+		st.Victim, st.VictimReason, st.VictimHold = victim.Subject, victim.Reason, victim.Hold
+	}
+	for i, ss := range subjects {
+		st.Subjects[i] = wire.SubjectStatusOf(ss, modes[i])
+	}
 	res, err := call.AllocResults()
 	if err != nil {
 		return err
 	}
-	st, err := res.NewStatus()
+	dst, err := res.NewStatus()
 	if err != nil {
 		return err
 	}
-	st.SetTick(tick)
-	st.SetPolicyVersion(ver)
-	st.SetLastEventSeq(last)
-	st.SetEventSeqBase(seqBase)
-	st.SetStartedAtNs(s.d.started.UnixNano())
-	st.SetTruncated(truncated)
-	st.SetKills(counters.Kills)
-	st.SetDenied(counters.Denied)
-	st.SetThrottled(counters.Throttled)
-	st.SetRejectedSamples(counters.Rejected)
-	st.SetAcceptedSamples(counters.Accepted)
-	st.SetInjectEnabled(s.d.cfg.EnableInject)
-	st.SetLevel(oomdpb.PressureLevel(level))
-	st.SetMemAvailableBytes(avail)
-	st.SetHaltClaimed(halt.Claimed)
-	st.SetAuditWaiting(waiting)
-	if as, ok := s.d.audit.(interface{ State() (bool, int) }); ok {
-		connected, spilled := as.State()
-		st.SetAuditLogdDown(!connected)
-		st.SetAuditSpilled(uint64(spilled))
-	}
-	if err := setVictim(st, victim); err != nil {
-		return err
-	}
-	l, err := st.NewSubjects(int32(len(subjects)))
-	if err != nil {
-		return err
-	}
-	for i, ss := range subjects {
-		e := l.At(i)
-		if err := e.SetSubject(ss.Subject); err != nil {
-			return err
-		}
-		e.SetInstance(ss.Instance)
-		e.SetBytes(ss.Bytes)
-		e.SetSoftBytes(ss.SoftBytes)
-		e.SetHardBytes(ss.HardBytes)
-		e.SetState(oomdpb.SubjectState(ss.State))
-		e.SetCritical(ss.Critical)
-		e.SetRejected(ss.Rejected)
-		e.SetKernelBytes(ss.Kernel)
-		e.SetCooperativeBytes(ss.Cooperative)
-		e.SetPublished(ss.Published)
-		e.SetSignal(oomdpb.Signal(ss.Signal))
-		e.SetCgroupMode(modes[i])
-	}
-	return nil
-}
-
-// setVictim fills the dry-run preview (all empty when no subject is a candidate).
-func setVictim(st oomdpb.Status, v policy.VictimChoice) error {
-	if v.Subject == "" {
-		return nil
-	}
-	if err := st.SetVictim(v.Subject); err != nil {
-		return err
-	}
-	if err := st.SetVictimReason(v.Reason); err != nil {
-		return err
-	}
-	return st.SetVictimHold(v.Hold)
+	return wire.SetStatus(dst, st)
 }
 
 func (s *controlServer) Audit(ctx context.Context, call oomdpb.Control_audit) error {
@@ -310,6 +270,11 @@ func (s *controlServer) Audit(ctx context.Context, call oomdpb.Control_audit) er
 }
 
 func (s *controlServer) LastReboot(_ context.Context, call oomdpb.Control_lastReboot) error {
+	var r wire.RebootRecord // none: valid=false, reason unknown
+	if rec, ok := s.d.cfg.System.Boot.LastReboot(); ok {
+		r = wire.RebootRecord{Valid: true, Reason: oomdpb.RebootReason(rec.Reason), Graceful: rec.Graceful,
+			TeardownMs: rec.TeardownMs, NotStopped: rec.NotStopped, BootCount: rec.BootCount}
+	}
 	res, err := call.AllocResults()
 	if err != nil {
 		return err
@@ -318,25 +283,7 @@ func (s *controlServer) LastReboot(_ context.Context, call oomdpb.Control_lastRe
 	if err != nil {
 		return err
 	}
-	rec, ok := s.d.cfg.System.Boot.LastReboot()
-	if !ok {
-		return nil // valid=false, reason unknown
-	}
-	dst.SetValid(true)
-	dst.SetReason(oomdpb.RebootReason(rec.Reason))
-	dst.SetGraceful(rec.Graceful)
-	dst.SetTeardownMs(rec.TeardownMs)
-	dst.SetBootCount(rec.BootCount)
-	l, err := dst.NewNotStopped(int32(len(rec.NotStopped)))
-	if err != nil {
-		return err
-	}
-	for i, name := range rec.NotStopped {
-		if err := l.Set(i, name); err != nil {
-			return err
-		}
-	}
-	return nil
+	return wire.SetRebootRecord(dst, r)
 }
 
 func (s *controlServer) WatchLevels(_ context.Context, call oomdpb.Control_watchLevels) error {
