@@ -65,7 +65,7 @@ func formatAudit(a auditView) string {
 	return b.String()
 }
 
-func auditViewOf(e ctlclient.AuditEntry) auditView {
+func auditViewOf(e wire.JournalEntry) auditView {
 	r := e.Record
 	return auditView{
 		Seq: e.Seq, Writer: e.Writer, WriterSeq: r.WriterSeq, Tick: r.Tick,

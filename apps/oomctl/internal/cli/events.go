@@ -150,17 +150,8 @@ func (r *runner) events(ctx context.Context, f *pageFlags) error {
 // runBase is the event seq base of the oomd run c is connected to: seqs up to it were
 // numbered by earlier runs.
 func runBase(ctx context.Context, c *ctlclient.Client) (uint64, error) {
-	f, rel := c.Ctl.Status(ctx, nil)
-	defer rel()
-	res, err := f.Struct()
-	if err != nil {
-		return 0, fmt.Errorf("status: %w", err)
-	}
-	st, err := res.Status()
-	if err != nil {
-		return 0, fmt.Errorf("status: %w", err)
-	}
-	return st.EventSeqBase(), nil
+	st, err := c.Status(ctx)
+	return st.EventSeqBase, err
 }
 
 // printPages prints pages from read until the end or the printer's limit, reporting

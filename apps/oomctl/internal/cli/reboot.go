@@ -29,7 +29,7 @@ func (r *runner) lastReboot(ctx context.Context) error {
 		return r.explain(err)
 	}
 	v := rebootView{Valid: rec.Valid, Reason: enumName(rec.Reason.String(), uint16(rec.Reason)),
-		Graceful: rec.Graceful, TeardownMs: rec.TeardownMs, BootCount: rec.BootCount, NotStopped: rec.NotStopped}
+		Graceful: rec.Graceful, TeardownMs: rec.TeardownMs, BootCount: rec.BootCount, NotStopped: append([]string{}, rec.NotStopped...)} // [], not null, in --json
 	if r.g.json {
 		return jsonLine(r.env.Stdout, v)
 	}
