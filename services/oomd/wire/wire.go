@@ -310,28 +310,6 @@ func SetAuditRecord(dst oomdpb.AuditRecord, r policy.AuditRecord, writerSeq, exe
 	return dst.SetReason(r.Reason)
 }
 
-// FormatEvent renders an event as one stable, human-readable line: sizes in human
-// units without a space (bytes=16MiB; exact values are in oomctl's --json).
-func FormatEvent(e policy.Event) string {
-	s := fmt.Sprintf("seq=%d tick=%d %s", e.Seq, e.Tick, e.Kind)
-	if e.Subject != "" {
-		s += " subject=" + e.Subject
-	}
-	if e.Bytes != 0 {
-		s += " bytes=" + CompactBytes(e.Bytes)
-	}
-	if e.Limit != 0 {
-		s += " limit=" + CompactBytes(e.Limit)
-	}
-	if e.Decision != 0 {
-		s += fmt.Sprintf(" decision=%d", e.Decision)
-	}
-	if e.Reason != "" {
-		s += " reason=" + e.Reason
-	}
-	return s
-}
-
 // AuditRecord reads an audit record from the wire.
 func AuditRecord(src oomdpb.AuditRecord) (policy.AuditRecord, error) {
 	subject, err := src.Subject()

@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"oomd.dev/oomd/services/oomd/ctlclient"
+	"oomd.dev/oomd/services/oomd/policy"
 	"oomd.dev/oomd/services/oomd/wire"
 )
 
@@ -31,8 +32,9 @@ type auditView struct {
 	TracePos string `json:"tracePos"`
 }
 
-// formatAudit renders an entry as one line in the style of wire.FormatEvent: logd's
-// append time first when known, fixed order, zero fields left out, sizes in human units.
+// formatAudit renders an entry as one line in the style of policy.FormatEvent's Human
+// form: logd's append time first when known, fixed order, zero fields left out, sizes
+// in human units.
 func formatAudit(a auditView) string {
 	var b strings.Builder
 	if a.AppendedAtNs != 0 {
@@ -50,7 +52,7 @@ func formatAudit(a auditView) string {
 		v uint64
 	}{{"bytes", a.Bytes}, {"limit", a.Limit}} {
 		if f.v != 0 {
-			fmt.Fprintf(&b, " %s=%s", f.k, wire.CompactBytes(f.v))
+			fmt.Fprintf(&b, " %s=%s", f.k, policy.CompactBytes(f.v))
 		}
 	}
 	if a.Decision != 0 {

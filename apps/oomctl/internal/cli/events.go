@@ -119,10 +119,10 @@ func (p *printer) event(e policy.Event) error {
 		})
 	}
 	if e.WallTimeNs != 0 {
-		_, err := fmt.Fprintln(p.w, wallTime(e.WallTimeNs), wire.FormatEvent(e))
+		_, err := fmt.Fprintln(p.w, wallTime(e.WallTimeNs), policy.FormatEvent(e, policy.Human))
 		return err
 	}
-	_, err := fmt.Fprintln(p.w, wire.FormatEvent(e))
+	_, err := fmt.Fprintln(p.w, policy.FormatEvent(e, policy.Human))
 	return err
 }
 
