@@ -99,14 +99,10 @@ func (c *Client) ReadEvents(ctx context.Context, since uint64, limit uint32) (ev
 	if err != nil {
 		return nil, 0, 0, fmt.Errorf("events: %w", err)
 	}
-	l, err := res.Events()
-	if err != nil {
+	if evs, missed, err = wire.ReadEventBatch(res); err != nil {
 		return nil, 0, 0, fmt.Errorf("events: %w", err)
 	}
-	if evs, err = wire.Events(l); err != nil {
-		return nil, 0, 0, fmt.Errorf("events: %w", err)
-	}
-	return evs, res.NextSeq(), res.Missed(), nil
+	return evs, res.NextSeq(), missed, nil
 }
 
 // ReadAudit returns one page of logd's journal after since (limit 1..1024), the seq to

@@ -71,11 +71,7 @@ func (c *Client) Close() {
 type collector struct{ c *Client }
 
 func (k collector) Push(_ context.Context, call oomdpb.EventSubscriber_push) error {
-	l, err := call.Args().Events()
-	if err != nil {
-		return err
-	}
-	evs, err := wire.Events(l)
+	evs, _, err := wire.ReadEventBatch(call.Args())
 	if err != nil {
 		return err
 	}

@@ -103,13 +103,8 @@ func (s *controlServer) Events(_ context.Context, call oomdpb.Control_events) er
 	if err != nil {
 		return err
 	}
-	l, err := wire.NewEventList(res.Segment(), evs)
-	if err != nil {
-		return err
-	}
 	res.SetNextSeq(next)
-	res.SetMissed(missed)
-	return res.SetEvents(l)
+	return wire.SetEventBatch(res, evs, missed)
 }
 
 func (s *controlServer) Subscribe(_ context.Context, call oomdpb.Control_subscribe) error {

@@ -111,6 +111,24 @@ func TestEventsRoundTripEveryField(t *testing.T) {
 	assert.Equal(t, want, got)
 }
 
+func TestEventBatchRoundTrip(t *testing.T) {
+	want := filled[[]policy.Event](t)
+	push, err := oomdpb.NewRootEventSubscriber_push_Params(newSeg(t))
+	require.NoError(t, err)
+	res, err := oomdpb.NewRootControl_events_Results(newSeg(t))
+	require.NoError(t, err)
+	for _, b := range []interface {
+		EventBatchDst
+		EventBatchSrc
+	}{push, res} {
+		require.NoError(t, SetEventBatch(b, want, 7))
+		got, missed, err := ReadEventBatch(b)
+		require.NoError(t, err)
+		assert.Equal(t, want, got)
+		assert.Equal(t, uint64(7), missed)
+	}
+}
+
 // TestPlainTypesCoverTheSchema is the field-count guard: each plain type has one field
 // per field of its schema struct, by name, apart from those listed as carried beside
 // it. A field added to either side fails here until the other has it; the round trips

@@ -288,6 +288,42 @@ func NewEventList(seg *capnp.Segment, evs []policy.Event) (oomdpb.Event_List, er
 	return l, nil
 }
 
+// EventBatchDst is where a batch of events goes: Control.events' results and
+// EventSubscriber.push's params.
+type EventBatchDst interface {
+	Segment() *capnp.Segment
+	SetEvents(oomdpb.Event_List) error
+	SetMissed(uint64)
+}
+
+// SetEventBatch writes evs, and how many events before them were missed, into dst.
+func SetEventBatch(dst EventBatchDst, evs []policy.Event, missed uint64) error {
+	l, err := NewEventList(dst.Segment(), evs)
+	if err != nil {
+		return err
+	}
+	dst.SetMissed(missed)
+	return dst.SetEvents(l)
+}
+
+// EventBatchSrc is a batch of events read from the wire (see EventBatchDst).
+type EventBatchSrc interface {
+	Events() (oomdpb.Event_List, error)
+	Missed() uint64
+}
+
+// ReadEventBatch reads the events of a batch and how many before them were missed.
+func ReadEventBatch(src EventBatchSrc) (evs []policy.Event, missed uint64, err error) {
+	l, err := src.Events()
+	if err != nil {
+		return nil, 0, fmt.Errorf("events: %w", err)
+	}
+	if evs, err = Events(l); err != nil {
+		return nil, 0, err
+	}
+	return evs, src.Missed(), nil
+}
+
 // SetAuditRecord writes r into dst, with the writer sequence given separately (the
 // daemon maps the core's sequence onto the journal's).
 func SetAuditRecord(dst oomdpb.AuditRecord, r policy.AuditRecord, writerSeq, execdRun uint64) error {

@@ -192,16 +192,12 @@ type subscriber struct {
 }
 
 func (s subscriber) Push(ctx context.Context, call oomdpb.EventSubscriber_push) error {
-	l, err := call.Args().Events()
-	if err != nil {
-		return err
-	}
-	evs, err := wire.Events(l)
+	evs, missed, err := wire.ReadEventBatch(call.Args())
 	if err != nil {
 		return err
 	}
 	select {
-	case s.batches <- batch{events: evs, missed: call.Args().Missed()}:
+	case s.batches <- batch{events: evs, missed: missed}:
 		return nil
 	case <-s.done:
 		return errors.New("oomctl stopped following")

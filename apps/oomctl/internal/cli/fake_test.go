@@ -162,13 +162,8 @@ func (f *fakeOomd) Events(_ context.Context, call oomdpb.Control_events) error {
 	if err != nil {
 		return err
 	}
-	l, err := wire.NewEventList(res.Segment(), evs)
-	if err != nil {
-		return err
-	}
 	res.SetNextSeq(next)
-	res.SetMissed(missed)
-	return res.SetEvents(l)
+	return wire.SetEventBatch(res, evs, missed)
 }
 
 func (f *fakeOomd) Subscribe(_ context.Context, call oomdpb.Control_subscribe) error {
@@ -203,12 +198,7 @@ func (f *fakeOomd) tryPush(evs []policy.Event, missed uint64) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	err := sub.Push(ctx, func(p oomdpb.EventSubscriber_push_Params) error {
-		l, err := wire.NewEventList(p.Segment(), evs)
-		if err != nil {
-			return err
-		}
-		p.SetMissed(missed)
-		return p.SetEvents(l)
+		return wire.SetEventBatch(p, evs, missed)
 	})
 	if err != nil {
 		return err
