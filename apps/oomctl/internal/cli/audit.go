@@ -78,18 +78,13 @@ func auditViewOf(e wire.JournalEntry) auditView {
 }
 
 func (r *runner) audit(ctx context.Context, f *pageFlags) error {
-	ctx, cancel := r.callCtx(ctx)
-	defer cancel()
-	c, err := r.dial(ctx)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	p := &printer{w: r.env.Stdout, json: r.g.json, limit: f.limit, what: "rotated out of logd's journal"}
-	return printPages(p, f.since, func(since uint64, limit uint32) ([]auditView, uint64, uint64, error) {
-		entries, next, missed, err := readAudit(ctx, c, since, limit)
-		return entries, next, missed, r.explain(err)
-	}, p.audit)
+	return r.withOomd(ctx, func(ctx context.Context, c *ctlclient.Client) error {
+		p := &printer{w: r.env.Stdout, json: r.g.json, limit: f.limit, what: "rotated out of logd's journal"}
+		return printPages(p, f.since, func(since uint64, limit uint32) ([]auditView, uint64, uint64, error) {
+			entries, next, missed, err := readAudit(ctx, c, since, limit)
+			return entries, next, missed, r.explain(err)
+		}, p.audit)
+	})
 }
 
 func (p *printer) audit(a auditView) error {

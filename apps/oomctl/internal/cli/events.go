@@ -130,21 +130,17 @@ func (r *runner) events(ctx context.Context, f *pageFlags) error {
 	if f.follow {
 		return r.follow(ctx, f)
 	}
-	ctx, cancel := r.callCtx(ctx)
-	defer cancel()
-	c, err := r.dial(ctx)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	p := &printer{w: r.env.Stdout, json: r.g.json, limit: f.limit, what: "overwritten in oomd's event ring before they were read"}
-	if p.base, err = runBase(ctx, c); err != nil {
-		return r.explain(err)
-	}
-	return printPages(p, f.since, func(since uint64, limit uint32) ([]policy.Event, uint64, uint64, error) {
-		evs, next, missed, err := c.ReadEvents(ctx, since, limit)
-		return evs, next, missed, r.explain(err)
-	}, p.event)
+	return r.withOomd(ctx, func(ctx context.Context, c *ctlclient.Client) error {
+		p := &printer{w: r.env.Stdout, json: r.g.json, limit: f.limit, what: "overwritten in oomd's event ring before they were read"}
+		var err error
+		if p.base, err = runBase(ctx, c); err != nil {
+			return r.explain(err)
+		}
+		return printPages(p, f.since, func(since uint64, limit uint32) ([]policy.Event, uint64, uint64, error) {
+			evs, next, missed, err := c.ReadEvents(ctx, since, limit)
+			return evs, next, missed, r.explain(err)
+		}, p.event)
+	})
 }
 
 // runBase is the event seq base of the oomd run c is connected to: seqs up to it were
@@ -208,15 +204,12 @@ func (s subscriber) Push(ctx context.Context, call oomdpb.EventSubscriber_push) 
 
 // follow prints the history after --since, then every new event as oomd publishes it,
 // until ctx ends (Ctrl-C, SIGTERM: exit 0), --limit is reached, or oomd goes away.
+// --timeout bounds the setup (setup), not the stream.
 func (r *runner) follow(ctx context.Context, f *pageFlags) error {
-	setup, cancel := r.callCtx(ctx)
-	defer cancel()
-	c, err := r.dial(setup)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
+	return r.withOomd(ctx, func(setup context.Context, c *ctlclient.Client) error { return r.stream(ctx, setup, c, f) })
+}
 
+func (r *runner) stream(ctx, setup context.Context, c *ctlclient.Client, f *pageFlags) error {
 	batches := make(chan batch)
 	done := make(chan struct{})
 	defer close(done)

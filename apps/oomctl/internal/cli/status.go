@@ -8,6 +8,7 @@ import (
 	"strings"
 	"text/tabwriter"
 
+	"oomd.dev/oomd/services/oomd/ctlclient"
 	"oomd.dev/oomd/services/oomd/wire"
 )
 
@@ -63,22 +64,17 @@ type subjectView struct {
 }
 
 func (r *runner) status(ctx context.Context) error {
-	ctx, cancel := r.callCtx(ctx)
-	defer cancel()
-	c, err := r.dial(ctx)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	st, err := c.Status(ctx)
-	if err != nil {
-		return r.explain(err)
-	}
-	v := statusViewOf(st)
-	if r.g.json {
-		return jsonLine(r.env.Stdout, v)
-	}
-	return writeStatus(r.env.Stdout, v)
+	return r.withOomd(ctx, func(ctx context.Context, c *ctlclient.Client) error {
+		st, err := c.Status(ctx)
+		if err != nil {
+			return r.explain(err)
+		}
+		v := statusViewOf(st)
+		if r.g.json {
+			return jsonLine(r.env.Stdout, v)
+		}
+		return writeStatus(r.env.Stdout, v)
+	})
 }
 
 func statusViewOf(st wire.Status) statusView {
