@@ -115,15 +115,8 @@ func (c *Client) ReadAudit(ctx context.Context, since uint64, limit uint32) (out
 	})
 	defer rel()
 	res, err := f.Struct()
-	if err != nil {
-		return nil, 0, 0, fmt.Errorf("audit: %w", err)
-	}
-	l, err := res.Entries()
-	if err != nil {
-		return nil, 0, 0, fmt.Errorf("audit: %w", err)
-	}
-	if out, err = wire.ReadJournalEntries(l); err != nil {
-		return nil, 0, 0, fmt.Errorf("audit: %w", err)
+	if out, err = decode("audit", res, err, oomdpb.Control_audit_Results.Entries, wire.ReadJournalEntries); err != nil {
+		return nil, 0, 0, err
 	}
 	return out, res.NextSeq(), res.Missed(), nil
 }
@@ -148,18 +141,7 @@ func (c *Client) LastReboot(ctx context.Context) (wire.RebootRecord, error) {
 	f, rel := c.Ctl.LastReboot(ctx, nil)
 	defer rel()
 	res, err := f.Struct()
-	if err != nil {
-		return wire.RebootRecord{}, fmt.Errorf("lastReboot: %w", err)
-	}
-	src, err := res.Record()
-	if err != nil {
-		return wire.RebootRecord{}, fmt.Errorf("lastReboot: %w", err)
-	}
-	rec, err := wire.ReadRebootRecord(src)
-	if err != nil {
-		return wire.RebootRecord{}, fmt.Errorf("lastReboot: %w", err)
-	}
-	return rec, nil
+	return decode("lastReboot", res, err, oomdpb.Control_lastReboot_Results.Record, wire.ReadRebootRecord)
 }
 
 // Status returns oomd's status.
@@ -167,16 +149,22 @@ func (c *Client) Status(ctx context.Context) (wire.Status, error) {
 	f, rel := c.Ctl.Status(ctx, nil)
 	defer rel()
 	res, err := f.Struct()
+	return decode("status", res, err, oomdpb.Control_status_Results.Status, wire.ReadStatus)
+}
+
+// decode reads what a call answered (res, or the call's error err): the struct get
+// takes from its results, through wire's reader read. Errors name the call.
+func decode[R, S, T any](call string, res R, err error, get func(R) (S, error), read func(S) (T, error)) (T, error) {
+	var v T
 	if err != nil {
-		return wire.Status{}, fmt.Errorf("status: %w", err)
+		return v, fmt.Errorf("%s: %w", call, err)
 	}
-	src, err := res.Status()
+	src, err := get(res)
 	if err != nil {
-		return wire.Status{}, fmt.Errorf("status: %w", err)
+		return v, fmt.Errorf("%s: %w", call, err)
 	}
-	st, err := wire.ReadStatus(src)
-	if err != nil {
-		return wire.Status{}, fmt.Errorf("status: %w", err)
+	if v, err = read(src); err != nil {
+		return v, fmt.Errorf("%s: %w", call, err)
 	}
-	return st, nil
+	return v, nil
 }
