@@ -56,77 +56,86 @@ func filled[T any](t *testing.T) T {
 	return v
 }
 
-func newSeg(t *testing.T) *capnp.Segment {
-	_, seg, err := capnp.NewMessage(capnp.SingleSegment(nil))
+// roundTrip sends v the way a peer does: set writes it into a new message's root,
+// the message goes to bytes and back, and read takes it out again.
+func roundTrip[S, T any](t *testing.T, newRoot func(*capnp.Segment) (S, error), readRoot func(*capnp.Message) (S, error),
+	set func(S, T) error, read func(S) (T, error), v T) T {
+	t.Helper()
+	msg, seg, err := capnp.NewMessage(capnp.SingleSegment(nil))
 	require.NoError(t, err)
-	return seg
+	dst, err := newRoot(seg)
+	require.NoError(t, err)
+	require.NoError(t, set(dst, v))
+	b, err := msg.Marshal()
+	require.NoError(t, err)
+	back, err := capnp.Unmarshal(b)
+	require.NoError(t, err)
+	src, err := readRoot(back)
+	require.NoError(t, err)
+	got, err := read(src)
+	require.NoError(t, err)
+	return got
 }
 
 func TestStatusRoundTrip(t *testing.T) {
 	want := filled[Status](t)
-	dst, err := oomdpb.NewRootStatus(newSeg(t))
-	require.NoError(t, err)
-	require.NoError(t, SetStatus(dst, want))
-	got, err := ReadStatus(dst)
-	require.NoError(t, err)
-	assert.Equal(t, want, got)
+	assert.Equal(t, want, roundTrip(t, oomdpb.NewRootStatus, oomdpb.ReadRootStatus, SetStatus, ReadStatus, want))
 }
 
 func TestRebootRecordRoundTrip(t *testing.T) {
 	want := filled[RebootRecord](t)
-	dst, err := oomdpb.NewRootRebootRecord(newSeg(t))
-	require.NoError(t, err)
-	require.NoError(t, SetRebootRecord(dst, want))
-	got, err := ReadRebootRecord(dst)
-	require.NoError(t, err)
-	assert.Equal(t, want, got)
-
+	assert.Equal(t, want, roundTrip(t, oomdpb.NewRootRebootRecord, oomdpb.ReadRootRebootRecord, SetRebootRecord, ReadRebootRecord, want))
 	// None: what oomd sends when it has no record.
-	dst, err = oomdpb.NewRootRebootRecord(newSeg(t))
-	require.NoError(t, err)
-	require.NoError(t, SetRebootRecord(dst, RebootRecord{}))
-	got, err = ReadRebootRecord(dst)
-	require.NoError(t, err)
-	assert.Equal(t, RebootRecord{Reason: oomdpb.RebootReason_unknown}, got)
+	assert.Equal(t, RebootRecord{}, roundTrip(t, oomdpb.NewRootRebootRecord, oomdpb.ReadRootRebootRecord, SetRebootRecord, ReadRebootRecord, RebootRecord{}))
 }
 
 func TestJournalEntriesRoundTrip(t *testing.T) {
+	set := func(dst oomdpb.Control_audit_Results, es []JournalEntry) error {
+		l, err := dst.NewEntries(int32(len(es)))
+		if err != nil {
+			return err
+		}
+		for i, e := range es {
+			if err := SetJournalEntry(l.At(i), e); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	read := func(src oomdpb.Control_audit_Results) ([]JournalEntry, error) {
+		l, err := src.Entries()
+		if err != nil {
+			return nil, err
+		}
+		return ReadJournalEntries(l)
+	}
 	want := filled[[]JournalEntry](t)
-	l, err := oomdpb.NewJournalEntry_List(newSeg(t), int32(len(want)))
-	require.NoError(t, err)
-	for i, e := range want {
-		require.NoError(t, SetJournalEntry(l.At(i), e))
-	}
-	got, err := ReadJournalEntries(l)
-	require.NoError(t, err)
-	assert.Equal(t, want, got)
+	assert.Equal(t, want, roundTrip(t, oomdpb.NewRootControl_audit_Results, oomdpb.ReadRootControl_audit_Results, set, read, want))
 }
 
-func TestEventsRoundTripEveryField(t *testing.T) {
-	want := filled[[]policy.Event](t)
-	l, err := NewEventList(newSeg(t), want)
-	require.NoError(t, err)
-	got, err := Events(l)
-	require.NoError(t, err)
-	assert.Equal(t, want, got)
-}
-
+// TestEventBatchRoundTrip: every field of every event, and the missed count, through
+// both places a batch travels.
 func TestEventBatchRoundTrip(t *testing.T) {
-	want := filled[[]policy.Event](t)
-	push, err := oomdpb.NewRootEventSubscriber_push_Params(newSeg(t))
-	require.NoError(t, err)
-	res, err := oomdpb.NewRootControl_events_Results(newSeg(t))
-	require.NoError(t, err)
-	for _, b := range []interface {
-		EventBatchDst
-		EventBatchSrc
-	}{push, res} {
-		require.NoError(t, SetEventBatch(b, want, 7))
-		got, missed, err := ReadEventBatch(b)
-		require.NoError(t, err)
-		assert.Equal(t, want, got)
-		assert.Equal(t, uint64(7), missed)
+	want := eventBatch{filled[[]policy.Event](t), 7}
+	assert.Equal(t, want, batchRoundTrip(t, oomdpb.NewRootEventSubscriber_push_Params, oomdpb.ReadRootEventSubscriber_push_Params, want), "push")
+	assert.Equal(t, want, batchRoundTrip(t, oomdpb.NewRootControl_events_Results, oomdpb.ReadRootControl_events_Results, want), "events")
+}
+
+type eventBatch struct {
+	evs    []policy.Event
+	missed uint64
+}
+
+func batchRoundTrip[S interface {
+	EventBatchDst
+	EventBatchSrc
+}](t *testing.T, newRoot func(*capnp.Segment) (S, error), readRoot func(*capnp.Message) (S, error), b eventBatch) eventBatch {
+	set := func(dst S, b eventBatch) error { return SetEventBatch(dst, b.evs, b.missed) }
+	read := func(src S) (b eventBatch, err error) {
+		b.evs, b.missed, err = ReadEventBatch(src)
+		return b, err
 	}
+	return roundTrip(t, newRoot, readRoot, set, read, b)
 }
 
 // TestPlainTypesCoverTheSchema is the field-count guard: each plain type has one field
