@@ -19,7 +19,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"oomd.dev/oomd/services/oomd/ctlclient"
-	"oomd.dev/oomd/services/oomd/wire"
+	"oomd.dev/oomd/services/oomd/policy"
 )
 
 // runOomctl runs the built oomctl binary against the stack's socket and returns its
@@ -203,7 +203,7 @@ func TestOomctl(t *testing.T) {
 	code, stdout, stderr = runOomctl(t, ctx, s, "audit")
 	require.Equal(t, 0, code, "audit: %s", stderr)
 	// "<logd's append time> seq=... killDecided ..." in human units (raw with --json).
-	assert.Contains(t, stdout, fmt.Sprintf("killDecided subject=hog instance=1 bytes=%s limit=12MiB decision=%d", wire.CompactBytes(killed.Bytes), killed.Decision))
+	assert.Contains(t, stdout, fmt.Sprintf("killDecided subject=hog instance=1 bytes=%s limit=12MiB decision=%d", policy.CompactBytes(killed.Bytes), killed.Decision))
 	assert.Regexp(t, `(?m)^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\S* seq=\d+ writer=oomd .*killDecided subject=hog`, stdout)
 	code, stdout, stderr = runOomctl(t, ctx, s, "audit", "--json")
 	require.Equal(t, 0, code, stderr)

@@ -99,27 +99,15 @@ func (c *Client) ReadEvents(ctx context.Context, since uint64, limit uint32) (ev
 	if err != nil {
 		return nil, 0, 0, fmt.Errorf("events: %w", err)
 	}
-	l, err := res.Events()
-	if err != nil {
+	if evs, missed, err = wire.ReadEventBatch(res); err != nil {
 		return nil, 0, 0, fmt.Errorf("events: %w", err)
 	}
-	if evs, err = wire.Events(l); err != nil {
-		return nil, 0, 0, fmt.Errorf("events: %w", err)
-	}
-	return evs, res.NextSeq(), res.Missed(), nil
-}
-
-// AuditEntry is one record of logd's journal as read through oomd.
-type AuditEntry struct {
-	Seq          uint64 // logd's journal sequence
-	Writer       string
-	Record       policy.AuditRecord
-	AppendedAtNs int64 // logd's wall clock at append (Unix ns; 0 = unknown)
+	return evs, res.NextSeq(), missed, nil
 }
 
 // ReadAudit returns one page of logd's journal after since (limit 1..1024), the seq to
 // continue from, and how many requested entries were already rotated away.
-func (c *Client) ReadAudit(ctx context.Context, since uint64, limit uint32) (out []AuditEntry, next, missed uint64, err error) {
+func (c *Client) ReadAudit(ctx context.Context, since uint64, limit uint32) (out []wire.JournalEntry, next, missed uint64, err error) {
 	f, rel := c.Ctl.Audit(ctx, func(p oomdpb.Control_audit_Params) error {
 		p.SetSinceSeq(since)
 		p.SetLimit(limit)
@@ -127,29 +115,8 @@ func (c *Client) ReadAudit(ctx context.Context, since uint64, limit uint32) (out
 	})
 	defer rel()
 	res, err := f.Struct()
-	if err != nil {
-		return nil, 0, 0, fmt.Errorf("audit: %w", err)
-	}
-	l, err := res.Entries()
-	if err != nil {
-		return nil, 0, 0, fmt.Errorf("audit: %w", err)
-	}
-	out = make([]AuditEntry, 0, l.Len())
-	for i := 0; i < l.Len(); i++ {
-		e := l.At(i)
-		writer, err := e.Writer()
-		if err != nil {
-			return nil, 0, 0, fmt.Errorf("audit: entries[%d].writer: %w", i, err)
-		}
-		src, err := e.Record()
-		if err != nil {
-			return nil, 0, 0, fmt.Errorf("audit: entries[%d].record: %w", i, err)
-		}
-		r, err := wire.AuditRecord(src)
-		if err != nil {
-			return nil, 0, 0, fmt.Errorf("audit: entries[%d]: %w", i, err)
-		}
-		out = append(out, AuditEntry{Seq: e.Seq(), Writer: writer, Record: r, AppendedAtNs: e.AppendedAtNs()})
+	if out, err = decode("audit", res, err, oomdpb.Control_audit_Results.Entries, wire.ReadJournalEntries); err != nil {
+		return nil, 0, 0, err
 	}
 	return out, res.NextSeq(), res.Missed(), nil
 }
@@ -169,40 +136,35 @@ func pages[T any](since uint64, read func(since uint64) ([]T, uint64, error), vi
 	}
 }
 
-// RebootRecord is what oomd read from its reboot record store at start.
-type RebootRecord struct {
-	Valid      bool // false: no record, or torn/corrupt (Reason is then unknown)
-	Reason     oomdpb.RebootReason
-	Graceful   bool
-	TeardownMs uint32
-	NotStopped []string
-	BootCount  uint64
-}
-
-// LastReboot returns the reboot record the previous boot left.
-func (c *Client) LastReboot(ctx context.Context) (RebootRecord, error) {
+// LastReboot returns the reboot record the previous boot left, as oomd read it at start.
+func (c *Client) LastReboot(ctx context.Context) (wire.RebootRecord, error) {
 	f, rel := c.Ctl.LastReboot(ctx, nil)
 	defer rel()
 	res, err := f.Struct()
+	return decode("lastReboot", res, err, oomdpb.Control_lastReboot_Results.Record, wire.ReadRebootRecord)
+}
+
+// Status returns oomd's status.
+func (c *Client) Status(ctx context.Context) (wire.Status, error) {
+	f, rel := c.Ctl.Status(ctx, nil)
+	defer rel()
+	res, err := f.Struct()
+	return decode("status", res, err, oomdpb.Control_status_Results.Status, wire.ReadStatus)
+}
+
+// decode reads what a call answered (res, or the call's error err): the struct get
+// takes from its results, through wire's reader read. Errors name the call.
+func decode[R, S, T any](call string, res R, err error, get func(R) (S, error), read func(S) (T, error)) (T, error) {
+	var v T
 	if err != nil {
-		return RebootRecord{}, fmt.Errorf("lastReboot: %w", err)
+		return v, fmt.Errorf("%s: %w", call, err)
 	}
-	rec, err := res.Record()
+	src, err := get(res)
 	if err != nil {
-		return RebootRecord{}, fmt.Errorf("lastReboot: %w", err)
+		return v, fmt.Errorf("%s: %w", call, err)
 	}
-	out := RebootRecord{Valid: rec.Valid(), Reason: rec.Reason(), Graceful: rec.Graceful(),
-		TeardownMs: rec.TeardownMs(), BootCount: rec.BootCount(), NotStopped: []string{}}
-	l, err := rec.NotStopped()
-	if err != nil {
-		return RebootRecord{}, fmt.Errorf("lastReboot: notStopped: %w", err)
+	if v, err = read(src); err != nil {
+		return v, fmt.Errorf("%s: %w", call, err)
 	}
-	for i := 0; i < l.Len(); i++ {
-		s, err := l.At(i)
-		if err != nil {
-			return RebootRecord{}, fmt.Errorf("lastReboot: notStopped[%d]: %w", i, err)
-		}
-		out.NotStopped = append(out.NotStopped, s)
-	}
-	return out, nil
+	return v, nil
 }

@@ -71,11 +71,7 @@ func (c *Client) Close() {
 type collector struct{ c *Client }
 
 func (k collector) Push(_ context.Context, call oomdpb.EventSubscriber_push) error {
-	l, err := call.Args().Events()
-	if err != nil {
-		return err
-	}
-	evs, err := wire.Events(l)
+	evs, _, err := wire.ReadEventBatch(call.Args())
 	if err != nil {
 		return err
 	}
@@ -185,17 +181,11 @@ var ErrSubjectGone = errors.New("subject gone before it answered")
 
 // Counters reads the sample counters and the tick from oomd's status.
 func (c *Client) Counters(ctx context.Context) (rejected, accepted, tick uint64, err error) {
-	f, rel := c.Ctl.Status(ctx, nil)
-	defer rel()
-	res, err := f.Struct()
-	if err != nil {
-		return 0, 0, 0, fmt.Errorf("status: %w", err)
-	}
-	st, err := res.Status()
+	st, err := c.Status(ctx)
 	if err != nil {
 		return 0, 0, 0, err
 	}
-	return st.RejectedSamples(), st.AcceptedSamples(), st.Tick(), nil
+	return st.RejectedSamples, st.AcceptedSamples, st.Tick, nil
 }
 
 // WaitTicks returns once oomd's core has advanced n ticks, polling its status.
@@ -224,23 +214,13 @@ func (c *Client) WaitTicks(ctx context.Context, n uint64) error {
 
 // SubjectBytes is a subject's latest accepted usage from oomd's status.
 func (c *Client) SubjectBytes(ctx context.Context, subject string) (uint64, error) {
-	f, rel := c.Ctl.Status(ctx, nil)
-	defer rel()
-	res, err := f.Struct()
-	if err != nil {
-		return 0, fmt.Errorf("status: %w", err)
-	}
-	st, err := res.Status()
+	st, err := c.Status(ctx)
 	if err != nil {
 		return 0, err
 	}
-	l, err := st.Subjects()
-	if err != nil {
-		return 0, err
-	}
-	for i := 0; i < l.Len(); i++ {
-		if s, _ := l.At(i).Subject(); s == subject {
-			return l.At(i).Bytes(), nil
+	for _, s := range st.Subjects {
+		if s.Subject == subject {
+			return s.Bytes, nil
 		}
 	}
 	return 0, fmt.Errorf("status: no subject %q", subject)
@@ -258,12 +238,12 @@ func (c *Client) AuditHas(ctx context.Context, subject string, decision uint64) 
 }
 
 // FindAudit returns the first journal entry whose record matches, reading every page.
-func (c *Client) FindAudit(ctx context.Context, match func(policy.AuditRecord) bool) (AuditEntry, error) {
-	var found *AuditEntry
-	err := pages(0, func(since uint64) ([]AuditEntry, uint64, error) {
+func (c *Client) FindAudit(ctx context.Context, match func(policy.AuditRecord) bool) (wire.JournalEntry, error) {
+	var found *wire.JournalEntry
+	err := pages(0, func(since uint64) ([]wire.JournalEntry, uint64, error) {
 		entries, next, _, err := c.ReadAudit(ctx, since, wire.MaxPage)
 		return entries, next, err
-	}, func(entries []AuditEntry) bool {
+	}, func(entries []wire.JournalEntry) bool {
 		for i := range entries {
 			if match(entries[i].Record) {
 				found = &entries[i]
@@ -273,10 +253,10 @@ func (c *Client) FindAudit(ctx context.Context, match func(policy.AuditRecord) b
 		return true
 	})
 	if err != nil {
-		return AuditEntry{}, err
+		return wire.JournalEntry{}, err
 	}
 	if found == nil {
-		return AuditEntry{}, errors.New("audit: no matching record in logd's journal")
+		return wire.JournalEntry{}, errors.New("audit: no matching record in logd's journal")
 	}
 	return *found, nil
 }

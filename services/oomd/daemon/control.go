@@ -108,13 +108,8 @@ func (s *controlServer) Events(_ context.Context, call oomdpb.Control_events) er
 	if err != nil {
 		return err
 	}
-	l, err := wire.NewEventList(res.Segment(), evs)
-	if err != nil {
-		return err
-	}
 	res.SetNextSeq(next)
-	res.SetMissed(missed)
-	return res.SetEvents(l)
+	return wire.SetEventBatch(res, evs, missed)
 }
 
 func (s *controlServer) Subscribe(_ context.Context, call oomdpb.Control_subscribe) error {
@@ -177,106 +172,48 @@ func (s *controlServer) Inject(ctx context.Context, call oomdpb.Control_inject) 
 const maxStatusSubjects = 1024
 
 func (s *controlServer) Status(_ context.Context, call oomdpb.Control_status) error {
-	var (
-		subjects  []policy.SubjectStatus
-		truncated bool
-		counters  policy.Counters
-		tick, ver uint64
-		last      uint64
-		seqBase   uint64
-		level     policy.Level
-		avail     uint64
-		halt      policy.HaltStatus
-		waiting   uint64
-		victim    policy.VictimChoice
-	)
-	var modes []oomdpb.CgroupMode
+	var st wire.Status
 	err := s.d.inspect(func(c *policy.Core) {
-		subjects, truncated = c.Subjects(maxStatusSubjects)
-		counters, tick, ver, last, seqBase = c.Counters(), c.TickCount(), c.PolicyVersion(), c.LastSeq(), c.EventSeqBase()
-		level, avail = c.Level()
-		halt = c.Halt()
-		waiting = c.AuditProduced() - c.AuditDurable()
-		victim, _ = c.VictimPreview()
-		modes = make([]oomdpb.CgroupMode, len(subjects))
+		subjects, truncated := c.Subjects(maxStatusSubjects)
+		counters := c.Counters()
+		level, avail := c.Level()
+		st = wire.Status{
+			Tick: c.TickCount(), PolicyVersion: c.PolicyVersion(), LastEventSeq: c.LastSeq(), EventSeqBase: c.EventSeqBase(),
+			StartedAtNs: s.d.started.UnixNano(), Truncated: truncated,
+			Kills: counters.Kills, Denied: counters.Denied, Throttled: counters.Throttled,
+			RejectedSamples: counters.Rejected, AcceptedSamples: counters.Accepted,
+			InjectEnabled: s.d.cfg.EnableInject, Level: oomdpb.PressureLevel(level), MemAvailableBytes: avail,
+			HaltClaimed: c.Halt().Claimed, AuditWaiting: c.AuditProduced() - c.AuditDurable(),
+			Subjects: make([]wire.SubjectStatus, len(subjects)),
+		}
+		if v, _ := c.VictimPreview(); v.Subject != "" { // else all three stay empty: no subject is a candidate
+			st.Victim, st.VictimReason, st.VictimHold = v.Subject, v.Reason, v.Hold
+		}
 		for i, ss := range subjects {
+			var mode oomdpb.CgroupMode
 			if sl, ok := s.d.slots[ss.Subject]; ok && sl.kernel != nil {
-				modes[i] = sl.kernel.Mode()
+				mode = sl.kernel.Mode()
 			}
+			st.Subjects[i] = wire.SubjectStatusOf(ss, mode)
 		}
 	})
 	if err != nil {
 		return err
 	}
+	if as, ok := s.d.audit.(interface{ State() (bool, int) }); ok {
+		connected, spilled := as.State()
+		st.AuditLogdDown = !connected
+		st.AuditSpilled = uint64(spilled)
+	}
 	res, err := call.AllocResults()
 	if err != nil {
 		return err
 	}
-	st, err := res.NewStatus()
+	dst, err := res.NewStatus()
 	if err != nil {
 		return err
 	}
-	st.SetTick(tick)
-	st.SetPolicyVersion(ver)
-	st.SetLastEventSeq(last)
-	st.SetEventSeqBase(seqBase)
-	st.SetStartedAtNs(s.d.started.UnixNano())
-	st.SetTruncated(truncated)
-	st.SetKills(counters.Kills)
-	st.SetDenied(counters.Denied)
-	st.SetThrottled(counters.Throttled)
-	st.SetRejectedSamples(counters.Rejected)
-	st.SetAcceptedSamples(counters.Accepted)
-	st.SetInjectEnabled(s.d.cfg.EnableInject)
-	st.SetLevel(oomdpb.PressureLevel(level))
-	st.SetMemAvailableBytes(avail)
-	st.SetHaltClaimed(halt.Claimed)
-	st.SetAuditWaiting(waiting)
-	if as, ok := s.d.audit.(interface{ State() (bool, int) }); ok {
-		connected, spilled := as.State()
-		st.SetAuditLogdDown(!connected)
-		st.SetAuditSpilled(uint64(spilled))
-	}
-	if err := setVictim(st, victim); err != nil {
-		return err
-	}
-	l, err := st.NewSubjects(int32(len(subjects)))
-	if err != nil {
-		return err
-	}
-	for i, ss := range subjects {
-		e := l.At(i)
-		if err := e.SetSubject(ss.Subject); err != nil {
-			return err
-		}
-		e.SetInstance(ss.Instance)
-		e.SetBytes(ss.Bytes)
-		e.SetSoftBytes(ss.SoftBytes)
-		e.SetHardBytes(ss.HardBytes)
-		e.SetState(oomdpb.SubjectState(ss.State))
-		e.SetCritical(ss.Critical)
-		e.SetRejected(ss.Rejected)
-		e.SetKernelBytes(ss.Kernel)
-		e.SetCooperativeBytes(ss.Cooperative)
-		e.SetPublished(ss.Published)
-		e.SetSignal(oomdpb.Signal(ss.Signal))
-		e.SetCgroupMode(modes[i])
-	}
-	return nil
-}
-
-// setVictim fills the dry-run preview (all empty when no subject is a candidate).
-func setVictim(st oomdpb.Status, v policy.VictimChoice) error {
-	if v.Subject == "" {
-		return nil
-	}
-	if err := st.SetVictim(v.Subject); err != nil {
-		return err
-	}
-	if err := st.SetVictimReason(v.Reason); err != nil {
-		return err
-	}
-	return st.SetVictimHold(v.Hold)
+	return wire.SetStatus(dst, st)
 }
 
 func (s *controlServer) Audit(ctx context.Context, call oomdpb.Control_audit) error {
@@ -318,6 +255,11 @@ func (s *controlServer) Audit(ctx context.Context, call oomdpb.Control_audit) er
 }
 
 func (s *controlServer) LastReboot(_ context.Context, call oomdpb.Control_lastReboot) error {
+	var r wire.RebootRecord // none: valid=false, reason unknown
+	if rec, ok := s.d.cfg.System.Boot.LastReboot(); ok {
+		r = wire.RebootRecord{Valid: true, Reason: oomdpb.RebootReason(rec.Reason), Graceful: rec.Graceful,
+			TeardownMs: rec.TeardownMs, NotStopped: rec.NotStopped, BootCount: rec.BootCount}
+	}
 	res, err := call.AllocResults()
 	if err != nil {
 		return err
@@ -326,25 +268,7 @@ func (s *controlServer) LastReboot(_ context.Context, call oomdpb.Control_lastRe
 	if err != nil {
 		return err
 	}
-	rec, ok := s.d.cfg.System.Boot.LastReboot()
-	if !ok {
-		return nil // valid=false, reason unknown
-	}
-	dst.SetValid(true)
-	dst.SetReason(oomdpb.RebootReason(rec.Reason))
-	dst.SetGraceful(rec.Graceful)
-	dst.SetTeardownMs(rec.TeardownMs)
-	dst.SetBootCount(rec.BootCount)
-	l, err := dst.NewNotStopped(int32(len(rec.NotStopped)))
-	if err != nil {
-		return err
-	}
-	for i, name := range rec.NotStopped {
-		if err := l.Set(i, name); err != nil {
-			return err
-		}
-	}
-	return nil
+	return wire.SetRebootRecord(dst, r)
 }
 
 func (s *controlServer) WatchLevels(_ context.Context, call oomdpb.Control_watchLevels) error {

@@ -111,12 +111,7 @@ func (d *Daemon) serveSubscriber(ctx context.Context, sub *subscriber) {
 				break
 			}
 			err = sub.client.Push(ctx, func(p oomdpb.EventSubscriber_push_Params) error {
-				l, err := wire.NewEventList(p.Segment(), evs)
-				if err != nil {
-					return err
-				}
-				p.SetMissed(missed)
-				return p.SetEvents(l)
+				return wire.SetEventBatch(p, evs, missed)
 			})
 			if err != nil {
 				d.log.Debug("subscriber gone", zap.Error(err))

@@ -4,7 +4,6 @@ import (
 	"fmt"
 
 	"oomd.dev/oomd/services/oomd/policy"
-	"oomd.dev/oomd/services/oomd/wire"
 )
 
 // why is the one log line a person reads for a decision: what happened to whom, the
@@ -12,7 +11,7 @@ import (
 // their kind name (their fields say the rest). The marker lines on stdout are separate
 // and unchanged.
 func why(e policy.Event) string {
-	b, l := wire.HumanBytes(e.Bytes), wire.HumanBytes(e.Limit)
+	b, l := policy.HumanBytes(e.Bytes), policy.HumanBytes(e.Limit)
 	because := ""
 	if e.Reason != "" {
 		because = " (" + e.Reason + ")"

@@ -380,7 +380,7 @@ func handleEvents(t *testing.T, e *scenarioEnv, d *datadriven.TestData) string {
 	var out strings.Builder
 	fmt.Fprintf(&out, "next=%d missed=%d last=%d\n", next, missed, e.c.LastSeq())
 	for _, ev := range evs {
-		out.WriteString(FormatEvent(ev) + "\n")
+		out.WriteString(FormatEvent(ev, Canonical) + "\n")
 	}
 	return out.String()
 }

@@ -33,7 +33,7 @@ func Example() {
 			fmt.Println("execd:", policy.FormatTerminate(t))
 		}
 		for _, ev := range rd.Events {
-			fmt.Println("publish:", policy.FormatEvent(ev))
+			fmt.Println("publish:", policy.FormatEvent(ev, policy.Canonical))
 		}
 		core.Advance()
 	}

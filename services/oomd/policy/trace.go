@@ -125,7 +125,7 @@ func FormatReady(rd Ready) string {
 		b.WriteByte('\n')
 	}
 	for _, ev := range rd.Events {
-		b.WriteString(FormatEvent(ev))
+		b.WriteString(FormatEvent(ev, Canonical))
 		b.WriteByte('\n')
 	}
 	return b.String()
@@ -149,6 +149,16 @@ func (l *line) num(k string, v uint64) {
 	}
 }
 
+// size writes a byte count: exact in the Canonical form, in units for people in the
+// Human one; zero is left out.
+func (l *line) size(k string, v uint64, form TextForm) {
+	if form == Human && v != 0 {
+		l.str(k, CompactBytes(v))
+		return
+	}
+	l.num(k, v)
+}
+
 // id writes a subject id bare when it is well-formed and quoted otherwise, so a
 // hostile id cannot fake fields in the line.
 func (l *line) id(k, v string) {
@@ -164,19 +174,49 @@ func (l *line) quoted(k, v string) {
 	}
 }
 
-// FormatEvent renders one event on one line.
-func FormatEvent(ev Event) string {
+// TextForm is which of its two forms FormatEvent writes. There are two because they
+// have different readers, and neither may change for the other's sake:
+//
+//   - Canonical is the core's own text, for replay and tests: "event" first, every key
+//     named, exact numbers, the reason quoted so that no reason can pass for a field.
+//     Replay output (FormatReady, oomctl replay's tests, the golden files) is compared
+//     byte for byte, so this form never changes.
+//   - Human is for people (oomctl's events, replay and what-if output): the kind bare,
+//     sizes in 1024-based units without a space (bytes=16MiB), the reason as written.
+//     Exact values are in oomctl's --json.
+//
+// Both leave zero fields out and keep the same field order.
+type TextForm uint8
+
+const (
+	Canonical TextForm = iota
+	Human
+)
+
+// FormatEvent renders one event on one line, in the given form. It is the one place
+// that turns an event into text.
+func FormatEvent(ev Event, form TextForm) string {
 	var l line
-	l.WriteString("event")
+	if form == Canonical {
+		l.WriteString("event")
+	}
 	l.str("seq", strconv.FormatUint(ev.Seq, 10))
 	l.str("tick", strconv.FormatUint(ev.Tick, 10))
-	l.str("kind", ev.Kind.String())
+	if form == Canonical {
+		l.str("kind", ev.Kind.String())
+	} else {
+		l.WriteString(" " + ev.Kind.String())
+	}
 	l.str("subject", ev.Subject)
-	l.num("bytes", ev.Bytes)
-	l.num("limit", ev.Limit)
+	l.size("bytes", ev.Bytes, form)
+	l.size("limit", ev.Limit, form)
 	l.num("decision", ev.Decision)
-	l.quoted("reason", ev.Reason)
-	return l.String()
+	if form == Canonical {
+		l.quoted("reason", ev.Reason)
+	} else {
+		l.str("reason", ev.Reason)
+	}
+	return strings.TrimPrefix(l.String(), " ")
 }
 
 // FormatAudit renders one audit record on one line.

@@ -1,6 +1,11 @@
-// Package wire converts between the policy core's plain Go values and their Cap'n Proto
-// forms in gen/oomdpb. Reading from the wire checks every bound the schema states, so a
-// peer's bad input fails with an error naming the field.
+// Package wire converts between plain Go values and their Cap'n Proto forms in
+// gen/oomdpb: the policy core's values (Policy, Event, AuditRecord) and the other answers
+// of oomd's Control interface (Status, RebootRecord, JournalEntry). Each has one encoder
+// and one decoder, shared by oomd, its clients (ctlclient, oomctl) and the test fakes
+// that stand in for oomd: SetX writes an X into its schema struct, and the decoder is
+// named after the core's type (Policy, Event, AuditRecord) or, for wire's own types,
+// ReadX. Reading from the wire checks every bound the schema states, so a peer's bad
+// input fails with an error naming the field.
 package wire
 
 import (
@@ -27,14 +32,8 @@ func SetPolicy(dst oomdpb.Policy, p policy.Policy) error {
 	dst.SetKillBudget(p.KillBudget)
 	dst.SetKillWindowTicks(p.KillWindowTicks)
 	dst.SetOomTimeoutMs(p.OOMTimeoutMs)
-	crit, err := dst.NewCritical(int32(len(p.Critical)))
-	if err != nil {
+	if err := setTextList("policy.critical", dst.NewCritical, p.Critical); err != nil {
 		return err
-	}
-	for i, s := range p.Critical {
-		if err := crit.Set(i, s); err != nil {
-			return err
-		}
 	}
 	ov, err := dst.NewOverrides(int32(len(p.Overrides)))
 	if err != nil {
@@ -100,20 +99,12 @@ func setVictims(dst oomdpb.Policy, v policy.Victims) error {
 	w.SetSettleTicks(v.SettleTicks)
 	w.SetDryRun(v.DryRun)
 	for _, l := range []struct {
-		ids []string
-		new func(int32) (capnp.TextList, error)
-	}{{v.Prefer, w.NewPrefer}, {v.Avoid, w.NewAvoid}, {v.Never, w.NewNever}} {
-		if len(l.ids) == 0 {
-			continue
-		}
-		tl, err := l.new(int32(len(l.ids)))
-		if err != nil {
+		name string
+		ids  []string
+		new  func(int32) (capnp.TextList, error)
+	}{{"policy.victims.prefer", v.Prefer, w.NewPrefer}, {"policy.victims.avoid", v.Avoid, w.NewAvoid}, {"policy.victims.never", v.Never, w.NewNever}} {
+		if err := setTextList(l.name, l.new, l.ids); err != nil {
 			return err
-		}
-		for i, s := range l.ids {
-			if err := tl.Set(i, s); err != nil {
-				return err
-			}
 		}
 	}
 	return nil
@@ -297,6 +288,42 @@ func NewEventList(seg *capnp.Segment, evs []policy.Event) (oomdpb.Event_List, er
 	return l, nil
 }
 
+// EventBatchDst is where a batch of events goes: Control.events' results and
+// EventSubscriber.push's params.
+type EventBatchDst interface {
+	Segment() *capnp.Segment
+	SetEvents(oomdpb.Event_List) error
+	SetMissed(uint64)
+}
+
+// SetEventBatch writes evs, and how many events before them were missed, into dst.
+func SetEventBatch(dst EventBatchDst, evs []policy.Event, missed uint64) error {
+	l, err := NewEventList(dst.Segment(), evs)
+	if err != nil {
+		return err
+	}
+	dst.SetMissed(missed)
+	return dst.SetEvents(l)
+}
+
+// EventBatchSrc is a batch of events read from the wire (see EventBatchDst).
+type EventBatchSrc interface {
+	Events() (oomdpb.Event_List, error)
+	Missed() uint64
+}
+
+// ReadEventBatch reads the events of a batch and how many before them were missed.
+func ReadEventBatch(src EventBatchSrc) (evs []policy.Event, missed uint64, err error) {
+	l, err := src.Events()
+	if err != nil {
+		return nil, 0, fmt.Errorf("events: %w", err)
+	}
+	if evs, err = Events(l); err != nil {
+		return nil, 0, err
+	}
+	return evs, src.Missed(), nil
+}
+
 // SetAuditRecord writes r into dst, with the writer sequence given separately (the
 // daemon maps the core's sequence onto the journal's).
 func SetAuditRecord(dst oomdpb.AuditRecord, r policy.AuditRecord, writerSeq, execdRun uint64) error {
@@ -317,28 +344,6 @@ func SetAuditRecord(dst oomdpb.AuditRecord, r policy.AuditRecord, writerSeq, exe
 		}
 	}
 	return dst.SetReason(r.Reason)
-}
-
-// FormatEvent renders an event as one stable, human-readable line: sizes in human
-// units without a space (bytes=16MiB; exact values are in oomctl's --json).
-func FormatEvent(e policy.Event) string {
-	s := fmt.Sprintf("seq=%d tick=%d %s", e.Seq, e.Tick, e.Kind)
-	if e.Subject != "" {
-		s += " subject=" + e.Subject
-	}
-	if e.Bytes != 0 {
-		s += " bytes=" + CompactBytes(e.Bytes)
-	}
-	if e.Limit != 0 {
-		s += " limit=" + CompactBytes(e.Limit)
-	}
-	if e.Decision != 0 {
-		s += fmt.Sprintf(" decision=%d", e.Decision)
-	}
-	if e.Reason != "" {
-		s += " reason=" + e.Reason
-	}
-	return s
 }
 
 // AuditRecord reads an audit record from the wire.
@@ -372,4 +377,39 @@ func HandoffPreference(h oomdpb.SubjectHandoff) (policy.Preference, error) {
 		return policy.PreferenceNone, fmt.Errorf("handoff.preference: unknown value %d (want none, prefer, avoid or never)", uint16(p))
 	}
 	return policy.Preference(p), nil
+}
+
+// setTextList sets a new text list holding ss (none at all when ss is empty), naming
+// the field in errors.
+func setTextList(name string, newList func(int32) (capnp.TextList, error), ss []string) error {
+	if len(ss) == 0 {
+		return nil
+	}
+	l, err := newList(int32(len(ss)))
+	if err != nil {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	for i, s := range ss {
+		if err := l.Set(i, s); err != nil {
+			return fmt.Errorf("%s[%d]: %w", name, i, err)
+		}
+	}
+	return nil
+}
+
+// textList reads a text list (nil when empty), naming the field in errors.
+func textList(name string, get func() (capnp.TextList, error)) ([]string, error) {
+	l, err := get()
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	var out []string
+	for i := 0; i < l.Len(); i++ {
+		s, err := l.At(i)
+		if err != nil {
+			return nil, fmt.Errorf("%s[%d]: %w", name, i, err)
+		}
+		out = append(out, s)
+	}
+	return out, nil
 }

@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"oomd.dev/oomd/services/oomd/ctlclient"
+	"oomd.dev/oomd/services/oomd/policy"
 	"oomd.dev/oomd/services/oomd/wire"
 )
 
@@ -31,8 +32,9 @@ type auditView struct {
 	TracePos string `json:"tracePos"`
 }
 
-// formatAudit renders an entry as one line in the style of wire.FormatEvent: logd's
-// append time first when known, fixed order, zero fields left out, sizes in human units.
+// formatAudit renders an entry as one line in the style of policy.FormatEvent's Human
+// form: logd's append time first when known, fixed order, zero fields left out, sizes
+// in human units.
 func formatAudit(a auditView) string {
 	var b strings.Builder
 	if a.AppendedAtNs != 0 {
@@ -50,7 +52,7 @@ func formatAudit(a auditView) string {
 		v uint64
 	}{{"bytes", a.Bytes}, {"limit", a.Limit}} {
 		if f.v != 0 {
-			fmt.Fprintf(&b, " %s=%s", f.k, wire.CompactBytes(f.v))
+			fmt.Fprintf(&b, " %s=%s", f.k, policy.CompactBytes(f.v))
 		}
 	}
 	if a.Decision != 0 {
@@ -65,7 +67,7 @@ func formatAudit(a auditView) string {
 	return b.String()
 }
 
-func auditViewOf(e ctlclient.AuditEntry) auditView {
+func auditViewOf(e wire.JournalEntry) auditView {
 	r := e.Record
 	return auditView{
 		Seq: e.Seq, Writer: e.Writer, WriterSeq: r.WriterSeq, Tick: r.Tick,
@@ -76,18 +78,13 @@ func auditViewOf(e ctlclient.AuditEntry) auditView {
 }
 
 func (r *runner) audit(ctx context.Context, f *pageFlags) error {
-	ctx, cancel := r.callCtx(ctx)
-	defer cancel()
-	c, err := r.dial(ctx)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	p := &printer{w: r.env.Stdout, json: r.g.json, limit: f.limit, what: "rotated out of logd's journal"}
-	return printPages(p, f.since, func(since uint64, limit uint32) ([]auditView, uint64, uint64, error) {
-		entries, next, missed, err := readAudit(ctx, c, since, limit)
-		return entries, next, missed, r.explain(err)
-	}, p.audit)
+	return r.withOomd(ctx, func(ctx context.Context, c *ctlclient.Client) error {
+		p := &printer{w: r.env.Stdout, json: r.g.json, limit: f.limit, what: "rotated out of logd's journal"}
+		return printPages(p, f.since, func(since uint64, limit uint32) ([]auditView, uint64, uint64, error) {
+			entries, next, missed, err := readAudit(ctx, c, since, limit)
+			return entries, next, missed, r.explain(err)
+		}, p.audit)
+	})
 }
 
 func (p *printer) audit(a auditView) error {

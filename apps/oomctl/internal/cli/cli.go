@@ -322,6 +322,18 @@ func (r *runner) callCtx(ctx context.Context) (context.Context, context.CancelFu
 	return context.WithTimeout(ctx, r.g.timeout)
 }
 
+// withOomd connects to oomd and runs fn; ctx, handed to fn, bounds both by --timeout.
+func (r *runner) withOomd(ctx context.Context, fn func(ctx context.Context, c *ctlclient.Client) error) error {
+	ctx, cancel := r.callCtx(ctx)
+	defer cancel()
+	c, err := r.dial(ctx)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	return fn(ctx, c)
+}
+
 // dial connects once to oomd, turning the usual failures into messages that say what
 // to do.
 func (r *runner) dial(ctx context.Context) (*ctlclient.Client, error) {

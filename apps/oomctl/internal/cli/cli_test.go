@@ -26,8 +26,10 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"oomd.dev/oomd/gen/oomdpb"
 	"oomd.dev/oomd/services/oomd/ctlclient"
 	"oomd.dev/oomd/services/oomd/policy"
+	"oomd.dev/oomd/services/oomd/wire"
 )
 
 // helperEnv makes the test binary run oomctl itself (see TestMain): the permission test
@@ -400,18 +402,18 @@ func TestPermissionDenied(t *testing.T) {
 	assert.Equal(t, want, stderr.String())
 }
 
-func sampleStatus() statusView {
-	return statusView{
+func sampleStatus() wire.Status {
+	return wire.Status{
 		Tick: 1234, PolicyVersion: 2, LastEventSeq: 17, Kills: 1, Throttled: 2,
-		AcceptedSamples: 120, RejectedSamples: 3, Level: "normal", InjectEnabled: true,
-		Subjects: []subjectView{
+		AcceptedSamples: 120, RejectedSamples: 3, Level: oomdpb.PressureLevel_normal, InjectEnabled: true,
+		Subjects: []wire.SubjectStatus{
 			// Deliberately out of order: the table sorts by subject id.
-			{Subject: "oomd", Instance: 1, State: "normal", SoftBytes: 256 << 20, HardBytes: 512 << 20, Critical: true,
-				Signal: "max", CgroupMode: "none"},
-			{Subject: "hog", Instance: 3, State: "terminating", Bytes: 16 << 20, SoftBytes: 4 << 20, HardBytes: 8 << 20,
-				KernelBytes: 18 << 20, CooperativeBytes: 16 << 20, Published: true, Signal: "cooperative", CgroupMode: "v2"},
-			{Subject: "spoofer", Instance: 1, State: "normal", Bytes: 1536, SoftBytes: 256 << 20, HardBytes: 512 << 20, Rejected: 3,
-				KernelBytes: 1536, Signal: "kernel", CgroupMode: "proc"},
+			{Subject: "oomd", Instance: 1, State: oomdpb.SubjectState_normal, SoftBytes: 256 << 20, HardBytes: 512 << 20, Critical: true,
+				Signal: oomdpb.Signal_max, CgroupMode: oomdpb.CgroupMode_none},
+			{Subject: "hog", Instance: 3, State: oomdpb.SubjectState_terminating, Bytes: 16 << 20, SoftBytes: 4 << 20, HardBytes: 8 << 20,
+				KernelBytes: 18 << 20, CooperativeBytes: 16 << 20, Published: true, Signal: oomdpb.Signal_cooperative, CgroupMode: oomdpb.CgroupMode_v2},
+			{Subject: "spoofer", Instance: 1, State: oomdpb.SubjectState_normal, Bytes: 1536, SoftBytes: 256 << 20, HardBytes: 512 << 20, Rejected: 3,
+				KernelBytes: 1536, Signal: oomdpb.Signal_kernel, CgroupMode: oomdpb.CgroupMode_proc},
 		},
 	}
 }
@@ -448,8 +450,8 @@ spoofer  normal       1.5 KiB  256 MiB  512 MiB  kernel       1.5 KiB  -        
 		`"auditWaiting":0,"auditLogdDown":false,"auditSpilled":0}`+"\n", stdout)
 
 	f.do(func() {
-		f.status = statusView{Tick: 5, Level: "warning", MemAvailableBytes: 3 << 30, HaltClaimed: true, Truncated: true,
-			Subjects: []subjectView{{Subject: "a", State: "exited"}}}
+		f.status = wire.Status{Tick: 5, Level: oomdpb.PressureLevel_warning, MemAvailableBytes: 3 << 30, HaltClaimed: true, Truncated: true,
+			Subjects: []wire.SubjectStatus{{Subject: "a", State: oomdpb.SubjectState_exited}}}
 	})
 	_, stdout, _ = oomctl(t, nil, "--socket", f.path, "status")
 	assert.Equal(t, `tick 5, policy version 0, last event seq 0
@@ -462,30 +464,44 @@ a        exited  0      0     0     max     -       -          none    no       
 `, stdout)
 }
 
-// TestStatusVictim: the victim preview is one line under the notes, saying whom oomd
-// would pick, why, and what holds it back; nothing when victim selection is off.
+// TestStatusUnknownEnumerants: enumerants a newer oomd may add print as unknown(<n>),
+// never as a value this oomctl knows.
+func TestStatusUnknownEnumerants(t *testing.T) {
+	f := startFake(t)
+	f.do(func() {
+		f.status = wire.Status{Level: 9, Subjects: []wire.SubjectStatus{{Subject: "a", State: 8, Signal: 7, CgroupMode: 6}}}
+	})
+	code, stdout, stderr := oomctl(t, nil, "--socket", f.path, "--json", "status")
+	require.Equal(t, ExitOK, code, stderr)
+	assert.Contains(t, stdout, `"level":"unknown(9)"`)
+	assert.Contains(t, stdout, `"state":"unknown(8)"`)
+	assert.Contains(t, stdout, `"signal":"unknown(7)","cgroupMode":"unknown(6)"`)
+}
+
 // TestStatusSaysWhenAuditIsDown: a logd oomd cannot reach is said loudly, with what
 // waits (a kill waits for its own record) and what sits in the spill file.
 func TestStatusSaysWhenAuditIsDown(t *testing.T) {
 	f := startFake(t)
 	for _, c := range []struct {
-		st   statusView
+		st   wire.Status
 		want string
 	}{
-		{statusView{AuditLogdDown: true, AuditWaiting: 2}, "AUDIT: logd NOT CONNECTED, 2 records waiting; kills wait until they are durable\n"},
-		{statusView{AuditLogdDown: true, AuditSpilled: 7}, "AUDIT: logd NOT CONNECTED; 7 records in the spill file, 0 waiting\n"},
-		{statusView{AuditSpilled: 7, AuditWaiting: 1}, "audit: logd connected; 7 records in the spill file, 1 waiting\n"},
+		{wire.Status{AuditLogdDown: true, AuditWaiting: 2}, "AUDIT: logd NOT CONNECTED, 2 records waiting; kills wait until they are durable\n"},
+		{wire.Status{AuditLogdDown: true, AuditSpilled: 7}, "AUDIT: logd NOT CONNECTED; 7 records in the spill file, 0 waiting\n"},
+		{wire.Status{AuditSpilled: 7, AuditWaiting: 1}, "audit: logd connected; 7 records in the spill file, 1 waiting\n"},
 	} {
-		f.do(func() { f.status = c.st; f.status.Level = "normal" })
+		f.do(func() { f.status = c.st })
 		code, stdout, stderr := oomctl(t, nil, "--socket", f.path, "status")
 		require.Equal(t, ExitOK, code, stderr)
 		assert.Contains(t, stdout, c.want)
 	}
-	f.do(func() { f.status = statusView{Level: "normal"} })
+	f.do(func() { f.status = wire.Status{} })
 	_, stdout, _ := oomctl(t, nil, "--socket", f.path, "status")
 	assert.NotContains(t, stdout, "audit", "a healthy audit trail says nothing")
 }
 
+// TestStatusVictim: the victim preview is one line under the notes, saying whom oomd
+// would pick, why, and what holds it back; nothing when victim selection is off.
 func TestStatusVictim(t *testing.T) {
 	f := startFake(t)
 	const reason = "pressure victim: level=imminentOom score=97 runners-up=b:35,a:19"
@@ -499,7 +515,7 @@ func TestStatusVictim(t *testing.T) {
 		{"levels off", ""},
 	} {
 		f.do(func() {
-			f.status = statusView{Tick: 5, Level: "normal", Victim: "leaker", VictimReason: reason, VictimHold: tc.hold}
+			f.status = wire.Status{Tick: 5, Victim: "leaker", VictimReason: reason, VictimHold: tc.hold}
 		})
 		code, stdout, stderr := oomctl(t, nil, "--socket", f.path, "status")
 		require.Equal(t, ExitOK, code, stderr)
@@ -817,11 +833,11 @@ func TestEventsFollowLimitAndDisconnect(t *testing.T) {
 func TestAudit(t *testing.T) {
 	f := startFake(t)
 	f.do(func() {
-		f.audit = []auditView{
-			{Seq: 7, Writer: "oomd", WriterSeq: 1, Tick: 4, Kind: "killDecided", Subject: "hog", Instance: 1, Bytes: 16 << 20, Limit: 8 << 20, Decision: 1,
-				TracePos: "trace-1-000001.otr:4096"},
-			{Seq: 8, Writer: "oomd", WriterSeq: 2, Tick: 5, Kind: "memstatRejected", Subject: "spoofer", Instance: 2, Reason: "claimed=hog",
-				AppendedAtNs: time.Date(2026, 12, 2, 8, 30, 1, 250e6, time.Local).UnixNano()},
+		f.audit = []wire.JournalEntry{
+			{Seq: 7, Writer: "oomd", Record: policy.AuditRecord{WriterSeq: 1, Tick: 4, Kind: policy.EventKillDecided, Subject: "hog", Instance: 1,
+				Bytes: 16 << 20, Limit: 8 << 20, Decision: 1, TracePos: "trace-1-000001.otr:4096"}},
+			{Seq: 8, Writer: "oomd", Record: policy.AuditRecord{WriterSeq: 2, Tick: 5, Kind: policy.EventMemstatRejected, Subject: "spoofer", Instance: 2,
+				Reason: "claimed=hog"}, AppendedAtNs: time.Date(2026, 12, 2, 8, 30, 1, 250e6, time.Local).UnixNano()},
 		}
 	})
 	code, stdout, stderr := oomctl(t, nil, "--socket", f.path, "audit")
@@ -872,7 +888,8 @@ func TestLastReboot(t *testing.T) {
 	assert.Contains(t, stdout, "no reboot reason recorded")
 
 	f.do(func() {
-		f.reboot = rebootView{Valid: true, Graceful: false, TeardownMs: 1002, BootCount: 3, NotStopped: []string{"hog-stuck"}}
+		f.reboot = wire.RebootRecord{Valid: true, Reason: oomdpb.RebootReason_oom, Graceful: false, TeardownMs: 1002, BootCount: 3,
+			NotStopped: []string{"hog-stuck"}}
 	})
 	_, stdout, _ = oomctl(t, nil, "--socket", f.path, "last-reboot")
 	assert.Equal(t, "last reboot: reason=oom graceful=no teardown=1002 ms (written by boot 3)\nnot stopped in time: hog-stuck\n", stdout)
@@ -888,7 +905,7 @@ func TestEventsAcrossRestart(t *testing.T) {
 	const at = int64(1_700_000_000_123_000_000)
 	f.do(func() {
 		// This run started above seq 1024; the ring already overwrote 1025 and 1026.
-		f.status = statusView{Level: "normal", EventSeqBase: 1024, StartedAtNs: at - 5e9}
+		f.status = wire.Status{EventSeqBase: 1024, StartedAtNs: at - 5e9}
 		f.events = []policy.Event{
 			{Seq: 1027, Tick: 4, Kind: policy.EventSoftExceeded, Subject: "hog", Bytes: 5 << 20, Limit: 4 << 20, WallTimeNs: at},
 			{Seq: 1028, Tick: 9, Kind: policy.EventSoftCleared, Subject: "hog", Bytes: 1 << 20, Limit: 4 << 20},

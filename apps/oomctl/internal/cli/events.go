@@ -119,10 +119,10 @@ func (p *printer) event(e policy.Event) error {
 		})
 	}
 	if e.WallTimeNs != 0 {
-		_, err := fmt.Fprintln(p.w, wallTime(e.WallTimeNs), wire.FormatEvent(e))
+		_, err := fmt.Fprintln(p.w, wallTime(e.WallTimeNs), policy.FormatEvent(e, policy.Human))
 		return err
 	}
-	_, err := fmt.Fprintln(p.w, wire.FormatEvent(e))
+	_, err := fmt.Fprintln(p.w, policy.FormatEvent(e, policy.Human))
 	return err
 }
 
@@ -130,37 +130,24 @@ func (r *runner) events(ctx context.Context, f *pageFlags) error {
 	if f.follow {
 		return r.follow(ctx, f)
 	}
-	ctx, cancel := r.callCtx(ctx)
-	defer cancel()
-	c, err := r.dial(ctx)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	p := &printer{w: r.env.Stdout, json: r.g.json, limit: f.limit, what: "overwritten in oomd's event ring before they were read"}
-	if p.base, err = runBase(ctx, c); err != nil {
-		return r.explain(err)
-	}
-	return printPages(p, f.since, func(since uint64, limit uint32) ([]policy.Event, uint64, uint64, error) {
-		evs, next, missed, err := c.ReadEvents(ctx, since, limit)
-		return evs, next, missed, r.explain(err)
-	}, p.event)
+	return r.withOomd(ctx, func(ctx context.Context, c *ctlclient.Client) error {
+		p := &printer{w: r.env.Stdout, json: r.g.json, limit: f.limit, what: "overwritten in oomd's event ring before they were read"}
+		var err error
+		if p.base, err = runBase(ctx, c); err != nil {
+			return r.explain(err)
+		}
+		return printPages(p, f.since, func(since uint64, limit uint32) ([]policy.Event, uint64, uint64, error) {
+			evs, next, missed, err := c.ReadEvents(ctx, since, limit)
+			return evs, next, missed, r.explain(err)
+		}, p.event)
+	})
 }
 
 // runBase is the event seq base of the oomd run c is connected to: seqs up to it were
 // numbered by earlier runs.
 func runBase(ctx context.Context, c *ctlclient.Client) (uint64, error) {
-	f, rel := c.Ctl.Status(ctx, nil)
-	defer rel()
-	res, err := f.Struct()
-	if err != nil {
-		return 0, fmt.Errorf("status: %w", err)
-	}
-	st, err := res.Status()
-	if err != nil {
-		return 0, fmt.Errorf("status: %w", err)
-	}
-	return st.EventSeqBase(), nil
+	st, err := c.Status(ctx)
+	return st.EventSeqBase, err
 }
 
 // printPages prints pages from read until the end or the printer's limit, reporting
@@ -201,16 +188,12 @@ type subscriber struct {
 }
 
 func (s subscriber) Push(ctx context.Context, call oomdpb.EventSubscriber_push) error {
-	l, err := call.Args().Events()
-	if err != nil {
-		return err
-	}
-	evs, err := wire.Events(l)
+	evs, missed, err := wire.ReadEventBatch(call.Args())
 	if err != nil {
 		return err
 	}
 	select {
-	case s.batches <- batch{events: evs, missed: call.Args().Missed()}:
+	case s.batches <- batch{events: evs, missed: missed}:
 		return nil
 	case <-s.done:
 		return errors.New("oomctl stopped following")
@@ -221,15 +204,12 @@ func (s subscriber) Push(ctx context.Context, call oomdpb.EventSubscriber_push) 
 
 // follow prints the history after --since, then every new event as oomd publishes it,
 // until ctx ends (Ctrl-C, SIGTERM: exit 0), --limit is reached, or oomd goes away.
+// --timeout bounds the setup (setup), not the stream.
 func (r *runner) follow(ctx context.Context, f *pageFlags) error {
-	setup, cancel := r.callCtx(ctx)
-	defer cancel()
-	c, err := r.dial(setup)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
+	return r.withOomd(ctx, func(setup context.Context, c *ctlclient.Client) error { return r.stream(ctx, setup, c, f) })
+}
 
+func (r *runner) stream(ctx, setup context.Context, c *ctlclient.Client, f *pageFlags) error {
 	batches := make(chan batch)
 	done := make(chan struct{})
 	defer close(done)

@@ -22,7 +22,8 @@ import (
 
 // fakeOomd serves oomd's Control interface on a real Unix socket with canned answers,
 // so the commands can be tested whole (dial, call, decode, print) without the stack.
-// Validation goes through the same wire.Policy the real server uses.
+// Its answers go through the same wire encoders the real server uses, and validation
+// through the same wire.Policy.
 type fakeOomd struct {
 	path string
 	srv  *rpcx.Server
@@ -31,11 +32,11 @@ type fakeOomd struct {
 	pol      policy.Policy
 	version  uint64
 	setCalls int
-	status   statusView
+	status   wire.Status
 	events   []policy.Event // seq 1..n; those with seq <= dropped are overwritten
 	dropped  uint64
-	audit    []auditView
-	reboot   rebootView
+	audit    []wire.JournalEntry
+	reboot   wire.RebootRecord
 	// changeAfterGet bumps the version after answering GetPolicy, as if another client
 	// set a policy between oomctl's read and its write.
 	changeAfterGet bool
@@ -161,13 +162,8 @@ func (f *fakeOomd) Events(_ context.Context, call oomdpb.Control_events) error {
 	if err != nil {
 		return err
 	}
-	l, err := wire.NewEventList(res.Segment(), evs)
-	if err != nil {
-		return err
-	}
 	res.SetNextSeq(next)
-	res.SetMissed(missed)
-	return res.SetEvents(l)
+	return wire.SetEventBatch(res, evs, missed)
 }
 
 func (f *fakeOomd) Subscribe(_ context.Context, call oomdpb.Control_subscribe) error {
@@ -202,12 +198,7 @@ func (f *fakeOomd) tryPush(evs []policy.Event, missed uint64) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	err := sub.Push(ctx, func(p oomdpb.EventSubscriber_push_Params) error {
-		l, err := wire.NewEventList(p.Segment(), evs)
-		if err != nil {
-			return err
-		}
-		p.SetMissed(missed)
-		return p.SetEvents(l)
+		return wire.SetEventBatch(p, evs, missed)
 	})
 	if err != nil {
 		return err
@@ -222,94 +213,29 @@ func (f *fakeOomd) Inject(context.Context, oomdpb.Control_inject) error {
 func (f *fakeOomd) Status(_ context.Context, call oomdpb.Control_status) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	v := f.status
 	res, err := call.AllocResults()
 	if err != nil {
 		return err
 	}
-	st, err := res.NewStatus()
+	dst, err := res.NewStatus()
 	if err != nil {
 		return err
 	}
-	st.SetTick(v.Tick)
-	st.SetPolicyVersion(v.PolicyVersion)
-	st.SetEventSeqBase(v.EventSeqBase)
-	st.SetStartedAtNs(v.StartedAtNs)
-	st.SetLastEventSeq(v.LastEventSeq)
-	st.SetKills(v.Kills)
-	st.SetDenied(v.Denied)
-	st.SetThrottled(v.Throttled)
-	st.SetAcceptedSamples(v.AcceptedSamples)
-	st.SetRejectedSamples(v.RejectedSamples)
-	st.SetLevel(oomdpb.PressureLevelFromString(v.Level))
-	st.SetMemAvailableBytes(v.MemAvailableBytes)
-	st.SetHaltClaimed(v.HaltClaimed)
-	st.SetAuditWaiting(v.AuditWaiting)
-	st.SetAuditLogdDown(v.AuditLogdDown)
-	st.SetAuditSpilled(v.AuditSpilled)
-	st.SetInjectEnabled(v.InjectEnabled)
-	st.SetTruncated(v.Truncated)
-	if err := st.SetVictim(v.Victim); err != nil {
-		return err
-	}
-	if err := st.SetVictimReason(v.VictimReason); err != nil {
-		return err
-	}
-	if err := st.SetVictimHold(v.VictimHold); err != nil {
-		return err
-	}
-	l, err := st.NewSubjects(int32(len(v.Subjects)))
-	if err != nil {
-		return err
-	}
-	for i, s := range v.Subjects {
-		e := l.At(i)
-		if err := e.SetSubject(s.Subject); err != nil {
-			return err
-		}
-		e.SetInstance(s.Instance)
-		e.SetState(oomdpb.SubjectStateFromString(s.State))
-		e.SetBytes(s.Bytes)
-		e.SetSoftBytes(s.SoftBytes)
-		e.SetHardBytes(s.HardBytes)
-		e.SetCritical(s.Critical)
-		e.SetRejected(s.Rejected)
-		e.SetKernelBytes(s.KernelBytes)
-		e.SetCooperativeBytes(s.CooperativeBytes)
-		e.SetPublished(s.Published)
-		e.SetSignal(oomdpb.SignalFromString(s.Signal))
-		e.SetCgroupMode(oomdpb.CgroupModeFromString(s.CgroupMode))
-	}
-	return nil
+	return wire.SetStatus(dst, f.status)
 }
 
 func (f *fakeOomd) LastReboot(_ context.Context, call oomdpb.Control_lastReboot) error {
 	f.mu.Lock()
-	v := f.reboot
-	f.mu.Unlock()
+	defer f.mu.Unlock()
 	res, err := call.AllocResults()
 	if err != nil {
 		return err
 	}
-	rec, err := res.NewRecord()
+	dst, err := res.NewRecord()
 	if err != nil {
 		return err
 	}
-	rec.SetValid(v.Valid)
-	rec.SetReason(oomdpb.RebootReason_oom)
-	rec.SetGraceful(v.Graceful)
-	rec.SetTeardownMs(v.TeardownMs)
-	rec.SetBootCount(v.BootCount)
-	l, err := rec.NewNotStopped(int32(len(v.NotStopped)))
-	if err != nil {
-		return err
-	}
-	for i, s := range v.NotStopped {
-		if err := l.Set(i, s); err != nil {
-			return err
-		}
-	}
-	return nil
+	return wire.SetRebootRecord(dst, f.reboot)
 }
 
 func (f *fakeOomd) WatchLevels(context.Context, oomdpb.Control_watchLevels) error {
@@ -324,10 +250,10 @@ func (f *fakeOomd) Audit(_ context.Context, call oomdpb.Control_audit) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	since, limit := call.Args().SinceSeq(), int(call.Args().Limit())
-	var page []auditView
-	for _, a := range f.audit {
-		if a.Seq > since && len(page) < limit {
-			page = append(page, a)
+	var page []wire.JournalEntry
+	for _, e := range f.audit {
+		if e.Seq > since && len(page) < limit {
+			page = append(page, e)
 		}
 	}
 	res, err := call.AllocResults()
@@ -339,34 +265,11 @@ func (f *fakeOomd) Audit(_ context.Context, call oomdpb.Control_audit) error {
 		return err
 	}
 	next := since
-	for i, a := range page {
-		e := l.At(i)
-		e.SetSeq(a.Seq)
-		e.SetAppendedAtNs(a.AppendedAtNs)
-		if err := e.SetWriter(a.Writer); err != nil {
+	for i, e := range page {
+		if err := wire.SetJournalEntry(l.At(i), e); err != nil {
 			return err
 		}
-		r, err := e.NewRecord()
-		if err != nil {
-			return err
-		}
-		r.SetWriterSeq(a.WriterSeq)
-		r.SetTick(a.Tick)
-		r.SetKind(oomdpb.EventKindFromString(a.Kind))
-		r.SetBytes(a.Bytes)
-		r.SetLimit(a.Limit)
-		r.SetDecision(a.Decision)
-		r.SetInstance(a.Instance)
-		if err := r.SetTracePos(a.TracePos); err != nil {
-			return err
-		}
-		if err := r.SetSubject(a.Subject); err != nil {
-			return err
-		}
-		if err := r.SetReason(a.Reason); err != nil {
-			return err
-		}
-		next = a.Seq
+		next = e.Seq
 	}
 	res.SetNextSeq(next)
 	return nil

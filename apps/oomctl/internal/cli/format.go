@@ -11,12 +11,12 @@ import (
 	"strconv"
 	"strings"
 
-	"oomd.dev/oomd/services/oomd/wire"
+	"oomd.dev/oomd/services/oomd/policy"
 )
 
-// humanBytes renders n for people: "0", "512 B", "8 MiB", "12.5 MiB" (wire.HumanBytes,
+// humanBytes renders n for people: "0", "512 B", "8 MiB", "12.5 MiB" (policy.HumanBytes,
 // shared with oomd's log lines). Exact values are in --json and in the policy view.
-func humanBytes(n uint64) string { return wire.HumanBytes(n) }
+func humanBytes(n uint64) string { return policy.HumanBytes(n) }
 
 // sizeSuffixes are the suffixes parseSize accepts. K, M, G, T and KiB..TiB are
 // 1024-based (operators write "8M" and mean MiB, as systemd's MemoryMax= and docker do);

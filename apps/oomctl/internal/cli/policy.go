@@ -26,21 +26,16 @@ type policyView struct {
 }
 
 func (r *runner) policyGet(ctx context.Context) error {
-	ctx, cancel := r.callCtx(ctx)
-	defer cancel()
-	c, err := r.dial(ctx)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	p, v, err := r.getPolicy(ctx, c)
-	if err != nil {
-		return err
-	}
-	if r.g.json {
-		return jsonLine(r.env.Stdout, policyView{Version: v, Policy: p})
-	}
-	return writePolicy(r.env.Stdout, v, p)
+	return r.withOomd(ctx, func(ctx context.Context, c *ctlclient.Client) error {
+		p, v, err := r.getPolicy(ctx, c)
+		if err != nil {
+			return err
+		}
+		if r.g.json {
+			return jsonLine(r.env.Stdout, policyView{Version: v, Policy: p})
+		}
+		return writePolicy(r.env.Stdout, v, p)
+	})
 }
 
 func (r *runner) getPolicy(ctx context.Context, c *ctlclient.Client) (policy.Policy, uint64, error) {
@@ -302,14 +297,13 @@ func (r *runner) policySet(ctx context.Context, f *setFlags) error {
 			return err
 		}
 	}
+	return r.withOomd(ctx, func(ctx context.Context, c *ctlclient.Client) error { return r.applyPolicy(ctx, c, f, fromFile) })
+}
 
-	ctx, cancel := r.callCtx(ctx)
-	defer cancel()
-	c, err := r.dial(ctx)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
+// applyPolicy is policy set once connected: fromFile as is, or the flags' edits to the
+// policy in force.
+func (r *runner) applyPolicy(ctx context.Context, c *ctlclient.Client, f *setFlags, fromFile policy.Policy) error {
+	edits := f.edits()
 	p := fromFile
 	var expect uint64 // a file replaces the policy whole: no version to check
 	if edits {

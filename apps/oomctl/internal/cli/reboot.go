@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"strings"
+
+	"oomd.dev/oomd/services/oomd/ctlclient"
 )
 
 // rebootView is oomd's RebootRecord as oomctl prints it; JSON names are the schema's.
@@ -17,31 +19,27 @@ type rebootView struct {
 }
 
 func (r *runner) lastReboot(ctx context.Context) error {
-	ctx, cancel := r.callCtx(ctx)
-	defer cancel()
-	c, err := r.dial(ctx)
-	if err != nil {
+	return r.withOomd(ctx, func(ctx context.Context, c *ctlclient.Client) error {
+		rec, err := c.LastReboot(ctx)
+		if err != nil {
+			return r.explain(err)
+		}
+		v := rebootView{Valid: rec.Valid, Reason: enumName(rec.Reason.String(), uint16(rec.Reason)),
+			Graceful: rec.Graceful, TeardownMs: rec.TeardownMs, BootCount: rec.BootCount,
+			NotStopped: append([]string{}, rec.NotStopped...)} // [], not null, in --json
+		if r.g.json {
+			return jsonLine(r.env.Stdout, v)
+		}
+		if !v.Valid {
+			_, err := fmt.Fprintln(r.env.Stdout, "no reboot reason recorded (no earlier system OOM or reboot request, no record store, or its record was torn or corrupt)")
+			return err
+		}
+		line := fmt.Sprintf("last reboot: reason=%s graceful=%s teardown=%d ms (written by boot %d)",
+			v.Reason, yesNo(v.Graceful), v.TeardownMs, v.BootCount)
+		if len(v.NotStopped) > 0 {
+			line += "\nnot stopped in time: " + strings.Join(v.NotStopped, ", ")
+		}
+		_, err = fmt.Fprintln(r.env.Stdout, line)
 		return err
-	}
-	defer c.Close()
-	rec, err := c.LastReboot(ctx)
-	if err != nil {
-		return r.explain(err)
-	}
-	v := rebootView{Valid: rec.Valid, Reason: enumName(rec.Reason.String(), uint16(rec.Reason)),
-		Graceful: rec.Graceful, TeardownMs: rec.TeardownMs, BootCount: rec.BootCount, NotStopped: rec.NotStopped}
-	if r.g.json {
-		return jsonLine(r.env.Stdout, v)
-	}
-	if !v.Valid {
-		_, err := fmt.Fprintln(r.env.Stdout, "no reboot reason recorded (no earlier system OOM or reboot request, no record store, or its record was torn or corrupt)")
-		return err
-	}
-	line := fmt.Sprintf("last reboot: reason=%s graceful=%s teardown=%d ms (written by boot %d)",
-		v.Reason, yesNo(v.Graceful), v.TeardownMs, v.BootCount)
-	if len(v.NotStopped) > 0 {
-		line += "\nnot stopped in time: " + strings.Join(v.NotStopped, ", ")
-	}
-	_, err = fmt.Fprintln(r.env.Stdout, line)
-	return err
+	})
 }

@@ -8,7 +8,8 @@ import (
 	"strings"
 	"text/tabwriter"
 
-	"oomd.dev/oomd/gen/oomdpb"
+	"oomd.dev/oomd/services/oomd/ctlclient"
+	"oomd.dev/oomd/services/oomd/wire"
 )
 
 // statusView is oomd's Status as oomctl prints it. The JSON names are the schema's and
@@ -63,77 +64,45 @@ type subjectView struct {
 }
 
 func (r *runner) status(ctx context.Context) error {
-	ctx, cancel := r.callCtx(ctx)
-	defer cancel()
-	c, err := r.dial(ctx)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	f, rel := c.Ctl.Status(ctx, nil)
-	defer rel()
-	res, err := f.Struct()
-	if err != nil {
-		return r.explain(fmt.Errorf("status: %w", err))
-	}
-	st, err := res.Status()
-	if err != nil {
-		return fmt.Errorf("status: %w", err)
-	}
-	v, err := readStatus(st)
-	if err != nil {
-		return fmt.Errorf("status: %w", err)
-	}
-	if r.g.json {
-		return jsonLine(r.env.Stdout, v)
-	}
-	return writeStatus(r.env.Stdout, v)
+	return r.withOomd(ctx, func(ctx context.Context, c *ctlclient.Client) error {
+		st, err := c.Status(ctx)
+		if err != nil {
+			return r.explain(err)
+		}
+		v := statusViewOf(st)
+		if r.g.json {
+			return jsonLine(r.env.Stdout, v)
+		}
+		return writeStatus(r.env.Stdout, v)
+	})
 }
 
-func readStatus(st oomdpb.Status) (statusView, error) {
+func statusViewOf(st wire.Status) statusView {
 	v := statusView{
-		Tick: st.Tick(), PolicyVersion: st.PolicyVersion(), LastEventSeq: st.LastEventSeq(),
-		Kills: st.Kills(), Denied: st.Denied(), Throttled: st.Throttled(),
-		AcceptedSamples: st.AcceptedSamples(), RejectedSamples: st.RejectedSamples(),
-		Level:             enumName(st.Level().String(), uint16(st.Level())),
-		MemAvailableBytes: st.MemAvailableBytes(), HaltClaimed: st.HaltClaimed(),
-		InjectEnabled: st.InjectEnabled(), Truncated: st.Truncated(),
-		EventSeqBase: st.EventSeqBase(), StartedAtNs: st.StartedAtNs(),
-		AuditWaiting: st.AuditWaiting(), AuditLogdDown: st.AuditLogdDown(), AuditSpilled: st.AuditSpilled(),
-		Subjects: []subjectView{},
+		Tick: st.Tick, PolicyVersion: st.PolicyVersion, LastEventSeq: st.LastEventSeq,
+		Kills: st.Kills, Denied: st.Denied, Throttled: st.Throttled,
+		AcceptedSamples: st.AcceptedSamples, RejectedSamples: st.RejectedSamples,
+		Level:             enumName(st.Level.String(), uint16(st.Level)),
+		MemAvailableBytes: st.MemAvailableBytes, HaltClaimed: st.HaltClaimed,
+		InjectEnabled: st.InjectEnabled, Truncated: st.Truncated,
+		Victim: st.Victim, VictimReason: st.VictimReason, VictimHold: st.VictimHold,
+		EventSeqBase: st.EventSeqBase, StartedAtNs: st.StartedAtNs,
+		AuditWaiting: st.AuditWaiting, AuditLogdDown: st.AuditLogdDown, AuditSpilled: st.AuditSpilled,
+		Subjects: make([]subjectView, 0, len(st.Subjects)),
 	}
-	var err error
-	if v.Victim, err = st.Victim(); err != nil {
-		return v, fmt.Errorf("victim: %w", err)
-	}
-	if v.VictimReason, err = st.VictimReason(); err != nil {
-		return v, fmt.Errorf("victimReason: %w", err)
-	}
-	if v.VictimHold, err = st.VictimHold(); err != nil {
-		return v, fmt.Errorf("victimHold: %w", err)
-	}
-	l, err := st.Subjects()
-	if err != nil {
-		return v, fmt.Errorf("subjects: %w", err)
-	}
-	for i := 0; i < l.Len(); i++ {
-		s := l.At(i)
-		id, err := s.Subject()
-		if err != nil {
-			return v, fmt.Errorf("subjects[%d].subject: %w", i, err)
-		}
+	for _, s := range st.Subjects {
 		v.Subjects = append(v.Subjects, subjectView{
-			Subject: id, Instance: s.Instance(), State: enumName(s.State().String(), uint16(s.State())),
-			Bytes: s.Bytes(), SoftBytes: s.SoftBytes(), HardBytes: s.HardBytes(),
-			Critical: s.Critical(), Rejected: s.Rejected(),
-			KernelBytes: s.KernelBytes(), CooperativeBytes: s.CooperativeBytes(), Published: s.Published(),
-			Signal:     enumName(s.Signal().String(), uint16(s.Signal())),
-			CgroupMode: enumName(s.CgroupMode().String(), uint16(s.CgroupMode())),
+			Subject: s.Subject, Instance: s.Instance, State: enumName(s.State.String(), uint16(s.State)),
+			Bytes: s.Bytes, SoftBytes: s.SoftBytes, HardBytes: s.HardBytes,
+			Critical: s.Critical, Rejected: s.Rejected,
+			KernelBytes: s.KernelBytes, CooperativeBytes: s.CooperativeBytes, Published: s.Published,
+			Signal:     enumName(s.Signal.String(), uint16(s.Signal)),
+			CgroupMode: enumName(s.CgroupMode.String(), uint16(s.CgroupMode)),
 		})
 	}
 	// oomd sends them sorted; sort anyway so the table's order never depends on it.
 	slices.SortFunc(v.Subjects, func(a, b subjectView) int { return strings.Compare(a.Subject, b.Subject) })
-	return v, nil
+	return v
 }
 
 // writeStatus prints a summary and one aligned row per subject.

@@ -1,4 +1,4 @@
-package wire
+package policy
 
 import (
 	"fmt"
@@ -10,11 +10,11 @@ import (
 
 var units = []string{"B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"}
 
-// HumanBytes renders n for people: "0", "512 B", "8 MiB", "12.5 MiB" (1024-based, one
-// decimal at most).
 // CompactBytes is HumanBytes without the space ("16MiB", "512B"), for key=value lines.
 func CompactBytes(n uint64) string { return strings.ReplaceAll(HumanBytes(n), " ", "") }
 
+// HumanBytes renders n for people: "0", "512 B", "8 MiB", "12.5 MiB" (1024-based, one
+// decimal at most). oomd's log lines, oomctl and the Human form of FormatEvent share it.
 func HumanBytes(n uint64) string {
 	if n == 0 {
 		return "0"
