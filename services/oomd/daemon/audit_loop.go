@@ -264,5 +264,12 @@ func (a *LogdAuditor) dialAfter(ctx context.Context, delay time.Duration, out ch
 	if err != nil {
 		a.log.Warn("logd unreachable", zap.Error(err), zap.Bool("spill", a.spill != nil))
 	}
+	if s != nil && ctx.Err() != nil {
+		// The auditor is stopping and nobody will take this session: end it here, with
+		// the journal reference connect kept.
+		a.forgetJournal()
+		go s.close()
+		s = nil
+	}
 	out <- s
 }
