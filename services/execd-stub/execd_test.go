@@ -43,7 +43,7 @@ func TestMain(m *testing.M) {
 	}
 	execdBin = filepath.Join(dir, "execd")
 	childBin = filepath.Join(dir, "testchild")
-	for pkg, out := range map[string]string{".": execdBin, "./internal/testchild": childBin} {
+	for pkg, out := range map[string]string{".": execdBin, "../../tests/progs/testchild": childBin} {
 		cmd := exec.Command("go", append(append([]string{"build"}, buildFlags...), "-o", out, pkg)...)
 		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 		if err := cmd.Run(); err != nil {

@@ -70,9 +70,9 @@ var programs = map[string]string{
 	"hog":             "./apps/hog",
 	"selftest-client": "./apps/selftest-client",
 	"oomctl":          "./apps/oomctl",
-	"spoofer":         "./tests/e2e/spoofer",
-	"sessionleak":     "./tests/e2e/sessionleak",
-	"pagehostile":     "./tests/e2e/pagehostile",
+	"spoofer":         "./tests/progs/spoofer",
+	"sessionleak":     "./tests/progs/sessionleak",
+	"pagehostile":     "./tests/progs/pagehostile",
 }
 
 func TestMain(m *testing.M) {
