@@ -27,6 +27,7 @@ import (
 
 	"oomd.dev/oomd/gen/oomdpb"
 	"oomd.dev/oomd/internal/rpcx"
+	"oomd.dev/oomd/internal/testutil"
 )
 
 // Binaries built once for the whole package (with -race when the tests are).
@@ -52,7 +53,7 @@ func TestMain(m *testing.M) {
 			os.Exit(1)
 		}
 	}
-	code := m.Run()
+	code := testutil.Run(m)
 	os.RemoveAll(dir)
 	os.Exit(code)
 }

@@ -18,6 +18,7 @@ import (
 
 	"oomd.dev/oomd/gen/oomdpb"
 	"oomd.dev/oomd/internal/rpcx"
+	"oomd.dev/oomd/internal/testutil"
 )
 
 var binary string
@@ -36,7 +37,7 @@ func TestMain(m *testing.M) {
 		os.RemoveAll(tmp)
 		os.Exit(1)
 	}
-	code := m.Run()
+	code := testutil.Run(m)
 	os.RemoveAll(tmp)
 	os.Exit(code)
 }

@@ -24,6 +24,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"oomd.dev/oomd/internal/testutil"
 )
 
 var binDir string
@@ -102,7 +104,7 @@ func TestMain(m *testing.M) {
 		}
 	}
 	binDir = dir
-	code := m.Run()
+	code := testutil.Run(m)
 	os.RemoveAll(dir)
 	os.Exit(code)
 }

@@ -14,18 +14,16 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
-	capnp "capnproto.org/go/capnp/v3"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"oomd.dev/oomd/internal/testutil"
 	"oomd.dev/oomd/services/oomd/ctlclient"
 	"oomd.dev/oomd/services/oomd/policy"
 )
@@ -39,19 +37,7 @@ func TestMain(m *testing.M) {
 		os.Exit(Main(context.Background(), os.Args[1:], Env{Stdout: os.Stdout, Stderr: os.Stderr}))
 	}
 	// Every capability oomctl (or the fake) takes must be released.
-	var mu sync.Mutex
-	var leaks []string
-	capnp.SetClientLeakFunc(func(msg string) { mu.Lock(); leaks = append(leaks, msg); mu.Unlock() })
-	code := m.Run()
-	runtime.GC() // leaks are reported by finalizers
-	runtime.GC()
-	mu.Lock()
-	if len(leaks) > 0 {
-		fmt.Fprintf(os.Stderr, "leaked capnp clients:\n%s\n", strings.Join(leaks, "\n"))
-		code = 1
-	}
-	mu.Unlock()
-	os.Exit(code)
+	testutil.Main(m)
 }
 
 // oomctl runs Main with args and a fixed environment and returns its exit code and
