@@ -31,30 +31,17 @@ import (
 )
 
 // Binaries built once for the whole package (with -race when the tests are).
-var (
-	execdBin, childBin string
-	buildFlags         []string
-)
+var execdBin, childBin string
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "execd-test-bin")
+	progs, err := testutil.BuildPrograms(testutil.Race(), "./services/execd-stub", "./tests/progs/testchild")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	execdBin = filepath.Join(dir, "execd")
-	childBin = filepath.Join(dir, "testchild")
-	for pkg, out := range map[string]string{".": execdBin, "../../tests/progs/testchild": childBin} {
-		cmd := exec.Command("go", append(append([]string{"build"}, buildFlags...), "-o", out, pkg)...)
-		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-		if err := cmd.Run(); err != nil {
-			fmt.Fprintln(os.Stderr, "build", pkg, err)
-			os.RemoveAll(dir)
-			os.Exit(1)
-		}
-	}
+	execdBin, childBin = progs.Path("execd-stub"), progs.Path("testchild")
 	code := testutil.Run(m)
-	os.RemoveAll(dir)
+	progs.Remove()
 	os.Exit(code)
 }
 

@@ -21,24 +21,18 @@ import (
 	"oomd.dev/oomd/internal/testutil"
 )
 
+// binary is logd-stub, built once for the package.
 var binary string
 
 func TestMain(m *testing.M) {
-	tmp, err := os.MkdirTemp("", "logd-test-")
+	progs, err := testutil.BuildPrograms(testutil.BuildOptions{}, "./services/logd-stub")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	binary = filepath.Join(tmp, "logd-stub")
-	build := exec.Command("go", "build", "-o", binary, ".")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintf(os.Stderr, "build logd-stub: %v\n", err)
-		os.RemoveAll(tmp)
-		os.Exit(1)
-	}
+	binary = progs.Path("logd-stub")
 	code := testutil.Run(m)
-	os.RemoveAll(tmp)
+	progs.Remove()
 	os.Exit(code)
 }
 
