@@ -134,9 +134,7 @@ func start(t testing.TB, services []svc, extra ...*os.File) *harness {
 // startWithArgs is start with more execd command-line arguments.
 func startWithArgs(t testing.TB, services []svc, args []string, extra ...*os.File) *harness {
 	t.Helper()
-	dir, err := os.MkdirTemp("", "execd")
-	require.NoError(t, err)
-	t.Cleanup(func() { os.RemoveAll(dir) })
+	dir := testutil.SocketDir(t)
 	h := &harness{t: t, dir: dir, out: &syncBuffer{}, waited: make(chan struct{})}
 	rt := filepath.Join(dir, "rt")
 
@@ -459,10 +457,7 @@ func (h *harness) terminate(subject string, instance uint64) terminateResult {
 // ---------------------------------------------------------------------------------------
 
 func TestStartOrderFollowsReadinessAndStopIsReversed(t *testing.T) {
-	dir, err := os.MkdirTemp("", "gate")
-	require.NoError(t, err)
-	defer os.RemoveAll(dir)
-	gate := filepath.Join(dir, "gate")
+	gate := filepath.Join(t.TempDir(), "gate")
 	require.NoError(t, unix.Mkfifo(gate, 0o600))
 
 	h := start(t, []svc{

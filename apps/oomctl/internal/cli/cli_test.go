@@ -298,17 +298,9 @@ func TestDialErrorMessages(t *testing.T) {
 	}
 }
 
-func shortTempDir(t *testing.T) string {
-	t.Helper()
-	dir, err := os.MkdirTemp("", "oomctl")
-	require.NoError(t, err)
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	return dir
-}
-
 // TestNotRunning: the real failures, fast and without retrying.
 func TestNotRunning(t *testing.T) {
-	dir := shortTempDir(t)
+	dir := testutil.SocketDir(t)
 	missing := filepath.Join(dir, "oomd.sock")
 
 	start := time.Now()
@@ -827,7 +819,7 @@ func TestAudit(t *testing.T) {
 // TestTimeout: a socket that accepts but never answers (oomd stopped, say with SIGSTOP)
 // fails after --timeout with a message that says so.
 func TestTimeout(t *testing.T) {
-	sock := filepath.Join(shortTempDir(t), "oomd.sock")
+	sock := filepath.Join(testutil.SocketDir(t), "oomd.sock")
 	l, err := net.Listen("unix", sock)
 	require.NoError(t, err)
 	accepted := make(chan net.Conn, 1)
