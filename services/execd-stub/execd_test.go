@@ -312,35 +312,24 @@ func (h *harness) events() []string {
 }
 
 // waitFor polls cond until it holds or the deadline passes: the event is observable
-// only through the file system or /proc.
+// only through the file system or /proc. It fails at once if execd exits first.
 func (h *harness) waitFor(what string, cond func() bool) {
 	h.t.Helper()
-	end := time.Now().Add(deadline)
-	for !cond() {
-		if time.Now().After(end) {
-			h.t.Fatalf("timed out waiting for %s", what)
-		}
+	testutil.Eventually(h.t, deadline, func() (string, bool) {
+		exited := false
 		select {
 		case <-h.waited:
-			if !cond() {
-				h.t.Fatalf("execd exited (%v) while waiting for %s", h.err, what)
-			}
-			return
-		case <-time.After(10 * time.Millisecond):
+			exited = true
+		default:
 		}
-	}
-}
-
-// eventually polls cond until it holds or the deadline passes.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	end := time.Now().Add(deadline)
-	for !cond() {
-		if time.Now().After(end) {
-			t.Fatalf("timed out waiting for %s", what)
+		if cond() {
+			return "", true
 		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		if exited {
+			h.t.Fatalf("execd exited (%v) while waiting for %s", h.err, what)
+		}
+		return "false, execd running", false
+	}, what)
 }
 
 func (h *harness) waitEvent(ev string) {
@@ -918,14 +907,15 @@ func TestChildrenDieWithExecd(t *testing.T) {
 	pid := h.pidOf("orphaned")
 	require.NoError(t, h.cmd.Process.Kill())
 	<-h.waited
-	eventually(t, "the child to die with execd (Pdeathsig)", func() bool {
+	testutil.Eventually(t, deadline, func() (string, bool) {
 		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 		if err != nil {
-			return true // reaped
+			return "reaped", true
 		}
 		_, rest, _ := strings.Cut(string(b), ") ")
-		return strings.HasPrefix(rest, "Z") // dead, waiting for its new parent
-	})
+		state, _, _ := strings.Cut(rest, " ")
+		return "state " + state, state == "Z" // dead, waiting for its new parent
+	}, "the child to die with execd (Pdeathsig)")
 }
 
 // pidOf reads a child's pid from execd's "started" log line.
