@@ -27,33 +27,21 @@ import (
 
 	"oomd.dev/oomd/gen/oomdpb"
 	"oomd.dev/oomd/internal/rpcx"
+	"oomd.dev/oomd/internal/testutil"
 )
 
 // Binaries built once for the whole package (with -race when the tests are).
-var (
-	execdBin, childBin string
-	buildFlags         []string
-)
+var execdBin, childBin string
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "execd-test-bin")
+	progs, err := testutil.BuildPrograms(testutil.Race(), "./services/execd-stub", "./tests/progs/testchild")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	execdBin = filepath.Join(dir, "execd")
-	childBin = filepath.Join(dir, "testchild")
-	for pkg, out := range map[string]string{".": execdBin, "./internal/testchild": childBin} {
-		cmd := exec.Command("go", append(append([]string{"build"}, buildFlags...), "-o", out, pkg)...)
-		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-		if err := cmd.Run(); err != nil {
-			fmt.Fprintln(os.Stderr, "build", pkg, err)
-			os.RemoveAll(dir)
-			os.Exit(1)
-		}
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
+	execdBin, childBin = progs.Path("execd-stub"), progs.Path("testchild")
+	code := testutil.Run(m)
+	progs.Remove()
 	os.Exit(code)
 }
 
@@ -146,9 +134,7 @@ func start(t testing.TB, services []svc, extra ...*os.File) *harness {
 // startWithArgs is start with more execd command-line arguments.
 func startWithArgs(t testing.TB, services []svc, args []string, extra ...*os.File) *harness {
 	t.Helper()
-	dir, err := os.MkdirTemp("", "execd")
-	require.NoError(t, err)
-	t.Cleanup(func() { os.RemoveAll(dir) })
+	dir := testutil.SocketDir(t)
 	h := &harness{t: t, dir: dir, out: &syncBuffer{}, waited: make(chan struct{})}
 	rt := filepath.Join(dir, "rt")
 
@@ -326,35 +312,24 @@ func (h *harness) events() []string {
 }
 
 // waitFor polls cond until it holds or the deadline passes: the event is observable
-// only through the file system or /proc.
+// only through the file system or /proc. It fails at once if execd exits first.
 func (h *harness) waitFor(what string, cond func() bool) {
 	h.t.Helper()
-	end := time.Now().Add(deadline)
-	for !cond() {
-		if time.Now().After(end) {
-			h.t.Fatalf("timed out waiting for %s", what)
-		}
+	testutil.Eventually(h.t, deadline, func() (string, bool) {
+		exited := false
 		select {
 		case <-h.waited:
-			if !cond() {
-				h.t.Fatalf("execd exited (%v) while waiting for %s", h.err, what)
-			}
-			return
-		case <-time.After(10 * time.Millisecond):
+			exited = true
+		default:
 		}
-	}
-}
-
-// eventually polls cond until it holds or the deadline passes.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	end := time.Now().Add(deadline)
-	for !cond() {
-		if time.Now().After(end) {
-			t.Fatalf("timed out waiting for %s", what)
+		if cond() {
+			return "", true
 		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		if exited {
+			h.t.Fatalf("execd exited (%v) while waiting for %s", h.err, what)
+		}
+		return "false, execd running", false
+	}, what)
 }
 
 func (h *harness) waitEvent(ev string) {
@@ -471,10 +446,7 @@ func (h *harness) terminate(subject string, instance uint64) terminateResult {
 // ---------------------------------------------------------------------------------------
 
 func TestStartOrderFollowsReadinessAndStopIsReversed(t *testing.T) {
-	dir, err := os.MkdirTemp("", "gate")
-	require.NoError(t, err)
-	defer os.RemoveAll(dir)
-	gate := filepath.Join(dir, "gate")
+	gate := filepath.Join(t.TempDir(), "gate")
 	require.NoError(t, unix.Mkfifo(gate, 0o600))
 
 	h := start(t, []svc{
@@ -935,14 +907,15 @@ func TestChildrenDieWithExecd(t *testing.T) {
 	pid := h.pidOf("orphaned")
 	require.NoError(t, h.cmd.Process.Kill())
 	<-h.waited
-	eventually(t, "the child to die with execd (Pdeathsig)", func() bool {
+	testutil.Eventually(t, deadline, func() (string, bool) {
 		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 		if err != nil {
-			return true // reaped
+			return "reaped", true
 		}
 		_, rest, _ := strings.Cut(string(b), ") ")
-		return strings.HasPrefix(rest, "Z") // dead, waiting for its new parent
-	})
+		state, _, _ := strings.Cut(rest, " ")
+		return "state " + state, state == "Z" // dead, waiting for its new parent
+	}, "the child to die with execd (Pdeathsig)")
 }
 
 // pidOf reads a child's pid from execd's "started" log line.

@@ -5,12 +5,12 @@ import (
 	"strconv"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"oomd.dev/oomd/gen/oomdpb"
+	"oomd.dev/oomd/internal/testutil"
 )
 
 // family is a subject whose main process (sh) forks n children that each write their
@@ -31,23 +31,16 @@ func family(id string, n int, trapTerm bool) svc {
 // pidsOf waits until want pids were written to the family's pid file and returns them.
 func (h *harness) pidsOf(id string, want int) []int {
 	h.t.Helper()
-	var pids []int
-	deadlineAt := time.Now().Add(deadline)
-	for time.Now().Before(deadlineAt) {
+	return testutil.Eventually(h.t, deadline, func() ([]int, bool) {
 		b, _ := os.ReadFile(h.path(id + ".pids"))
-		pids = pids[:0]
+		var pids []int
 		for _, f := range strings.Fields(string(b)) {
 			if p, err := strconv.Atoi(f); err == nil {
 				pids = append(pids, p)
 			}
 		}
-		if len(pids) >= want {
-			return pids
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	h.t.Fatalf("%s: %d of %d pids written", id, len(pids), want)
-	return nil
+		return pids, len(pids) >= want
+	}, "%d pids of %s", want, id)
 }
 
 // alive reports whether pid is a live process (a zombie waiting for its reaper is

@@ -37,10 +37,7 @@ func TestSystemdNotify(t *testing.T) {
 	t.Setenv("WATCHDOG_USEC", "30000000")
 	os.Unsetenv("WATCHDOG_PID") // systemd sets execd's; the test cannot know it in advance
 
-	dir, err := os.MkdirTemp("", "gate")
-	require.NoError(t, err)
-	defer os.RemoveAll(dir)
-	gate := filepath.Join(dir, "gate")
+	gate := filepath.Join(t.TempDir(), "gate")
 	require.NoError(t, unix.Mkfifo(gate, 0o600))
 
 	h := start(t, []svc{

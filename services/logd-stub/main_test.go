@@ -18,26 +18,21 @@ import (
 
 	"oomd.dev/oomd/gen/oomdpb"
 	"oomd.dev/oomd/internal/rpcx"
+	"oomd.dev/oomd/internal/testutil"
 )
 
+// binary is logd-stub, built once for the package.
 var binary string
 
 func TestMain(m *testing.M) {
-	tmp, err := os.MkdirTemp("", "logd-test-")
+	progs, err := testutil.BuildPrograms(testutil.BuildOptions{}, "./services/logd-stub")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	binary = filepath.Join(tmp, "logd-stub")
-	build := exec.Command("go", "build", "-o", binary, ".")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintf(os.Stderr, "build logd-stub: %v\n", err)
-		os.RemoveAll(tmp)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(tmp)
+	binary = progs.Path("logd-stub")
+	code := testutil.Run(m)
+	progs.Remove()
 	os.Exit(code)
 }
 

@@ -167,6 +167,7 @@ func run(ctx context.Context, o options, log *zap.Logger) error {
 	if err := auditor.Open(ctx); err != nil {
 		return err
 	}
+	defer auditor.Close() // a start that fails below releases what Open holds
 	recovered, err := auditor.RecoverDecisions(ctx, run)
 	if err != nil {
 		log.Error("could not read back durable decisions: earlier runs' open decisions may be made again", zap.Error(err))

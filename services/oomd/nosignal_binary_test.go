@@ -5,15 +5,14 @@ import (
 	"debug/elf"
 	"errors"
 	"fmt"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"regexp"
 	"sort"
 	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
+
+	"oomd.dev/oomd/internal/testutil"
 )
 
 // What the linked oomd must not contain: every function through which a Go program can
@@ -98,21 +97,18 @@ func forbiddenReason(name string) (string, bool) {
 // (CGO_ENABLED=0 -trimpath; the VM build also strips, which this one must not).
 func TestOomdBinaryLinksNoWayToSignal(t *testing.T) {
 	for _, flavour := range []struct {
-		name string
-		env  []string
-		args []string
+		name  string
+		build testutil.BuildOptions
 	}{
-		{name: "host", args: nil},
-		{name: "vm", env: []string{"CGO_ENABLED=0"}, args: []string{"-trimpath"}},
+		{name: "host"},
+		{name: "vm", build: testutil.BuildOptions{Env: []string{"CGO_ENABLED=0"}, Flags: []string{"-trimpath"}}},
 	} {
 		t.Run(flavour.name, func(t *testing.T) {
-			bin := filepath.Join(t.TempDir(), "oomd")
-			build := exec.Command("go", append(append([]string{"build"}, flavour.args...), "-o", bin, ".")...)
-			build.Env = append(os.Environ(), flavour.env...)
-			out, err := build.CombinedOutput()
-			require.NoError(t, err, "go build oomd: %s", out)
+			progs, err := testutil.BuildPrograms(flavour.build, "./services/oomd")
+			require.NoError(t, err)
+			t.Cleanup(progs.Remove)
 
-			f, err := elf.Open(bin)
+			f, err := elf.Open(progs.Path("oomd"))
 			require.NoError(t, err)
 			defer f.Close()
 			names := linkedNames(t, f)

@@ -1,7 +1,7 @@
 // Package deps holds the test that locks the module's layering: what the policy core may
-// import, what oomctl may link, and that internal/ stays service-neutral. It reads the
-// import graph from `go list -deps -json`, so it judges what the build links, not what
-// a file happens to say.
+// import, what oomctl may link, that internal/ stays service-neutral, and that only
+// tests link internal/testutil. It reads the import graph from `go list -deps -json`,
+// so it judges what the build links, not what a file happens to say.
 package deps
 
 import (
@@ -11,6 +11,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -157,6 +158,41 @@ func TestInternalIsServiceNeutral(t *testing.T) {
 	for _, r := range roots {
 		for _, p := range closure(g, r) {
 			assert.False(t, strings.HasPrefix(p, module+"/services/"), "%s links %s (via %s)", r, p, importer(g, r, p))
+		}
+	}
+}
+
+// testOnly reports whether only tests may link p: internal/testutil (it links package
+// testing), the programs under tests/ that tests start, and test-support packages named
+// like net/http/httptest (rpcx/rpcxtest, sdnotify/sdnotifytest).
+func testOnly(p string) bool {
+	switch {
+	case p == module+"/internal/testutil", strings.HasPrefix(p, module+"/internal/testutil/"):
+		return true
+	case strings.HasPrefix(p, module+"/tests/"):
+		return true
+	}
+	return path.Base(p) == path.Base(path.Dir(p))+"test"
+}
+
+// TestOnlyTestsImportTestutil: internal/testutil reaches no program a user runs. Only
+// _test files (whose imports go list does not count as the package's), the programs
+// under tests/progs and test-support packages import it, and only test-only packages
+// import those.
+func TestOnlyTestsImportTestutil(t *testing.T) {
+	testutil := module + "/internal/testutil"
+	g := graph(t, module+"/...")
+	require.Contains(t, g, testutil)
+	require.Contains(t, g, module+"/tests/progs/testchild")
+	for p, pk := range g {
+		if !inModule(p) {
+			continue
+		}
+		for _, imp := range pk.Imports {
+			if testOnly(imp) && !testOnly(p) {
+				assert.Fail(t, "a package that is not test-only imports a test-only one",
+					"%s imports %s: only _test files, tests/progs and …test packages may", p, imp)
+			}
 		}
 	}
 }

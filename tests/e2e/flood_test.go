@@ -15,7 +15,7 @@ import (
 	"oomd.dev/oomd/services/oomd/ctlclient"
 )
 
-func init() { programs["flooder"] = "./tests/e2e/flooder" }
+func init() { programs["flooder"] = "./tests/progs/flooder" }
 
 // floodRSSBoundKiB is the stated bound on oomd's resident memory while subjects flood
 // it (docs/perf.md): oomd idles at 10–13 MiB; without the receive-side limits in

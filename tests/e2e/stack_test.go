@@ -15,8 +15,8 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
-	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -24,6 +24,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"oomd.dev/oomd/internal/testutil"
 )
 
 var binDir string
@@ -63,6 +65,8 @@ const (
 	raceExited = `"status": "exit=66"`
 )
 
+// programs are built once, in TestMain; a binary is named after its package's
+// directory, which is its key here.
 var programs = map[string]string{
 	"execd-stub":      "./services/execd-stub",
 	"logd-stub":       "./services/logd-stub",
@@ -70,41 +74,51 @@ var programs = map[string]string{
 	"hog":             "./apps/hog",
 	"selftest-client": "./apps/selftest-client",
 	"oomctl":          "./apps/oomctl",
-	"spoofer":         "./tests/e2e/spoofer",
-	"sessionleak":     "./tests/e2e/sessionleak",
-	"pagehostile":     "./tests/e2e/pagehostile",
+	"spoofer":         "./tests/progs/spoofer",
+	"sessionleak":     "./tests/progs/sessionleak",
+	"pagehostile":     "./tests/progs/pagehostile",
 }
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "oomd-e2e-bin")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	root, _ := filepath.Abs("../..")
 	if raceBuild {
 		// Inherited by every child (execd passes its environment on): the first race
 		// ends the process, so a report cannot scroll by in a test that still passes.
 		// The test binary read its own GORACE at start-up; this does not change it.
 		os.Setenv("GORACE", strings.TrimSpace(os.Getenv("GORACE")+" "+raceGORACE))
 	}
+	progs, err := buildPrograms()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binDir = progs.Dir
+	code := testutil.Run(m)
+	progs.Remove()
+	os.Exit(code)
+}
+
+// buildPrograms builds programs, the raceBuilt ones with -race under the switch.
+func buildPrograms() (*testutil.Programs, error) {
+	var plain, race []string
 	for name, pkg := range programs {
-		build := []string{"build"}
-		if raceBuild && raceBuilt[name] {
-			build = append(build, "-race")
+		if path.Base(pkg) != name {
+			return nil, fmt.Errorf("programs: %s is built as %s", pkg, path.Base(pkg))
 		}
-		cmd := exec.Command("go", slices.Concat(build, []string{"-o", filepath.Join(dir, name), pkg})...)
-		cmd.Dir = root
-		if out, err := cmd.CombinedOutput(); err != nil {
-			fmt.Fprintf(os.Stderr, "build %s: %v\n%s", name, err, out)
-			os.RemoveAll(dir)
-			os.Exit(1)
+		if raceBuild && raceBuilt[name] {
+			race = append(race, pkg)
+		} else {
+			plain = append(plain, pkg)
 		}
 	}
-	binDir = dir
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
+	progs, err := testutil.BuildPrograms(testutil.BuildOptions{}, plain...)
+	if err != nil {
+		return nil, err
+	}
+	if err := progs.Build(testutil.BuildOptions{Flags: []string{"-race"}}, race...); err != nil {
+		progs.Remove()
+		return nil, err
+	}
+	return progs, nil
 }
 
 // stack is one running execd with its children.

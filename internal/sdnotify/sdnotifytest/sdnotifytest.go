@@ -6,13 +6,14 @@ package sdnotifytest
 import (
 	"errors"
 	"net"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"oomd.dev/oomd/internal/testutil"
 )
 
 // Message is one datagram received.
@@ -30,13 +31,7 @@ type Socket struct {
 // Listen makes the socket in a fresh temporary directory; it is closed at the end of t.
 func Listen(t testing.TB) *Socket {
 	t.Helper()
-	// A short directory: a socket path must fit in sun_path (108 bytes).
-	dir, err := os.MkdirTemp("", "sdn")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	s := &Socket{Path: filepath.Join(dir, "notify"), msgs: make(chan Message, 1024)}
+	s := &Socket{Path: filepath.Join(testutil.SocketDir(t), "notify"), msgs: make(chan Message, 1024)}
 	c, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: s.Path, Net: "unixgram"})
 	if err != nil {
 		t.Fatal(err)

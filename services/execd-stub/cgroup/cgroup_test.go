@@ -11,6 +11,8 @@ import (
 
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
+
+	"oomd.dev/oomd/internal/testutil"
 )
 
 // modes returns every mode this machine supports, so each test runs on all of them.
@@ -43,18 +45,18 @@ func startFamily(t *testing.T, g *Group, n int) *exec.Cmd {
 		g.Kill()
 		cmd.Wait()
 	})
-	waitFor(t, func() bool { p, _ := g.Procs(); return len(p) == n+1 }, "all %d processes in the group", n+1)
+	testutil.Eventually(t, deadline, procs(g, func(k int) bool { return k == n+1 }), "all %d processes in the group", n+1)
 	return cmd
 }
 
-func waitFor(t *testing.T, cond func() bool, what string, args ...any) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for "+what, args...)
-		}
-		time.Sleep(2 * time.Millisecond)
+// deadline bounds every wait; it is a failure bound, not a timing assertion.
+const deadline = 10 * time.Second
+
+// procs observes the group's processes, for testutil.Eventually.
+func procs(g *Group, done func(n int) bool) func() ([]int, bool) {
+	return func() ([]int, bool) {
+		p, _ := g.Procs()
+		return p, done(len(p))
 	}
 }
 
@@ -112,7 +114,7 @@ func TestKillTakesProcessesThatIgnoreSIGTERM(t *testing.T) {
 			g.Prepare(cmd)
 			require.NoError(t, cmd.Start())
 			g.Started(cmd.Process.Pid)
-			waitFor(t, func() bool { p, _ := g.Procs(); return len(p) >= 3 }, "3 processes")
+			testutil.Eventually(t, deadline, procs(g, func(n int) bool { return n >= 3 }), "3 processes")
 			g.Signal(unix.SIGTERM, 0)
 			go cmd.Wait()
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -147,7 +149,7 @@ func TestUsageCountsTheWholeGroup(t *testing.T) {
 				require.NoError(t, err)
 				return v
 			}
-			waitFor(t, func() bool { return read() >= 48<<20 }, "usage >= 48 MiB (last %d)", read())
+			testutil.Eventually(t, deadline, func() (uint64, bool) { v := read(); return v, v >= 48<<20 }, "usage >= 48 MiB")
 			// The fd is read-only: it carries no authority over the cgroup.
 			_, err = u.Usage.Write([]byte("0"))
 			require.Error(t, err)

@@ -3,13 +3,11 @@ package server
 import (
 	"context"
 	"fmt"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	capnp "capnproto.org/go/capnp/v3"
 	"capnproto.org/go/capnp/v3/flowcontrol"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -19,20 +17,11 @@ import (
 	"oomd.dev/oomd/gen/oomdpb"
 	"oomd.dev/oomd/internal/guards"
 	"oomd.dev/oomd/internal/rpcx"
+	"oomd.dev/oomd/internal/testutil"
 	"oomd.dev/oomd/services/logd-stub/journal"
 )
 
-var leaks []string
-
-func TestMain(m *testing.M) {
-	capnp.SetClientLeakFunc(func(msg string) { leaks = append(leaks, msg) })
-	code := m.Run()
-	if len(leaks) > 0 {
-		fmt.Fprintf(os.Stderr, "leaked capnp clients:\n%s\n", strings.Join(leaks, "\n"))
-		code = 1
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { testutil.Main(m) }
 
 type logd struct {
 	dir    string

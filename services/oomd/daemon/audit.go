@@ -79,6 +79,7 @@ type LogdAuditor struct {
 	opened  bool
 
 	started bool         // Open succeeded (caller's goroutine only, before Start)
+	running bool         // Start started run (which releases everything when ctx ends)
 	initial *logdSession // the session Open made, handed to run by Start; nil: none
 
 	spillFailures atomic.Uint64 // batches the spill refused (full) or failed to write
@@ -211,9 +212,23 @@ func (a *LogdAuditor) Start(ctx context.Context, ack func(upTo uint64)) error {
 		return err
 	}
 	s := a.initial
-	a.initial = nil
+	a.initial, a.running = nil, true
 	go a.run(ctx, s, ack)
 	return nil
+}
+
+// Close releases what Open holds (its first session, the journal reference) when the
+// auditor was not started, e.g. a start that failed after Open. A started auditor
+// releases them itself when Start's ctx ends; Close then does nothing.
+func (a *LogdAuditor) Close() {
+	if a.running {
+		return
+	}
+	if a.initial != nil {
+		go a.initial.close() // may wait on a frozen peer (docs/capnp-traps.md, trap 2)
+		a.initial = nil
+	}
+	a.forgetJournal()
 }
 
 type logdSession struct {
@@ -276,6 +291,7 @@ func (a *LogdAuditor) connect(ctx context.Context) (*logdSession, error) {
 // something to change: a record, a dial's result, a retry, the session's end.
 func (a *LogdAuditor) run(ctx context.Context, s *logdSession, ack func(uint64)) {
 	l := newAuditLoop(a, s, ack)
+	defer a.forgetJournal() // the journal reference of the last session
 	defer l.close()
 	for ctx.Err() == nil {
 		if l.step(ctx) {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"oomd.dev/oomd/internal/testutil"
 	"oomd.dev/oomd/services/execd-stub/cgroup"
 )
 
@@ -48,16 +49,8 @@ func start(t *testing.T, g *cgroup.Group, script string) {
 	t.Cleanup(func() { g.Kill(); cmd.Wait(); g.Remove() })
 }
 
-func waitFor(t *testing.T, cond func() bool, what string) {
-	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("timed out waiting for " + what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
+// deadline bounds every wait; it is a failure bound, not a timing assertion.
+const deadline = 15 * time.Second
 
 // A subject that never heard of oomd, forking three allocating children, is counted
 // whole: the kernel's count covers every descendant.
@@ -69,12 +62,10 @@ func TestReadCountsEveryDescendant(t *testing.T) {
 			require.NoError(t, err)
 			start(t, g, fmt.Sprintf("%s & %s & %s & wait", py, py, py))
 			r := readerFor(t, g)
-			var last uint64
-			waitFor(t, func() bool {
+			last := testutil.Eventually(t, deadline, func() (uint64, bool) {
 				v, err := r.Read(math.MaxUint64)
 				require.NoError(t, err)
-				last = v
-				return v >= 72<<20
+				return v, v >= 72<<20
 			}, "3 x 24 MiB counted")
 			t.Logf("%s: %d MiB", m.Mode(), last>>20)
 		})
@@ -96,7 +87,8 @@ func TestWorkingSetExcludesInactiveFileCache(t *testing.T) {
 			// Drop the file from the cache first, so reading it charges this cgroup.
 			start(t, g, "dd if="+f+" iflag=direct of=/dev/null bs=1M 2>/dev/null; python3 -c \"import os; fd=os.open('"+f+"', os.O_RDONLY); os.posix_fadvise(fd,0,0,os.POSIX_FADV_DONTNEED)\"; cat "+f+" >/dev/null; sleep 300")
 			r := readerFor(t, g)
-			waitFor(t, func() bool { v, _ := r.Read(math.MaxUint64); return v >= 48<<20 }, "the file's cache charged to the cgroup")
+			testutil.Eventually(t, deadline, func() (uint64, bool) { v, _ := r.Read(math.MaxUint64); return v, v >= 48<<20 },
+				"the file's cache charged to the cgroup")
 			usage, err := r.Read(math.MaxUint64) // below the threshold: usage as is
 			require.NoError(t, err)
 			ws, err := r.Read(0) // always subtract

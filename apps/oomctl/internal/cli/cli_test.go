@@ -14,19 +14,17 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
-	capnp "capnproto.org/go/capnp/v3"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"oomd.dev/oomd/gen/oomdpb"
+	"oomd.dev/oomd/internal/testutil"
 	"oomd.dev/oomd/services/oomd/ctlclient"
 	"oomd.dev/oomd/services/oomd/policy"
 	"oomd.dev/oomd/services/oomd/wire"
@@ -41,19 +39,7 @@ func TestMain(m *testing.M) {
 		os.Exit(Main(context.Background(), os.Args[1:], Env{Stdout: os.Stdout, Stderr: os.Stderr}))
 	}
 	// Every capability oomctl (or the fake) takes must be released.
-	var mu sync.Mutex
-	var leaks []string
-	capnp.SetClientLeakFunc(func(msg string) { mu.Lock(); leaks = append(leaks, msg); mu.Unlock() })
-	code := m.Run()
-	runtime.GC() // leaks are reported by finalizers
-	runtime.GC()
-	mu.Lock()
-	if len(leaks) > 0 {
-		fmt.Fprintf(os.Stderr, "leaked capnp clients:\n%s\n", strings.Join(leaks, "\n"))
-		code = 1
-	}
-	mu.Unlock()
-	os.Exit(code)
+	testutil.Main(m)
 }
 
 // oomctl runs Main with args and a fixed environment and returns its exit code and
@@ -314,17 +300,9 @@ func TestDialErrorMessages(t *testing.T) {
 	}
 }
 
-func shortTempDir(t *testing.T) string {
-	t.Helper()
-	dir, err := os.MkdirTemp("", "oomctl")
-	require.NoError(t, err)
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	return dir
-}
-
 // TestNotRunning: the real failures, fast and without retrying.
 func TestNotRunning(t *testing.T) {
-	dir := shortTempDir(t)
+	dir := testutil.SocketDir(t)
 	missing := filepath.Join(dir, "oomd.sock")
 
 	start := time.Now()
@@ -857,7 +835,7 @@ func TestAudit(t *testing.T) {
 // TestTimeout: a socket that accepts but never answers (oomd stopped, say with SIGSTOP)
 // fails after --timeout with a message that says so.
 func TestTimeout(t *testing.T) {
-	sock := filepath.Join(shortTempDir(t), "oomd.sock")
+	sock := filepath.Join(testutil.SocketDir(t), "oomd.sock")
 	l, err := net.Listen("unix", sock)
 	require.NoError(t, err)
 	accepted := make(chan net.Conn, 1)
