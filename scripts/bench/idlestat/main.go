@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -47,6 +48,8 @@ func main() {
 	sum := flag.String("sum", "", "LABEL=NAME+NAME...: also print these processes summed")
 	baseHz := flag.Float64("base-hz", 0, "with -compare: BASE is a single-threaded poller meant to wake at this rate; also print the CPU ratio with BASE's CPU scaled to it (BASE's voluntary switches/s are its polls/s)")
 	perThread := flag.String("threads", "", "NAME: also print NAME's threads, one row each")
+	invalidLog := flag.String("invalid-log", "", "FILE: a run during which FILE gained a line holding -invalid-text is invalid (reported; exit status 1)")
+	invalidText := flag.String("invalid-text", "", "see -invalid-log")
 	root := flag.String("proc", "/proc", "procfs root")
 	flag.Parse()
 	procs, err := parseProcs(flag.Args())
@@ -57,7 +60,10 @@ func main() {
 		fmt.Fprintln(os.Stderr, "idlestat:", err)
 		os.Exit(2)
 	}
-	b := bench{root: *root, procs: procs, out: os.Stdout, baseHz: *baseHz}
+	b := bench{root: *root, procs: procs, out: os.Stdout, baseHz: *baseHz, invalidLog: *invalidLog, invalidText: *invalidText}
+	if err == nil && (*invalidLog == "") != (*invalidText == "") {
+		err = fmt.Errorf("-invalid-log and -invalid-text go together")
+	}
 	if b.cmpName, b.cmpBase, err = parseCompare(*compare, procs); err == nil {
 		b.sumLabel, b.sumNames, err = parseSum(*sum, procs)
 	}
@@ -82,6 +88,11 @@ func main() {
 	}
 	if *runs > 1 {
 		b.summary(all)
+	}
+	if len(b.invalid) > 0 {
+		fmt.Fprintf(os.Stderr, "idlestat: run(s) %s INVALID: %q appeared in %s during them\n",
+			strings.Join(b.invalid, ", "), b.invalidText, b.invalidLog)
+		os.Exit(1)
 	}
 }
 
@@ -157,6 +168,37 @@ type bench struct {
 	sumNames         []int
 	baseHz           float64
 	threadsOf        int // -1: none
+	invalidLog       string
+	invalidText      string
+	invalid          []string            // labels of the invalid runs
+	sleep            func(time.Duration) // the window; nil = time.Sleep (tests pass their own)
+}
+
+func (b *bench) wait(d time.Duration) {
+	if b.sleep != nil {
+		b.sleep(d)
+		return
+	}
+	time.Sleep(d)
+}
+
+// countLines counts the lines of the -invalid-log file holding the -invalid-text (0 if
+// none is watched or the file is missing).
+func (b *bench) countLines() int {
+	if b.invalidLog == "" {
+		return 0
+	}
+	data, err := os.ReadFile(b.invalidLog)
+	if err != nil {
+		return 0
+	}
+	n := 0
+	for line := range strings.SplitSeq(string(data), "\n") {
+		if strings.Contains(line, b.invalidText) {
+			n++
+		}
+	}
+	return n
 }
 
 func (b *bench) snap() ([]sample, time.Time, error) {
@@ -173,16 +215,18 @@ func (b *bench) snap() ([]sample, time.Time, error) {
 
 func (b *bench) run(label string, window time.Duration) ([]result, error) {
 	la0 := loadavg(b.root)
+	bad0 := b.countLines()
 	s0, t0, err := b.snap()
 	if err != nil {
 		return nil, err
 	}
-	time.Sleep(window) // the measurement window itself, not a wait for anything
+	b.wait(window) // the measurement window itself, not a wait for anything
 	s1, t1, err := b.snap()
 	if err != nil {
 		return nil, fmt.Errorf("run %s: %w", label, err)
 	}
 	la1 := loadavg(b.root)
+	bad := b.countLines() - bad0
 	secs := t1.Sub(t0).Seconds()
 	res := make([]result, len(b.procs))
 	for i, p := range b.procs {
@@ -192,6 +236,10 @@ func (b *bench) run(label string, window time.Duration) ([]result, error) {
 		}
 	}
 	fmt.Fprintf(b.out, "\nrun %s: %.1f s, /proc/loadavg %s -> %s\n\n", label, secs, la0, la1)
+	if bad > 0 {
+		b.invalid = append(b.invalid, label)
+		fmt.Fprintf(b.out, "**run %s is INVALID**: %d new line(s) holding %q in %s\n\n", label, bad, b.invalidText, b.invalidLog)
+	}
 	fmt.Fprintln(b.out, "| process | pid | threads | CPU % of one core | CPU % (stat ticks) | ctx switches/s | voluntary/s | involuntary/s | VmRSS MiB |")
 	fmt.Fprintln(b.out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|")
 	for i, p := range b.procs {
@@ -278,6 +326,9 @@ func (b *bench) summary(all [][]result) {
 	labels := make([]string, len(all))
 	for i := range all {
 		labels[i] = runLabel(i)
+		if slices.Contains(b.invalid, labels[i]) {
+			labels[i] += " (INVALID)"
+		}
 	}
 	runs := strings.Join(labels, " / ")
 	cell := func(f func(r result) float64, format string, rows func(run []result) result) string {

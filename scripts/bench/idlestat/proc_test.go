@@ -2,8 +2,12 @@ package main
 
 import (
 	"bytes"
+	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 // testdata/proc is a /proc with one process, 4242, of two threads (4242 and 4250), whose
@@ -127,6 +131,39 @@ func TestDiff(t *testing.T) {
 	b.startTime = 10
 	if !diff(a, b).restartedOrNew {
 		t.Error("a different start time is not reported")
+	}
+}
+
+// A run during which the watched log gains a matching line is reported invalid; one
+// during which it does not is not.
+func TestInvalidRun(t *testing.T) {
+	log := filepath.Join(t.TempDir(), "base.log")
+	if err := os.WriteFile(log, []byte("start\nlow memory! before the runs\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	b := bench{root: "testdata/proc", procs: []proc{{"p", 4242}}, out: &out, cmpName: -1, cmpBase: -1, threadsOf: -1,
+		invalidLog: log, invalidText: "low memory!"}
+	b.sleep = func(time.Duration) {} // run A: nothing happens in the window
+	if _, err := b.run("A", 0); err != nil {
+		t.Fatal(err)
+	}
+	b.sleep = func(time.Duration) { // run B: the base reaches its low-memory path
+		f, err := os.OpenFile(log, os.O_APPEND|os.O_WRONLY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.WriteString("low memory! at or below SIGTERM limits\n")
+		f.Close()
+	}
+	if _, err := b.run("B", 0); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(b.invalid, []string{"B"}) {
+		t.Errorf("invalid runs %v, want [B]", b.invalid)
+	}
+	if !strings.Contains(out.String(), "**run B is INVALID**: 1 new line(s)") {
+		t.Errorf("no INVALID line for run B:\n%s", out.String())
 	}
 }
 
