@@ -40,6 +40,7 @@ func (r result) ctxPerS() float64     { return float64(r.d.vol+r.d.invol) / r.se
 func (r result) volPerS() float64     { return float64(r.d.vol) / r.seconds }
 func (r result) involPerS() float64   { return float64(r.d.invol) / r.seconds }
 func (r result) rssMiB() float64      { return float64(r.d.rssKiB) / 1024 }
+func (r result) anonMiB() float64     { return float64(r.d.anonKiB) / 1024 }
 
 func main() {
 	window := flag.Duration("window", 60*time.Second, "measurement window of one run")
@@ -240,21 +241,21 @@ func (b *bench) run(label string, window time.Duration) ([]result, error) {
 		b.invalid = append(b.invalid, label)
 		fmt.Fprintf(b.out, "**run %s is INVALID**: %d new line(s) holding %q in %s\n\n", label, bad, b.invalidText, b.invalidLog)
 	}
-	fmt.Fprintln(b.out, "| process | pid | threads | CPU % of one core | CPU % (stat ticks) | ctx switches/s | voluntary/s | involuntary/s | VmRSS MiB |")
-	fmt.Fprintln(b.out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+	fmt.Fprintln(b.out, "| process | pid | threads | CPU % of one core | CPU % (stat ticks) | ctx switches/s | voluntary/s | involuntary/s | VmRSS MiB | RssAnon MiB |")
+	fmt.Fprintln(b.out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 	for i, p := range b.procs {
 		r := res[i]
 		th := strconv.Itoa(r.d.threads)
 		if r.d.exitedThreads > 0 {
 			th += fmt.Sprintf(" (%d exited)", r.d.exitedThreads)
 		}
-		fmt.Fprintf(b.out, "| %s | %d | %s | %.3f | %.2f | %.1f | %.1f | %.1f | %.1f |\n",
-			p.name, p.pid, th, r.cpuPct(), r.cpuTicksPct(), r.ctxPerS(), r.volPerS(), r.involPerS(), r.rssMiB())
+		fmt.Fprintf(b.out, "| %s | %d | %s | %.3f | %.2f | %.1f | %.1f | %.1f | %.1f | %.1f |\n",
+			p.name, p.pid, th, r.cpuPct(), r.cpuTicksPct(), r.ctxPerS(), r.volPerS(), r.involPerS(), r.rssMiB(), r.anonMiB())
 	}
 	if b.sumLabel != "" {
 		s := b.summed(res)
-		fmt.Fprintf(b.out, "| %s | | %d | %.3f | %.2f | %.1f | %.1f | %.1f | %.1f |\n",
-			b.sumLabel, s.d.threads, s.cpuPct(), s.cpuTicksPct(), s.ctxPerS(), s.volPerS(), s.involPerS(), s.rssMiB())
+		fmt.Fprintf(b.out, "| %s | | %d | %.3f | %.2f | %.1f | %.1f | %.1f | %.1f | %.1f |\n",
+			b.sumLabel, s.d.threads, s.cpuPct(), s.cpuTicksPct(), s.ctxPerS(), s.volPerS(), s.involPerS(), s.rssMiB(), s.anonMiB())
 	}
 	if b.threadsOf >= 0 {
 		p := b.procs[b.threadsOf]
@@ -268,10 +269,10 @@ func (b *bench) run(label string, window time.Duration) ([]result, error) {
 	}
 	if b.cmpName >= 0 {
 		n, base := res[b.cmpName], res[b.cmpBase]
-		fmt.Fprintf(b.out, "\n%s/%s: CPU %s (stat ticks %s), ctx switches/s %s, VmRSS %s\n",
+		fmt.Fprintf(b.out, "\n%s/%s: CPU %s (stat ticks %s), ctx switches/s %s, VmRSS %s, RssAnon %s\n",
 			b.procs[b.cmpName].name, b.procs[b.cmpBase].name,
 			ratio(n.cpuPct(), base.cpuPct()), ratio(n.cpuTicksPct(), base.cpuTicksPct()),
-			ratio(n.ctxPerS(), base.ctxPerS()), ratio(n.rssMiB(), base.rssMiB()))
+			ratio(n.ctxPerS(), base.ctxPerS()), ratio(n.rssMiB(), base.rssMiB()), ratio(n.anonMiB(), base.anonMiB()))
 		if b.baseHz > 0 {
 			hz := base.volPerS()
 			fmt.Fprintf(b.out, "%s woke %.2f times/s; with its CPU scaled to %g Hz, %s/%s CPU %s\n",
@@ -301,6 +302,7 @@ func (b *bench) summed(res []result) result {
 		s.d.invol += r.d.invol
 		s.d.threads += r.d.threads
 		s.d.rssKiB += r.d.rssKiB
+		s.d.anonKiB += r.d.anonKiB
 	}
 	return s
 }
@@ -339,12 +341,13 @@ func (b *bench) summary(all [][]result) {
 		return strings.Join(parts, " / ")
 	}
 	fmt.Fprintf(b.out, "\nsummary, runs %s\n\n", runs)
-	fmt.Fprintf(b.out, "| process | CPU %% of one core (%s) | CPU %% stat ticks | ctx switches/s | voluntary/s | VmRSS MiB |\n", runs)
-	fmt.Fprintln(b.out, "|---|---:|---:|---:|---:|---:|")
+	fmt.Fprintf(b.out, "| process | CPU %% of one core (%s) | CPU %% stat ticks | ctx switches/s | voluntary/s | VmRSS MiB | RssAnon MiB |\n", runs)
+	fmt.Fprintln(b.out, "|---|---:|---:|---:|---:|---:|---:|")
 	row := func(name string, rows func(run []result) result) {
-		fmt.Fprintf(b.out, "| %s | %s | %s | %s | %s | %s |\n", name,
+		fmt.Fprintf(b.out, "| %s | %s | %s | %s | %s | %s | %s |\n", name,
 			cell(result.cpuPct, "%.3f", rows), cell(result.cpuTicksPct, "%.2f", rows),
-			cell(result.ctxPerS, "%.1f", rows), cell(result.volPerS, "%.1f", rows), cell(result.rssMiB, "%.1f", rows))
+			cell(result.ctxPerS, "%.1f", rows), cell(result.volPerS, "%.1f", rows), cell(result.rssMiB, "%.1f", rows),
+			cell(result.anonMiB, "%.1f", rows))
 	}
 	for i, p := range b.procs {
 		row(p.name, func(run []result) result { return run[i] })
@@ -362,8 +365,8 @@ func (b *bench) summary(all [][]result) {
 		}
 		return strings.Join(parts, " / ")
 	}
-	fmt.Fprintf(b.out, "| **%s/%s** | %s | %s | %s | %s | %s |\n", b.procs[b.cmpName].name, b.procs[b.cmpBase].name,
-		rc(result.cpuPct), rc(result.cpuTicksPct), rc(result.ctxPerS), rc(result.volPerS), rc(result.rssMiB))
+	fmt.Fprintf(b.out, "| **%s/%s** | %s | %s | %s | %s | %s | %s |\n", b.procs[b.cmpName].name, b.procs[b.cmpBase].name,
+		rc(result.cpuPct), rc(result.cpuTicksPct), rc(result.ctxPerS), rc(result.volPerS), rc(result.rssMiB), rc(result.anonMiB))
 	if b.baseHz > 0 {
 		parts := make([]string, len(all))
 		hz := make([]string, len(all))

@@ -30,6 +30,7 @@ type sample struct {
 	startTime uint64 // stat field 22: tells a restarted pid from the process we started with
 	ticks     uint64 // utime+stime of the whole process, every thread it ever had (USER_HZ)
 	rssKiB    uint64 // VmRSS
+	anonKiB   uint64 // RssAnon: VmRSS less the binary's and libraries' pages and shared memory
 	tasks     map[int]taskCounts
 }
 
@@ -52,7 +53,7 @@ func readSample(root string, pid int) (sample, error) {
 	if err != nil {
 		return sample{}, fmt.Errorf("%s/status: %w", dir, err)
 	}
-	s := sample{startTime: st.startTime, ticks: st.utime + st.stime, rssKiB: ps.rssKiB, tasks: map[int]taskCounts{}}
+	s := sample{startTime: st.startTime, ticks: st.utime + st.stime, rssKiB: ps.rssKiB, anonKiB: ps.anonKiB, tasks: map[int]taskCounts{}}
 	ents, err := os.ReadDir(filepath.Join(dir, "task"))
 	if err != nil {
 		return sample{}, err
@@ -126,11 +127,11 @@ func parseStat(b []byte) (statFields, error) {
 }
 
 type statusFields struct {
-	vol, invol, rssKiB uint64
+	vol, invol, rssKiB, anonKiB uint64
 }
 
 // parseStatus reads voluntary_ctxt_switches, nonvoluntary_ctxt_switches (both required)
-// and VmRSS (kB; absent in a thread's status once it is a zombie, then 0).
+// and VmRSS and RssAnon (kB; absent in a thread's status once it is a zombie, then 0).
 func parseStatus(b []byte) (statusFields, error) {
 	var out statusFields
 	var haveVol, haveInvol bool
@@ -147,6 +148,8 @@ func parseStatus(b []byte) (statusFields, error) {
 			to, haveInvol = &out.invol, true
 		case "VmRSS":
 			to = &out.rssKiB
+		case "RssAnon":
+			to = &out.anonKiB
 		default:
 			continue
 		}
@@ -189,6 +192,7 @@ type delta struct {
 	threads        int // at the end
 	exitedThreads  int // alive at the start, gone at the end: their counts are missing
 	rssKiB         uint64
+	anonKiB        uint64
 	restartedOrNew bool
 }
 
@@ -196,7 +200,7 @@ type delta struct {
 // the window), a thread gone from b is counted in exitedThreads (its switches are lost;
 // ticks are process-wide and keep them).
 func diff(a, b sample) delta {
-	d := delta{threads: len(b.tasks), rssKiB: b.rssKiB, restartedOrNew: a.startTime != b.startTime}
+	d := delta{threads: len(b.tasks), rssKiB: b.rssKiB, anonKiB: b.anonKiB, restartedOrNew: a.startTime != b.startTime}
 	if b.ticks >= a.ticks {
 		d.ticks = b.ticks - a.ticks
 	}

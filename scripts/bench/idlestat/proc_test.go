@@ -17,8 +17,8 @@ func TestReadSampleFromFixture(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s.ticks != 37+21 || s.startTime != 23456789 || s.rssKiB != 12688 {
-		t.Errorf("ticks %d startTime %d rss %d, want 58 23456789 12688", s.ticks, s.startTime, s.rssKiB)
+	if s.ticks != 37+21 || s.startTime != 23456789 || s.rssKiB != 12688 || s.anonKiB != 4372 {
+		t.Errorf("ticks %d startTime %d rss %d anon %d, want 58 23456789 12688 4372", s.ticks, s.startTime, s.rssKiB, s.anonKiB)
 	}
 	want := map[int]taskCounts{
 		4242: {runNs: 412000000, slices: 930, vol: 900, invol: 30},
@@ -67,8 +67,8 @@ func TestParseStat(t *testing.T) {
 }
 
 func TestParseStatus(t *testing.T) {
-	got, err := parseStatus([]byte("Name:\tx\nVmRSS:\t   2060 kB\nvoluntary_ctxt_switches:\t2\nnonvoluntary_ctxt_switches:\t3\n"))
-	if err != nil || got != (statusFields{vol: 2, invol: 3, rssKiB: 2060}) {
+	got, err := parseStatus([]byte("Name:\tx\nVmRSS:\t   2060 kB\nRssAnon:\t     488 kB\nvoluntary_ctxt_switches:\t2\nnonvoluntary_ctxt_switches:\t3\n"))
+	if err != nil || got != (statusFields{vol: 2, invol: 3, rssKiB: 2060, anonKiB: 488}) {
 		t.Errorf("%+v, %v", got, err)
 	}
 	// A zombie thread has no VmRSS: 0, not an error.
@@ -184,7 +184,7 @@ func TestRunPrintsTablesAndRatios(t *testing.T) {
 	b.summary(all)
 	for _, want := range []string{
 		"run A: ", "/proc/loadavg 0.44 0.13 0.04 -> 0.44 0.13 0.04",
-		"| oomd | 4242 | 2 | 0.000 | 0.00 | 0.0 | 0.0 | 0.0 | 12.4 |",
+		"| oomd | 4242 | 2 | 0.000 | 0.00 | 0.0 | 0.0 | 0.0 | 12.4 | 4.3 |",
 		"| both | | 4 |",
 		"summary, runs A / B",
 		"| **oomd/base** | n/a (base 0) / n/a (base 0) |",
