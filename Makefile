@@ -104,7 +104,10 @@ faults: ## Run the fault-injection suite (audit trail and watchdog under corrupt
 bench: ## Run the Go benchmarks (figures go to docs/perf.md)
 	$(GO) test -run '^$$' -bench . -benchmem -count 6 ./services/oomd/policy/ | tee /tmp/oomd-bench.txt
 
+bench-idle: ## Idle cost of the oomd stack beside earlyoom, side by side (IDLE_SECONDS=60 IDLE_RUNS=1; scripts/bench/idle.sh; figures go to docs/perf.md)
+	@./scripts/bench/idle.sh
+
 clean: ## Remove built binaries, packages and caches
 	rm -rf $(BIN) $(DIST) .cache
 
-.PHONY: deb deb-test nfpm help build test run selftest qemu-test tools gen check-gen lint race faults bench clean
+.PHONY: deb deb-test nfpm help build test run selftest qemu-test tools gen check-gen lint race faults bench bench-idle clean
