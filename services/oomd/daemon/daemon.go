@@ -261,8 +261,11 @@ func (d *Daemon) SetPolicy(p policy.Policy, expectVersion uint64) (uint64, error
 		if err = d.coreStep(policy.Input{Kind: policy.InputPolicy, Policy: &p}); err != nil {
 			return
 		}
-		d.clocks.configure(d.core.Policy(), d.manualTicks)
 		v = d.core.PolicyVersion()
+		if cerr := d.clocks.configure(d.core.Policy(), d.manualTicks); cerr != nil {
+			// In force, but the loop cannot keep time: said loudly, the old clocks go on.
+			d.log.Error("policy in force, but its clocks could not be set", zap.Error(cerr))
+		}
 	})
 	if err != nil {
 		return 0, err

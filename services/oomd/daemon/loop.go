@@ -9,6 +9,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"oomd.dev/oomd/internal/timerfd"
 	"oomd.dev/oomd/services/oomd/policy"
 )
 
@@ -72,8 +73,10 @@ func (d *Daemon) send(in policy.Input) {
 // Run is the owner loop; it returns when ctx ends. Call it once, after Start.
 func (d *Daemon) Run(ctx context.Context) error {
 	defer close(d.stopped)
-	d.clocks.configure(d.core.Policy(), d.manualTicks)
 	defer d.clocks.stop()
+	if err := d.clocks.configure(d.core.Policy(), d.manualTicks); err != nil {
+		return err
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -275,11 +278,13 @@ func (d *Daemon) publish(e policy.Event) {
 }
 
 // clocks are the loop's timers. Each is a channel the loop selects on; a nil channel
-// (no timer) is never ready.
+// (no timer) is never ready. The tick and the level clock are timerfds (internal/timerfd):
+// the Go runtime keeps no timer for them, so its sysmon thread does not wake with every
+// tick of an idle oomd.
 type clocks struct {
 	period       time.Duration
-	ticker       *time.Ticker // nil: ticks come as calls (tests)
-	levels       *time.Ticker // nil: levels off, or sampled on the tick
+	ticker       *timerfd.Ticker // nil: ticks come as calls (tests)
+	levels       *timerfd.Ticker // nil: levels off, or sampled on the tick
 	levelsEvery  time.Duration
 	levelsOnTick bool // the level readings are taken on every tick
 	psi          bool // and memory pressure with them
@@ -289,15 +294,20 @@ type clocks struct {
 }
 
 // configure sets the clocks for policy p: the tick every SampleMs, and the level clock
-// on the tick when its interval is SampleMs (or unset), on its own when it differs.
-func (c *clocks) configure(p policy.Policy, manual bool) {
+// on the tick when its interval is SampleMs (or unset), on its own when it differs. It
+// fails only when the kernel refuses a timerfd.
+func (c *clocks) configure(p policy.Policy, manual bool) error {
 	period := time.Duration(p.SampleMs) * time.Millisecond
+	var err error
 	switch {
 	case manual:
 	case c.ticker == nil:
-		c.ticker = time.NewTicker(period)
+		c.ticker, err = timerfd.NewTicker(period)
 	case period != c.period:
-		c.ticker.Reset(period)
+		err = c.ticker.Reset(period)
+	}
+	if err != nil {
+		return fmt.Errorf("tick: %w", err)
 	}
 	c.period = period
 	every := time.Duration(0)
@@ -316,13 +326,16 @@ func (c *clocks) configure(p policy.Policy, manual bool) {
 		c.levels = nil
 	}
 	if own && c.levels == nil && !manual {
-		c.levels = time.NewTicker(every)
+		if c.levels, err = timerfd.NewTicker(every); err != nil {
+			return fmt.Errorf("level clock: %w", err)
+		}
 	}
 	c.levelsEvery = every
+	return nil
 }
 
 func (c *clocks) stop() {
-	for _, t := range []*time.Ticker{c.ticker, c.levels} {
+	for _, t := range []*timerfd.Ticker{c.ticker, c.levels} {
 		if t != nil {
 			t.Stop()
 		}

@@ -47,14 +47,14 @@ func TestClocksConfigure(t *testing.T) {
 		{"levels off again", pol(200, 0, false), false, false},
 	}
 	for _, s := range steps {
-		c.configure(s.p, false)
+		require.NoError(t, c.configure(s.p, false))
 		assert.Equal(t, s.onTick, c.levelsOnTick, s.name)
 		assert.Equal(t, s.own, c.levels != nil, s.name)
 		assert.NotNil(t, c.ticker, s.name)
 		assert.Equal(t, time.Duration(s.p.SampleMs)*time.Millisecond, c.period, s.name)
 	}
 	var m clocks
-	m.configure(pol(100, 500, true), true)
+	require.NoError(t, m.configure(pol(100, 500, true), true))
 	assert.Nil(t, m.ticker, "manual: no ticker")
 	assert.Nil(t, m.levels, "manual: no level clock")
 	assert.False(t, m.levelsOnTick, "manual: the test steps the levels")

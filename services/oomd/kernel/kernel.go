@@ -32,6 +32,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"oomd.dev/oomd/gen/oomdpb"
+	"oomd.dev/oomd/internal/rawsys"
 )
 
 // Mode is how the subject is contained, as execd's handoff says (oomdpb.CgroupMode).
@@ -113,7 +114,7 @@ func (r *Reader) Read(detailAbove uint64) (uint64, error) {
 	if r.mode == ModeProc {
 		return r.readTree()
 	}
-	n, err := unix.Pread(int(r.usage.Fd()), r.buf[:], 0)
+	n, err := rawsys.Pread(int(r.usage.Fd()), r.buf[:], 0)
 	if err != nil {
 		return 0, fmt.Errorf("pread usage: %w", err)
 	}
@@ -135,7 +136,7 @@ func (r *Reader) Read(detailAbove uint64) (uint64, error) {
 }
 
 func (r *Reader) inactiveFile() (uint64, error) {
-	n, err := unix.Pread(int(r.stat.Fd()), r.sbuf, 0)
+	n, err := rawsys.Pread(int(r.stat.Fd()), r.sbuf, 0)
 	if err != nil {
 		return 0, fmt.Errorf("pread memory.stat: %w", err)
 	}

@@ -5,7 +5,7 @@ import (
 	"os"
 	"strings"
 
-	"golang.org/x/sys/unix"
+	"oomd.dev/oomd/internal/rawsys"
 )
 
 // procFile reads a small file whole into a reused buffer. A file under /proc is opened
@@ -52,12 +52,8 @@ func (p *procFile) read() ([]byte, error) {
 // pread1 is one pread at offset 0: the kernel hands a /proc file over whole in one read
 // (seq_file), and a short read of a regular file is its end. At most len(buf) bytes
 // are read; a longer file is cut there, like the readers' fixed buffers always did.
-// (Fd is safe here: these files are never in the poller, so it changes no mode.)
+// The call is raw (internal/rawsys): these files never block. (Fd is safe here: they
+// are never in the poller, so it changes no mode.)
 func pread1(f *os.File, buf []byte) (int, error) {
-	for {
-		n, err := unix.Pread(int(f.Fd()), buf, 0)
-		if err != unix.EINTR {
-			return max(n, 0), err
-		}
-	}
+	return rawsys.Pread(int(f.Fd()), buf, 0)
 }
