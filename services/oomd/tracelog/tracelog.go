@@ -78,12 +78,13 @@ type Recorder struct {
 	run  int64
 	n    int // files of this run so far
 
-	f    *os.File
-	w    *bufio.Writer
-	name string
-	size int64 // bytes of the current file, buffered ones included
-	buf  []byte
-	err  error // the first write error; the recorder then stays off (the watchdog goes on)
+	f      *os.File
+	w      *bufio.Writer
+	name   string
+	size   int64 // bytes of the current file, buffered ones included
+	buf    []byte
+	inJSON []byte // an input's JSON, reused
+	err    error  // the first write error; the recorder then stays off (the watchdog goes on)
 }
 
 // Open prepares dir (created 0700 if missing; a symlink is refused) for run. Nothing is
@@ -136,7 +137,20 @@ func (r *Recorder) Start(st policy.State) error {
 }
 
 // Input appends one input the core is about to step.
-func (r *Recorder) Input(in policy.Input) error { return r.write(Record{Input: &in}) }
+func (r *Recorder) Input(in policy.Input) error {
+	if r.err != nil || r.w == nil {
+		return r.err
+	}
+	payload, ok := appendInputRecord(r.inJSON[:0], &in)
+	if !ok {
+		return r.writeInput(in)
+	}
+	r.inJSON = payload
+	return r.writePayload(payload)
+}
+
+// writeInput is Input through json.Marshal (a copy of in escapes; Input's stays put).
+func (r *Recorder) writeInput(in policy.Input) error { return r.write(Record{Input: &in}) }
 
 // Full reports whether the current file passed its bound (rotate with Start).
 func (r *Recorder) Full() bool { return r.err == nil && r.f != nil && r.size >= r.opts.MaxFileBytes }
@@ -207,6 +221,11 @@ func (r *Recorder) write(rec Record) error {
 	if err != nil {
 		return r.fail(err)
 	}
+	return r.writePayload(payload)
+}
+
+// writePayload frames one record's JSON and writes it.
+func (r *Recorder) writePayload(payload []byte) error {
 	if len(payload) > MaxRecordBytes {
 		return r.fail(fmt.Errorf("record of %d bytes over the bound %d", len(payload), MaxRecordBytes))
 	}
