@@ -30,6 +30,9 @@ type Ticker struct {
 	f    *os.File
 	rc   syscall.RawConn
 	done chan struct{}
+
+	buf  [8]byte // run's: the expirations since the last read
+	rerr error   // run's: the last read's error
 }
 
 // NewTicker starts a ticker with period d (> 0).
@@ -84,14 +87,9 @@ func (t *Ticker) Stop() {
 
 func (t *Ticker) run() {
 	defer close(t.done)
-	var buf [8]byte // the expirations since the last read
+	read := t.readOnce // bound once: no allocation per tick
 	for {
-		var rerr error
-		err := t.rc.Read(func(fd uintptr) bool {
-			_, rerr = rawsys.Read(int(fd), buf[:])
-			return !errors.Is(rerr, unix.EAGAIN) // EAGAIN: wait in the netpoller
-		})
-		if err != nil || rerr != nil {
+		if err := t.rc.Read(read); err != nil || t.rerr != nil {
 			return // closed by Stop (nothing else fails a timerfd read)
 		}
 		select {
@@ -99,4 +97,10 @@ func (t *Ticker) run() {
 		default:
 		}
 	}
+}
+
+// readOnce reads the expiration count; false (EAGAIN) waits in the netpoller.
+func (t *Ticker) readOnce(fd uintptr) bool {
+	_, t.rerr = rawsys.Read(int(fd), t.buf[:])
+	return !errors.Is(t.rerr, unix.EAGAIN)
 }

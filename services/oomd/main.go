@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"runtime"
 	"syscall"
 	"time"
 
@@ -53,6 +54,7 @@ func main() {
 	flag.Int64Var(&o.traceOpts.MaxFileBytes, "trace-file-bytes", tracelog.DefaultMaxFileBytes, "rotate a live trace file at this size")
 	flag.IntVar(&o.traceOpts.MaxFiles, "trace-files", tracelog.DefaultMaxFiles, "live trace files kept (the oldest are deleted); the bound on disk is trace-files × trace-file-bytes")
 	flag.StringVar(&o.eventSeqFile, "event-seq-file", "", "event seq high-water mark, so seqs never go backwards across a restart; default: <--policy file>.eventseq, none without --policy")
+	procs := flag.Int("procs", 1, "threads that run oomd's Go code at once (GOMAXPROCS; the GOMAXPROCS environment variable wins). oomd's work is one owner loop: with one, an idle oomd wakes once per tick; with more, its threads wake each other (docs/perf.md, idle cost)")
 	memLimit := memlimit.Flag()
 	logFormat := logx.FormatFlag()
 	showVersion := version.Flag()
@@ -65,6 +67,14 @@ func main() {
 
 	log := logx.New("oomd")
 	defer log.Sync()
+	if *procs < 1 {
+		log.Error("--procs must be at least 1", zap.Int("procs", *procs))
+		os.Exit(2)
+	}
+	if os.Getenv("GOMAXPROCS") == "" {
+		// Also ends the runtime's once-a-second re-reading of the CPU limit.
+		runtime.GOMAXPROCS(*procs)
+	}
 	memlimit.Apply(*memLimit, memlimit.Default, log)
 	// Signals first, so a SIGTERM during start-up still shuts down cleanly.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
