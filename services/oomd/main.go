@@ -54,7 +54,7 @@ func main() {
 	flag.Int64Var(&o.traceOpts.MaxFileBytes, "trace-file-bytes", tracelog.DefaultMaxFileBytes, "rotate a live trace file at this size")
 	flag.IntVar(&o.traceOpts.MaxFiles, "trace-files", tracelog.DefaultMaxFiles, "live trace files kept (the oldest are deleted); the bound on disk is trace-files × trace-file-bytes")
 	flag.StringVar(&o.eventSeqFile, "event-seq-file", "", "event seq high-water mark, so seqs never go backwards across a restart; default: <--policy file>.eventseq, none without --policy")
-	procs := flag.Int("procs", 1, "threads that run oomd's Go code at once (GOMAXPROCS; the GOMAXPROCS environment variable wins). oomd's work is one owner loop: with one, an idle oomd wakes once per tick; with more, its threads wake each other (docs/perf.md, idle cost)")
+	procs := flag.Int("procs", 2, "threads that run oomd's Go code at once (GOMAXPROCS, at most the CPUs; the GOMAXPROCS environment variable wins): the owner loop and one for everything else. 1 makes an idle oomd wake once per tick instead of twice, but then a flood of RPC publishers on a busy host can hold the loop back (docs/perf.md, idle cost)")
 	memLimit := memlimit.Flag()
 	logFormat := logx.FormatFlag()
 	showVersion := version.Flag()
@@ -73,7 +73,7 @@ func main() {
 	}
 	if os.Getenv("GOMAXPROCS") == "" {
 		// Also ends the runtime's once-a-second re-reading of the CPU limit.
-		runtime.GOMAXPROCS(*procs)
+		runtime.GOMAXPROCS(min(*procs, runtime.NumCPU()))
 	}
 	memlimit.Apply(*memLimit, memlimit.Default, log)
 	// Signals first, so a SIGTERM during start-up still shuts down cleanly.
