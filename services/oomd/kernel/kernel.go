@@ -60,6 +60,10 @@ type Reader struct {
 	buf   [64]byte
 	sbuf  []byte
 	page  uint64
+
+	// The descriptors, taken once: os.File.Fd may make an fcntl call each time, and
+	// every system call of a tick wakes the Go runtime's sysmon (internal/rawsys).
+	usageFd, statFd int
 }
 
 // New takes over usage (and stat, which may be nil) for a subject contained in mode.
@@ -89,8 +93,10 @@ func New(mode Mode, usage, stat *os.File) (*Reader, error) {
 		r.Close()
 		return nil, fmt.Errorf("kernel reading: the usage fd of mode %s is a directory=%t", mode, isDir)
 	}
+	r.usageFd = int(usage.Fd())
 	if stat != nil {
 		r.sbuf = make([]byte, statBuf)
+		r.statFd = int(stat.Fd())
 	}
 	return r, nil
 }
@@ -114,7 +120,7 @@ func (r *Reader) Read(detailAbove uint64) (uint64, error) {
 	if r.mode == ModeProc {
 		return r.readTree()
 	}
-	n, err := rawsys.Pread(int(r.usage.Fd()), r.buf[:], 0)
+	n, err := rawsys.Pread(r.usageFd, r.buf[:], 0)
 	if err != nil {
 		return 0, fmt.Errorf("pread usage: %w", err)
 	}
@@ -136,7 +142,7 @@ func (r *Reader) Read(detailAbove uint64) (uint64, error) {
 }
 
 func (r *Reader) inactiveFile() (uint64, error) {
-	n, err := rawsys.Pread(int(r.stat.Fd()), r.sbuf, 0)
+	n, err := rawsys.Pread(r.statFd, r.sbuf, 0)
 	if err != nil {
 		return 0, fmt.Errorf("pread memory.stat: %w", err)
 	}

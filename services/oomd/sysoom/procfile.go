@@ -17,6 +17,7 @@ type procFile struct {
 	path string
 	keep bool     // path is under /proc: f stays open
 	f    *os.File // the kept file (nil until the first reading, or after a failed one)
+	fd   int      // f's descriptor, taken once: os.File.Fd may make an fcntl call each time
 	buf  []byte
 }
 
@@ -26,19 +27,20 @@ func newProcFile(path string, size int) procFile {
 
 // read returns the file's content (at most len(buf) bytes), valid until the next read.
 func (p *procFile) read() ([]byte, error) {
-	f := p.f
-	if f == nil {
-		var err error
-		if f, err = os.Open(p.path); err != nil {
+	fd := p.fd
+	if p.f == nil {
+		f, err := os.Open(p.path)
+		if err != nil {
 			return nil, err
 		}
+		fd = int(f.Fd())
 		if p.keep {
-			p.f = f
+			p.f, p.fd = f, fd
 		} else {
 			defer f.Close()
 		}
 	}
-	n, err := pread1(f, p.buf)
+	n, err := pread1(fd, p.buf)
 	if err != nil {
 		if p.f != nil { // reopened at the next reading
 			p.f.Close()
@@ -52,8 +54,7 @@ func (p *procFile) read() ([]byte, error) {
 // pread1 is one pread at offset 0: the kernel hands a /proc file over whole in one read
 // (seq_file), and a short read of a regular file is its end. At most len(buf) bytes
 // are read; a longer file is cut there, like the readers' fixed buffers always did.
-// The call is raw (internal/rawsys): these files never block. (Fd is safe here: they
-// are never in the poller, so it changes no mode.)
-func pread1(f *os.File, buf []byte) (int, error) {
-	return rawsys.Pread(int(f.Fd()), buf, 0)
+// The call is raw (internal/rawsys): these files never block.
+func pread1(fd int, buf []byte) (int, error) {
+	return rawsys.Pread(fd, buf, 0)
 }
