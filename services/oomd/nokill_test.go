@@ -18,7 +18,8 @@ import (
 
 // rawSyscalls are the entry points through which any syscall can be made by number.
 var rawSyscalls = map[string]map[string]bool{
-	"syscall": {"Syscall": true, "Syscall6": true, "RawSyscall": true, "RawSyscall6": true},
+	"syscall": {"Syscall": true, "Syscall6": true, "RawSyscall": true, "RawSyscall6": true,
+		"AllThreadsSyscall": true, "AllThreadsSyscall6": true},
 	"golang.org/x/sys/unix": {"Syscall": true, "Syscall6": true, "RawSyscall": true, "RawSyscall6": true,
 		"SyscallNoError": true, "RawSyscallNoError": true},
 }
@@ -103,7 +104,11 @@ func rawSyscallProblems(t *testing.T, path string) (problems []string) {
 		if !ok {
 			return true
 		}
-		if x, ok := num.X.(*ast.Ident); ok && rawSyscalls[local[x.Name]] != nil && rawAllowed[num.Sel.Name] {
+		// Both names must be the imported packages, not locals that shadow them (a
+		// local has a parser object; an imported package name has none).
+		fx, ok1 := fn.X.(*ast.Ident)
+		nx, ok2 := num.X.(*ast.Ident)
+		if ok1 && ok2 && fx.Obj == nil && nx.Obj == nil && rawSyscalls[local[nx.Name]] != nil && rawAllowed[num.Sel.Name] {
 			allowed[fn] = true
 		}
 		return true
@@ -113,7 +118,7 @@ func rawSyscallProblems(t *testing.T, path string) (problems []string) {
 		if !ok || allowed[sel] {
 			return true
 		}
-		if x, ok := sel.X.(*ast.Ident); ok && rawSyscalls[local[x.Name]][sel.Sel.Name] {
+		if x, ok := sel.X.(*ast.Ident); ok && x.Obj == nil && rawSyscalls[local[x.Name]][sel.Sel.Name] {
 			problems = append(problems, fmt.Sprintf("%s: %s.%s makes a raw syscall (e.g. SYS_KILL): oomd must never signal a process itself",
 				fset.Position(sel.Pos()), local[x.Name], sel.Sel.Name))
 		}
@@ -135,6 +140,9 @@ func TestRawSyscallScanCatches(t *testing.T) {
 		"kill via syscall":  {`_, _, _ = syscall.Syscall(syscall.SYS_KILL, 1, 9, 0)`, true},
 		"number in a var":   {`n := uintptr(unix.SYS_READ); _, _, _ = unix.RawSyscall(n, 0, 0, 0)`, true},
 		"entry as a value":  {`f := unix.RawSyscall; _, _, _ = f(unix.SYS_READ, 0, 0, 0)`, true},
+		"all threads":       {`_, _, _ = syscall.AllThreadsSyscall(syscall.SYS_KILL, 1, 9, 0)`, true},
+		"shadowed constant": {`unix := struct{ SYS_READ uintptr }{syscall.SYS_KILL}; _, _, _ = syscall.RawSyscall(unix.SYS_READ, 1, 9, 0)`, true},
+		"shadowed param":    {`g := func(unix struct{ SYS_PREAD64 uintptr }) { _, _, _ = syscall.RawSyscall6(unix.SYS_PREAD64, 1, 9, 0, 0, 0, 0) }; g(struct{ SYS_PREAD64 uintptr }{62})`, true},
 	} {
 		t.Run(name, func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "x.go")

@@ -242,10 +242,19 @@ func (l *auditLoop) drop(err error) {
 	l.cause = truncate("logd: "+err.Error(), 120)
 }
 
-// close ends the session, if any, when run returns.
+// close ends the session, if any, when run returns, and the one a dial still under way
+// brings (dialAfter always sends one result; ctx has ended, so it comes soon).
 func (l *auditLoop) close() {
 	if l.s != nil {
 		go l.s.close()
+	}
+	if l.dialing {
+		go func() {
+			if s := <-l.sessions; s != nil {
+				l.a.forgetJournal()
+				s.close()
+			}
+		}()
 	}
 }
 

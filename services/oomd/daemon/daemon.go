@@ -201,7 +201,7 @@ func (d *Daemon) Register(s *slot) error {
 	return d.do(func() {
 		if old, ok := d.slots[s.subject]; ok {
 			if old.conn != nil {
-				old.conn.Close()
+				go old.conn.Close() // may wait on a frozen peer (docs/capnp-traps.md, trap 2)
 			}
 			d.dropLive(old)
 		}
@@ -256,9 +256,12 @@ func (d *Daemon) SetPolicy(p policy.Policy, expectVersion uint64) (uint64, error
 			return 0, fmt.Errorf("policy not changed: %w", err)
 		}
 	}
-	var v uint64
+	var (
+		v       uint64
+		stepErr error
+	)
 	err = d.do(func() {
-		if err = d.coreStep(policy.Input{Kind: policy.InputPolicy, Policy: &p}); err != nil {
+		if stepErr = d.coreStep(policy.Input{Kind: policy.InputPolicy, Policy: &p}); stepErr != nil {
 			return
 		}
 		v = d.core.PolicyVersion()
@@ -267,6 +270,9 @@ func (d *Daemon) SetPolicy(p policy.Policy, expectVersion uint64) (uint64, error
 			d.log.Error("policy in force, but its clocks could not be set", zap.Error(cerr))
 		}
 	})
+	if err == nil {
+		err = stepErr
+	}
 	if err != nil {
 		return 0, err
 	}

@@ -22,7 +22,9 @@ import (
 //	levels      the level clock, when levels.intervalMs differs from sampleMs
 //	halt bound  Ready.HaltTimer's wall-clock timer: InputHaltTimeout
 //	in          answers from other goroutines: audit acks and spills, terminate answers,
-//	            the teardown's report — stepped in the order they came
+//	            the teardown's report — stepped in the order they came (among
+//	            themselves: a ready answer and a ready call are taken in either order,
+//	            which the core accepts and the live trace records as it happened)
 //	calls       work that must see or change the loop's state: registrations, exits,
 //	            policy changes, status and event queries; the caller waits for it
 //

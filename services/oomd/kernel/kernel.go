@@ -142,7 +142,9 @@ func (r *Reader) Read(detailAbove uint64) (uint64, error) {
 }
 
 func (r *Reader) inactiveFile() (uint64, error) {
-	n, err := rawsys.Pread(r.statFd, r.sbuf, 0)
+	// A normal pread, not a raw one: memory.stat flushes the cgroup's statistics and can
+	// sleep (reclaim) just when memory is tight, and it is read only above the soft limit.
+	n, err := unix.Pread(r.statFd, r.sbuf, 0)
 	if err != nil {
 		return 0, fmt.Errorf("pread memory.stat: %w", err)
 	}

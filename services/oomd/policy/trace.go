@@ -104,6 +104,13 @@ func FormatReady(rd Ready) string {
 		b.WriteString(FormatTerminate(t))
 		b.WriteByte('\n')
 	}
+	for _, h := range rd.HaltTimer {
+		var l line
+		l.WriteString("haltTimer")
+		l.str("ms", strconv.FormatUint(h.Ms, 10))
+		b.WriteString(l.String())
+		b.WriteByte('\n')
+	}
 	for _, h := range rd.Halt {
 		var l line
 		l.WriteString("halt")

@@ -3,6 +3,7 @@ package tracelog
 import (
 	"encoding/json"
 	"math/rand/v2"
+	"reflect"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -15,6 +16,9 @@ import (
 // writes for every input it takes, takes the inputs of a steady tick, and leaves the
 // rest to json.Marshal.
 func TestAppendInputRecord(t *testing.T) {
+	// A field added to policy.Input must be written by appendInputRecord (and given a
+	// value below), or the trace would drop it without a word.
+	require.Equal(t, 16, reflect.TypeFor[policy.Input]().NumField(), "policy.Input changed: update appendInputRecord and this test")
 	same := func(in policy.Input) bool {
 		t.Helper()
 		got, ok := appendInputRecord(nil, &in)
