@@ -42,23 +42,16 @@ func (s *controlServer) SetPolicy(_ context.Context, call oomdpb.Control_setPoli
 	if err != nil {
 		return err // names the field and the bound; the old policy stays in force
 	}
-	if call.Args().DryRun() {
-		evs, v, err := s.d.WhatIf(p)
-		if err != nil {
-			return err
-		}
-		res, err := call.AllocResults()
-		if err != nil {
-			return err
-		}
-		res.SetVersion(v)
-		l, err := wire.NewEventList(res.Segment(), evs)
-		if err != nil {
-			return err
-		}
-		return res.SetWouldDo(l)
+	var (
+		evs []policy.Event
+		v   uint64
+	)
+	dryRun := call.Args().DryRun()
+	if dryRun {
+		evs, v, err = s.d.WhatIf(p)
+	} else {
+		v, err = s.d.SetPolicy(p, call.Args().ExpectVersion())
 	}
-	v, err := s.d.SetPolicy(p, call.Args().ExpectVersion())
 	if err != nil {
 		return err
 	}
@@ -67,7 +60,14 @@ func (s *controlServer) SetPolicy(_ context.Context, call oomdpb.Control_setPoli
 		return err
 	}
 	res.SetVersion(v)
-	return nil
+	if !dryRun {
+		return nil
+	}
+	l, err := wire.NewEventList(res.Segment(), evs)
+	if err != nil {
+		return err
+	}
+	return res.SetWouldDo(l)
 }
 
 func (s *controlServer) GetPolicy(_ context.Context, call oomdpb.Control_getPolicy) error {

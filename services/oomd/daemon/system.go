@@ -176,9 +176,9 @@ func (d *Daemon) waitDurable(seq uint64, grace time.Duration) bool {
 
 // levelReader reads MemAvailable and memory pressure for the levels, on the loop.
 type levelReader struct {
-	meminfo            *sysoom.MeminfoReader
-	psi                *sysoom.PSIReader
-	lastErr, lastPSIEr string // the last failure said, so a missing file does not flood the log
+	meminfo             *sysoom.MeminfoReader
+	psi                 *sysoom.PSIReader
+	lastErr, lastPSIErr string // the last failure said, so a missing file does not flood the log
 }
 
 func newLevelReader(cfg SystemConfig) levelReader {
@@ -205,13 +205,13 @@ func (d *Daemon) sampleLevels() {
 	}
 	full, err := r.psi.ReadFull()
 	if err != nil {
-		if err.Error() != r.lastPSIEr {
+		if err.Error() != r.lastPSIErr {
 			d.log.Warn("memory pressure (PSI) sample skipped; levels follow MemAvailable alone", zap.Error(err))
-			r.lastPSIEr = err.Error()
+			r.lastPSIErr = err.Error()
 		}
 		return
 	}
-	r.lastPSIEr = ""
+	r.lastPSIErr = ""
 	d.feed(policy.Input{Kind: policy.InputPressure, Pressure: full})
 }
 
