@@ -25,6 +25,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
+	"oomd.dev/oomd/internal/loopwait"
 	"oomd.dev/oomd/services/oomd/policy"
 	"oomd.dev/oomd/services/oomd/tracelog"
 )
@@ -90,6 +91,7 @@ type Daemon struct {
 	in      chan policy.Input // answers from other goroutines, in the order they came
 	calls   chan call         // work run on the loop: registrations, exits, policy, queries
 	stopped chan struct{}     // closed when the loop has ended
+	wait    *loopwait.Waiter  // what the loop sleeps on; its bell is rung by senders
 
 	// Owned by the loop: touched only by Run's goroutine (and by calls it runs).
 	core        *policy.Core
@@ -130,14 +132,21 @@ func New(cfg Config, audit Auditor, term Terminator) (*Daemon, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	// Made here, not in Run, so that calls made before Run can ring it. Run closes it;
+	// a daemon that never runs leaves its two files to the garbage collector (os.File).
+	wait, err := loopwait.New()
+	if err != nil {
+		return nil, err
+	}
 	d := &Daemon{
 		cfg:     cfg,
 		log:     cfg.Log,
 		audit:   audit,
 		term:    term,
 		in:      make(chan policy.Input, inputQueue),
-		calls:   make(chan call),
+		calls:   make(chan call, callQueue),
 		stopped: make(chan struct{}),
+		wait:    wait,
 		core:    core,
 		slots:   make(map[string]*slot),
 		walls:   newWallStamps(cfg.RingSize),

@@ -9,24 +9,27 @@ import (
 
 	"go.uber.org/zap"
 
-	"oomd.dev/oomd/internal/timerfd"
+	"oomd.dev/oomd/internal/loopwait"
 	"oomd.dev/oomd/services/oomd/policy"
 )
 
 // The owner loop, in the style of etcd-io/raft's node.run: Run's goroutine is the only
-// one that touches the core. Each turn takes one input from a channel, steps it, and
-// carries out the core's Ready before the next:
+// one that touches the core. It sleeps on one epoll set (internal/loopwait) and, each
+// time it wakes, steps what woke it and carries out the core's Ready before the next:
 //
+//	in          answers from other goroutines: audit acks and spills, terminate answers,
+//	            the teardown's report — stepped in the order they came
+//	calls       work that must see or change the loop's state: registrations, exits,
+//	            policy changes, status and event queries; the caller waits for it
 //	tick        the policy's sampleMs: drain samples, read pages, kernel counts and (when
 //	            the intervals match) MemAvailable, then InputTick
 //	levels      the level clock, when levels.intervalMs differs from sampleMs
-//	halt bound  Ready.HaltTimer's wall-clock timer: InputHaltTimeout
-//	in          answers from other goroutines: audit acks and spills, terminate answers,
-//	            the teardown's report — stepped in the order they came (among
-//	            themselves: a ready answer and a ready call are taken in either order,
-//	            which the core accepts and the live trace records as it happened)
-//	calls       work that must see or change the loop's state: registrations, exits,
-//	            policy changes, status and event queries; the caller waits for it
+//	halt bound  Ready.HaltTimer's clock: InputHaltTimeout
+//
+// Answers and calls wait on channels and ring the loop's bell; the clocks are timerfds in
+// the same set. Queued work is taken before the clocks (it came before the wake-up was
+// seen); between answers and calls the order is the order the loop finds them in, which
+// the core accepts and the live trace records as it happened.
 //
 // Nothing on the loop waits for another process: logd, execd and subscribers are
 // served by goroutines of their own, which answer on `in`.
@@ -34,6 +37,13 @@ import (
 // inputQueue is how many answers can wait for the loop. The goroutines that send them
 // (one auditor, one per terminate, one teardown) block when it is full, never drop.
 const inputQueue = 64
+
+// callQueue is how many calls can wait for the loop; callers block when it is full.
+const callQueue = 64
+
+// drainBudget is how much queued work one wake-up takes before the clocks get their
+// turn: a flood of calls delays a tick by at most this many steps.
+const drainBudget = 256
 
 // errStopped answers calls made after the loop ended.
 var errStopped = errors.New("oomd is stopping")
@@ -44,17 +54,29 @@ type call struct {
 	done chan struct{}
 }
 
-// do runs f on the loop and waits for it. It fails only when the loop has ended; a call
-// made before Run starts waits for it. f must not call do (it runs on the loop).
+// do runs f on the loop and waits for it. It fails only when the loop ended before
+// running f; a call made before Run starts waits for it. f must not call do (it runs on
+// the loop).
 func (d *Daemon) do(f func()) error {
 	c := call{fn: f, done: make(chan struct{})}
 	select {
 	case d.calls <- c:
+		d.wait.Ring() // queued first, rung after: the loop takes what the bell finds
 	case <-d.stopped:
 		return errStopped
 	}
-	<-c.done // a call the loop took always runs to the end
-	return nil
+	select {
+	case <-c.done:
+		return nil
+	case <-d.stopped:
+		// The loop closes stopped only after the call it is running returned.
+		select {
+		case <-c.done:
+			return nil
+		default:
+			return errStopped
+		}
+	}
 }
 
 // query returns f's result, computed on the loop.
@@ -68,45 +90,75 @@ func query[T any](d *Daemon, f func() T) (T, error) {
 func (d *Daemon) send(in policy.Input) {
 	select {
 	case d.in <- in:
+		d.wait.Ring()
 	case <-d.stopped:
 	}
 }
 
-// Run is the owner loop; it returns when ctx ends. Call it once, after Start.
+// Run is the owner loop; it returns when ctx ends, or with an error when the kernel
+// fails its wait (oomd then exits, and execd restarts it). Call it once, after Start.
 func (d *Daemon) Run(ctx context.Context) error {
 	defer close(d.stopped)
-	defer d.clocks.stop()
+	defer d.wait.Close()
+	if err := d.clocks.init(d.wait); err != nil {
+		return err
+	}
 	if err := d.clocks.configure(d.core.Policy(), d.manualTicks); err != nil {
 		return err
 	}
+	defer context.AfterFunc(ctx, d.wait.Ring)()
 	for {
-		select {
-		case <-ctx.Done():
+		fired, err := d.wait.Wait()
+		if err != nil {
+			return fmt.Errorf("owner loop: %w", err)
+		}
+		if ctx.Err() != nil {
 			d.subs.closeAll()
 			if d.cfg.Trace != nil {
 				d.cfg.Trace.Close() // flushed; later steps skip the closed trace
 			}
 			return nil
-		case <-d.clocks.tickC():
+		}
+		if fired.Rang() {
+			d.drain()
+		}
+		if fired.Has(d.clocks.tickT) {
 			d.tick()
 			if d.cfg.Alive != nil {
 				d.cfg.Alive()
 			}
-		case <-d.clocks.levelC():
+		}
+		if fired.Has(d.clocks.levelT) {
 			d.sampleLevels()
-		case <-d.clocks.haltC():
+			d.processReady()
+		}
+		if fired.Has(d.clocks.haltT) {
 			d.clocks.haltFired()
 			d.feed(policy.Input{Kind: policy.InputHaltTimeout})
+			d.processReady()
+		}
+		poke(d.sys.stepped)
+	}
+}
+
+// drain steps the queued answers and calls, each with its Ready, up to drainBudget; what
+// is left rings the bell again, to be taken after the clocks had their turn.
+func (d *Daemon) drain() {
+	for range drainBudget {
+		select {
 		case in := <-d.in:
 			d.feed(in)
+			d.processReady()
 		case c := <-d.calls:
 			c.fn()
 			d.processReady() // what the call caused is carried out before it returns
 			close(c.done)
+		default:
+			return
 		}
-		d.processReady()
 		poke(d.sys.stepped)
 	}
+	d.wait.Ring()
 }
 
 // tick drains the coalesced samples into the core, takes the per-tick readings and
@@ -279,37 +331,44 @@ func (d *Daemon) publish(e policy.Event) {
 	}
 }
 
-// clocks are the loop's timers. Each is a channel the loop selects on; a nil channel
-// (no timer) is never ready. The tick and the level clock are timerfds (internal/timerfd):
-// the Go runtime keeps no timer for them, so its sysmon thread does not wake with every
-// tick of an idle oomd.
+// clocks are the loop's timers, in its waiter: the tick, the level clock and the halt
+// bound. The Go runtime keeps no timer for them, so its sysmon thread does not wake with
+// every tick of an idle oomd.
 type clocks struct {
-	period       time.Duration
-	ticker       *timerfd.Ticker // nil: ticks come as calls (tests)
-	levels       *timerfd.Ticker // nil: levels off, or sampled on the tick
-	levelsEvery  time.Duration
-	levelsOnTick bool // the level readings are taken on every tick
-	psi          bool // and memory pressure with them
+	w                    *loopwait.Waiter
+	tickT, levelT, haltT loopwait.Timer
+	period               time.Duration
+	ticking              bool          // the tick clock is armed (not in tests: ticks come as calls)
+	levelsEvery          time.Duration // the level clock's period; 0: levels off
+	levelsOwn            bool          // the level clock is armed (its interval differs from the tick's)
+	levelsOnTick         bool          // the level readings are taken on every tick
+	psi                  bool          // and memory pressure with them
+	halting              bool          // the halt bound is armed
+	claimedAt            time.Time
+}
 
-	halt      *time.Timer // the halt bound on the wall clock (Ready.HaltTimer)
-	claimedAt time.Time
+// init makes the three clocks in w, unarmed.
+func (c *clocks) init(w *loopwait.Waiter) error {
+	c.w = w
+	for _, t := range []*loopwait.Timer{&c.tickT, &c.levelT, &c.haltT} {
+		var err error
+		if *t, err = w.NewTimer(); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // configure sets the clocks for policy p: the tick every SampleMs, and the level clock
 // on the tick when its interval is SampleMs (or unset), on its own when it differs. It
-// fails only when the kernel refuses a timerfd.
+// fails only when the kernel refuses to set a timerfd.
 func (c *clocks) configure(p policy.Policy, manual bool) error {
 	period := time.Duration(p.SampleMs) * time.Millisecond
-	var err error
-	switch {
-	case manual:
-	case c.ticker == nil:
-		c.ticker, err = timerfd.NewTicker(period)
-	case period != c.period:
-		err = c.ticker.Reset(period)
-	}
-	if err != nil {
-		return fmt.Errorf("tick: %w", err)
+	if !manual && (!c.ticking || period != c.period) {
+		if err := c.w.Every(c.tickT, period); err != nil {
+			return fmt.Errorf("tick: %w", err)
+		}
+		c.ticking = true
 	}
 	c.period = period
 	every := time.Duration(0)
@@ -322,66 +381,37 @@ func (c *clocks) configure(p policy.Policy, manual bool) error {
 	// Manual ticks (tests) take no readings of their own: the test steps the levels.
 	c.levelsOnTick = every == period && every != 0 && !manual
 	c.psi = p.Levels.PSIEnabled()
-	own := every != 0 && every != period
-	if c.levels != nil && (!own || every != c.levelsEvery) {
-		c.levels.Stop()
-		c.levels = nil
+	own := every != 0 && every != period && !manual
+	var err error
+	switch {
+	case own && (!c.levelsOwn || every != c.levelsEvery):
+		err = c.w.Every(c.levelT, every)
+	case !own && c.levelsOwn:
+		err = c.w.Stop(c.levelT)
 	}
-	if own && c.levels == nil && !manual {
-		if c.levels, err = timerfd.NewTicker(every); err != nil {
-			return fmt.Errorf("level clock: %w", err)
-		}
+	if err != nil {
+		return fmt.Errorf("level clock: %w", err)
 	}
-	c.levelsEvery = every
+	c.levelsOwn, c.levelsEvery = own, every
 	return nil
 }
 
-func (c *clocks) stop() {
-	for _, t := range []*timerfd.Ticker{c.ticker, c.levels} {
-		if t != nil {
-			t.Stop()
-		}
-	}
-	if c.halt != nil {
-		c.halt.Stop()
-	}
-}
-
-func (c *clocks) tickC() <-chan time.Time {
-	if c.ticker == nil {
-		return nil
-	}
-	return c.ticker.C
-}
-
-func (c *clocks) levelC() <-chan time.Time {
-	if c.levels == nil {
-		return nil
-	}
-	return c.levels.C
-}
-
-func (c *clocks) haltC() <-chan time.Time {
-	if c.halt == nil {
-		return nil
-	}
-	return c.halt.C
-}
-
 // startHalt starts the halt bound (Ready.HaltTimer); the core hands it out once.
-func (c *clocks) startHalt(d time.Duration) {
+func (c *clocks) startHalt(d time.Duration) error {
 	c.claimedAt = time.Now()
-	c.halt = time.NewTimer(d)
+	err := c.w.After(c.haltT, d)
+	c.halting = err == nil
+	return err
 }
 
-func (c *clocks) haltFired() { c.halt = nil }
+func (c *clocks) haltFired() { c.halting = false }
 
 // endHalt stops the bound (the outcome came, by whichever clock) and returns the time
-// since the claim.
+// since the claim. A stopped bound cannot fire afterwards (loopwait.Waiter.Stop).
 func (c *clocks) endHalt() time.Duration {
-	if c.halt != nil {
-		c.halt.Stop()
-		c.halt = nil
+	if c.halting {
+		_ = c.w.Stop(c.haltT) // fails only on a closed waiter: nothing left to fire
+		c.halting = false
 	}
 	if c.claimedAt.IsZero() {
 		return 0

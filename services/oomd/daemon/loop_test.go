@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap/zaptest"
 
+	"oomd.dev/oomd/internal/loopwait"
 	"oomd.dev/oomd/services/oomd/policy"
 	"oomd.dev/oomd/services/oomd/tracelog"
 )
@@ -31,8 +32,23 @@ func TestClocksConfigure(t *testing.T) {
 		}
 		return p
 	}
-	var c clocks
-	t.Cleanup(c.stop)
+	newClocks := func() *clocks {
+		w, err := loopwait.New()
+		require.NoError(t, err)
+		t.Cleanup(func() { w.Close() })
+		var c clocks
+		require.NoError(t, c.init(w))
+		return &c
+	}
+	// What the kernel has armed: whether the clock runs, and its period.
+	kernel := func(c *clocks, tm loopwait.Timer) time.Duration {
+		armed, every, err := c.w.Armed(tm)
+		require.NoError(t, err)
+		if !armed {
+			return 0
+		}
+		return every
+	}
 	steps := []struct {
 		name        string
 		p           policy.Policy
@@ -44,19 +60,26 @@ func TestClocksConfigure(t *testing.T) {
 		{"other interval: own clock", pol(100, 500, true), false, true},
 		{"the tick moves to it: on the tick", pol(500, 500, true), true, false},
 		{"the tick moves away: own clock", pol(200, 500, true), false, true},
+		{"the level clock moves", pol(200, 700, true), false, true},
 		{"levels off again", pol(200, 0, false), false, false},
 	}
+	c := newClocks()
 	for _, s := range steps {
 		require.NoError(t, c.configure(s.p, false))
 		assert.Equal(t, s.onTick, c.levelsOnTick, s.name)
-		assert.Equal(t, s.own, c.levels != nil, s.name)
-		assert.NotNil(t, c.ticker, s.name)
-		assert.Equal(t, time.Duration(s.p.SampleMs)*time.Millisecond, c.period, s.name)
+		tick := time.Duration(s.p.SampleMs) * time.Millisecond
+		assert.Equal(t, tick, kernel(c, c.tickT), s.name)
+		want := time.Duration(0)
+		if s.own {
+			want = time.Duration(s.p.Levels.IntervalMs) * time.Millisecond
+		}
+		assert.Equal(t, want, kernel(c, c.levelT), s.name)
+		assert.Equal(t, tick, c.period, s.name)
 	}
-	var m clocks
+	m := newClocks()
 	require.NoError(t, m.configure(pol(100, 500, true), true))
-	assert.Nil(t, m.ticker, "manual: no ticker")
-	assert.Nil(t, m.levels, "manual: no level clock")
+	assert.Zero(t, kernel(m, m.tickT), "manual: no tick clock")
+	assert.Zero(t, kernel(m, m.levelT), "manual: no level clock")
 	assert.False(t, m.levelsOnTick, "manual: the test steps the levels")
 }
 

@@ -80,7 +80,9 @@ func (d *Daemon) systemReady(rd policy.Ready) {
 	for _, t := range rd.HaltTimer {
 		// The core counts the bound in ticks; this timer is the same bound on the wall
 		// clock, so a tick loop that falls behind cannot stretch it.
-		d.clocks.startHalt(time.Duration(t.Ms) * time.Millisecond)
+		if err := d.clocks.startHalt(time.Duration(t.Ms) * time.Millisecond); err != nil {
+			d.log.Error("halt bound not armed: the core's bound in ticks alone ends the halt", zap.Error(err))
+		}
 	}
 	for _, h := range rd.Halt {
 		go d.teardown(h)

@@ -11,31 +11,48 @@
 // # The loop
 //
 // One goroutine owns a Core: the daemon's owner loop (services/oomd/daemon/loop.go), in
-// the style of raft's node.run. Every input reaches it on a channel, and everything the
-// core wants done leaves as a field of Ready:
+// the style of raft's node.run. It sleeps on one epoll set holding its clocks and a
+// doorbell (internal/loopwait); other goroutines queue their inputs on channels and ring
+// the bell. Everything the core wants done leaves as a field of Ready, carried out
+// (handleReady below) after each step that produced it:
 //
 //	core, err := policy.New(policy.Config{Policy: policy.DefaultPolicy()})
 //	if err != nil {
 //		return err
 //	}
 //	for {
-//		select {
-//		case <-tick.C: // one tick = Policy.SampleMs
+//		fired, err := wait.Wait() // the clocks and the bell
+//		if err != nil {
+//			return err
+//		}
+//		if fired.Rang() { // take everything queued
+//			for in := range queued(answers) { // audit acks, terminate answers, the teardown's report
+//				_ = core.Step(in)
+//				handleReady(core)
+//			}
+//			for c := range queued(calls) { // registrations, exits, policy changes, queries
+//				c.run(core)
+//				handleReady(core)
+//			}
+//		}
+//		if fired.Has(tick) { // one tick = Policy.SampleMs
 //			for _, s := range drainSamples() { // coalesced per subject, in subject order
 //				_ = core.Step(policy.Input{Kind: policy.InputSample, Subject: s.subject,
 //					Instance: s.instance, Claimed: s.claimed, Bytes: s.bytes})
 //			}
 //			_ = core.Step(policy.Input{Kind: policy.InputMemAvailable, Bytes: memAvailable()})
 //			_ = core.Step(policy.Input{Kind: policy.InputTick})
-//		case <-haltTimer.C: // started from Ready.HaltTimer
-//			_ = core.Step(policy.Input{Kind: policy.InputHaltTimeout})
-//		case in := <-answers: // audit acks, terminate answers, the teardown's report
-//			_ = core.Step(in)
-//		case c := <-calls: // registrations, exits, policy changes, queries
-//			c.run(core)
+//			handleReady(core)
 //		}
+//		if fired.Has(halt) { // armed from Ready.HaltTimer
+//			_ = core.Step(policy.Input{Kind: policy.InputHaltTimeout})
+//			handleReady(core)
+//		}
+//	}
+//
+//	func handleReady(core *policy.Core) {
 //		if !core.HasReady() {
-//			continue
+//			return
 //		}
 //		rd := core.Ready()
 //		journal.Append(rd.Audit)   // 1. audit first; when logd has synced up to
@@ -44,12 +61,12 @@
 //			go terminate(t)         // 2. its audit record is already durable; the
 //		}                           //    answer is InputTerminateAck/Refused
 //		for _, h := range rd.HaltTimer {
-//			haltTimer = time.NewTimer(ms(h.Ms)) // 3. the bound on the wall clock
+//			wait.After(halt, ms(h.Ms)) // 3. the bound on the wall clock
 //		}
 //		for _, h := range rd.Halt {
 //			go teardown(h)          //    and the teardown (answer: InputTeardownDone)
 //		}
-//		persistAndReboot(rd.Reboot) // 4. the outcome (stop haltTimer)
+//		persistAndReboot(rd.Reboot) // 4. the outcome (stop the halt clock)
 //		publish(rd.Events)         // 5. subscribers, markers, logs
 //		core.Advance()
 //	}

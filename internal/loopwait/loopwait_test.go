@@ -1,0 +1,197 @@
+package loopwait
+
+import (
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
+)
+
+// deadline bounds each wait; it is a failure bound, not a timing assertion.
+const deadline = 10 * time.Second
+
+// testWaiter is a waiter with a deadline clock of its own: a Wait that would hang ends
+// when it expires, and the test fails.
+type testWaiter struct {
+	*Waiter
+	deadline Timer
+}
+
+func newWaiter(t *testing.T) testWaiter {
+	t.Helper()
+	w, err := New()
+	require.NoError(t, err)
+	t.Cleanup(func() { w.Close() })
+	dl, err := w.NewTimer()
+	require.NoError(t, err)
+	return testWaiter{w, dl}
+}
+
+func wait(t *testing.T, w testWaiter) Fired {
+	t.Helper()
+	require.NoError(t, w.After(w.deadline, deadline))
+	f, err := w.Wait()
+	require.NoError(t, err)
+	require.False(t, f.Has(w.deadline), "nothing ended the Wait within %v", deadline)
+	require.NoError(t, w.Stop(w.deadline))
+	return f &^ (1 << w.deadline)
+}
+
+func TestClocksExpire(t *testing.T) {
+	w := newWaiter(t)
+	every, err := w.NewTimer()
+	require.NoError(t, err)
+	once, err := w.NewTimer()
+	require.NoError(t, err)
+	require.NoError(t, w.Every(every, time.Millisecond))
+	require.NoError(t, w.After(once, 2*time.Millisecond))
+	armed, period, err := w.Armed(every)
+	require.NoError(t, err)
+	assert.True(t, armed)
+	assert.Equal(t, time.Millisecond, period)
+	seen := map[Timer]int{}
+	for seen[every] < 5 || seen[once] < 1 {
+		f := wait(t, w)
+		for _, tm := range []Timer{every, once} {
+			if f.Has(tm) {
+				seen[tm]++
+			}
+		}
+	}
+	assert.Equal(t, 1, seen[once], "a one-shot clock expires once")
+	armed, _, err = w.Armed(once)
+	require.NoError(t, err)
+	assert.False(t, armed, "a one-shot clock that expired")
+	require.NoError(t, w.Stop(every))
+	armed, _, err = w.Armed(every)
+	require.NoError(t, err)
+	assert.False(t, armed, "a stopped clock")
+	w.Ring()
+	assert.Equal(t, Fired(1<<bellID), wait(t, w), "a stopped clock is not reported")
+}
+
+// An expiry that was not collected before Stop is forgotten: the halt bound, stopped
+// because the outcome came, must not fire afterwards.
+func TestStopForgetsAnUncollectedExpiry(t *testing.T) {
+	w := newWaiter(t)
+	tm, err := w.NewTimer()
+	require.NoError(t, err)
+	require.NoError(t, w.After(tm, time.Microsecond))
+	// Wait (with a deadline) until the kernel says it expired, without collecting it.
+	end := time.Now().Add(deadline)
+	for {
+		armed, _, err := w.Armed(tm)
+		require.NoError(t, err)
+		if !armed {
+			break
+		}
+		require.True(t, time.Now().Before(end), "the clock never expired")
+		time.Sleep(100 * time.Microsecond) // polling a kernel clock, not synchronising goroutines
+	}
+	require.NoError(t, w.Stop(tm))
+	w.Ring()
+	f := wait(t, w)
+	assert.True(t, f.Rang())
+	assert.False(t, f.Has(tm), "an expiry from before Stop was reported")
+}
+
+// The protocol in the package comment: senders queue, then ring; the loop takes all that
+// is queued each time the bell rang. No item may be left waiting.
+func TestNoRingIsLost(t *testing.T) {
+	w := newWaiter(t)
+	const senders, each = 8, 2000
+	q := make(chan int, 16) // small: senders block on a full queue too
+	var wg sync.WaitGroup
+	for s := range senders {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range each {
+				q <- s*each + i
+				w.Ring()
+			}
+		}()
+	}
+	got := 0
+	for got < senders*each {
+		f := wait(t, w)
+		require.True(t, f.Rang())
+		for taking := true; taking; {
+			select {
+			case <-q:
+				got++
+			default:
+				taking = false
+			}
+		}
+	}
+	wg.Wait()
+	assert.Equal(t, senders*each, got)
+}
+
+func TestRingAfterCloseTouchesNoOtherFile(t *testing.T) {
+	w, err := New()
+	require.NoError(t, err)
+	bellfd := w.bellfd
+	require.NoError(t, w.Close())
+	// The lowest free numbers are the waiter's old ones: an eventfd now likely holds the
+	// bell's number. A Ring that wrote to the old number would count in it.
+	var fds []int
+	for range 4 {
+		fd, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
+		require.NoError(t, err)
+		fds = append(fds, fd)
+	}
+	defer func() {
+		for _, fd := range fds {
+			unix.Close(fd)
+		}
+	}()
+	require.Contains(t, fds, bellfd, "the bell's number was not reused; the test proves nothing")
+	w.Ring()
+	var b [8]byte
+	for _, fd := range fds {
+		_, err := unix.Read(fd, b[:])
+		assert.ErrorIs(t, err, unix.EAGAIN, "a Ring after Close wrote to fd %d", fd)
+	}
+}
+
+func TestWaitAfterCloseFails(t *testing.T) {
+	w, err := New()
+	require.NoError(t, err)
+	require.NoError(t, w.Close())
+	_, err = w.Wait()
+	assert.ErrorContains(t, err, "closed")
+}
+
+func TestBadClocks(t *testing.T) {
+	w := newWaiter(t)
+	tm, err := w.NewTimer()
+	require.NoError(t, err)
+	assert.ErrorContains(t, w.Every(tm, 0), "must be positive")
+	assert.ErrorContains(t, w.After(tm, -time.Second), "must be positive")
+	assert.ErrorContains(t, w.Stop(tm+1), "no clock 2")
+	for range MaxTimers - 2 {
+		_, err := w.NewTimer()
+		require.NoError(t, err)
+	}
+	_, err = w.NewTimer()
+	assert.ErrorContains(t, err, "more than 8 clocks")
+}
+
+// A Wait that a clock ends allocates nothing: it runs on every tick of an idle oomd.
+func TestWaitAllocatesNothing(t *testing.T) {
+	w := newWaiter(t)
+	tm, err := w.NewTimer()
+	require.NoError(t, err)
+	require.NoError(t, w.Every(tm, 100*time.Microsecond))
+	allocs := testing.AllocsPerRun(20, func() {
+		if _, err := w.Wait(); err != nil {
+			t.Fatal(err)
+		}
+	})
+	assert.Zero(t, allocs)
+}
