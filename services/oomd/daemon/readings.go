@@ -64,6 +64,9 @@ func (d *Daemon) readAll() {
 				in.Bytes, in.Reason = 0, truncate(err.Error(), 200)
 				d.stats.kernelFailed++
 			}
+			if d.core.KernelUnchanged(&in) {
+				continue // the core would ignore it: not stepped, not traced
+			}
 			d.feed(in)
 		}
 	}

@@ -432,12 +432,33 @@ func (c *Core) kernelReading(in *Input) error {
 		c.subjects.markDirty(h, i)
 		return nil
 	}
-	if h.hasKernel && h.kernel == in.Bytes && !h.watch && !c.subjects.slots[i].kernelFailed {
+	if c.kernelSame(i, in.Bytes) {
 		return nil
 	}
 	h.kernel, h.hasKernel, h.kernelNew = in.Bytes, true, true
 	c.subjects.markDirty(h, i)
 	return nil
+}
+
+// kernelSame reports whether a kernel reading of bytes for subject i changes nothing: the
+// last one had the same value, no tick is counting readings for it (an under-report gap
+// counts ticks until the readings close it), and it is not recovering from a failed read.
+func (c *Core) kernelSame(i uint32, bytes uint64) bool {
+	h := &c.subjects.hot[i]
+	return h.hasKernel && h.kernel == bytes && !h.watch && !c.subjects.slots[i].kernelFailed
+}
+
+// KernelUnchanged reports whether stepping in, a kernel reading, would change nothing at
+// all: no state, no output. The shell does not step (nor record) such a reading, so an
+// idle tick steps no kernel reading; a replay of its trace is the same as of one that
+// held them, since the core ignores them. An error reading, a reading of another
+// instance or of an unknown subject is never "unchanged": it is stepped.
+func (c *Core) KernelUnchanged(in *Input) bool {
+	if in.Kind != InputKernel || in.Reason != "" {
+		return false
+	}
+	i, ok := c.subjects.find(in.Slot, in.Subject)
+	return ok && c.subjects.hot[i].instance == in.Instance && c.kernelSame(i, in.Bytes)
 }
 
 // memstatInvalid reports a page the shell could not read, once per episode.

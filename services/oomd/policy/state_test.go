@@ -2,8 +2,10 @@ package policy
 
 import (
 	"encoding/json"
+	"fmt"
 	"math/rand/v2"
 	"reflect"
+	"slices"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -142,5 +144,99 @@ func TestStateCoversEveryField(t *testing.T) {
 		reflect.TypeFor[Core]():     30, // see State; maps and scratch are derived, output slices must be empty
 	} {
 		assert.Equal(t, n, typ.NumField(), "%s has a field State does not know: add it to state.go (or here, if derived)", typ)
+	}
+}
+
+// rereadEachTick makes a generated run read the kernel the way the daemon does: before
+// every tick, each subject's last reading comes again (as the shell reads every subject
+// on every tick, and mostly finds the same count).
+func rereadEachTick(inputs []Input) []Input {
+	last := make([]*Input, len(fuzzSubjects))
+	var out []Input
+	for _, in := range inputs {
+		if in.Kind == InputTick {
+			for _, k := range last {
+				if k != nil {
+					out = append(out, *k)
+				}
+			}
+		}
+		if in.Kind == InputKernel {
+			if i := slices.Index(fuzzSubjects, in.Subject); i >= 0 {
+				k := in
+				last[i] = &k
+			}
+		}
+		out = append(out, in)
+	}
+	return out
+}
+
+// TestSkippingUnchangedKernelReadingsChangesNothing: a shell that leaves out every
+// kernel reading KernelUnchanged calls unchanged (as the daemon does) drives the core
+// to exactly the outputs and state of one that steps them all. Over 300 generated runs
+// whose subjects are read again before every tick.
+func TestSkippingUnchangedKernelReadingsChangesNothing(t *testing.T) {
+	cfg := Config{Policy: fuzzPolicies[0], RingSize: 8}
+	rng := rand.New(rand.NewPCG(3, 4))
+	skipped, kernel := 0, 0
+	for range 300 {
+		data := make([]byte, 3*(20+rng.IntN(300)))
+		for i := range data {
+			data[i] = byte(rng.Uint32())
+		}
+		inputs := rereadEachTick(genInputs(t, cfg, data))
+		all, err := New(cfg)
+		require.NoError(t, err)
+		some, err := New(cfg)
+		require.NoError(t, err)
+		for _, in := range inputs {
+			if in.Kind == InputKernel {
+				kernel++
+			}
+			skip := some.KernelUnchanged(&in)
+			errAll := all.Step(in)
+			if skip {
+				skipped++
+				require.NoError(t, errAll, FormatInput(in))
+				require.False(t, all.HasReady(), "an input called unchanged produced output: %s", FormatInput(in))
+				continue
+			}
+			require.Equal(t, fmt.Sprint(errAll), fmt.Sprint(some.Step(in)), FormatInput(in))
+			require.Equal(t, all.HasReady(), some.HasReady(), FormatInput(in))
+			if all.HasReady() {
+				require.Equal(t, FormatReady(all.Ready()), FormatReady(some.Ready()), FormatInput(in))
+				all.Advance()
+				some.Advance()
+			}
+		}
+		sa, err := all.State()
+		require.NoError(t, err)
+		ss, err := some.State()
+		require.NoError(t, err)
+		require.Equal(t, sa, ss, "the cores end in different states")
+	}
+	t.Logf("%d of %d kernel readings skipped", skipped, kernel)
+	require.Positive(t, skipped, "the runs hold no unchanged reading: the test proves nothing")
+}
+
+// TestKernelUnchangedOnlyForSameReadings: what is never skipped.
+func TestKernelUnchangedOnlyForSameReadings(t *testing.T) {
+	c, err := New(Config{Policy: fuzzPolicies[0]})
+	require.NoError(t, err)
+	require.NoError(t, c.Step(Input{Kind: InputRegister, Subject: "hog", Instance: 1}))
+	slot := c.SlotOf("hog")
+	read := Input{Kind: InputKernel, Subject: "hog", Instance: 1, Slot: slot, Bytes: 100}
+	assert.False(t, c.KernelUnchanged(&read), "the first reading")
+	require.NoError(t, c.Step(read))
+	assert.True(t, c.KernelUnchanged(&read), "the same reading again")
+	for name, in := range map[string]Input{
+		"another value":    {Kind: InputKernel, Subject: "hog", Instance: 1, Slot: slot, Bytes: 101},
+		"a failed read":    {Kind: InputKernel, Subject: "hog", Instance: 1, Slot: slot, Reason: "EIO"},
+		"another instance": {Kind: InputKernel, Subject: "hog", Instance: 2, Slot: slot, Bytes: 100},
+		"unknown subject":  {Kind: InputKernel, Subject: "other", Instance: 1, Bytes: 100},
+		"not a reading":    {Kind: InputSample, Subject: "hog", Instance: 1, Slot: slot, Bytes: 100},
+	} {
+		assert.False(t, c.KernelUnchanged(&in), name)
 	}
 }
