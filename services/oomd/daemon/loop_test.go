@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
 	"sync"
@@ -148,14 +149,14 @@ func TestNoLockAroundTheCore(t *testing.T) {
 	}
 }
 
-// TestTraceFlushedOnNewsOrOnceASecond: an idle loop writes its live trace once a second
-// of ticks, and at the first tick after anything produced output.
-func TestTraceFlushedOnNewsOrOnceASecond(t *testing.T) {
+// TestTraceFlushedOnNewsOrEveryTenSeconds: an idle loop writes its live trace every ten
+// seconds of ticks, and at the first tick after anything produced output.
+func TestTraceFlushedOnNewsOrEveryTenSeconds(t *testing.T) {
 	dir := t.TempDir()
 	rec, err := tracelog.Open(dir, 1, tracelog.Options{})
 	require.NoError(t, err)
 	p := policy.DefaultPolicy()
-	p.SampleMs = 100 // a flush every 10 idle ticks
+	p.SampleMs = 1000 // a flush every 10 idle ticks
 	d, err := New(Config{Policy: p, Log: zaptest.NewLogger(t), Trace: rec}, &fakeAuditor{}, fakeTerminator{calls: make(chan policy.TerminateRequest, 1)})
 	require.NoError(t, err)
 	require.NoError(t, d.Start(context.Background()))
@@ -175,9 +176,47 @@ func TestTraceFlushedOnNewsOrOnceASecond(t *testing.T) {
 	assert.Equal(t, start, onDisk(), "nine idle ticks stay buffered")
 	d.tickNow()
 	second := onDisk()
-	assert.Greater(t, second, start, "the tenth idle tick (a second) flushes")
+	assert.Greater(t, second, start, "the tenth idle tick (ten seconds) flushes")
 	require.NoError(t, d.Register(&slot{subject: "app", instance: 1})) // an event: subjectRegistered
 	assert.Equal(t, second, onDisk(), "the registration is buffered until the tick")
 	d.tickNow()
 	assert.Greater(t, onDisk(), second, "the tick after an event flushes")
+}
+
+// TestPanicOnTheLoopFlushesTheTrace: a panic on the loop ends oomd, and the inputs
+// buffered before it are on disk. The loop panics in a child process (this test binary,
+// run again); the parent reads the child's trace.
+func TestPanicOnTheLoopFlushesTheTrace(t *testing.T) {
+	if dir := os.Getenv("OOMD_PANIC_TRACE_DIR"); dir != "" {
+		rec, err := tracelog.Open(dir, 1, tracelog.Options{})
+		require.NoError(t, err)
+		d, err := New(Config{Policy: policy.DefaultPolicy(), Trace: rec}, &fakeAuditor{}, fakeTerminator{calls: make(chan policy.TerminateRequest, 1)})
+		require.NoError(t, err)
+		require.NoError(t, d.Start(context.Background()))
+		d.manualTicks = true
+		go func() { _ = d.Run(context.Background()) }()
+		for range 3 {
+			d.tickNow() // idle ticks: buffered, not yet written
+		}
+		_ = d.do(func() { panic("a core bug") })
+		t.Fatal("the loop did not panic")
+	}
+	dir := t.TempDir()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestPanicOnTheLoopFlushesTheTrace$", "-test.count=1")
+	cmd.Env = append(os.Environ(), "OOMD_PANIC_TRACE_DIR="+dir)
+	out, err := cmd.CombinedOutput()
+	require.Error(t, err, "the child should have died of its panic:\n%s", out)
+	require.Contains(t, string(out), "panic: a core bug")
+	names, err := tracelog.List(dir)
+	require.NoError(t, err)
+	require.Len(t, names, 1)
+	f, err := tracelog.ReadFile(filepath.Join(dir, names[0]))
+	require.NoError(t, err)
+	ticks := 0
+	for _, in := range f.Inputs {
+		if in.Kind == policy.InputTick {
+			ticks++
+		}
+	}
+	assert.Equal(t, 3, ticks, "the ticks before the panic are on disk")
 }

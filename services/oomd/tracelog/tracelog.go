@@ -10,8 +10,9 @@
 // Options.MaxFileBytes; beyond Options.MaxFiles the oldest files are deleted (any run).
 //
 // Writes are buffered; the daemon flushes (Flush) at the first tick after anything
-// produced output and otherwise once a second, so a crash loses at most a second of
-// quiet inputs, never those before a decision once its tick ended. The trace is a
+// produced output, otherwise every ten seconds, and when its loop ends or panics; so a
+// crash that kills the process loses at most ten seconds of quiet inputs, never those
+// before a decision once its tick ended. The trace is a
 // diagnostic, not an audit: nothing is fsync'ed, and nothing waits for it.
 package tracelog
 
