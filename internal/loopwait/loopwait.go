@@ -15,6 +15,18 @@
 // something is there. A sender must put its work on the channel first and ring after, and
 // the loop must take everything queued when the bell rang: then no work waits for a
 // ring that already happened.
+//
+// The set is never polled for what is ready: the epoll fd only wakes the netpoller (an
+// fd it holds becoming ready makes it readable), and the loop works out what is due
+// without a system call. Every Ring counts itself before it writes the bell, and the
+// loop counts what it read from it; each clock's next expiry is known from when it was
+// armed and how many expiries were read, since a periodic timerfd keeps its grid. So a
+// Wait reads only the fds that are due (a timerfd must be read: the kernel re-arms a
+// periodic one only then), and a Wait with nothing due goes straight to the netpoller.
+// An idle tick costs one read of its timerfd, where polling the set cost two more
+// epoll_pwait calls. The netpoller forgets readiness it saw before a Wait began
+// (syscall.RawConn.Read expects its first call to find it), which is why the counts,
+// not the epoll fd's readiness, say what is due.
 package loopwait
 
 import (
@@ -22,6 +34,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -58,12 +71,38 @@ type Waiter struct {
 	bell   *os.File // an eventfd: Ring writes through os.File, so a Ring after Close is safe
 	bellfd int
 	timers []int // timerfd per Timer
+	clocks [MaxTimers]clock
 
-	poll   func(uintptr) bool // w.collect, bound once: no allocation per Wait
-	events [MaxTimers + 1]unix.EpollEvent
-	count  [8]byte
-	fired  Fired
-	err    error
+	rung atomic.Uint64 // Rings so far, each counted before its write
+	read uint64        // the loop's: what its reads of the bell added up to
+
+	poll  func(uintptr) bool // w.collect, bound once: no allocation per Wait
+	reads uint64             // reads of the bell and the clocks (tests)
+	count [8]byte
+	fired Fired
+	err   error
+}
+
+// clock is what the loop knows of a timerfd without asking the kernel.
+type clock struct {
+	armedAt time.Time     // read just before it was set: the kernel's first expiry is >= armedAt+first
+	first   time.Duration // the first expiry's delay
+	every   time.Duration // the period; 0: once
+	expired uint64        // expiries read since it was set
+	due     time.Time     // the earliest its next expiry can be; zero: none can come
+}
+
+// next is the earliest the kernel can report c's next expiry: the kernel keeps a
+// periodic timer on its grid (an expiry read late counts the ones it missed), and its
+// grid starts no earlier than armedAt.
+func (c *clock) next() time.Time {
+	if c.every == 0 {
+		if c.expired > 0 {
+			return time.Time{}
+		}
+		return c.armedAt.Add(c.first)
+	}
+	return c.armedAt.Add(c.first + time.Duration(c.expired)*c.every)
 }
 
 // New makes a waiter with the bell and no clocks.
@@ -96,10 +135,8 @@ func New() (*Waiter, error) {
 	return w, nil
 }
 
-// add puts fd in the set, edge-triggered: an fd is reported once per event, not again on
-// every poll while it stays readable. (Level-triggered, each poll that reported an fd
-// would queue it again and wake the netpoller's epoll for nothing.) Whatever is
-// reported is drained (collect), so no count is left behind an edge.
+// add puts fd in the set. Every event on it (a clock's expiry, a write of the bell) then
+// wakes the set's waiter, the netpoller; the set is never itself asked what is ready.
 func (w *Waiter) add(fd int, id int32) error {
 	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLET, Fd: id}
 	if err := unix.EpollCtl(w.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
@@ -132,7 +169,7 @@ func (w *Waiter) Every(t Timer, d time.Duration) error {
 		return fmt.Errorf("loopwait: period %v: must be positive", d)
 	}
 	ts := unix.NsecToTimespec(int64(d))
-	return w.set(t, unix.ItimerSpec{Interval: ts, Value: ts})
+	return w.set(t, unix.ItimerSpec{Interval: ts, Value: ts}, d, d)
 }
 
 // After arms t to expire once, d (> 0) from now.
@@ -140,13 +177,13 @@ func (w *Waiter) After(t Timer, d time.Duration) error {
 	if d <= 0 {
 		return fmt.Errorf("loopwait: delay %v: must be positive", d)
 	}
-	return w.set(t, unix.ItimerSpec{Value: unix.NsecToTimespec(int64(d))})
+	return w.set(t, unix.ItimerSpec{Value: unix.NsecToTimespec(int64(d))}, d, 0)
 }
 
 // Stop disarms t. An expiry not yet collected is forgotten: the kernel clears a timerfd's
 // count when it is set, so the next Wait cannot report t unless it is armed again and
 // expires.
-func (w *Waiter) Stop(t Timer) error { return w.set(t, unix.ItimerSpec{}) }
+func (w *Waiter) Stop(t Timer) error { return w.set(t, unix.ItimerSpec{}, 0, 0) }
 
 // Armed reads t from the kernel: whether it will expire, and its period (0: once).
 func (w *Waiter) Armed(t Timer) (armed bool, every time.Duration, err error) {
@@ -160,11 +197,25 @@ func (w *Waiter) Armed(t Timer) (armed bool, every time.Duration, err error) {
 	return cur.Value.Nano() != 0, time.Duration(cur.Interval.Nano()), nil
 }
 
-func (w *Waiter) set(t Timer, spec unix.ItimerSpec) error {
+// set arms t with spec (first and every as durations; first 0: disarmed).
+func (w *Waiter) set(t Timer, spec unix.ItimerSpec, first, every time.Duration) error {
 	if int(t) >= len(w.timers) {
 		return fmt.Errorf("loopwait: no clock %d", t)
 	}
-	if err := unix.TimerfdSettime(w.timers[t], 0, &spec, nil); err != nil {
+	c := &w.clocks[t]
+	// Before the call: the kernel counts from a moment no earlier than this one.
+	*c = clock{armedAt: time.Now(), first: first, every: every}
+	err := unix.TimerfdSettime(w.timers[t], 0, &spec, nil)
+	if err != nil || first == 0 {
+		// Disarmed, or in a state we do not know: due now, so Waits poll the set.
+		c.due = time.Time{}
+		if err != nil {
+			c.due = c.armedAt
+		}
+	} else {
+		c.due = c.next()
+	}
+	if err != nil {
 		return fmt.Errorf("loopwait: timerfd_settime: %w", err)
 	}
 	return nil
@@ -175,13 +226,14 @@ func (w *Waiter) set(t Timer, spec unix.ItimerSpec) error {
 func (w *Waiter) Ring() {
 	var one [8]byte
 	binary.NativeEndian.PutUint64(one[:], 1) // what the eventfd's counter adds
+	w.rung.Add(1)                            // counted first: until read, Waits read the bell
 	// The only failures: closed (the loop is gone), or EAGAIN at a counter of 2^64-2,
 	// which os.File waits out. Neither loses a wake-up the loop still needs.
 	_, _ = w.bell.Write(one[:])
 }
 
 // Wait blocks until a clock expires or the bell rings, and says which. It fails only if
-// the kernel fails a read of the set, a clock or the bell, or the waiter was closed.
+// the kernel fails a read of a clock or the bell, or the waiter was closed.
 func (w *Waiter) Wait() (Fired, error) {
 	w.fired, w.err = 0, nil
 	if err := w.rc.Read(w.poll); err != nil {
@@ -190,30 +242,54 @@ func (w *Waiter) Wait() (Fired, error) {
 	return w.fired, w.err
 }
 
-// collect takes what is ready without waiting; false sends Wait back to the netpoller.
+// collect reads what is due; false sends Wait back to the netpoller, which wakes it when
+// an fd of the set becomes ready.
 func (w *Waiter) collect(uintptr) bool {
-	n, err := rawsys.EpollPoll(w.epfd, w.events[:])
-	if err != nil {
-		w.err = fmt.Errorf("loopwait: epoll_pwait: %w", err)
-		return true
-	}
-	for _, ev := range w.events[:n] {
-		fd := w.bellfd
-		if ev.Fd != bellID {
-			fd = w.timers[ev.Fd]
-		}
-		// Reading resets the count (timerfd) or the counter (eventfd). EAGAIN: nothing
-		// left, as when a clock was set again after it expired, or two rings were
-		// reported by one edge and taken by the read before.
-		switch _, err := rawsys.Read(fd, w.count[:]); {
-		case err == nil:
-			w.fired |= 1 << ev.Fd
-		case !errors.Is(err, unix.EAGAIN):
-			w.err = fmt.Errorf("loopwait: read %d: %w", ev.Fd, err)
+	if w.rung.Load() != w.read {
+		if !w.readFd(w.bellfd, bellID) {
 			return true
 		}
 	}
-	return w.fired != 0
+	var now time.Time
+	for i := range w.timers {
+		c := &w.clocks[i]
+		if c.due.IsZero() {
+			continue
+		}
+		if now.IsZero() {
+			now = time.Now()
+		}
+		if !now.Before(c.due) && !w.readFd(w.timers[i], int32(i)) {
+			return true
+		}
+	}
+	return w.fired != 0 || w.err != nil
+}
+
+// readFd reads the count of fd (the bell, or clock id) and records it. EAGAIN is
+// nothing yet: a clock guessed due a little early (its guess is never late), or a ring
+// counted but not yet written. False: the kernel failed the read (w.err).
+func (w *Waiter) readFd(fd int, id int32) bool {
+	w.reads++
+	_, err := rawsys.Read(fd, w.count[:])
+	switch {
+	case err == nil:
+	case errors.Is(err, unix.EAGAIN):
+		return true
+	default:
+		w.err = fmt.Errorf("loopwait: read %d: %w", id, err)
+		return false
+	}
+	w.fired |= 1 << id
+	n := binary.NativeEndian.Uint64(w.count[:])
+	if id == bellID {
+		w.read += n
+		return true
+	}
+	c := &w.clocks[id]
+	c.expired += n
+	c.due = c.next()
+	return true
 }
 
 // Close releases the set, the clocks and the bell. The loop calls it once, after its last

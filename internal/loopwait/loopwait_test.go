@@ -195,3 +195,69 @@ func TestWaitAllocatesNothing(t *testing.T) {
 	})
 	assert.Zero(t, allocs)
 }
+
+// TestAWaitReadsOnlyWhatIsDue: a Wait that starts before its clock is due goes to the
+// netpoller without a read; when the clock expires it is read once. The bell is read
+// only when rung.
+func TestAWaitReadsOnlyWhatIsDue(t *testing.T) {
+	w := newWaiter(t)
+	tm, err := w.NewTimer()
+	require.NoError(t, err)
+	require.NoError(t, w.Every(tm, 50*time.Millisecond)) // a Wait starts long before the next expiry
+	for range 5 {
+		before := w.reads
+		f := wait(t, w)
+		require.True(t, f.Has(tm))
+		assert.Equal(t, uint64(1), w.reads-before, "reads in one Wait")
+	}
+	w.Ring()
+	before := w.reads
+	f := wait(t, w)
+	require.True(t, f.Rang())
+	assert.LessOrEqual(t, w.reads-before, uint64(2), "the bell, and the clock if it came due too")
+}
+
+// TestDueIsNeverAfterTheKernelsExpiry: what the waiter expects of a clock is never later
+// than what the kernel will do; a later guess could skip the poll that finds an expiry.
+func TestDueIsNeverAfterTheKernelsExpiry(t *testing.T) {
+	w := newWaiter(t)
+	every, err := w.NewTimer()
+	require.NoError(t, err)
+	once, err := w.NewTimer()
+	require.NoError(t, err)
+	require.NoError(t, w.Every(every, time.Millisecond))
+	require.NoError(t, w.After(once, 30*time.Millisecond))
+	check := func(tm Timer) {
+		t.Helper()
+		var cur unix.ItimerSpec
+		require.NoError(t, unix.TimerfdGettime(w.timers[tm], &cur))
+		latest := time.Now().Add(time.Duration(cur.Value.Nano())) // no earlier than the kernel's next expiry
+		due := w.clocks[tm].due
+		if cur.Value.Nano() == 0 {
+			assert.True(t, due.IsZero(), "clock %d: no expiry is coming, yet one is due at %v", tm, due)
+			return
+		}
+		assert.False(t, due.After(latest), "clock %d: due %v after the kernel's next expiry (by %v)", tm, due, due.Sub(latest))
+	}
+	for range 200 {
+		wait(t, w)
+		check(every)
+		check(once)
+		if w.reads%7 == 0 {
+			time.Sleep(3 * time.Millisecond) // a loop that falls behind: the kernel counts the missed expiries
+		}
+	}
+}
+
+// TestARingBeforeTheWaitIsFound: the netpoller may see the bell's edge before the Wait
+// starts, and a Wait forgets readiness seen before it; the ring must be found by its
+// count. (The pause lets the runtime poll the network: sysmon does when nobody has for
+// 10 ms. It is not synchronisation; without it the test only gets easier.)
+func TestARingBeforeTheWaitIsFound(t *testing.T) {
+	w := newWaiter(t)
+	for range 3 {
+		w.Ring()
+		time.Sleep(30 * time.Millisecond)
+		assert.True(t, wait(t, w).Rang())
+	}
+}

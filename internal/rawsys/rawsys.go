@@ -6,10 +6,9 @@
 // runtime's sysmon thread, which then polls every 20 µs until the process is idle
 // again: on an idle oomd that was most of its wake-ups (docs/perf.md, "Idle cost beside
 // earlyoom"). The readings here are of kernel-generated files (cgroup counters,
-// /proc/meminfo, PSI), of the owner loop's timerfds and doorbell, and a zero-timeout poll of
-// its epoll set (internal/loopwait): they never block, so there is nothing for the
-// scheduler to hand off, and a raw call is the honest one. Nothing that can block (a
-// disk write, a socket) belongs here.
+// /proc/meminfo, PSI) and of the owner loop's timerfds and doorbell (internal/loopwait):
+// they never block, so there is nothing for the scheduler to hand off, and a raw call is
+// the honest one. Nothing that can block (a disk write, a socket) belongs here.
 package rawsys
 
 import (
@@ -46,23 +45,4 @@ func Read(fd int, buf []byte) (int, error) {
 		return 0, e
 	}
 	return int(n), nil
-}
-
-// EpollPoll collects the ready events of the epoll set epfd into events without waiting
-// (epoll_pwait with a zero timeout, as a raw system call), retried on EINTR. It never
-// blocks: the caller waits in the Go netpoller, on epfd itself.
-func EpollPoll(epfd int, events []unix.EpollEvent) (int, error) {
-	if len(events) == 0 {
-		return 0, nil
-	}
-	for {
-		n, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), 0, 0, 0)
-		switch e {
-		case 0:
-			return int(n), nil
-		case unix.EINTR:
-			continue
-		}
-		return 0, e
-	}
 }

@@ -24,11 +24,11 @@ var rawSyscalls = map[string]map[string]bool{
 		"SyscallNoError": true, "RawSyscallNoError": true},
 }
 
-// rawAllowed are the syscalls oomd may make raw (internal/rawsys: reading kernel files,
-// and polling and reading the owner loop's clocks, without waking the Go scheduler). A
-// raw call passes the scan only when its number is one of these constants, written at
-// the call: a number in a variable, or a raw entry point taken as a value, does not.
-var rawAllowed = map[string]bool{"SYS_PREAD64": true, "SYS_READ": true, "SYS_EPOLL_PWAIT": true}
+// rawAllowed are the syscalls oomd may make raw (internal/rawsys: reading kernel files
+// and the owner loop's clocks without waking the Go scheduler). A raw call passes the
+// scan only when its number is one of these constants, written at the call: a number in
+// a variable, or a raw entry point taken as a value, does not.
+var rawAllowed = map[string]bool{"SYS_PREAD64": true, "SYS_READ": true}
 
 // TestOomdMakesNoRawSyscall is the part of invariant 1 that the linked binary cannot
 // show (TestOomdBinaryLinksNoWayToSignal checks the rest): every Go binary links the raw
