@@ -230,6 +230,8 @@ func run(ctx context.Context, o options, log *zap.Logger) error {
 		return err
 	}
 	auditor.SetSpillHook(d.AuditSpilled)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	if err := d.Start(ctx); err != nil {
 		return err
 	}
@@ -237,6 +239,15 @@ func run(ctx context.Context, o options, log *zap.Logger) error {
 	// answered are calls the loop must take.
 	errc := make(chan error, 3)
 	go func() { errc <- d.Run(ctx) }()
+	// Whatever ends run also ends the loop, which closes (flushes) the live trace: an
+	// idle loop writes it only every ten seconds.
+	defer func() {
+		cancel()
+		select {
+		case <-d.Done():
+		case <-time.After(2 * time.Second):
+		}
+	}()
 	if err := watchExits(ctx, term, d); err != nil {
 		return err
 	}

@@ -95,12 +95,15 @@ func (d *Daemon) send(in policy.Input) {
 	}
 }
 
+// Done is closed when Run has returned (or, before Run, never).
+func (d *Daemon) Done() <-chan struct{} { return d.stopped }
+
 // Run is the owner loop; it returns when ctx ends, or with an error when the kernel
 // fails its wait (oomd then exits, and execd restarts it). Call it once, after Start.
 func (d *Daemon) Run(ctx context.Context) error {
 	defer close(d.stopped)
 	defer d.wait.Close()
-	defer d.flushOnPanic()
+	defer d.flushOnExit()
 	if err := d.clocks.init(d.wait); err != nil {
 		return err
 	}
@@ -223,10 +226,10 @@ func (d *Daemon) flushTrace() {
 	}
 }
 
-// flushOnPanic writes the buffered trace when the loop ends by a panic: the process is
-// about to die, and the inputs that led there are the ones worth having. (A normal end
-// closes the trace, which flushes it.)
-func (d *Daemon) flushOnPanic() {
+// flushOnExit writes the buffered trace when the loop ends otherwise than by its context
+// (which closes the trace): by a panic, or a failed wait. The process is about to die,
+// and the inputs that led there are the ones worth having.
+func (d *Daemon) flushOnExit() {
 	if t := d.cfg.Trace; t != nil && t.Err() == nil {
 		_ = t.Flush() // the panic is what gets reported
 	}
