@@ -17,6 +17,16 @@ func TestParseMemAvailable(t *testing.T) {
 	n, err = parseMemAvailable([]byte("MemAvailable: 0 kB\n"), "x")
 	require.NoError(t, err)
 	assert.Zero(t, n)
+	n, err = parseMemAvailable([]byte("MemAvailable:\t7 kB \n"), "x")
+	require.NoError(t, err)
+	assert.Equal(t, uint64(7<<10), n, "tabs and trailing blanks")
+	goodBytes := []byte(good)
+	allocs := testing.AllocsPerRun(100, func() {
+		if _, err := parseMemAvailable(goodBytes, "x"); err != nil {
+			t.Fatal(err)
+		}
+	})
+	assert.Zero(t, allocs, "a reading runs on every tick with levels on")
 	for name, text := range map[string]string{
 		"empty":      "",
 		"missing":    "MemTotal: 1 kB\n",
@@ -25,6 +35,11 @@ func TestParseMemAvailable(t *testing.T) {
 		"not number": "MemAvailable: x kB\n",
 		"overflow":   "MemAvailable: 99999999999999999999 kB\n",
 		"mid-line":   "XMemAvailable: 5 kB\n",
+		"no space":   "MemAvailable: 5kB\n",
+		"other unit": "MemAvailable: 5 MB\n",
+		"two units":  "MemAvailable: 5 kB kB\n",
+		"negative":   "MemAvailable: -5 kB\n",
+		"no value":   "MemAvailable: kB\n",
 	} {
 		_, err := parseMemAvailable([]byte(text), "x")
 		assert.Error(t, err, name)
