@@ -54,7 +54,7 @@ func main() {
 	flag.Int64Var(&o.traceOpts.MaxFileBytes, "trace-file-bytes", tracelog.DefaultMaxFileBytes, "rotate a live trace file at this size")
 	flag.IntVar(&o.traceOpts.MaxFiles, "trace-files", tracelog.DefaultMaxFiles, "live trace files kept (the oldest are deleted); the bound on disk is trace-files × trace-file-bytes")
 	flag.StringVar(&o.eventSeqFile, "event-seq-file", "", "event seq high-water mark, so seqs never go backwards across a restart; default: <--policy file>.eventseq, none without --policy")
-	procs := flag.Int("procs", 2, "threads that run oomd's Go code at once (GOMAXPROCS, at most the CPUs; the GOMAXPROCS environment variable wins): the owner loop and one for everything else. 1 makes an idle oomd wake once per tick instead of twice, but then a flood of RPC publishers on a busy host can hold the loop back (docs/perf.md, idle cost)")
+	procs := flag.Int("procs", 2, "threads that run oomd's Go code at once (GOMAXPROCS, at most the CPUs the runtime sees, a cgroup CPU limit included; the GOMAXPROCS environment variable wins): the owner loop and one for everything else, so that a flood of RPC publishers on a busy host cannot hold the loop back. An idle oomd wakes one thread per tick either way (docs/perf.md, idle cost)")
 	memLimit := memlimit.Flag()
 	logFormat := logx.FormatFlag()
 	showVersion := version.Flag()
@@ -72,8 +72,9 @@ func main() {
 		os.Exit(2)
 	}
 	if os.Getenv("GOMAXPROCS") == "" {
-		// Also ends the runtime's once-a-second re-reading of the CPU limit.
-		runtime.GOMAXPROCS(min(*procs, runtime.NumCPU()))
+		// GOMAXPROCS(0) is what the runtime chose: the CPUs, or fewer under a cgroup CPU
+		// limit. Setting it also ends the runtime's once-a-second re-reading of the limit.
+		runtime.GOMAXPROCS(min(*procs, runtime.GOMAXPROCS(0)))
 	}
 	memlimit.Apply(*memLimit, memlimit.Default, log)
 	// Signals first, so a SIGTERM during start-up still shuts down cleanly.
