@@ -77,7 +77,7 @@ type Waiter struct {
 	read uint64        // the loop's: what its reads of the bell added up to
 
 	poll  func(uintptr) bool // w.collect, bound once: no allocation per Wait
-	reads uint64             // reads of the bell and the clocks (tests)
+	reads [bellID + 1]uint64 // reads tried, by fd: clock ids, then the bell at bellID (tests)
 	count [8]byte
 	fired Fired
 	err   error
@@ -122,12 +122,19 @@ func New() (*Waiter, error) {
 		w.ep.Close()
 		return nil, fmt.Errorf("loopwait: %w", err)
 	}
-	bellfd, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
+	// Blocking when os.NewFile sees it, so the runtime does not add the bell to its own
+	// epoll (where every read of it would post a spurious EPOLLOUT wake-up); non-blocking
+	// after, since the loop's raw read must never block.
+	bellfd, err := unix.Eventfd(0, unix.EFD_CLOEXEC)
 	if err != nil {
 		w.ep.Close()
 		return nil, fmt.Errorf("loopwait: eventfd: %w", err)
 	}
 	w.bell, w.bellfd = os.NewFile(uintptr(bellfd), "loopwait-bell"), bellfd
+	if err := unix.SetNonblock(bellfd, true); err != nil {
+		w.Close()
+		return nil, fmt.Errorf("loopwait: eventfd: %w", err)
+	}
 	if err := w.add(bellfd, bellID); err != nil {
 		w.Close()
 		return nil, err
@@ -202,22 +209,16 @@ func (w *Waiter) set(t Timer, spec unix.ItimerSpec, first, every time.Duration) 
 	if int(t) >= len(w.timers) {
 		return fmt.Errorf("loopwait: no clock %d", t)
 	}
-	c := &w.clocks[t]
-	// Before the call: the kernel counts from a moment no earlier than this one.
-	*c = clock{armedAt: time.Now(), first: first, every: every}
-	err := unix.TimerfdSettime(w.timers[t], 0, &spec, nil)
-	if err != nil || first == 0 {
-		// Disarmed, or in a state we do not know: due now, so Waits poll the set.
-		c.due = time.Time{}
-		if err != nil {
-			c.due = c.armedAt
-		}
-	} else {
-		c.due = c.next()
-	}
-	if err != nil {
+	// Read before the call: the kernel counts from a moment no earlier than this one.
+	c := clock{armedAt: time.Now(), first: first, every: every}
+	if err := unix.TimerfdSettime(w.timers[t], 0, &spec, nil); err != nil {
+		// The kernel kept the clock as it was, and so does the prediction.
 		return fmt.Errorf("loopwait: timerfd_settime: %w", err)
 	}
+	if first != 0 {
+		c.due = c.next()
+	} // else disarmed: never due
+	w.clocks[t] = c
 	return nil
 }
 
@@ -227,8 +228,8 @@ func (w *Waiter) Ring() {
 	var one [8]byte
 	binary.NativeEndian.PutUint64(one[:], 1) // what the eventfd's counter adds
 	w.rung.Add(1)                            // counted first: until read, Waits read the bell
-	// The only failures: closed (the loop is gone), or EAGAIN at a counter of 2^64-2,
-	// which os.File waits out. Neither loses a wake-up the loop still needs.
+	// The only failures: closed (the loop is gone), or EAGAIN at a counter of 2^64-2
+	// (some 10^19 rings unread). Neither loses a wake-up the loop still needs.
 	_, _ = w.bell.Write(one[:])
 }
 
@@ -270,7 +271,7 @@ func (w *Waiter) collect(uintptr) bool {
 // nothing yet: a clock guessed due a little early (its guess is never late), or a ring
 // counted but not yet written. False: the kernel failed the read (w.err).
 func (w *Waiter) readFd(fd int, id int32) bool {
-	w.reads++
+	w.reads[id]++
 	_, err := rawsys.Read(fd, w.count[:])
 	switch {
 	case err == nil:
