@@ -132,11 +132,13 @@ func (d *Daemon) Run(ctx context.Context) error {
 				d.cfg.Alive()
 			}
 		}
-		if fired.Has(d.clocks.levelT) {
+		// A clock read in this wake-up may have been stopped by a call just drained (a
+		// policy without levels, the halt's outcome): then its expiry is not stepped.
+		if fired.Has(d.clocks.levelT) && d.clocks.levelsOwn {
 			d.sampleLevels()
 			d.processReady()
 		}
-		if fired.Has(d.clocks.haltT) {
+		if fired.Has(d.clocks.haltT) && d.clocks.halting {
 			d.clocks.haltFired()
 			d.feed(policy.Input{Kind: policy.InputHaltTimeout})
 			d.processReady()
@@ -146,7 +148,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 }
 
 // drain steps the queued answers and calls, each with its Ready, up to drainBudget; what
-// is left rings the bell again, to be taken after the clocks had their turn.
+// is left rings the bell again, to be taken after the clocks had their turn. (With the
+// queues smaller than the budget, work left over always has a ring of its own not yet
+// read; the Ring keeps that true if they grow.)
 func (d *Daemon) drain() {
 	for range drainBudget {
 		select {
@@ -421,7 +425,8 @@ func (c *clocks) startHalt(d time.Duration) error {
 func (c *clocks) haltFired() { c.halting = false }
 
 // endHalt stops the bound (the outcome came, by whichever clock) and returns the time
-// since the claim. A stopped bound cannot fire afterwards (loopwait.Waiter.Stop).
+// since the claim. A stopped bound cannot fire afterwards (loopwait.Waiter.Stop), and an
+// expiry read in the same wake-up is dropped by Run (halting is false).
 func (c *clocks) endHalt() time.Duration {
 	if c.halting {
 		_ = c.w.Stop(c.haltT) // fails only on a closed waiter: nothing left to fire

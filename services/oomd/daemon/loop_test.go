@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"oomd.dev/oomd/internal/loopwait"
+	"oomd.dev/oomd/internal/testutil"
 	"oomd.dev/oomd/services/oomd/policy"
 	"oomd.dev/oomd/services/oomd/tracelog"
 )
@@ -199,13 +200,15 @@ func TestPanicOnTheLoopFlushesTheTrace(t *testing.T) {
 			d.tickNow() // idle ticks: buffered, not yet written
 		}
 		_ = d.do(func() { panic("a core bug") })
-		t.Fatal("the loop did not panic")
+		select {} // the panic ends the process; nothing else may
 	}
 	dir := t.TempDir()
 	cmd := exec.Command(os.Args[0], "-test.run=^TestPanicOnTheLoopFlushesTheTrace$", "-test.count=1")
 	cmd.Env = append(os.Environ(), "OOMD_PANIC_TRACE_DIR="+dir)
 	out, err := cmd.CombinedOutput()
-	require.Error(t, err, "the child should have died of its panic:\n%s", out)
+	var exit *exec.ExitError
+	require.ErrorAs(t, err, &exit, "the child should have died of its panic:\n%s", out)
+	require.Equal(t, 2, exit.ExitCode(), "a panic's exit status:\n%s", out)
 	require.Contains(t, string(out), "panic: a core bug")
 	names, err := tracelog.List(dir)
 	require.NoError(t, err)
@@ -219,4 +222,30 @@ func TestPanicOnTheLoopFlushesTheTrace(t *testing.T) {
 		}
 	}
 	assert.Equal(t, 3, ticks, "the ticks before the panic are on disk")
+}
+
+// TestCallsRunOnceOrReportStopped: a call made before Run waits for it and runs; a call
+// made after Run ended is refused with errStopped and never runs.
+func TestCallsRunOnceOrReportStopped(t *testing.T) {
+	d, err := New(Config{Policy: policy.DefaultPolicy()}, &fakeAuditor{}, fakeTerminator{calls: make(chan policy.TerminateRequest, 1)})
+	require.NoError(t, err)
+	require.NoError(t, d.Start(context.Background()))
+	d.manualTicks = true
+	early := make(chan error, 1)
+	ran := 0
+	go func() { early <- d.do(func() { ran++ }) }()
+	testutil.Eventually(t, 10*time.Second, func() (int, bool) { return len(d.calls), len(d.calls) == 1 }, "the early call is queued")
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	select {
+	case err := <-early:
+		require.NoError(t, err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("a call made before Run never ran")
+	}
+	cancel()
+	require.NoError(t, <-done)
+	assert.ErrorIs(t, d.do(func() { ran++ }), errStopped)
+	assert.Equal(t, 1, ran, "the call before Run ran once; the one after it did not")
 }

@@ -25,13 +25,14 @@
 //		if err != nil {
 //			return err
 //		}
-//		if fired.Rang() { // take everything queued
-//			for in := range queued(answers) { // audit acks, terminate answers, the teardown's report
-//				_ = core.Step(in)
-//				handleReady(core)
-//			}
-//			for c := range queued(calls) { // registrations, exits, policy changes, queries
-//				c.run(core)
+//		if fired.Rang() { // take everything queued, in the order found
+//			for q := range queued(answers, calls) {
+//				switch q := q.(type) {
+//				case policy.Input: // audit acks, terminate answers, the teardown's report
+//					_ = core.Step(q)
+//				case call: // registrations, exits, policy changes, queries
+//					q.run(core)
+//				}
 //				handleReady(core)
 //			}
 //		}
