@@ -450,9 +450,10 @@ func (c *Core) kernelSame(i uint32, bytes uint64) bool {
 
 // KernelUnchanged reports whether stepping in, a kernel reading, would change nothing at
 // all: no state, no output. The shell does not step (nor record) such a reading, so an
-// idle tick steps no kernel reading; a replay of its trace is the same as of one that
-// held them, since the core ignores them. An error reading, a reading of another
-// instance or of an unknown subject is never "unchanged": it is stepped.
+// idle tick steps no kernel reading. A replay of its trace is the same as of one that
+// held them, since the core ignores them; under another policy they may matter (another
+// under-report margin), and tracelog.WhatIf puts them back. An error reading, a reading
+// of another instance or of an unknown subject is never "unchanged": it is stepped.
 func (c *Core) KernelUnchanged(in *Input) bool {
 	if in.Kind != InputKernel || in.Reason != "" {
 		return false

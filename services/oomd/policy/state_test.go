@@ -239,4 +239,8 @@ func TestKernelUnchangedOnlyForSameReadings(t *testing.T) {
 	} {
 		assert.False(t, c.KernelUnchanged(&in), name)
 	}
+	// After a failed read, the same good value again ends the failure episode: stepped.
+	require.NoError(t, c.Step(Input{Kind: InputKernel, Subject: "hog", Instance: 1, Slot: slot, Reason: "EIO"}))
+	require.NoError(t, c.Step(Input{Kind: InputTick}))
+	assert.False(t, c.KernelUnchanged(&read), "the first good reading after a failure")
 }

@@ -99,7 +99,8 @@ func statesEqual(a, b policy.State) bool {
 // world's answers to the real run's decisions, so the alternative run is a model: its
 // audit records are acknowledged at once, execd accepts every terminate it asks for,
 // subjects exit when they really exited (a subject killed in reality exits there too),
-// and recorded policy changes, acknowledgements and execd answers are left out.
+// and recorded policy changes, acknowledgements and execd answers are left out. Kernel
+// readings the daemon left out because its core ignored them are put back (rereads).
 func WhatIf(files []*File, pol policy.Policy) ([]policy.Event, error) {
 	if len(files) == 0 {
 		return nil, fmt.Errorf("what-if: no trace")
@@ -114,6 +115,7 @@ func WhatIf(files []*File, pol policy.Policy) ([]policy.Event, error) {
 	if err != nil {
 		return nil, fmt.Errorf("what-if: %w", err)
 	}
+	re := newRereads(st)
 	var events []policy.Event
 	drain := func() {
 		for c.HasReady() {
@@ -134,12 +136,85 @@ func WhatIf(files []*File, pol policy.Policy) ([]policy.Event, error) {
 				continue
 			case policy.InputExited:
 				in.Decision = 0 // the real run's decision ids mean nothing here
+			case policy.InputTick:
+				for _, r := range re.missing() {
+					_ = c.Step(r)
+					drain()
+				}
 			}
+			re.saw(&in)
 			_ = c.Step(in)
 			drain()
 		}
 	}
 	return events, nil
+}
+
+// rereads puts back the kernel readings the daemon did not step. It reads every subject
+// on every tick but steps only the readings its core would not ignore
+// (policy.Core.KernelUnchanged: the same value as the last, while no under-report gap
+// is being counted). Under another policy a gap may be counted where the real run
+// counted none, and then every tick's reading matters; so before each tick, each
+// subject with no reading in the trace for that tick gets its last good one again. Under
+// the recorded policy this changes nothing: the core ignores them, as it did live.
+type rereads struct {
+	last []policy.Input // the last good reading of each subject, by subject id
+	read []bool         // last[i]'s subject had a reading (good or failed) this tick
+	out  []policy.Input
+}
+
+// newRereads starts from the readings the trace's first State holds.
+func newRereads(st policy.State) *rereads {
+	r := &rereads{}
+	for _, s := range st.Subjects {
+		if s.HotHasKernel {
+			r.saw(&policy.Input{Kind: policy.InputKernel, Subject: s.ID, Instance: s.Instance, Bytes: s.HotKernel})
+		}
+	}
+	return r
+}
+
+func (r *rereads) find(id string) (int, bool) {
+	return slices.BinarySearchFunc(r.last, id, func(in policy.Input, id string) int { return cmp.Compare(in.Subject, id) })
+}
+
+// saw follows in: a reading (kept when good), or a subject that left or came back as
+// another instance (its reading is dropped; the daemon steps the new one's first).
+func (r *rereads) saw(in *policy.Input) {
+	i, ok := r.find(in.Subject)
+	switch in.Kind {
+	case policy.InputKernel:
+		if !ok {
+			if in.Reason != "" {
+				return
+			}
+			r.last = slices.Insert(r.last, i, *in)
+			r.read = slices.Insert(r.read, i, true)
+			return
+		}
+		if in.Reason == "" {
+			r.last[i] = *in
+		}
+		r.read[i] = true
+	case policy.InputRegister, policy.InputExited:
+		if ok && r.last[i].Instance != in.Instance && in.Kind == policy.InputRegister ||
+			ok && r.last[i].Instance == in.Instance && in.Kind == policy.InputExited {
+			r.last = slices.Delete(r.last, i, i+1)
+			r.read = slices.Delete(r.read, i, i+1)
+		}
+	}
+}
+
+// missing returns the readings to put back before a tick, and starts the next tick.
+func (r *rereads) missing() []policy.Input {
+	r.out = r.out[:0]
+	for i, in := range r.last {
+		if !r.read[i] {
+			r.out = append(r.out, in)
+		}
+		r.read[i] = false
+	}
+	return r.out
 }
 
 // Decision is one decision-like event, as Diff compares them.

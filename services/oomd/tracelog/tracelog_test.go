@@ -216,3 +216,61 @@ func BenchmarkStepSample(b *testing.B) {
 		_ = c.Step(in)
 	}
 }
+
+// TestWhatIfPutsBackTheReadingsTheDaemonSkipped: the daemon steps (and records) a kernel
+// reading only when its core would not ignore it. Here the kernel stays 32 MiB above the
+// published value, under the real margin of 64 MiB: after the first, every reading is
+// skipped. With a 16 MiB margin the gap counts on every tick's reading, so the what-if
+// must put them back: it reports the under-report, exactly as over the whole stream.
+func TestWhatIfPutsBackTheReadingsTheDaemonSkipped(t *testing.T) {
+	const mib = 1 << 20
+	real := testPolicy()
+	real.SoftBytes, real.HardBytes = 1<<30, 2<<30
+	real.UnderReport = policy.UnderReport{MarginBytes: 64 * mib, Ticks: 3}
+	tight := real
+	tight.UnderReport.MarginBytes = 16 * mib
+
+	c, err := policy.New(policy.Config{Policy: real})
+	require.NoError(t, err)
+	st, err := c.State()
+	require.NoError(t, err)
+	var all, stepped []policy.Input
+	step := func(in policy.Input, shellSkips bool) {
+		all = append(all, in)
+		if shellSkips && c.KernelUnchanged(&in) {
+			return
+		}
+		stepped = append(stepped, in)
+		require.NoError(t, c.Step(in))
+		if c.HasReady() {
+			c.Ready()
+			c.Advance()
+		}
+	}
+	step(policy.Input{Kind: policy.InputRegister, Subject: "hog", Instance: 1}, false)
+	step(policy.Input{Kind: policy.InputSample, Subject: "hog", Instance: 1, Claimed: "hog", Bytes: 100 * mib, Count: 1}, false)
+	for range 8 {
+		step(policy.Input{Kind: policy.InputKernel, Subject: "hog", Instance: 1, Bytes: 132 * mib}, true)
+		step(policy.Input{Kind: policy.InputTick}, false)
+	}
+	require.Less(t, len(stepped), len(all), "the shell skipped nothing: the test proves nothing")
+
+	underReported := func(evs []policy.Event) int {
+		n := 0
+		for _, e := range evs {
+			if e.Kind == policy.EventMemstatUnderReported {
+				n++
+			}
+		}
+		return n
+	}
+	whole, err := WhatIf([]*File{{State: st, Inputs: all}}, tight)
+	require.NoError(t, err)
+	require.Equal(t, 1, underReported(whole), "over the whole stream the tight margin reports")
+	got, err := WhatIf([]*File{{State: st, Inputs: stepped}}, tight)
+	require.NoError(t, err)
+	assert.Equal(t, whole, got, "the trace as recorded, with the skipped readings put back")
+	same, err := WhatIf([]*File{{State: st, Inputs: stepped}}, real)
+	require.NoError(t, err)
+	assert.Zero(t, underReported(same), "under the real margin, nothing")
+}
