@@ -41,14 +41,21 @@ func wait(t *testing.T, w testWaiter) Fired {
 	return f &^ (1 << w.deadline)
 }
 
-func TestClocksExpire(t *testing.T) {
-	w := newWaiter(t)
+// twoClocks arms a clock every period and one once after delay.
+func twoClocks(t *testing.T, w testWaiter, period, delay time.Duration) (every, once Timer) {
+	t.Helper()
 	every, err := w.NewTimer()
 	require.NoError(t, err)
-	once, err := w.NewTimer()
+	once, err = w.NewTimer()
 	require.NoError(t, err)
-	require.NoError(t, w.Every(every, time.Millisecond))
-	require.NoError(t, w.After(once, 2*time.Millisecond))
+	require.NoError(t, w.Every(every, period))
+	require.NoError(t, w.After(once, delay))
+	return every, once
+}
+
+func TestClocksExpire(t *testing.T) {
+	w := newWaiter(t)
+	every, once := twoClocks(t, w, time.Millisecond, 2*time.Millisecond)
 	armed, period, err := w.Armed(every)
 	require.NoError(t, err)
 	assert.True(t, armed)
@@ -227,12 +234,7 @@ func TestAWaitReadsOnlyWhatIsDue(t *testing.T) {
 // than what the kernel will do; a later guess could skip the poll that finds an expiry.
 func TestDueIsNeverAfterTheKernelsExpiry(t *testing.T) {
 	w := newWaiter(t)
-	every, err := w.NewTimer()
-	require.NoError(t, err)
-	once, err := w.NewTimer()
-	require.NoError(t, err)
-	require.NoError(t, w.Every(every, time.Millisecond))
-	require.NoError(t, w.After(once, 30*time.Millisecond))
+	every, once := twoClocks(t, w, time.Millisecond, 30*time.Millisecond)
 	check := func(tm Timer) {
 		t.Helper()
 		var cur unix.ItimerSpec
