@@ -28,8 +28,8 @@ import (
 //
 // Answers and calls wait on channels and ring the loop's bell; the clocks are timerfds in
 // the same set. Queued work is taken before the clocks (it came before the wake-up was
-// seen); between answers and calls the order is the order the loop finds them in, which
-// the core accepts and the live trace records as it happened.
+// seen), answers before calls: an answer queued before a call is always stepped first.
+// The live trace records the order as it happened.
 //
 // Nothing on the loop waits for another process: logd, execd and subscribers are
 // served by goroutines of their own, which answer on `in`.
@@ -153,6 +153,16 @@ func (d *Daemon) Run(ctx context.Context) error {
 // read; the Ring keeps that true if they grow.)
 func (d *Daemon) drain() {
 	for range drainBudget {
+		// Answers first: one queued before a call is stepped before it (an audit ack,
+		// then a status query, sees the ack), and answers come from a bounded few.
+		select {
+		case in := <-d.in:
+			d.feed(in)
+			d.processReady()
+			poke(d.sys.stepped)
+			continue
+		default:
+		}
 		select {
 		case in := <-d.in:
 			d.feed(in)

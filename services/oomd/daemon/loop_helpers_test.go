@@ -24,8 +24,8 @@ func runLoop(t testing.TB, d *Daemon) {
 }
 
 // The helpers below run on the loop after stepping every answer already queued (an
-// audit ack a fake auditor just gave, say): the loop takes queued answers and calls in
-// the order it finds them, and a test means "after what happened so far".
+// audit ack a fake auditor just gave, say): the loop takes queued answers before calls,
+// and the helpers make that explicit; a test means "after what happened so far".
 
 // tickNow runs one tick on the loop and returns when it and its Ready are done.
 func (d *Daemon) tickNow() { d.onLoop(d.tick) }

@@ -25,7 +25,7 @@
 //		if err != nil {
 //			return err
 //		}
-//		if fired.Rang() { // take everything queued, in the order found
+//		if fired.Rang() { // take everything queued, answers before calls
 //			for q := range queued(answers, calls) {
 //				switch q := q.(type) {
 //				case policy.Input: // audit acks, terminate answers, the teardown's report
