@@ -8,7 +8,10 @@
 //	hop       a timerfd read by a goroutine of its own, handed to the loop on a channel
 //	loopwait  the loop's goroutine waits on internal/loopwait itself (oomd's shape now)
 //
-//	tickfloor [-shape loopwait] [-reads 3] [-file /sys/fs/cgroup/memory/memory.usage_in_bytes]
+//	tickfloor [-shape loopwait] [-reads 3] [-file /sys/fs/cgroup/memory/memory.usage_in_bytes[,...]]
+//
+// With several files (comma-separated) each is read -reads times a tick: three cgroups
+// read once each is oomd's idle tick with three subjects.
 package main
 
 import (
@@ -16,6 +19,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -28,8 +32,8 @@ const period = 100 * time.Millisecond
 
 func main() {
 	shape := flag.String("shape", "loopwait", "ticker, hop or loopwait")
-	reads := flag.Int("reads", 3, "preads of -file per tick")
-	file := flag.String("file", "/sys/fs/cgroup/memory/memory.usage_in_bytes", "a kernel-generated file to read each tick")
+	reads := flag.Int("reads", 3, "preads of each -file per tick")
+	file := flag.String("file", "/sys/fs/cgroup/memory/memory.usage_in_bytes", "kernel-generated files to read each tick, comma-separated")
 	flag.Parse()
 	if err := run(*shape, *reads, *file); err != nil {
 		fmt.Fprintln(os.Stderr, "tickfloor:", err)
@@ -37,16 +41,22 @@ func main() {
 	}
 }
 
-func run(shape string, reads int, file string) error {
-	fd, err := unix.Open(file, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return err
+func run(shape string, reads int, files string) error {
+	var fds []int
+	for _, name := range strings.Split(files, ",") {
+		fd, err := unix.Open(name, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return err
+		}
+		fds = append(fds, fd)
 	}
 	var buf [64]byte
 	work := func() error {
-		for range reads {
-			if _, err := rawsys.Pread(fd, buf[:], 0); err != nil {
-				return err
+		for _, fd := range fds {
+			for range reads {
+				if _, err := rawsys.Pread(fd, buf[:], 0); err != nil {
+					return err
+				}
 			}
 		}
 		return nil
