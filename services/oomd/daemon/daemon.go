@@ -4,10 +4,11 @@
 // via execd, then publish events.
 //
 // Concurrency: one goroutine, the owner loop (Run, loop.go), owns the core and
-// everything stepped with it; there is no lock around the core. Every input reaches the
-// loop on a channel — ticks, the level clock, the halt bound, answers from other
-// goroutines (audit acks, terminate answers, teardown) and calls (registrations, exits,
-// policy changes, queries) — and every action leaves as a field of the core's Ready.
+// everything stepped with it; there is no lock around the core. The loop sleeps on one
+// epoll set (internal/loopwait): its clocks — ticks, the level clock, the halt bound —
+// and a bell that other goroutines ring after queuing answers (audit acks, terminate
+// answers, teardown) and calls (registrations, exits, policy changes, queries) on its
+// channels. Every action leaves as a field of the core's Ready.
 // Samples never wait for the loop: sink handlers store into per-subject slots that the
 // tick drains (sink.go). Everything that talks to another process (logd, execd,
 // subscribers, test hooks) runs on goroutines of its own and answers on the loop's
