@@ -107,7 +107,10 @@ bench: ## Run the Go benchmarks (figures go to docs/perf.md)
 bench-idle: ## Idle cost of the oomd stack beside earlyoom, side by side (IDLE_SECONDS=60 IDLE_RUNS=1; scripts/bench/idle.sh; figures go to docs/perf.md)
 	@./scripts/bench/idle.sh
 
+bench-idle-stacks: ## bench-idle on IDLE_STACKS=5 fresh stacks (fresh timer phases), with the median ratio
+	@./scripts/bench/idle-stacks.sh
+
 clean: ## Remove built binaries, packages and caches
 	rm -rf $(BIN) $(DIST) .cache
 
-.PHONY: deb deb-test nfpm help build test run selftest qemu-test tools gen check-gen lint race faults bench bench-idle clean
+.PHONY: deb deb-test nfpm help build test run selftest qemu-test tools gen check-gen lint race faults bench bench-idle bench-idle-stacks clean
