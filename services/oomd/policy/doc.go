@@ -37,6 +37,13 @@
 //			}
 //		}
 //		if fired.Has(tick) { // one tick = Policy.SampleMs
+//			for _, s := range subjects() { // the kernel's count, in subject order
+//				in := policy.Input{Kind: policy.InputKernel, Subject: s.subject,
+//					Instance: s.instance, Bytes: kernelBytes(s)}
+//				if !core.KernelUnchanged(&in) { // one the core would ignore is left out
+//					_ = core.Step(in)
+//				}
+//			}
 //			for _, s := range drainSamples() { // coalesced per subject, in subject order
 //				_ = core.Step(policy.Input{Kind: policy.InputSample, Subject: s.subject,
 //					Instance: s.instance, Claimed: s.claimed, Bytes: s.bytes})
