@@ -184,13 +184,7 @@ func (s *Supervisor) Run(ctx context.Context) (exitCode int, err error) {
 	}
 	s.Stop()
 	s.waitWaiters(killGrace)
-	s.mu.Lock()
-	watchers := s.rebootWatchers
-	s.rebootWatchers = nil
-	s.mu.Unlock()
-	for _, w := range watchers {
-		w.client.Release()
-	}
+	s.releaseRebootWatchers()
 	s.exits.close()
 	cancel()
 	bgDone.Wait()
@@ -450,4 +444,15 @@ func (s *Supervisor) signal(p *proc, sig unix.Signal) error {
 		return fmt.Errorf("pidfd_send_signal %v to pid %d: %w", sig, p.pid, err)
 	}
 	return nil
+}
+
+// releaseRebootWatchers drops every reboot watcher's client (Run, when it returns).
+func (s *Supervisor) releaseRebootWatchers() {
+	s.mu.Lock()
+	watchers := s.rebootWatchers
+	s.rebootWatchers = nil
+	s.mu.Unlock()
+	for _, w := range watchers {
+		w.client.Release()
+	}
 }

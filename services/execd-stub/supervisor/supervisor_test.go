@@ -166,15 +166,7 @@ func TestRebootWatchersWithoutProcesses(t *testing.T) {
 		{"id": "c", "argv": ["x"]}]}`))
 	require.NoError(t, err)
 	s := New(Config{Manifest: m, Log: zaptest.NewLogger(t), RebootWatcherTimeout: 50 * time.Millisecond})
-	defer func() { // as Run does when it returns; this Supervisor never runs
-		s.mu.Lock()
-		watchers := s.rebootWatchers
-		s.rebootWatchers = nil
-		s.mu.Unlock()
-		for _, w := range watchers {
-			w.client.Release()
-		}
-	}()
+	defer s.releaseRebootWatchers() // as Run does when it returns; this Supervisor never runs
 	pa := &proc{svc: s.services["a"], instance: 1}
 	pb := &proc{svc: s.services["b"], instance: 1}
 	pc := &proc{svc: s.services["c"], instance: 1}

@@ -193,28 +193,32 @@ func newLevelReader(cfg SystemConfig) levelReader {
 func (d *Daemon) sampleLevels() {
 	r := &d.levels
 	n, err := r.meminfo.ReadMemAvailable()
-	if err != nil {
-		if err.Error() != r.lastErr {
-			d.log.Warn("level sample skipped", zap.Error(err))
-			r.lastErr = err.Error()
-		}
+	if !d.sampled(&r.lastErr, "level sample skipped", err) {
 		return
 	}
-	r.lastErr = ""
 	d.feed(policy.Input{Kind: policy.InputMemAvailable, Bytes: n})
 	if !d.clocks.psi {
 		return
 	}
 	full, err := r.psi.ReadFull()
-	if err != nil {
-		if err.Error() != r.lastPSIErr {
-			d.log.Warn("memory pressure (PSI) sample skipped; levels follow MemAvailable alone", zap.Error(err))
-			r.lastPSIErr = err.Error()
-		}
+	if !d.sampled(&r.lastPSIErr, "memory pressure (PSI) sample skipped; levels follow MemAvailable alone", err) {
 		return
 	}
-	r.lastPSIErr = ""
 	d.feed(policy.Input{Kind: policy.InputPressure, Pressure: full})
+}
+
+// sampled reports whether a reading worked (err nil). A failure is logged under msg once
+// while it repeats (*last holds the last one logged; a success clears it).
+func (d *Daemon) sampled(last *string, msg string, err error) bool {
+	if err == nil {
+		*last = ""
+		return true
+	}
+	if s := err.Error(); s != *last {
+		d.log.Warn(msg, zap.Error(err))
+		*last = s
+	}
+	return false
 }
 
 // ErrHaltClaimed is wrapped by RequestReboot when the token was already claimed.
