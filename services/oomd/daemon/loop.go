@@ -159,20 +159,15 @@ func (d *Daemon) drain() {
 		case in := <-d.in:
 			d.feed(in)
 			d.processReady()
-			poke(d.sys.stepped)
-			continue
 		default:
-		}
-		select {
-		case in := <-d.in:
-			d.feed(in)
-			d.processReady()
-		case c := <-d.calls:
-			c.fn()
-			d.processReady() // what the call caused is carried out before it returns
-			close(c.done)
-		default:
-			return
+			select {
+			case c := <-d.calls:
+				c.fn()
+				d.processReady() // what the call caused is carried out before it returns
+				close(c.done)
+			default:
+				return
+			}
 		}
 		poke(d.sys.stepped)
 	}
