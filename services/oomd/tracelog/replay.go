@@ -158,9 +158,13 @@ func WhatIf(files []*File, pol policy.Policy) ([]policy.Event, error) {
 // subject with no reading in the trace for that tick gets its last good one again. Under
 // the recorded policy this changes nothing: the core ignores them, as it did live.
 type rereads struct {
-	last []policy.Input // the last good reading of each subject, by subject id
-	read []bool         // last[i]'s subject had a reading (good or failed) this tick
-	out  []policy.Input
+	subjects []reread // by subject id
+	out      []policy.Input
+}
+
+type reread struct {
+	last policy.Input // the subject's last good reading
+	read bool         // it had a reading (good or failed) this tick
 }
 
 // newRereads starts from the readings the trace's first State holds.
@@ -174,45 +178,32 @@ func newRereads(st policy.State) *rereads {
 	return r
 }
 
-func (r *rereads) find(id string) (int, bool) {
-	return slices.BinarySearchFunc(r.last, id, func(in policy.Input, id string) int { return cmp.Compare(in.Subject, id) })
-}
-
 // saw follows in: a reading (kept when good), or a subject that left or came back as
 // another instance (its reading is dropped; the daemon steps the new one's first).
 func (r *rereads) saw(in *policy.Input) {
-	i, ok := r.find(in.Subject)
-	switch in.Kind {
-	case policy.InputKernel:
-		if !ok {
-			if in.Reason != "" {
-				return
-			}
-			r.last = slices.Insert(r.last, i, *in)
-			r.read = slices.Insert(r.read, i, true)
-			return
-		}
+	i, ok := slices.BinarySearchFunc(r.subjects, in.Subject, func(s reread, id string) int { return cmp.Compare(s.last.Subject, id) })
+	switch {
+	case in.Kind == policy.InputKernel && ok:
 		if in.Reason == "" {
-			r.last[i] = *in
+			r.subjects[i].last = *in
 		}
-		r.read[i] = true
-	case policy.InputRegister, policy.InputExited:
-		if ok && r.last[i].Instance != in.Instance && in.Kind == policy.InputRegister ||
-			ok && r.last[i].Instance == in.Instance && in.Kind == policy.InputExited {
-			r.last = slices.Delete(r.last, i, i+1)
-			r.read = slices.Delete(r.read, i, i+1)
-		}
+		r.subjects[i].read = true
+	case in.Kind == policy.InputKernel && in.Reason == "":
+		r.subjects = slices.Insert(r.subjects, i, reread{last: *in, read: true})
+	case ok && in.Kind == policy.InputRegister && r.subjects[i].last.Instance != in.Instance,
+		ok && in.Kind == policy.InputExited && r.subjects[i].last.Instance == in.Instance:
+		r.subjects = slices.Delete(r.subjects, i, i+1)
 	}
 }
 
 // missing returns the readings to put back before a tick, and starts the next tick.
 func (r *rereads) missing() []policy.Input {
 	r.out = r.out[:0]
-	for i, in := range r.last {
-		if !r.read[i] {
-			r.out = append(r.out, in)
+	for i := range r.subjects {
+		if !r.subjects[i].read {
+			r.out = append(r.out, r.subjects[i].last)
 		}
-		r.read[i] = false
+		r.subjects[i].read = false
 	}
 	return r.out
 }
