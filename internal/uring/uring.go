@@ -23,7 +23,6 @@ package uring
 import (
 	"errors"
 	"fmt"
-	"runtime"
 	"sync/atomic"
 	"unsafe"
 
@@ -38,6 +37,7 @@ const (
 
 	featSingleMmap = 1 << 0 // IORING_FEAT_SINGLE_MMAP (5.4)
 	featNoDrop     = 1 << 1 // IORING_FEAT_NODROP (5.5): a full CQ never loses a completion
+	featRWCurPos   = 1 << 3 // IORING_FEAT_RW_CUR_POS (5.6, with IORING_OP_READ itself)
 
 	offSQRing = 0          // IORING_OFF_SQ_RING
 	offSQEs   = 0x10000000 // IORING_OFF_SQES
@@ -79,18 +79,28 @@ type cqe struct {
 	flags    uint32
 }
 
-// The ABI's sizes, checked at compile time.
+// The ABI's sizes and the offsets this package writes or reads, checked at compile time.
 var (
 	_ [64 - unsafe.Sizeof(sqe{})]struct{}
 	_ [unsafe.Sizeof(sqe{}) - 64]struct{}
 	_ [16 - unsafe.Sizeof(cqe{})]struct{}
 	_ [120 - unsafe.Sizeof(params{})]struct{}
 	_ [unsafe.Sizeof(params{}) - 120]struct{}
+	_ [unsafe.Offsetof(sqe{}.fd) - 4]struct{}
+	_ [unsafe.Offsetof(sqe{}.addr) - 16]struct{}
+	_ [unsafe.Offsetof(sqe{}.len) - 24]struct{}
+	_ [unsafe.Offsetof(sqe{}.userData) - 32]struct{}
+	_ [unsafe.Offsetof(cqe{}.res) - 8]struct{}
+	_ [unsafe.Offsetof(params{}.sqOff) - 40]struct{}
+	_ [unsafe.Offsetof(params{}.cqOff) - 80]struct{}
 )
 
-// maxStuck bounds the enters in a row that fail softly (EINTR, EAGAIN, EBUSY) and
-// complete nothing.
+// maxStuck bounds the enters in a row that fail (other than by a signal) and complete
+// nothing.
 const maxStuck = 64
+
+// errPending marks a read submitted and not completed yet.
+var errPending = errors.New("uring: read not completed")
 
 // Read is one read of a Batch: Fd at offset 0 into Buf. After Batch.Read, N is the bytes
 // read and Err the read's error.
@@ -116,6 +126,16 @@ type Batch struct {
 	cqMask  uint32
 	cqes    unsafe.Pointer
 	sqes    unsafe.Pointer
+
+	// inflight holds the reads of the current call: their buffers' addresses are in the
+	// kernel's hands as plain integers, so they must be heap memory (storing the slice
+	// here makes it escape) and stay reachable until every read completed. A call that
+	// gave up with reads still submitted leaves them here for good (stranded), so the
+	// kernel can never write into memory reused for something else.
+	inflight []Read
+	stranded [][]Read
+	// Enters counts io_uring_enter calls, for tests and metrics.
+	Enters uint64
 }
 
 // New sets up a ring for size reads at a time.
@@ -137,8 +157,8 @@ func New(size int) (*Batch, error) {
 }
 
 func (b *Batch) mapRings(p *params) error {
-	if p.features&featSingleMmap == 0 || p.features&featNoDrop == 0 {
-		return errors.New("uring: kernel too old (no single mmap or no-drop completions)")
+	if p.features&featSingleMmap == 0 || p.features&featNoDrop == 0 || p.features&featRWCurPos == 0 {
+		return errors.New("uring: kernel too old (io_uring before Linux 5.6 has no IORING_OP_READ)")
 	}
 	sqSize := uintptr(p.sqOff.array) + uintptr(p.sqEntries)*4
 	cqSize := uintptr(p.cqOff.cqes) + uintptr(p.cqEntries)*unsafe.Sizeof(cqe{})
@@ -161,9 +181,6 @@ func (b *Batch) mapRings(p *params) error {
 	b.cqHead, b.cqTail, b.cqMask = at(p.cqOff.head), at(p.cqOff.tail), *at(p.cqOff.ringMask)
 	b.cqes = unsafe.Add(base, p.cqOff.cqes)
 	b.sqes = unsafe.Pointer(&sqes[0])
-	if p.cqEntries < p.sqEntries {
-		return fmt.Errorf("uring: %d completion entries for %d submissions", p.cqEntries, p.sqEntries)
-	}
 	return nil
 }
 
@@ -171,9 +188,10 @@ func (b *Batch) mapRings(p *params) error {
 func (b *Batch) Size() int { return int(b.size) }
 
 // Read issues every read in rs (at most Size) and returns once all have completed, with
-// each one's N and Err set. The error is the io_uring_enter's own (then no R's result is
-// meaningful; the ring is unusable and the caller should Close it and read otherwise).
-// It allocates nothing.
+// each one's N and Err set. Each Buf must be heap memory the caller does not touch during
+// the call. The error is the io_uring_enter's own: then no R's result is meaningful, the
+// ring is unusable (Close it and read otherwise), and if the kernel still held reads of
+// rs their buffers stay referenced by the Batch for good. It allocates nothing.
 func (b *Batch) Read(rs []Read) error {
 	if len(rs) == 0 {
 		return nil
@@ -181,10 +199,12 @@ func (b *Batch) Read(rs []Read) error {
 	if len(rs) > int(b.size) {
 		return fmt.Errorf("uring: %d reads in a batch of %d", len(rs), b.size)
 	}
+	b.inflight = rs
+	head := atomic.LoadUint32(b.sqHead)
 	tail := atomic.LoadUint32(b.sqTail)
 	for i := range rs {
 		r := &rs[i]
-		r.N, r.Err = 0, nil
+		r.N, r.Err = 0, errPending
 		idx := tail & b.sqMask
 		s := (*sqe)(unsafe.Add(b.sqes, uintptr(idx)*unsafe.Sizeof(sqe{})))
 		*s = sqe{opcode: opRead, fd: int32(r.Fd), len: uint32(len(r.Buf)), userData: uint64(i)}
@@ -200,39 +220,45 @@ func (b *Batch) Read(rs []Read) error {
 		// What the kernel has not consumed yet (all of it the first time; after an
 		// interrupted or short enter, the rest) is submitted, then the batch waited for.
 		toSubmit := tail - atomic.LoadUint32(b.sqHead)
+		b.Enters++
 		_, _, e := unix.RawSyscall6(unix.SYS_IO_URING_ENTER, uintptr(b.fd), uintptr(toSubmit), uintptr(want-done), enterGetEvents, 0, 0)
-		switch e {
-		case 0, unix.EINTR, unix.EAGAIN, unix.EBUSY:
-		default:
-			return fmt.Errorf("uring: io_uring_enter: %w", e)
-		}
 		got := b.reap(rs)
-		if done += got; got == 0 && e != 0 {
-			if stuck++; stuck == maxStuck {
-				return fmt.Errorf("uring: io_uring_enter: %w, %d times without a completion", e, maxStuck)
-			}
+		done += got
+		switch {
+		case e == 0 || e == unix.EINTR || got > 0:
+			// Progress, or a signal (retried, as rawsys.Pread retries it).
+			stuck = 0
+			continue
 		}
+		if stuck++; stuck < maxStuck {
+			continue
+		}
+		if submitted := atomic.LoadUint32(b.sqHead) - head; submitted > done {
+			b.stranded = append(b.stranded, rs)
+		}
+		b.inflight = nil
+		return fmt.Errorf("uring: io_uring_enter: %w, %d times in a row without a completion", e, maxStuck)
 	}
-	// The kernel wrote the buffers through addresses the collector cannot see: rs (and
-	// through it every Buf) stays reachable until every read has completed.
-	runtime.KeepAlive(rs)
+	b.inflight = nil
 	return nil
 }
 
-// reap takes the completions posted so far.
+// reap takes the completions posted so far and returns how many were of rs's pending
+// reads (a completion of anything else, were the kernel ever to post one, is dropped).
 func (b *Batch) reap(rs []Read) uint32 {
 	head := atomic.LoadUint32(b.cqHead)
 	tail := atomic.LoadUint32(b.cqTail) // acquire: the CQEs up to tail are written
 	var n uint32
 	for ; head != tail; head++ {
 		c := (*cqe)(unsafe.Add(b.cqes, uintptr(head&b.cqMask)*unsafe.Sizeof(cqe{})))
-		if c.userData < uint64(len(rs)) {
-			r := &rs[c.userData]
-			if c.res < 0 {
-				r.Err = unix.Errno(-c.res)
-			} else {
-				r.N = int(c.res)
-			}
+		if c.userData >= uint64(len(rs)) || rs[c.userData].Err != errPending {
+			continue
+		}
+		r := &rs[c.userData]
+		if c.res < 0 {
+			r.Err = unix.Errno(-c.res)
+		} else {
+			r.N, r.Err = int(c.res), nil
 		}
 		n++
 	}

@@ -4,7 +4,10 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -103,6 +106,45 @@ func TestAFailedReadFailsAlone(t *testing.T) {
 	// And the next call starts clean.
 	require.NoError(t, b.Read(rs[:1]))
 	assert.NoError(t, rs[0].Err)
+}
+
+// A read that cannot complete inline (an empty pipe: io_uring waits for data) is waited
+// for: Read returns only with it done, having made few enters, not one per poll. This is
+// the path a read handed to the kernel's workers would take.
+func TestReadWaitsForAReadThatCompletesLater(t *testing.T) {
+	var p [2]int
+	require.NoError(t, unix.Pipe2(p[:], unix.O_CLOEXEC))
+	defer unix.Close(p[0])
+	defer unix.Close(p[1])
+	files := openFiles(t, 1)
+	b := newBatch(t, 2)
+	rs := []Read{{Fd: files[0], Buf: make([]byte, 64)}, {Fd: p[0], Buf: make([]byte, 64)}}
+	wrote := make(chan error, 1)
+	go func() {
+		// The write waits until the kernel holds the pipe read armed, waiting for data
+		// (the ring's fdinfo lists it under PollList), so the waiting path is the one
+		// taken; a deadline bounds the wait.
+		info := fmt.Sprintf("/proc/self/fdinfo/%d", b.fd)
+		for end := time.Now().Add(10 * time.Second); ; runtime.Gosched() {
+			st, err := os.ReadFile(info)
+			if err != nil || time.Now().After(end) {
+				wrote <- fmt.Errorf("the pipe read never waited in the ring (%v): %s", err, st)
+				unix.Write(p[1], []byte("later")) // unblock Read all the same
+				return
+			}
+			if _, polls, ok := strings.Cut(string(st), "PollList:\n"); ok && strings.HasPrefix(polls, "  op=22") {
+				break
+			}
+		}
+		_, err := unix.Write(p[1], []byte("later"))
+		wrote <- err
+	}()
+	require.NoError(t, b.Read(rs))
+	require.NoError(t, <-wrote)
+	require.NoError(t, rs[0].Err)
+	require.NoError(t, rs[1].Err)
+	assert.Equal(t, "later", string(rs[1].Buf[:rs[1].N]))
+	assert.LessOrEqual(t, b.Enters, uint64(3), "the enters wait (GETEVENTS), they do not spin")
 }
 
 func TestBatchBounds(t *testing.T) {

@@ -114,7 +114,7 @@ func (d *Daemon) snapshot(s *metricsSnapshot) {
 	s.produced, s.durable = d.core.AuditProduced(), d.core.AuditDurable()
 	s.level, s.avail = d.core.Level()
 	if b := d.kernelBatch; b != nil {
-		s.enters, s.preads = b.Enters, b.Preads
+		s.enters, s.preads = b.Calls()
 	}
 }
 

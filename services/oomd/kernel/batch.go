@@ -22,8 +22,18 @@ type Batch struct {
 	ring  *uring.Batch
 	why   error        // why there is no ring (nil while there is one)
 	reads []uring.Read // the cgroup-mode items' usage reads, in item order
-	// What the batch did, for tests and metrics: io_uring_enter calls and usage preads.
-	Enters, Preads uint64
+	// The system calls of closed rings, and the usage preads.
+	enters, preads uint64
+}
+
+// Calls is what the batch's reads cost in system calls so far, for tests and metrics:
+// io_uring_enter calls and usage preads.
+func (b *Batch) Calls() (enters, preads uint64) {
+	enters = b.enters
+	if b.ring != nil {
+		enters += b.ring.Enters
+	}
+	return enters, b.preads
 }
 
 // NewBatch makes a Batch, with a ring unless noRing; Fallback says whether (and why) it
@@ -75,15 +85,14 @@ func (b *Batch) readChunk(items []Item) error {
 	}
 	var ringErr error
 	if b.ring != nil && len(b.reads) > 0 {
-		b.Enters++
 		if err := b.ring.Read(b.reads); err != nil {
-			b.ring.Close()
-			b.ring, b.why, ringErr = nil, err, err
+			b.closeRing()
+			b.why, ringErr = err, err
 		}
 	}
 	if b.ring == nil {
 		for k := range b.reads {
-			b.Preads++
+			b.preads++
 			b.reads[k].N, b.reads[k].Err = rawsys.Pread(b.reads[k].Fd, b.reads[k].Buf, 0)
 		}
 	}
@@ -101,8 +110,11 @@ func (b *Batch) readChunk(items []Item) error {
 }
 
 // Close releases the ring.
-func (b *Batch) Close() {
+func (b *Batch) Close() { b.closeRing() }
+
+func (b *Batch) closeRing() {
 	if b.ring != nil {
+		b.enters += b.ring.Enters
 		b.ring.Close()
 		b.ring = nil
 	}

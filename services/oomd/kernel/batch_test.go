@@ -62,10 +62,11 @@ func TestABatchReadsWhatReadReads(t *testing.T) {
 				require.NoError(t, err)
 				near(t, want, it.Bytes, fmt.Sprintf("subject %d (%s)", i, it.Reader.Mode()))
 			}
+			enters, preads := b.Calls()
 			if noRing {
-				assert.Equal(t, [2]uint64{0, uint64(cgroups)}, [2]uint64{b.Enters, b.Preads}, "enters, preads")
+				assert.Equal(t, [2]uint64{0, uint64(cgroups)}, [2]uint64{enters, preads}, "enters, preads")
 			} else {
-				assert.Equal(t, [2]uint64{1, 0}, [2]uint64{b.Enters, b.Preads}, "enters, preads")
+				assert.Equal(t, [2]uint64{1, 0}, [2]uint64{enters, preads}, "enters, preads")
 			}
 		})
 	}
@@ -97,7 +98,8 @@ func TestABatchItemAboveItsThresholdIsTheWorkingSet(t *testing.T) {
 }
 
 // A subject whose counter cannot be read fails alone; more subjects than one ring takes
-// make one enter per batchSize.
+// make one enter per batchSize, and each item gets its own subject's reading across the
+// chunks (two subjects of different sizes, alternating).
 func TestABatchFailsOneItemAloneAndChunks(t *testing.T) {
 	var m *cgroup.Manager
 	for _, c := range managers(t) {
@@ -108,36 +110,51 @@ func TestABatchFailsOneItemAloneAndChunks(t *testing.T) {
 	if m == nil {
 		t.Fatal("no writable cgroup hierarchy on this machine (the host has v1 memory, the VM v2)")
 	}
-	g, err := m.Create("chunk", 1)
+	var readers [2]*Reader
+	var want [2]uint64
+	for i, mib := range []int{4, 12} {
+		g, err := m.Create(fmt.Sprintf("chunk%d", i), 1)
+		require.NoError(t, err)
+		start(t, g, fmt.Sprintf("python3 -c 'import time; b=bytearray(%d<<20); time.sleep(300)'", mib))
+		r := readerFor(t, g)
+		testutil.Eventually(t, deadline, func() (uint64, bool) { v, _ := r.Read(math.MaxUint64); return v, v >= uint64(mib)<<20 },
+			fmt.Sprintf("%d MiB counted", mib))
+		readers[i] = r
+	}
+	g, err := m.Create("chunkbad", 1)
 	require.NoError(t, err)
-	start(t, g, "python3 -c 'import time; b=bytearray(4<<20); time.sleep(300)'")
-	good := readerFor(t, g)
-	testutil.Eventually(t, deadline, func() (uint64, bool) { v, _ := good.Read(math.MaxUint64); return v, v >= 4<<20 }, "4 MiB counted")
+	t.Cleanup(func() { g.Remove() })
 	bad := readerFor(t, g)
 	bad.usageFd = 1 << 20 // no such fd
 	items := make([]Item, batchSize+3)
 	for i := range items {
-		items[i] = Item{Reader: good, DetailAbove: math.MaxUint64}
+		items[i] = Item{Reader: readers[i%2], DetailAbove: math.MaxUint64}
 	}
 	items[batchSize+1].Reader = bad
 	b := NewBatch(false)
 	defer b.Close()
 	require.NoError(t, b.Read(items))
-	assert.Equal(t, uint64(2), b.Enters, "one enter per %d subjects", batchSize)
+	enters, _ := b.Calls()
+	assert.Equal(t, uint64(2), enters, "one enter per %d subjects", batchSize)
+	for i, r := range readers {
+		var err error
+		want[i], err = r.Read(math.MaxUint64)
+		require.NoError(t, err)
+	}
 	for i, it := range items {
 		if i == batchSize+1 {
-			assert.ErrorContains(t, it.Err, "pread usage: bad file descriptor")
+			assert.ErrorContains(t, it.Err, "read usage: bad file descriptor")
 			continue
 		}
 		require.NoError(t, it.Err, "item %d", i)
-		assert.Positive(t, it.Bytes, "item %d", i)
+		near(t, want[i%2], it.Bytes, fmt.Sprintf("item %d", i))
 	}
 }
 
 // BenchmarkBatchCgroups is BenchmarkReadCgroups' tick read as a batch: ns/op is per
 // subject, as there, so the two compare directly.
 func BenchmarkBatchCgroups(b *testing.B) {
-	for _, n := range []int{3, 100, 1000} {
+	for _, n := range []int{3, 100, 1000, 10000} {
 		for _, m := range managers(b) {
 			if m.Mode() == cgroup.ModeProc {
 				continue

@@ -128,7 +128,7 @@ func (r *Reader) Read(detailAbove uint64) (uint64, error) {
 // err (the read itself made by Read, or by a Batch).
 func (r *Reader) finish(n int, err error, detailAbove uint64) (uint64, error) {
 	if err != nil {
-		return 0, fmt.Errorf("pread usage: %w", err)
+		return 0, fmt.Errorf("read usage: %w", err)
 	}
 	usage, ok := parseUint(r.buf[:n])
 	if !ok {
