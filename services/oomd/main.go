@@ -40,7 +40,6 @@ func main() {
 	flag.StringVar(&o.policyFile, "policy", "", "JSON policy file (over the defaults); empty = defaults")
 	flag.BoolVar(&o.enableInject, "enable-inject", false, "allow the test-only inject call")
 	flag.IntVar(&o.ring, "ring", 4096, "event ring capacity")
-	flag.BoolVar(&o.ioUring, "io-uring", true, "read every subject's cgroup counter with one io_uring_enter a tick; false (or a kernel or seccomp filter without io_uring): a pread per subject")
 	flag.StringVar(&o.sys.Meminfo, "meminfo", "/proc/meminfo", "where MemAvailable is read for pressure levels (tests write their own)")
 	flag.StringVar(&o.sys.PSI, "psi", "/proc/pressure/memory", "where memory pressure (PSI full avg10) is read when the policy sets PSI thresholds (tests write their own)")
 	flag.StringVar(&o.sys.RecordPath, "reboot-record", "", "reboot record store: a file or a raw block device (4 KiB at offset 0); empty = none")
@@ -91,7 +90,6 @@ func main() {
 type options struct {
 	socket, logd, policyFile string
 	enableInject             bool
-	ioUring                  bool
 	ring                     int
 	sys                      daemon.SystemOptions
 	spill                    string
@@ -186,7 +184,7 @@ func run(ctx context.Context, o options, log *zap.Logger) error {
 		log.Error("could not read back durable decisions: earlier runs' open decisions may be made again", zap.Error(err))
 	}
 	cfg := daemon.Config{
-		Policy: pol, PolicyVersion: polVersion, RingSize: o.ring, EnableInject: o.enableInject, NoIOUring: !o.ioUring, Markers: os.Stdout, Log: log, System: sys,
+		Policy: pol, PolicyVersion: polVersion, RingSize: o.ring, EnableInject: o.enableInject, Markers: os.Stdout, Log: log, System: sys,
 		DecisionBase: recovered.DecisionBase, Durable: recovered.Durable,
 	}
 	// Under systemd, execd passes oomd the unit's watchdog: the tick loop feeds it.

@@ -25,81 +25,10 @@ var rawSyscalls = map[string]map[string]bool{
 }
 
 // rawAllowed are the syscalls oomd may make raw (internal/rawsys: reading kernel files
-// and the owner loop's clocks without waking the Go scheduler; internal/uring: the same
-// reads, batched). A raw call passes the scan only when its number is one of these
-// constants, written at the call: a number in a variable, or a raw entry point taken as
-// a value, does not. io_uring has no operation that signals a process, and
-// TestUringSubmitsOnlyReads holds internal/uring to reads.
-var rawAllowed = map[string]bool{"SYS_PREAD64": true, "SYS_READ": true, "SYS_IO_URING_SETUP": true, "SYS_IO_URING_ENTER": true}
-
-// uringOnly are the raw calls allowed only in internal/uring's own files: a ring set up
-// anywhere else would escape TestUringSubmitsOnlyReads.
-var uringOnly = map[string]bool{"SYS_IO_URING_SETUP": true, "SYS_IO_URING_ENTER": true}
-
-// inUring reports whether path is a file of internal/uring.
-func inUring(path string) bool {
-	return filepath.Base(filepath.Dir(path)) == "uring" && filepath.Base(filepath.Dir(filepath.Dir(path))) == "internal"
-}
-
-// TestUringSubmitsOnlyReads: an io_uring runs whatever operations are put in its
-// submission queue, so the ring oomd sets up is allowed by the scan above only because
-// every submission internal/uring writes is a read: each SQE's opcode, wherever one is
-// written (a keyed literal, an assignment of one or several targets), is the constant
-// opRead (22, IORING_OP_READ), and no sqe literal leaves its fields unnamed. (A write
-// through unsafe to the SQE memory would pass; the package has one, the keyed literal.)
-func TestUringSubmitsOnlyReads(t *testing.T) {
-	dir := filepath.Join("..", "..", "internal", "uring")
-	names, err := filepath.Glob(filepath.Join(dir, "*.go"))
-	require.NoError(t, err)
-	opcodes := 0
-	for _, name := range names {
-		if strings.HasSuffix(name, "_test.go") {
-			continue
-		}
-		f, err := parser.ParseFile(token.NewFileSet(), name, nil, 0)
-		require.NoError(t, err)
-		ast.Inspect(f, func(n ast.Node) bool {
-			var key, val ast.Expr
-			switch n := n.(type) {
-			case *ast.KeyValueExpr:
-				key, val = n.Key, n.Value
-			case *ast.AssignStmt:
-				for i, lhs := range n.Lhs {
-					if sel, ok := lhs.(*ast.SelectorExpr); ok && sel.Sel.Name == "opcode" {
-						opcodes++
-						var v ast.Expr
-						if len(n.Rhs) == len(n.Lhs) {
-							v = n.Rhs[i]
-						}
-						id, ok := v.(*ast.Ident)
-						assert.True(t, ok && id.Name == "opRead", "%s: an SQE opcode other than opRead", name)
-					}
-				}
-			case *ast.CompositeLit:
-				if id, ok := n.Type.(*ast.Ident); ok && id.Name == "sqe" {
-					for _, e := range n.Elts {
-						_, keyed := e.(*ast.KeyValueExpr)
-						assert.True(t, keyed, "%s: an sqe literal without field names could set the opcode unseen", name)
-					}
-				}
-			case *ast.ValueSpec:
-				for i, id := range n.Names {
-					if id.Name == "opRead" {
-						require.Len(t, n.Values, len(n.Names))
-						assert.Equal(t, "22", n.Values[i].(*ast.BasicLit).Value, "opRead is IORING_OP_READ")
-					}
-				}
-			}
-			if id, ok := key.(*ast.Ident); ok && id.Name == "opcode" {
-				opcodes++
-				v, ok := val.(*ast.Ident)
-				assert.True(t, ok && v.Name == "opRead", "%s: an SQE opcode other than opRead", name)
-			}
-			return true
-		})
-	}
-	assert.Positive(t, opcodes, "the scan found where internal/uring writes an opcode")
-}
+// and the owner loop's clocks without waking the Go scheduler). A raw call passes the
+// scan only when its number is one of these constants, written at the call: a number in
+// a variable, or a raw entry point taken as a value, does not.
+var rawAllowed = map[string]bool{"SYS_PREAD64": true, "SYS_READ": true}
 
 // TestOomdMakesNoRawSyscall is the part of invariant 1 that the linked binary cannot
 // show (TestOomdBinaryLinksNoWayToSignal checks the rest): every Go binary links the raw
@@ -179,8 +108,7 @@ func rawSyscallProblems(t *testing.T, path string) (problems []string) {
 		// local has a parser object; an imported package name has none).
 		fx, ok1 := fn.X.(*ast.Ident)
 		nx, ok2 := num.X.(*ast.Ident)
-		if ok1 && ok2 && fx.Obj == nil && nx.Obj == nil && rawSyscalls[local[nx.Name]] != nil && rawAllowed[num.Sel.Name] &&
-			(!uringOnly[num.Sel.Name] || inUring(path)) {
+		if ok1 && ok2 && fx.Obj == nil && nx.Obj == nil && rawSyscalls[local[nx.Name]] != nil && rawAllowed[num.Sel.Name] {
 			allowed[fn] = true
 		}
 		return true
@@ -206,16 +134,15 @@ func TestRawSyscallScanCatches(t *testing.T) {
 		body string
 		bad  bool
 	}{
-		"pread by constant":               {`_, _, _ = unix.RawSyscall6(unix.SYS_PREAD64, 0, 0, 0, 0, 0, 0)`, false},
-		"read by constant":                {`_, _, _ = unix.RawSyscall(unix.SYS_READ, 0, 0, 0)`, false},
-		"kill":                            {`_, _, _ = unix.RawSyscall(unix.SYS_KILL, 1, 9, 0)`, true},
-		"kill via syscall":                {`_, _, _ = syscall.Syscall(syscall.SYS_KILL, 1, 9, 0)`, true},
-		"number in a var":                 {`n := uintptr(unix.SYS_READ); _, _, _ = unix.RawSyscall(n, 0, 0, 0)`, true},
-		"entry as a value":                {`f := unix.RawSyscall; _, _, _ = f(unix.SYS_READ, 0, 0, 0)`, true},
-		"all threads":                     {`_, _, _ = syscall.AllThreadsSyscall(syscall.SYS_KILL, 1, 9, 0)`, true},
-		"shadowed constant":               {`unix := struct{ SYS_READ uintptr }{syscall.SYS_KILL}; _, _, _ = syscall.RawSyscall(unix.SYS_READ, 1, 9, 0)`, true},
-		"shadowed param":                  {`g := func(unix struct{ SYS_PREAD64 uintptr }) { _, _, _ = syscall.RawSyscall6(unix.SYS_PREAD64, 1, 9, 0, 0, 0, 0) }; g(struct{ SYS_PREAD64 uintptr }{62})`, true},
-		"io_uring outside internal/uring": {`_, _, _ = unix.RawSyscall(unix.SYS_IO_URING_SETUP, 1, 0, 0)`, true},
+		"pread by constant": {`_, _, _ = unix.RawSyscall6(unix.SYS_PREAD64, 0, 0, 0, 0, 0, 0)`, false},
+		"read by constant":  {`_, _, _ = unix.RawSyscall(unix.SYS_READ, 0, 0, 0)`, false},
+		"kill":              {`_, _, _ = unix.RawSyscall(unix.SYS_KILL, 1, 9, 0)`, true},
+		"kill via syscall":  {`_, _, _ = syscall.Syscall(syscall.SYS_KILL, 1, 9, 0)`, true},
+		"number in a var":   {`n := uintptr(unix.SYS_READ); _, _, _ = unix.RawSyscall(n, 0, 0, 0)`, true},
+		"entry as a value":  {`f := unix.RawSyscall; _, _, _ = f(unix.SYS_READ, 0, 0, 0)`, true},
+		"all threads":       {`_, _, _ = syscall.AllThreadsSyscall(syscall.SYS_KILL, 1, 9, 0)`, true},
+		"shadowed constant": {`unix := struct{ SYS_READ uintptr }{syscall.SYS_KILL}; _, _, _ = syscall.RawSyscall(unix.SYS_READ, 1, 9, 0)`, true},
+		"shadowed param":    {`g := func(unix struct{ SYS_PREAD64 uintptr }) { _, _, _ = syscall.RawSyscall6(unix.SYS_PREAD64, 1, 9, 0, 0, 0, 0) }; g(struct{ SYS_PREAD64 uintptr }{62})`, true},
 	} {
 		t.Run(name, func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "x.go")

@@ -8,11 +8,10 @@
 //	hop       a timerfd read by a goroutine of its own, handed to the loop on a channel
 //	loopwait  the loop's goroutine waits on internal/loopwait itself (oomd's shape now)
 //
-//	tickfloor [-shape loopwait] [-reads 3] [-uring] [-file /sys/fs/cgroup/memory/memory.usage_in_bytes[,...]]
+//	tickfloor [-shape loopwait] [-reads 3] [-file /sys/fs/cgroup/memory/memory.usage_in_bytes[,...]]
 //
 // With several files (comma-separated) each is read -reads times a tick: three cgroups
-// read once each is oomd's idle tick with three subjects. -uring reads them all with one
-// io_uring_enter (internal/uring, as oomd's tick does) instead of a pread each.
+// read once each is oomd's idle tick with three subjects.
 package main
 
 import (
@@ -27,18 +26,14 @@ import (
 
 	"oomd.dev/oomd/internal/loopwait"
 	"oomd.dev/oomd/internal/rawsys"
-	"oomd.dev/oomd/internal/uring"
 )
 
 const period = 100 * time.Millisecond
-
-var useUring *bool
 
 func main() {
 	shape := flag.String("shape", "loopwait", "ticker, hop or loopwait")
 	reads := flag.Int("reads", 3, "preads of each -file per tick")
 	file := flag.String("file", "/sys/fs/cgroup/memory/memory.usage_in_bytes", "kernel-generated files to read each tick, comma-separated")
-	useUring = flag.Bool("uring", false, "read the batch with one io_uring_enter (internal/uring) instead of a pread each")
 	flag.Parse()
 	if err := run(*shape, *reads, *file); err != nil {
 		fmt.Fprintln(os.Stderr, "tickfloor:", err)
@@ -56,31 +51,7 @@ func run(shape string, reads int, files string) error {
 		fds = append(fds, fd)
 	}
 	var buf [64]byte
-	var batch *uring.Batch
-	var batchReads []uring.Read
-	if *useUring {
-		var err error
-		if batch, err = uring.New(len(fds) * reads); err != nil {
-			return err
-		}
-		for _, fd := range fds {
-			for range reads {
-				batchReads = append(batchReads, uring.Read{Fd: fd, Buf: make([]byte, 64)})
-			}
-		}
-	}
 	work := func() error {
-		if batch != nil {
-			if err := batch.Read(batchReads); err != nil {
-				return err
-			}
-			for _, r := range batchReads {
-				if r.Err != nil {
-					return r.Err
-				}
-			}
-			return nil
-		}
 		for _, fd := range fds {
 			for range reads {
 				if _, err := rawsys.Pread(fd, buf[:], 0); err != nil {

@@ -27,7 +27,6 @@ import (
 	"go.uber.org/zap"
 
 	"oomd.dev/oomd/internal/loopwait"
-	"oomd.dev/oomd/services/oomd/kernel"
 	"oomd.dev/oomd/services/oomd/policy"
 	"oomd.dev/oomd/services/oomd/tracelog"
 )
@@ -37,9 +36,6 @@ type Config struct {
 	Policy       policy.Policy
 	RingSize     int
 	EnableInject bool
-	// NoIOUring makes the tick read each kernel counter with a pread of its own, not the
-	// batch in one io_uring_enter (kernel.Batch), which is also the fallback.
-	NoIOUring bool
 	// Markers receives the exact marker lines (stdout in production).
 	Markers io.Writer
 	Log     *zap.Logger
@@ -105,8 +101,6 @@ type Daemon struct {
 	clocks      clocks           // the tick, the level clock and the halt bound
 	levels      levelReader
 	drainBuf    []*slot
-	kernelBatch *kernel.Batch // the tick's kernel reads; made by the first tick, closed by Run
-	kernelItems []kernel.Item
 	seqErr      bool // the last Cover failed (logged once until it works again)
 	walls       wallStamps
 	stats       shellStats // totals for metrics (metrics.go)

@@ -103,11 +103,6 @@ func (d *Daemon) Done() <-chan struct{} { return d.stopped }
 func (d *Daemon) Run(ctx context.Context) error {
 	defer close(d.stopped)
 	defer d.wait.Close()
-	defer func() {
-		if d.kernelBatch != nil {
-			d.kernelBatch.Close()
-		}
-	}()
 	defer d.flushOnExit()
 	if err := d.clocks.init(d.wait); err != nil {
 		return err

@@ -86,9 +86,6 @@ var (
 		"MemAvailable as last read (0 until read).", nil, nil)
 	descKernelFailed = prometheus.NewDesc("oomd_kernel_read_failures_total",
 		"Readings of a subject's kernel count that failed (the last good one stays in force).", nil, nil)
-	descKernelCalls = prometheus.NewDesc("oomd_kernel_read_calls_total",
-		"System calls that read subjects' cgroup counters, by call: io_uring_enter (one a tick for up to 256 subjects) or pread (one per subject: io_uring unavailable or --io-uring=false).",
-		[]string{"call"}, nil)
 	descPageFailed = prometheus.NewDesc("oomd_memstat_page_read_failures_total",
 		"Memstat page reads skipped, by reason: torn (no consistent snapshot), bad-magic, bad-version.",
 		[]string{"reason"}, nil)
@@ -102,7 +99,6 @@ type metricsSnapshot struct {
 	produced, durable uint64
 	level             policy.Level
 	avail             uint64
-	enters, preads    uint64
 }
 
 // snapshot copies what a scrape reports (loop only); it costs one allocation (the
@@ -113,9 +109,6 @@ func (d *Daemon) snapshot(s *metricsSnapshot) {
 	s.stats = d.stats
 	s.produced, s.durable = d.core.AuditProduced(), d.core.AuditDurable()
 	s.level, s.avail = d.core.Level()
-	if b := d.kernelBatch; b != nil {
-		s.enters, s.preads = b.Calls()
-	}
 }
 
 // collector is the daemon's prometheus.Collector.
@@ -123,7 +116,7 @@ type collector struct{ d *Daemon }
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descSubjects, descSubjectBytes, descSoft, descHard, descEvents, descSamples,
-		descAuditPending, descAuditDurable, descAuditProduced, descLevel, descAvail, descKernelFailed, descKernelCalls, descPageFailed} {
+		descAuditPending, descAuditDurable, descAuditProduced, descLevel, descAvail, descKernelFailed, descPageFailed} {
 		ch <- d
 	}
 	c.d.tickSeconds.Describe(ch)
@@ -167,8 +160,6 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(descLevel, uint64(s.level))
 	gauge(descAvail, s.avail)
 	counter(descKernelFailed, s.stats.kernelFailed)
-	counter(descKernelCalls, s.enters, "io_uring_enter")
-	counter(descKernelCalls, s.preads, "pread")
 	for _, st := range pageFailures {
 		counter(descPageFailed, s.stats.pageFailed[st], st.String())
 	}

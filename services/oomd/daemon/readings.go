@@ -7,7 +7,6 @@ import (
 	"go.uber.org/zap"
 
 	"oomd.dev/oomd/lib/memstat/page"
-	"oomd.dev/oomd/services/oomd/kernel"
 	"oomd.dev/oomd/services/oomd/policy"
 )
 
@@ -52,36 +51,17 @@ func (s *slot) closeReaders() {
 }
 
 // readAll steps one page sample (when the page has news) and one kernel reading per
-// live subject (loop only). The kernel counters are read first, all together (one
-// io_uring_enter per kernel.Batch's worth of subjects), then stepped in subject order
-// with the pages, as one pread each had been.
+// live subject (loop only).
 func (d *Daemon) readAll() {
-	if d.kernelBatch == nil {
-		d.kernelBatch = kernel.NewBatch(d.cfg.NoIOUring)
-		if err := d.kernelBatch.Fallback(); err != nil {
-			d.log.Info("kernel readings: a pread per subject", zap.NamedError("noBatch", err))
-		}
-	}
-	items := d.kernelItems[:0]
-	for _, s := range d.live {
-		if s.kernel != nil {
-			items = append(items, kernel.Item{Reader: s.kernel, DetailAbove: d.core.SoftLimit(s.coreSlot, s.subject)})
-		}
-	}
-	if err := d.kernelBatch.Read(items); err != nil {
-		d.log.Warn("kernel readings: io_uring failed; a pread per subject from now on", zap.Error(err))
-	}
-	k := 0
 	for _, s := range d.live {
 		if s.page != nil {
 			d.readPage(s)
 		}
 		if s.kernel != nil {
-			it := &items[k]
-			k++
-			in := policy.Input{Kind: policy.InputKernel, Subject: s.subject, Instance: s.instance, Slot: s.coreSlot, Bytes: it.Bytes}
-			if it.Err != nil {
-				in.Bytes, in.Reason = 0, truncate(it.Err.Error(), 200)
+			v, err := s.kernel.Read(d.core.SoftLimit(s.coreSlot, s.subject))
+			in := policy.Input{Kind: policy.InputKernel, Subject: s.subject, Instance: s.instance, Slot: s.coreSlot, Bytes: v}
+			if err != nil {
+				in.Bytes, in.Reason = 0, truncate(err.Error(), 200)
 				d.stats.kernelFailed++
 			}
 			if d.core.KernelUnchanged(&in) {
@@ -90,8 +70,6 @@ func (d *Daemon) readAll() {
 			d.feed(in)
 		}
 	}
-	clear(items) // no reader stays reachable from here once its subject is gone
-	d.kernelItems = items[:0]
 }
 
 func (d *Daemon) readPage(s *slot) {

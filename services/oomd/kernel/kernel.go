@@ -121,14 +121,8 @@ func (r *Reader) Read(detailAbove uint64) (uint64, error) {
 		return r.readTree()
 	}
 	n, err := rawsys.Pread(r.usageFd, r.buf[:], 0)
-	return r.finish(n, err, detailAbove)
-}
-
-// finish completes a cgroup reading from the usage counter's read: n bytes in r.buf, or
-// err (the read itself made by Read, or by a Batch).
-func (r *Reader) finish(n int, err error, detailAbove uint64) (uint64, error) {
 	if err != nil {
-		return 0, fmt.Errorf("read usage: %w", err)
+		return 0, fmt.Errorf("pread usage: %w", err)
 	}
 	usage, ok := parseUint(r.buf[:n])
 	if !ok {
