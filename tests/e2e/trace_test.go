@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -130,4 +132,33 @@ func TestWhatIfOverRPC(t *testing.T) {
 		assert.NotEqual(t, "killDecided", e.Kind.String(), "no decision was made: %+v", e)
 	}
 	require.NoError(t, s.stop(20*time.Second))
+}
+
+// TestStopFlushesTheIdleTrace: an idle oomd writes its live trace only every ten seconds,
+// so what it buffered since must reach the disk when it stops. oomd alone gets SIGTERM,
+// with its subjects still running (a whole stack's stop would first stop the hog, whose
+// exit event flushes the trace by itself): every tick oomd reported before the signal is
+// in the trace after its exit.
+func TestStopFlushesTheIdleTrace(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	s := startStack(t, recoveryManifest(""), map[string]string{"policy.json": policyJSON})
+	c := dialClient(t, ctx, s)
+	_, err := c.WaitEvent(ctx, "hog registered", ctlclient.IsKind("hog", "subjectRegistered"))
+	require.NoError(t, err)
+	waitTicks(t, ctx, c, 50) // idle ticks (10 ms each): in the buffer, not yet on disk
+	before := status(t, ctx, c).Tick()
+	require.NoError(t, syscall.Kill(pidOf(t, s, "oomd"), syscall.SIGTERM))
+	s.waitLine(`exited	{"subject": "oomd", "instance": 1`, 20*time.Second)
+
+	trace := s.path("policy.json.trace")
+	names, err := os.ReadDir(trace)
+	require.NoError(t, err)
+	ticks := uint64(0)
+	for _, n := range names {
+		b, err := os.ReadFile(filepath.Join(trace, n.Name()))
+		require.NoError(t, err)
+		ticks += uint64(strings.Count(string(b), `{"input":{"kind":"tick"`))
+	}
+	assert.GreaterOrEqual(t, ticks, before, "ticks in the trace after oomd's exit, against the tick it reported before the signal")
 }
