@@ -28,6 +28,7 @@ import (
 
 	"oomd.dev/oomd/gen/oomdpb"
 	"oomd.dev/oomd/internal/logx"
+	"oomd.dev/oomd/internal/procstat"
 	"oomd.dev/oomd/internal/rpcx"
 	"oomd.dev/oomd/internal/session"
 	"oomd.dev/oomd/internal/version"
@@ -340,13 +341,8 @@ func survivors(id string) []int {
 		if err != nil {
 			continue
 		}
-		stat, err := os.ReadFile("/proc/" + e.Name() + "/stat")
-		if err != nil {
-			continue
-		}
-		i := strings.LastIndexByte(string(stat), ')')
-		f := strings.Fields(string(stat[i+1:]))
-		if len(f) < 2 || f[0] == "Z" || f[0] == "X" || f[1] != ppid {
+		st, err := procstat.Read(pid)
+		if err != nil || st.Gone() || string(st.Field(procstat.FieldPPID)) != ppid {
 			continue
 		}
 		env, err := os.ReadFile("/proc/" + e.Name() + "/environ")

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"oomd.dev/oomd/internal/procstat"
 )
 
 // Proc measures a server that runs as its own process (the real daemon binary), from
@@ -38,11 +40,12 @@ func (p Proc) Read(t testing.TB) Snapshot {
 	fds, err := os.ReadDir("/proc/" + strconv.Itoa(p.Pid) + "/fd")
 	require.NoError(t, err)
 	s.FDs = len(fds)
-	stat, err := os.ReadFile("/proc/" + strconv.Itoa(p.Pid) + "/stat")
+	stat, err := procstat.Read(p.Pid)
 	require.NoError(t, err)
-	f := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:]))
-	ut, _ := strconv.ParseUint(f[11], 10, 64)          // field 14
-	st, _ := strconv.ParseUint(f[12], 10, 64)          // field 15
+	ut, err := stat.Uint(procstat.FieldUTime)
+	require.NoError(t, err)
+	st, err := stat.Uint(procstat.FieldSTime)
+	require.NoError(t, err)
 	s.CPU = time.Duration(ut+st) * (time.Second / 100) // USER_HZ is 100 on Linux
 	return s
 }

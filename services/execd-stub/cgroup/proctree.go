@@ -6,6 +6,8 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+
+	"oomd.dev/oomd/internal/procstat"
 )
 
 // maxTree bounds the processes a proc-mode group tracks.
@@ -124,39 +126,23 @@ func groupMembers(pgid int) []int {
 		if err != nil || pid == pgid {
 			continue
 		}
-		b, err := os.ReadFile("/proc/" + n + "/stat")
+		st, err := procstat.Read(pid)
 		if err != nil {
 			continue
 		}
-		i := bytes.LastIndexByte(b, ')')
-		if i < 0 {
-			continue
-		}
-		// After ')': state ppid pgrp ...
-		if f := bytes.Fields(b[i+1:]); len(f) > 2 && bytes.Equal(f[2], want) {
+		if bytes.Equal(st.Field(procstat.FieldPGRP), want) {
 			out = append(out, pid)
 		}
 	}
 	return out
 }
 
-// startTime is field 22 of /proc/PID/stat; a zombie counts as gone.
+// startTime is when pid started (clock ticks after boot); a zombie counts as gone.
 func startTime(pid int) (uint64, bool) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
+	st, err := procstat.Read(pid)
+	if err != nil || st.Gone() {
 		return 0, false
 	}
-	// The command name (field 2) may hold spaces and parentheses: fields count from the
-	// last ')'.
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return 0, false
-	}
-	f := bytes.Fields(b[i+1:])
-	// f[0] is field 3 (state), so field 22 is f[19].
-	if len(f) < 20 || f[0][0] == 'Z' || f[0][0] == 'X' {
-		return 0, false
-	}
-	st, err := strconv.ParseUint(string(f[19]), 10, 64)
-	return st, err == nil
+	v, err := st.Uint(procstat.FieldStartTime)
+	return v, err == nil
 }

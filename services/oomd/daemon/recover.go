@@ -4,17 +4,15 @@ import (
 	"bytes"
 	"cmp"
 	"context"
-	"errors"
 	"fmt"
 	"hash/fnv"
 	"os"
 	"slices"
-	"strconv"
-	"strings"
 
 	"go.uber.org/zap"
 
 	"oomd.dev/oomd/gen/oomdpb"
+	"oomd.dev/oomd/internal/procstat"
 	"oomd.dev/oomd/services/oomd/policy"
 )
 
@@ -38,22 +36,13 @@ func ExecdRun() (uint64, error) {
 	return max(h.Sum64(), 1), nil
 }
 
-// procStartTime is field 22 of /proc/<pid>/stat (clock ticks after boot).
+// procStartTime is when pid started (clock ticks after boot).
 func procStartTime(pid int) (uint64, error) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	st, err := procstat.Read(pid)
 	if err != nil {
 		return 0, err
 	}
-	// comm (field 2) may hold spaces and parentheses: fields resume after the last ')'.
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return 0, errors.New("malformed stat")
-	}
-	f := strings.Fields(string(b[i+1:]))
-	if len(f) < 20 {
-		return 0, errors.New("malformed stat")
-	}
-	return strconv.ParseUint(f[19], 10, 64)
+	return st.Uint(procstat.FieldStartTime)
 }
 
 // Recovered is what the durable audit trail of earlier oomd runs says a new run
