@@ -59,7 +59,7 @@ func TestUnitMatchesThePackage(t *testing.T) {
 	assert.Contains(t, files, start[1], "ExecStart runs a shipped binary")
 	assert.Contains(t, start[2], "--manifest /etc/oomwatch/manifest.json")
 	assert.Contains(t, start[2], "--runtime-dir /run/oomwatch", "the CLI's packaged default socket is /run/oomwatch/oomd.sock")
-	for _, line := range []string{"Type=notify", "NotifyAccess=all", "Delegate=yes", "KillMode=mixed",
+	for _, line := range []string{"Type=notify", "NotifyAccess=main", "Delegate=yes", "KillMode=mixed",
 		"RuntimeDirectory=oomwatch", "StateDirectory=oomwatch", "ExecReload=/bin/kill -HUP $MAINPID"} {
 		assert.Contains(t, strings.Split(unit, "\n"), line)
 	}

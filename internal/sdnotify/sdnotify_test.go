@@ -1,7 +1,9 @@
 package sdnotify
 
 import (
+	"net"
 	"os"
+	"path/filepath"
 	"strconv"
 	"testing"
 	"time"
@@ -136,4 +138,44 @@ func TestWatchdogForAnotherPidIsNotFed(t *testing.T) {
 	t.Setenv(EnvWatchdogUsec, "10000000")
 	t.Setenv(EnvWatchdogPID, "1")
 	assert.Nil(t, NewWatchdog(zaptest.NewLogger(t)))
+}
+
+// Without a watchdog for this process there is no relay, and a nil relay is inert.
+func TestNoWatchdogNoRelay(t *testing.T) {
+	clearEnv(t)
+	s := sdnotifytest.Listen(t)
+	t.Setenv(EnvSocket, s.Path) // a notify socket, but no WATCHDOG_USEC
+	r, err := NewRelay(t.TempDir(), zaptest.NewLogger(t))
+	require.NoError(t, err)
+	require.Nil(t, r)
+	assert.Nil(t, r.Env())
+	r.Run()
+	r.Close()
+}
+
+// The relay passes on a ping, as this process, and nothing else.
+func TestRelayPassesOnlyPings(t *testing.T) {
+	clearEnv(t)
+	s := sdnotifytest.Listen(t)
+	t.Setenv(EnvSocket, s.Path)
+	t.Setenv(EnvWatchdogUsec, "2000000")
+	dir := t.TempDir()
+	r, err := NewRelay(dir, zaptest.NewLogger(t))
+	require.NoError(t, err)
+	defer r.Close()
+	go r.Run()
+	path := filepath.Join(dir, RelaySocket)
+	assert.Equal(t, []string{EnvSocket + "=" + path, EnvWatchdogUsec + "=2000000"}, r.Env())
+	c, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: path, Net: "unixgram"})
+	require.NoError(t, err)
+	defer c.Close()
+	for _, msg := range []string{"READY=1", "WATCHDOG=1\n", "STATUS=x", "WATCHDOG=1"} {
+		_, err := c.Write([]byte(msg))
+		require.NoError(t, err)
+	}
+	m, skipped, err := s.Wait("WATCHDOG=1", bound)
+	require.NoError(t, err)
+	assert.Equal(t, os.Getpid(), m.Pid)
+	assert.Empty(t, skipped)
+	assert.Empty(t, drain(t, s), "one ping only: the exact message, nothing else")
 }

@@ -120,9 +120,17 @@ func run() int {
 	}
 
 	// Under systemd (Type=notify): READY=1 once the stack is up, STOPPING=1 when it stops,
-	// and the unit's watchdog is fed by oomd's tick loop, not by execd (no-ops elsewhere).
+	// and the unit's watchdog is fed by oomd's tick loop through execd's relay, so that
+	// systemd need take notify messages from execd alone (no-ops elsewhere).
+	relay, err := sdnotify.NewRelay(*runtimeDir, log.Named("notify"))
+	if err != nil {
+		log.Error("cannot relay the systemd watchdog's pings", zap.Error(err))
+		return 1
+	}
+	defer relay.Close()
+	go relay.Run()
 	sup := supervisor.New(supervisor.Config{Manifest: m, Log: log, ReapOrphans: true, RebootWatcherTimeout: *watcherTimeout,
-		Cgroups: cg, NoPages: *noPages, WatchdogEnv: sdnotify.WatchdogEnv(),
+		Cgroups: cg, NoPages: *noPages, WatchdogEnv: relay.Env(),
 		OnReady: func() { sdnotify.Ready(log) }, OnStopping: func() { sdnotify.Stopping(log) }})
 	go func() {
 		for range hup {

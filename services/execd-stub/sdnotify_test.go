@@ -1,6 +1,7 @@
 package main
 
 import (
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -11,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
 
+	"oomd.dev/oomd/internal/sdnotify"
 	"oomd.dev/oomd/internal/sdnotify/sdnotifytest"
 )
 
@@ -66,15 +68,33 @@ func TestSystemdNotify(t *testing.T) {
 	}
 	assert.Equal(t, "app", app["OOMD_SUBJECT"], "the env file is the subject's")
 	wd := h.environ("env.wd")
-	assert.Equal(t, notify.Path, wd["NOTIFY_SOCKET"], "the watchdog feeds systemd's watchdog")
+	relay := h.path(sdnotify.RelaySocket)
+	assert.Equal(t, relay, wd["NOTIFY_SOCKET"], "the watchdog feeds systemd's watchdog through execd's relay")
 	assert.Equal(t, "30000000", wd["WATCHDOG_USEC"])
 	assert.NotContains(t, wd, "WATCHDOG_PID", "it names execd, not the watchdog")
+	fi, err := os.Stat(relay)
+	require.NoError(t, err)
+	assert.Equal(t, os.FileMode(0o600), fi.Mode().Perm(), "the relay is owner-only")
+
+	// What reaches the relay: a ping goes on to systemd as execd's (the unit says
+	// NotifyAccess=main); anything else stays behind.
+	c, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: relay, Net: "unixgram"})
+	require.NoError(t, err)
+	for _, msg := range []string{"READY=1", "STOPPING=1", "MAINPID=1", "WATCHDOG=trigger", "WATCHDOG=1\nREADY=1", "WATCHDOG=1"} {
+		_, err := c.Write([]byte(msg))
+		require.NoError(t, err)
+	}
+	c.Close()
+	m, skipped, err = notify.Wait("WATCHDOG=1", deadline)
+	require.NoError(t, err, "the ping through the relay (other messages: %v)", skipped)
+	assert.Equal(t, execd, m.Pid, "relayed as the main pid")
+	assert.Empty(t, skipped, "nothing but the ping came through")
 
 	assert.Equal(t, 0, h.stop())
 	m, skipped, err = notify.Wait("STOPPING=1", deadline)
 	require.NoError(t, err, "STOPPING=1 from execd (other messages: %v)", skipped)
 	assert.Equal(t, execd, m.Pid)
-	assert.Empty(t, skipped, "nothing between READY=1 and STOPPING=1")
+	assert.Empty(t, skipped, "nothing between the ping and STOPPING=1")
 }
 
 // A watchdog systemd set for another pid is not execd's to hand on; the notify socket

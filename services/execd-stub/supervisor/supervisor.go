@@ -48,7 +48,7 @@ type Config struct {
 	// NoPages turns off the memstat page (children then publish over RPC, as in v1).
 	NoPages bool
 	// WatchdogEnv is added to the watchdog service's environment only (under systemd:
-	// NOTIFY_SOCKET and WATCHDOG_USEC, sdnotify.WatchdogEnv). The notify protocol's
+	// NOTIFY_SOCKET, execd's sdnotify.Relay, and WATCHDOG_USEC). The notify protocol's
 	// variables in Env reach no child: a subject that could reach systemd's notify
 	// socket could tell it the unit is alive, ready or stopping.
 	WatchdogEnv []string
