@@ -37,10 +37,7 @@ func countAudit(entries []auditEntry, subject string, kind oomdpb.EventKind) (n 
 func TestRestartContinuesADurableDecision(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	s := startStack(t, recoveryManifest(""), map[string]string{"policy.json": policyJSON})
-	c := dialClient(t, ctx, s)
-	_, err := c.WaitEvent(ctx, "hog registered", ctlclient.IsKind("hog", "subjectRegistered"))
-	require.NoError(t, err)
+	s, c := startWithHog(t, ctx)
 	// The inject below travels on the hog's end of its memstat socketpair, which execd's
 	// broker delivers to the hog only after oomd registered it: freezing execd in
 	// between left the inject unanswered (seen under load).
@@ -79,10 +76,7 @@ func TestRestartContinuesADurableDecision(t *testing.T) {
 func TestCrashWhileLogdIsFrozenDecidesOnce(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	s := startStack(t, recoveryManifest(""), map[string]string{"policy.json": policyJSON})
-	c := dialClient(t, ctx, s)
-	_, err := c.WaitEvent(ctx, "hog registered", ctlclient.IsKind("hog", "subjectRegistered"))
-	require.NoError(t, err)
+	s, c := startWithHog(t, ctx)
 
 	logd := pidOf(t, s, "logd")
 	require.NoError(t, syscall.Kill(logd, syscall.SIGSTOP))
@@ -93,7 +87,7 @@ func TestCrashWhileLogdIsFrozenDecidesOnce(t *testing.T) {
 		}
 	}()
 	require.NoError(t, c.Inject(ctx, "hog", 16<<20))
-	_, err = c.WaitEvent(ctx, "kill decided", ctlclient.IsKind("hog", "killDecided"))
+	_, err := c.WaitEvent(ctx, "kill decided", ctlclient.IsKind("hog", "killDecided"))
 	require.NoError(t, err)
 	waitTicks(t, ctx, c, 5) // the record is on its way to logd, which does not read it
 	require.NoError(t, syscall.Kill(pidOf(t, s, "oomd"), syscall.SIGKILL))

@@ -15,6 +15,17 @@ import (
 	"oomd.dev/oomd/services/oomd/ctlclient"
 )
 
+// startWithHog starts recoveryManifest's stack with policyJSON and returns it, with a
+// client, once oomd registered the hog.
+func startWithHog(t *testing.T, ctx context.Context) (*stack, *ctlclient.Client) {
+	t.Helper()
+	s := startStack(t, recoveryManifest(""), map[string]string{"policy.json": policyJSON})
+	c := dialClient(t, ctx, s)
+	_, err := c.WaitEvent(ctx, "hog registered", ctlclient.IsKind("hog", "subjectRegistered"))
+	require.NoError(t, err)
+	return s, c
+}
+
 // recoveryManifest is logd and oomd, both restarted by execd when they crash, a hog and
 // a critical hog (whose crossing is denied, to put audit records in logd). oomdFlags are
 // appended to oomd's argv.

@@ -108,12 +108,9 @@ func TestLiveTraceReplays(t *testing.T) {
 func TestWhatIfOverRPC(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	s := startStack(t, recoveryManifest(""), map[string]string{"policy.json": policyJSON})
-	c := dialClient(t, ctx, s)
-	_, err := c.WaitEvent(ctx, "hog registered", ctlclient.IsKind("hog", "subjectRegistered"))
-	require.NoError(t, err)
+	s, c := startWithHog(t, ctx)
 	require.NoError(t, c.Inject(ctx, "hog", 6<<20)) // above soft (4 MiB), below hard (8 MiB)
-	_, err = c.WaitEvent(ctx, "hog above soft", ctlclient.IsKind("hog", "softExceeded"))
+	_, err := c.WaitEvent(ctx, "hog above soft", ctlclient.IsKind("hog", "softExceeded"))
 	require.NoError(t, err)
 	before := status(t, ctx, c).PolicyVersion()
 
@@ -142,10 +139,7 @@ func TestWhatIfOverRPC(t *testing.T) {
 func TestStopFlushesTheIdleTrace(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	s := startStack(t, recoveryManifest(""), map[string]string{"policy.json": policyJSON})
-	c := dialClient(t, ctx, s)
-	_, err := c.WaitEvent(ctx, "hog registered", ctlclient.IsKind("hog", "subjectRegistered"))
-	require.NoError(t, err)
+	s, c := startWithHog(t, ctx)
 	waitTicks(t, ctx, c, 50) // idle ticks (10 ms each): in the buffer, not yet on disk
 	before := status(t, ctx, c).Tick()
 	require.NoError(t, syscall.Kill(pidOf(t, s, "oomd"), syscall.SIGTERM))
