@@ -2,10 +2,12 @@ package sdnotify
 
 import (
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
 	"sync"
+	"time"
 
 	"github.com/coreos/go-systemd/v22/daemon"
 	"go.uber.org/zap"
@@ -22,27 +24,44 @@ const RelaySocket = "notify.sock"
 //
 // It is a unixgram socket in execd's runtime directory (owner-only), handed to the
 // watchdog service alone as NOTIFY_SOCKET (Env). A datagram that is exactly
-// "WATCHDOG=1", from a sender of execd's own uid, is sent on to systemd by execd; every
-// other one is dropped, and said once in the log. The pings still come from oomd's tick
-// loop: a frozen oomd stops them, and systemd restarts the unit.
+// "WATCHDOG=1", sent by the watchdog service's current process (the pid the kernel
+// attaches, SO_PASSCRED: a subject cannot pass for it without CAP_SYS_ADMIN), is sent on
+// to systemd by execd, at most once a quarter interval; every other one is dropped, and
+// said once in the log. So the pings still come from oomd's tick loop alone: a frozen
+// oomd stops them, and systemd restarts the unit.
 type Relay struct {
-	conn *net.UnixConn
-	path string
-	log  *zap.Logger
-	usec string
+	conn     *net.UnixConn
+	path     string
+	log      *zap.Logger
+	usec     string
+	every    time.Duration // the least time between two pings sent on
+	sender   func() int    // the watchdog service's current pid (0: none)
+	lastSent time.Time
 
 	mu      sync.Mutex
 	dropped map[string]bool // what was dropped already (logged once each; bounded)
 }
 
+// maxSocketPath is the longest path a Unix socket address holds (sun_path, 108 bytes,
+// with its terminating NUL).
+const maxSocketPath = 107
+
 // NewRelay binds the relay in dir when systemd asked execd for watchdog pings (as
-// WatchdogEnv says); with no watchdog it returns nil and no error.
-func NewRelay(dir string, log *zap.Logger) (*Relay, error) {
-	env := WatchdogEnv()
-	if env == nil {
+// WatchdogEnv says); with no watchdog it returns nil and no error. sender says which pid
+// may ping (the watchdog service's current process; 0 when it has none); Run calls it
+// for each ping.
+func NewRelay(dir string, log *zap.Logger, sender func() int) (*Relay, error) {
+	if WatchdogEnv() == nil {
 		return nil, nil
 	}
+	interval, err := daemon.SdWatchdogEnabled(false)
+	if err != nil {
+		return nil, err
+	}
 	path := filepath.Join(dir, RelaySocket)
+	if len(path) > maxSocketPath {
+		return nil, fmt.Errorf("notify relay %s: %d bytes, a Unix socket path holds at most %d: use a shorter --runtime-dir", path, len(path), maxSocketPath)
+	}
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, err
 	}
@@ -50,7 +69,8 @@ func NewRelay(dir string, log *zap.Logger) (*Relay, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &Relay{conn: conn, path: path, log: log, usec: os.Getenv(EnvWatchdogUsec), dropped: map[string]bool{}}
+	r := &Relay{conn: conn, path: path, log: log, usec: os.Getenv(EnvWatchdogUsec), every: interval / 4, sender: sender,
+		dropped: map[string]bool{}}
 	err = os.Chmod(path, 0o600)
 	if err == nil {
 		err = r.passCred()
@@ -91,30 +111,39 @@ func (r *Relay) Run() {
 	buf, oob := make([]byte, 512), make([]byte, unix.CmsgSpace(unix.SizeofUcred))
 	for {
 		n, oobn, _, _, err := r.conn.ReadMsgUnix(buf, oob)
-		if err != nil {
-			return // closed
+		if errors.Is(err, net.ErrClosed) {
+			return
 		}
-		uid := -1
+		if err != nil {
+			r.log.Warn("notify relay: read failed", zap.Error(err))
+			continue
+		}
+		pid := 0
 		if cmsgs, err := unix.ParseSocketControlMessage(oob[:oobn]); err == nil {
 			for _, cm := range cmsgs {
 				if cred, err := unix.ParseUnixCredentials(&cm); err == nil {
-					uid = int(cred.Uid)
+					pid = int(cred.Pid)
 				}
 			}
 		}
 		msg := string(buf[:n])
-		if msg != daemon.SdNotifyWatchdog || uid != os.Geteuid() {
-			r.drop(msg, uid)
+		if msg != daemon.SdNotifyWatchdog || pid == 0 || pid != r.sender() {
+			r.drop(msg, pid)
 			continue
 		}
-		notify(r.log, daemon.SdNotifyWatchdog)
+		// A quarter interval between pings: oomd sends one every half interval, and a
+		// sender that pinged in a loop would only make execd write to systemd in one.
+		if now := time.Now(); r.lastSent.IsZero() || now.Sub(r.lastSent) >= r.every {
+			r.lastSent = now
+			notify(r.log, daemon.SdNotifyWatchdog)
+		}
 	}
 }
 
 // maxDropLog bounds the distinct dropped messages remembered for the once-only log.
 const maxDropLog = 16
 
-func (r *Relay) drop(msg string, uid int) {
+func (r *Relay) drop(msg string, pid int) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.dropped[msg] || len(r.dropped) >= maxDropLog {
@@ -124,8 +153,8 @@ func (r *Relay) drop(msg string, uid int) {
 	if len(msg) > 64 {
 		msg = msg[:64]
 	}
-	r.log.Warn("notify relay: dropped a message (only WATCHDOG=1 from execd's uid is passed to systemd)",
-		zap.String("message", msg), zap.Int("uid", uid))
+	r.log.Warn("notify relay: dropped a message (only WATCHDOG=1 from the watchdog service is passed to systemd)",
+		zap.String("message", msg), zap.Int("pid", pid))
 }
 
 // Close stops the relay and removes its socket. A nil Relay does nothing.

@@ -5,14 +5,14 @@
 // Under systemd (packaging/systemd/oomwatch.service) execd is the unit's main process
 // and says READY=1 once its services are up and STOPPING=1 when it begins stopping them.
 // The unit's watchdog is fed by oomd, not execd: execd passes NOTIFY_SOCKET (its Relay,
-// which sends on nothing but WATCHDOG=1, as execd) and WATCHDOG_USEC to its watchdog
-// service alone and to no other child, and oomd's tick loop calls Watchdog.Beat, so an
-// oomd that stops ticking stops the pings and systemd restarts the unit. The unit says
-// NotifyAccess=main: systemd hears execd alone.
+// which sends on nothing but the watchdog process's WATCHDOG=1, as execd) and
+// WATCHDOG_USEC to its watchdog service alone and to no other child, and oomd's tick
+// loop calls Watchdog.Beat, so an oomd that stops ticking stops the pings and systemd
+// restarts the unit. The unit says NotifyAccess=main: systemd hears execd alone.
 //
 //	// execd
-//	relay, err := sdnotify.NewRelay(runtimeDir, log) // nil without a watchdog
-//	go relay.Run()
+//	relay, err := sdnotify.NewRelay(runtimeDir, log, func() int { return sup.WatchdogPid() })
+//	go relay.Run() // nil without a watchdog: returns at once
 //	sup := supervisor.New(supervisor.Config{..., WatchdogEnv: relay.Env(),
 //		OnReady: func() { sdnotify.Ready(log) }, OnStopping: func() { sdnotify.Stopping(log) }})
 //

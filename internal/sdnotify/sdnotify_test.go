@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -145,7 +146,7 @@ func TestNoWatchdogNoRelay(t *testing.T) {
 	clearEnv(t)
 	s := sdnotifytest.Listen(t)
 	t.Setenv(EnvSocket, s.Path) // a notify socket, but no WATCHDOG_USEC
-	r, err := NewRelay(t.TempDir(), zaptest.NewLogger(t))
+	r, err := NewRelay(t.TempDir(), zaptest.NewLogger(t), os.Getpid)
 	require.NoError(t, err)
 	require.Nil(t, r)
 	assert.Nil(t, r.Env())
@@ -153,29 +154,41 @@ func TestNoWatchdogNoRelay(t *testing.T) {
 	r.Close()
 }
 
-// The relay passes on a ping, as this process, and nothing else.
-func TestRelayPassesOnlyPings(t *testing.T) {
+// The relay passes on a ping from the watchdog service's process, as this process, and
+// nothing else: not another message, not a ping from any other process, not a second
+// ping within a quarter interval.
+func TestRelayPassesOnlyTheWatchdogsPings(t *testing.T) {
 	clearEnv(t)
 	s := sdnotifytest.Listen(t)
 	t.Setenv(EnvSocket, s.Path)
-	t.Setenv(EnvWatchdogUsec, "2000000")
+	t.Setenv(EnvWatchdogUsec, "20000000") // 20 s: a ping at most every 5 s
 	dir := t.TempDir()
-	r, err := NewRelay(dir, zaptest.NewLogger(t))
+	var sender atomic.Int64
+	sender.Store(int64(os.Getpid()) + 1) // not us, at first
+	r, err := NewRelay(dir, zaptest.NewLogger(t), func() int { return int(sender.Load()) })
 	require.NoError(t, err)
 	defer r.Close()
 	go r.Run()
 	path := filepath.Join(dir, RelaySocket)
-	assert.Equal(t, []string{EnvSocket + "=" + path, EnvWatchdogUsec + "=2000000"}, r.Env())
+	assert.Equal(t, []string{EnvSocket + "=" + path, EnvWatchdogUsec + "=20000000"}, r.Env())
 	c, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: path, Net: "unixgram"})
 	require.NoError(t, err)
 	defer c.Close()
-	for _, msg := range []string{"READY=1", "WATCHDOG=1\n", "STATUS=x", "WATCHDOG=1"} {
-		_, err := c.Write([]byte(msg))
-		require.NoError(t, err)
+	send := func(msgs ...string) {
+		for _, msg := range msgs {
+			_, err := c.Write([]byte(msg))
+			require.NoError(t, err)
+		}
 	}
+	send("WATCHDOG=1") // from a process that is not the watchdog service's
+	_, _, err = s.Wait("WATCHDOG=1", 200*time.Millisecond)
+	require.ErrorIs(t, err, sdnotifytest.ErrTimeout, "a ping from another process was passed on")
+	sender.Store(int64(os.Getpid()))
+	send("READY=1", "WATCHDOG=1\n", "STATUS=x", "WATCHDOG=trigger", "WATCHDOG=1", "WATCHDOG=1")
 	m, skipped, err := s.Wait("WATCHDOG=1", bound)
 	require.NoError(t, err)
 	assert.Equal(t, os.Getpid(), m.Pid)
 	assert.Empty(t, skipped)
-	assert.Empty(t, drain(t, s), "one ping only: the exact message, nothing else")
+	send("X_RELAYED=1") // dropped; the sentinel below is sent to systemd directly
+	assert.Empty(t, drain(t, s), "one ping: the second came within a quarter interval")
 }

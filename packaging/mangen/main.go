@@ -44,7 +44,7 @@ var pages = []page{
 		Description: "execd starts the services of its manifest (/etc/oomwatch/manifest.json) in dependency order, each in a cgroup of its own, " +
 			"reaps and restarts them, and is the only process that stops a subject, when oomd asks. " +
 			"It runs as oomwatch.service (Type=notify, Delegate=yes): it tells systemd READY=1 once oomd is ready, " +
-			"and passes the unit's watchdog to oomd alone, through a relay that sends systemd nothing but oomd's WATCHDOG=1 pings (NotifyAccess=main)."},
+			"and passes the unit's watchdog to oomd alone, through a relay that sends systemd nothing but the WATCHDOG=1 pings of oomd's own process (NotifyAccess=main)."},
 	{Name: "oomwatch-oomd", Section: "8", Bin: "oomd", Path: "/usr/libexec/oomwatch/oomd",
 		Summary: "the memory watchdog daemon of oomwatch",
 		Description: "oomd reads every subject's memory each tick, decides by its policy, writes each kill decision durably to logd's journal " +

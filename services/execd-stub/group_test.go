@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"oomd.dev/oomd/gen/oomdpb"
+	"oomd.dev/oomd/internal/procstat"
 	"oomd.dev/oomd/internal/testutil"
 )
 
@@ -46,12 +47,8 @@ func (h *harness) pidsOf(id string, want int) []int {
 // alive reports whether pid is a live process (a zombie waiting for its reaper is
 // not).
 func alive(pid int) bool {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return false
-	}
-	i := strings.LastIndexByte(string(b), ')')
-	return i > 0 && len(b) > i+2 && b[i+2] != 'Z' && b[i+2] != 'X'
+	st, err := procstat.Read(pid)
+	return err == nil && !st.Gone()
 }
 
 func groupModes(t *testing.T) []string {

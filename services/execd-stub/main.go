@@ -122,16 +122,17 @@ func run() int {
 	// Under systemd (Type=notify): READY=1 once the stack is up, STOPPING=1 when it stops,
 	// and the unit's watchdog is fed by oomd's tick loop through execd's relay, so that
 	// systemd need take notify messages from execd alone (no-ops elsewhere).
-	relay, err := sdnotify.NewRelay(*runtimeDir, log.Named("notify"))
+	var sup *supervisor.Supervisor
+	relay, err := sdnotify.NewRelay(*runtimeDir, log.Named("notify"), func() int { return sup.WatchdogPid() })
 	if err != nil {
 		log.Error("cannot relay the systemd watchdog's pings", zap.Error(err))
 		return 1
 	}
 	defer relay.Close()
-	go relay.Run()
-	sup := supervisor.New(supervisor.Config{Manifest: m, Log: log, ReapOrphans: true, RebootWatcherTimeout: *watcherTimeout,
+	sup = supervisor.New(supervisor.Config{Manifest: m, Log: log, ReapOrphans: true, RebootWatcherTimeout: *watcherTimeout,
 		Cgroups: cg, NoPages: *noPages, WatchdogEnv: relay.Env(),
 		OnReady: func() { sdnotify.Ready(log) }, OnStopping: func() { sdnotify.Stopping(log) }})
+	go relay.Run() // after sup is set: the relay asks it for the watchdog's pid
 	go func() {
 		for range hup {
 			if err := sup.ReloadWatchdog(); err != nil {

@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"oomd.dev/oomd/internal/procstat"
 	"oomd.dev/oomd/services/oomd/ctlclient"
 	"oomd.dev/oomd/services/oomd/policy"
 )
@@ -132,12 +133,8 @@ func TestUnderReportingSubjectIsDetected(t *testing.T) {
 
 // processAlive reports whether pid is a live process (a zombie is not).
 func processAlive(pid int) bool {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return false
-	}
-	i := strings.LastIndexByte(string(b), ')')
-	return i > 0 && len(b) > i+2 && b[i+2] != 'Z' && b[i+2] != 'X'
+	st, err := procstat.Read(pid)
+	return err == nil && !st.Gone()
 }
 
 // TestBadPolicyFileAtStartStillWatches: a policy file rejected at start (here an

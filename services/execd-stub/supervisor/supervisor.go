@@ -404,6 +404,19 @@ func (s *Supervisor) waitWaiters(d time.Duration) {
 // ErrNoWatchdog is returned by ReloadWatchdog when no watchdog instance is running.
 var ErrNoWatchdog = errors.New("no watchdog running")
 
+// WatchdogPid is the pid of the watchdog service's current process, 0 when it has none
+// (or the manifest no watchdog). Safe from any goroutine.
+func (s *Supervisor) WatchdogPid() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, svc := range s.order {
+		if svc.spec.Watchdog() && svc.cur != nil {
+			return svc.cur.pid
+		}
+	}
+	return 0
+}
+
 // ReloadWatchdog sends SIGHUP to the running watchdog instance, and to no other child:
 // oomd then re-reads its policy file (systemctl reload, through execd's own SIGHUP).
 func (s *Supervisor) ReloadWatchdog() error {
