@@ -6,7 +6,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"sync"
 	"time"
 
 	"github.com/coreos/go-systemd/v22/daemon"
@@ -37,9 +36,7 @@ type Relay struct {
 	every    time.Duration // the least time between two pings sent on
 	sender   func() int    // the watchdog service's current pid (0: none)
 	lastSent time.Time
-
-	mu      sync.Mutex
-	dropped map[string]bool // what was dropped already (logged once each; bounded)
+	dropped  map[string]bool // what was dropped already (logged once each; bounded)
 }
 
 // maxSocketPath is the longest path a Unix socket address holds (sun_path, 108 bytes,
@@ -143,9 +140,8 @@ func (r *Relay) Run() {
 // maxDropLog bounds the distinct dropped messages remembered for the once-only log.
 const maxDropLog = 16
 
+// drop says once per message (Run's goroutine only) that it was not passed on.
 func (r *Relay) drop(msg string, pid int) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
 	if r.dropped[msg] || len(r.dropped) >= maxDropLog {
 		return
 	}
