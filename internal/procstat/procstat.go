@@ -18,7 +18,7 @@ type Stat struct {
 }
 
 // firstField is the number (proc(5)) of the first field after the command name.
-const firstField = 3
+const firstField = FieldState
 
 // Parse splits the content of a /proc/PID/stat file.
 func Parse(b []byte) (Stat, error) {
@@ -66,12 +66,13 @@ func (s Stat) Uint(n int) (uint64, error) {
 
 // Gone reports a process that has exited: a zombie (Z) or dead (X) not yet reaped.
 func (s Stat) Gone() bool {
-	st := s.Field(3)
+	st := s.Field(FieldState)
 	return len(st) > 0 && (st[0] == 'Z' || st[0] == 'X')
 }
 
 // The fields the repository reads (proc(5)).
 const (
+	FieldState     = 3
 	FieldPPID      = 4
 	FieldPGRP      = 5
 	FieldUTime     = 14 // clock ticks (USER_HZ)

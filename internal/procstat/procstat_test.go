@@ -13,7 +13,7 @@ func TestParseCountsFromTheLastParenthesis(t *testing.T) {
 	line := "4242 (evil) 1 2 3 (x) S 17 4242 4242 0 -1 4194304 1 0 0 0 7 9 0 0 20 0 1 0 123456 0\n"
 	s, err := Parse([]byte(line))
 	require.NoError(t, err)
-	assert.Equal(t, "S", string(s.Field(3)))
+	assert.Equal(t, "S", string(s.Field(FieldState)))
 	ppid, err := s.Uint(FieldPPID)
 	require.NoError(t, err)
 	assert.Equal(t, uint64(17), ppid)
