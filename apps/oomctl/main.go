@@ -8,6 +8,7 @@ import (
 	"context"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 
 	"oomd.dev/oomd/apps/oomctl/internal/cli"
@@ -18,7 +19,8 @@ func main() {
 	// Signals end --follow cleanly (exit 0) and abort a pending call.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	log := logx.New("oomctl")
-	code := cli.Main(ctx, os.Args[1:], cli.Env{Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr, Getenv: os.Getenv, Log: log})
+	code := cli.Main(ctx, os.Args[1:], cli.Env{Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr, Getenv: os.Getenv, Log: log,
+		Name: filepath.Base(os.Args[0])})
 	log.Sync()
 	stop()
 	os.Exit(code)

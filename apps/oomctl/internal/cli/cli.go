@@ -34,6 +34,18 @@ type Env struct {
 	Stdout, Stderr io.Writer
 	Getenv         func(string) string
 	Log            *zap.Logger // RPC plumbing logs; nil discards them
+	// Name is the name the program was run as (the base of os.Args[0]): the .deb
+	// installs it as oomwatchctl. The shell completion registers for it. "" (and a name
+	// a shell could not take as a word) is "oomctl".
+	Name string
+}
+
+// progName is env.Name if it is a plain command name, else "oomctl".
+func (env Env) progName() string {
+	if env.Name == "" || strings.Trim(env.Name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._+-") != "" {
+		return "oomctl"
+	}
+	return env.Name
 }
 
 // inputError is an error in what the user gave us (exit 2): a flag value, a policy file,

@@ -1,6 +1,8 @@
 package cli
 
 import (
+	"bytes"
+	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -66,4 +68,24 @@ func TestBashCompletion(t *testing.T) {
 	code, _, stderr = oomctl(t, nil, "completion", "fish")
 	assert.Equal(t, ExitUsage, code)
 	assert.Contains(t, stderr, "completion: say bash")
+}
+
+// The completion registers for the name the CLI was run as (the .deb installs it as
+// oomwatchctl), so that bash completes that command; a name that is not a plain word
+// falls back to oomctl.
+func TestBashCompletionRegistersForItsName(t *testing.T) {
+	bash, err := exec.LookPath("bash")
+	if err != nil {
+		t.Skip("no bash here")
+	}
+	for name, want := range map[string]string{"oomwatchctl": "oomwatchctl", "": "oomctl", "x; rm -rf /": "oomctl"} {
+		var out, errb bytes.Buffer
+		code := Main(context.Background(), []string{"completion", "bash"}, Env{Stdout: &out, Stderr: &errb, Name: name})
+		require.Equal(t, ExitOK, code, errb.String())
+		path := filepath.Join(t.TempDir(), "c.bash")
+		require.NoError(t, os.WriteFile(path, out.Bytes(), 0o600))
+		reg, err := exec.Command(bash, "-c", `source "$1"; complete -p "$2"`, "bash", path, want).CombinedOutput()
+		require.NoError(t, err, "name %q: %s", name, reg)
+		assert.Equal(t, "complete -o default -F _oomctl "+want, strings.TrimSpace(string(reg)), "name %q", name)
+	}
 }
