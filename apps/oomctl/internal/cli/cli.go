@@ -42,7 +42,7 @@ type Env struct {
 
 // progName is env.Name if it is a plain command name, else "oomctl".
 func (env Env) progName() string {
-	if env.Name == "" || strings.Trim(env.Name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._+-") != "" {
+	if env.Name == "" || env.Name[0] == '-' || strings.Trim(env.Name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._+-") != "" {
 		return "oomctl"
 	}
 	return env.Name

@@ -78,7 +78,7 @@ func TestBashCompletionRegistersForItsName(t *testing.T) {
 	if err != nil {
 		t.Skip("no bash here")
 	}
-	for name, want := range map[string]string{"oomwatchctl": "oomwatchctl", "": "oomctl", "x; rm -rf /": "oomctl"} {
+	for name, want := range map[string]string{"oomwatchctl": "oomwatchctl", "": "oomctl", "x; rm -rf /": "oomctl", "-r": "oomctl"} {
 		var out, errb bytes.Buffer
 		code := Main(context.Background(), []string{"completion", "bash"}, Env{Stdout: &out, Stderr: &errb, Name: name})
 		require.Equal(t, ExitOK, code, errb.String())
