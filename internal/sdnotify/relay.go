@@ -32,7 +32,7 @@ type Relay struct {
 	conn     *net.UnixConn
 	path     string
 	log      *zap.Logger
-	usec     string
+	env      []string      // the watchdog service's: this socket, systemd's interval
 	every    time.Duration // the least time between two pings sent on
 	sender   func() int    // the watchdog service's current pid (0: none)
 	lastSent time.Time
@@ -48,10 +48,11 @@ const maxSocketPath = 107
 // may ping (the watchdog service's current process; 0 when it has none); Run calls it
 // for each ping.
 func NewRelay(dir string, log *zap.Logger, sender func() int) (*Relay, error) {
-	if WatchdogEnv() == nil {
+	env := WatchdogEnv()
+	if env == nil {
 		return nil, nil
 	}
-	interval, err := daemon.SdWatchdogEnabled(false)
+	interval, err := daemon.SdWatchdogEnabled(false) // a positive one, as WatchdogEnv found
 	if err != nil {
 		return nil, err
 	}
@@ -66,8 +67,8 @@ func NewRelay(dir string, log *zap.Logger, sender func() int) (*Relay, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &Relay{conn: conn, path: path, log: log, usec: os.Getenv(EnvWatchdogUsec), every: interval / 4, sender: sender,
-		dropped: map[string]bool{}}
+	env[0] = EnvSocket + "=" + path // WatchdogEnv's first is systemd's socket
+	r := &Relay{conn: conn, path: path, log: log, env: env, every: interval / 4, sender: sender, dropped: map[string]bool{}}
 	err = os.Chmod(path, 0o600)
 	if err == nil {
 		err = r.passCred()
@@ -97,7 +98,7 @@ func (r *Relay) Env() []string {
 	if r == nil {
 		return nil
 	}
-	return []string{EnvSocket + "=" + r.path, EnvWatchdogUsec + "=" + r.usec}
+	return r.env
 }
 
 // Run relays until Close. A nil Relay returns at once.

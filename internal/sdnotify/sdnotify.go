@@ -56,11 +56,11 @@ func notify(log *zap.Logger, state string) {
 	}
 }
 
-// WatchdogEnv is what execd adds to its watchdog service's environment so that oomd
-// feeds systemd's watchdog in execd's place: NOTIFY_SOCKET and WATCHDOG_USEC when systemd
-// asked this process (WATCHDOG_PID is ours or unset) for pings, nothing otherwise.
-// WATCHDOG_PID is left out: it names execd, and oomd would rightly ignore a watchdog
-// meant for another pid.
+// WatchdogEnv is systemd's watchdog environment for this process: NOTIFY_SOCKET and
+// WATCHDOG_USEC when systemd asked it (WATCHDOG_PID is ours or unset) for pings, nothing
+// otherwise. NewRelay starts from it, and hands the watchdog service the same with its
+// own socket as NOTIFY_SOCKET (Relay.Env). WATCHDOG_PID is left out: it names execd, and
+// oomd would rightly ignore a watchdog meant for another pid.
 func WatchdogEnv() []string {
 	sock := os.Getenv(EnvSocket)
 	if sock == "" {
