@@ -55,7 +55,8 @@ func parseMemAvailable(b []byte, path string) (uint64, error) {
 		digits++
 	}
 	unit := bytes.TrimLeft(v[digits:], " \t")
-	if digits == 0 || digits == len(v) || len(unit) == len(v[digits:]) || string(bytes.TrimRight(unit, " \t")) != "kB" {
+	// No digits, or no blank between them and the unit (none at all, or "123kB").
+	if digits == 0 || len(unit) == len(v[digits:]) || string(bytes.TrimRight(unit, " \t")) != "kB" {
 		return 0, fmt.Errorf("read MemAvailable: malformed line %q in %s", line[:end], path)
 	}
 	kb, err := strconv.ParseUint(string(v[:digits]), 10, 64)
