@@ -92,7 +92,7 @@ FAULT_TESTS := TestSyncIsAnFsync|TestSeqReservation|TestFlippedByte|TestCutOnAFr
   TestSpill|TestAuditor|TestDecisionScan|TestRecoverDecisions|TestPolicyStore|TestLoadPolicyFileRefusesSymlinks|TestDurable|\
   TestRecordCorrupt|TestRecordTorn|TestStoreRefuses|TestOutcomeIsNotOverwritten|TestOomdBinaryLinksNoWayToSignal|TestOomdMakesNoRawSyscall|\
   TestWatchdogStartsWithoutItsDependency|TestWatchdogRestart|\
-  TestRestartContinuesADurableDecision|TestCrashWhileLogdIsFrozenDecidesOnce|TestWatchdogComesUpWithoutLogd|TestBadPolicyFileAtStartStillWatches|\
+  TestRestartContinuesADurableDecision|TestCrashWhileLogdIsFrozenDecidesOnce|TestCrashBeforeKilledIsDurable|TestExit|TestWatchdogComesUpWithoutLogd|TestBadPolicyFileAtStartStillWatches|\
   TestRestartedOomdStillKills|TestLogdOutage|TestSpillSurvivesOomdRestart|TestFrozenLogd|TestPolicySurvivesRestartAndSIGHUP|TestEventSeqsSurviveRestart
 empty :=
 space := $(empty) $(empty)

@@ -415,6 +415,10 @@ struct ExitReport {
 
 interface ExitWatcher {
   exited @0 (report :ExitReport) -> ();
+  # Returns once what the exit caused is durable on the watcher's side (oomd: the audit
+  # records it led to, a kill completed). execd sends reports one at a time and keeps a
+  # report whose call failed or was never answered for the next watcher, so an exit is
+  # delivered at least once; a watcher treats a repeated report as already handled.
 }
 
 interface Terminator {

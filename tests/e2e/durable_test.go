@@ -61,7 +61,58 @@ func TestRestartContinuesADurableDecision(t *testing.T) {
 	s.waitCount("oomd: ready", 2, 30*time.Second)
 	s.waitLine("oomd: kill app=hog", 30*time.Second)
 
-	decided := oneKillAcrossRestart(t, ctx, s)
+	decided := oneKillAcrossRestart(t, ctx, s, 1)
+	assert.Equal(t, []uint64{requested.Decision}, decided)
+	require.NoError(t, s.stop(20*time.Second))
+}
+
+// TestCrashBeforeKilledIsDurableCompletesTheKill: the hog's kill decision is durable in
+// logd and its terminate request waits in execd (frozen). Then logd is SIGKILLed and
+// cannot come back (a file stands where its journal directory was), execd is thawed,
+// terminates the hog and reports its exit, and oomd completes the kill: the killed
+// event and marker are out, its record waits for logd. oomd is SIGKILLed before that
+// record is durable. oomd answers an exit report only once what it caused is durable,
+// so execd still holds the report, and hands it to the next oomd, which adopted the open
+// decision from the journal and completes it: one killDecided and one killed for the
+// hog, with the same decision. The marker is printed twice, by each oomd that completed
+// the kill. Answered at once, the report would have died with the first oomd and the
+// decision would have stayed open for ever, with no killed record.
+func TestCrashBeforeKilledIsDurableCompletesTheKill(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	s, c := startWithHog(t, ctx)
+	s.waitLine("connected child's memstat to the watchdog\t{\"subject\": \"hog\"", 10*time.Second)
+	logd, oomd := pidOf(t, s, "logd"), pidOf(t, s, "oomd")
+
+	execd := s.cmd.Process.Pid
+	require.NoError(t, syscall.Kill(execd, syscall.SIGSTOP))
+	frozen := true
+	defer func() {
+		if frozen {
+			syscall.Kill(execd, syscall.SIGCONT)
+		}
+	}()
+	require.NoError(t, c.Inject(ctx, "hog", 16<<20))
+	requested, err := c.WaitEvent(ctx, "terminate requested (audit durable)", ctlclient.IsKind("hog", "killRequested"))
+	require.NoError(t, err)
+
+	journalDir, aside := s.path("journal"), s.path("journal.aside")
+	require.NoError(t, os.Rename(journalDir, aside))
+	require.NoError(t, os.WriteFile(journalDir, nil, 0o600))
+	require.NoError(t, syscall.Kill(logd, syscall.SIGKILL))
+	require.NoError(t, syscall.Kill(execd, syscall.SIGCONT))
+	frozen = false
+
+	killed, err := c.WaitEvent(ctx, "the kill completed", ctlclient.IsKind("hog", "killed"))
+	require.NoError(t, err)
+	assert.Equal(t, requested.Decision, killed.Decision)
+	require.GreaterOrEqual(t, status(t, ctx, c).AuditWaiting(), uint64(1), "the killed record waits for logd")
+	require.NoError(t, syscall.Kill(oomd, syscall.SIGKILL))
+
+	require.NoError(t, os.Remove(journalDir))
+	require.NoError(t, os.Rename(aside, journalDir))
+	s.waitCount("oomd: ready", 2, 60*time.Second)
+	decided := oneKillAcrossRestart(t, ctx, s, 2)
 	assert.Equal(t, []uint64{requested.Decision}, decided)
 	require.NoError(t, s.stop(20*time.Second))
 }
@@ -96,7 +147,7 @@ func TestCrashWhileLogdIsFrozenDecidesOnce(t *testing.T) {
 	s.waitCount("oomd: ready", 2, 30*time.Second)
 	s.waitLine("oomd: kill app=hog", 30*time.Second)
 
-	oneKillAcrossRestart(t, ctx, s)
+	oneKillAcrossRestart(t, ctx, s, 1)
 	require.NoError(t, s.stop(20*time.Second))
 }
 
@@ -147,8 +198,9 @@ func TestWatchdogComesUpWithoutLogd(t *testing.T) {
 // oneKillAcrossRestart waits, through the restarted oomd, for the hog's killed record and
 // 20 more ticks (room for a wrong second decision to show), then requires exactly one
 // killDecided and one killed for the hog with the same decision, a writer sequence
-// without gap or duplicate, and one kill marker. It returns the decision ids.
-func oneKillAcrossRestart(t *testing.T, ctx context.Context, s *stack) []uint64 {
+// without gap or duplicate, and the kill marker printed `markers` times (once, unless
+// the first oomd completed the kill before it died). It returns the decision ids.
+func oneKillAcrossRestart(t *testing.T, ctx context.Context, s *stack, markers int) []uint64 {
 	t.Helper()
 	c2 := dialClient(t, ctx, s)
 	for {
@@ -165,6 +217,6 @@ func oneKillAcrossRestart(t *testing.T, ctx context.Context, s *stack) []uint64 
 	n, killed := countAudit(mine, "hog", oomdpb.EventKind_killed)
 	assert.Equal(t, 1, n, "its kill reported once: %+v", mine)
 	assert.Equal(t, decided, killed)
-	assert.Equal(t, 1, s.lines.count("oomd: kill app=hog"), "the kill marker exactly once")
+	assert.Equal(t, markers, s.lines.count("oomd: kill app=hog"), "kill markers")
 	return decided
 }

@@ -55,7 +55,9 @@
 // the last one failed) wait in a backlog of at most MaxExitBacklog reports (the oldest
 // are dropped and counted beyond that) and are delivered on the next registration.
 // Delivery is in order and at least once: a report whose call failed or was cut short
-// by a new registration is sent again to the next watcher.
+// by a new registration is sent again to the next watcher. oomd answers a report only
+// once what it caused is durable in its audit trail, so a report whose kill record died
+// with an oomd reaches the next one.
 //
 // # Orphans
 //

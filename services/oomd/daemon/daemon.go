@@ -103,10 +103,11 @@ type Daemon struct {
 	drainBuf    []*slot
 	seqErr      bool // the last Cover failed (logged once until it works again)
 	walls       wallStamps
-	stats       shellStats // totals for metrics (metrics.go)
-	manualTicks bool       // tests: no ticker; ticks come as calls
-	traceTicks  int        // ticks since the live trace was last flushed
-	traceNews   bool       // the trace holds inputs that produced output: flush at the tick
+	stats       shellStats   // totals for metrics (metrics.go)
+	manualTicks bool         // tests: no ticker; ticks come as calls
+	traceTicks  int          // ticks since the live trace was last flushed
+	traceNews   bool         // the trace holds inputs that produced output: flush at the tick
+	durable     durableWaits // callers waiting for audit records to become durable (durable.go)
 
 	// Shared, each with its own synchronisation.
 	dirty       dirtyList
@@ -157,7 +158,6 @@ func New(cfg Config, audit Auditor, term Terminator) (*Daemon, error) {
 
 		tickSeconds: newTickHistogram(),
 	}
-	d.sys.init()
 	if cfg.Trace != nil {
 		st, err := core.State()
 		if err == nil {
@@ -224,9 +224,14 @@ func (d *Daemon) Register(s *slot) error {
 
 // Exited feeds execd's exit report and forgets that instance's connection (a newer
 // instance that already registered keeps its own). decision is the kill decision whose
-// terminate request the exit followed, as execd recorded it (0: none).
-func (d *Daemon) Exited(subject string, instance, decision uint64, reason string) error {
-	return d.do(func() {
+// terminate request the exit followed, as execd recorded it (0: none). durable is
+// closed once the audit records the exit caused (a kill completed, a decision ended
+// unsent) are durable, at once if it caused none; an exit that came before execd's
+// answer to the terminate request waits for the kill it completes. execd's report is
+// answered only then (exitWatcher), so a crash in between leaves it with execd, which
+// hands it to the next oomd.
+func (d *Daemon) Exited(subject string, instance, decision uint64, reason string) (durable <-chan struct{}, err error) {
+	err = d.do(func() {
 		if s, ok := d.slots[subject]; ok && s.instance == instance {
 			delete(d.slots, subject)
 			d.dropLive(s)
@@ -234,8 +239,18 @@ func (d *Daemon) Exited(subject string, instance, decision uint64, reason string
 				go s.conn.Close()
 			}
 		}
+		before := d.core.AuditProduced()
 		d.feed(policy.Input{Kind: policy.InputExited, Subject: subject, Instance: instance, Decision: decision, Reason: reason})
+		switch {
+		case d.core.DecisionOpen(subject, instance):
+			durable = d.afterDecision(subject, instance) // killed once execd answers the request
+		case d.core.AuditProduced() > before:
+			durable = d.afterDurable(d.core.AuditProduced())
+		default:
+			durable = closedDone
+		}
 	})
+	return durable, err
 }
 
 // ErrPolicyChanged refuses a compare-and-set whose expected version is not in force.

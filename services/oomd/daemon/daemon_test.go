@@ -58,16 +58,21 @@ func (s *syncBuffer) Write(p []byte) (int, error) {
 func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
 
 func newTestDaemon(t *testing.T) (*Daemon, *fakeAuditor, fakeTerminator, *syncBuffer) {
+	term := fakeTerminator{calls: make(chan policy.TerminateRequest, 8), release: make(chan struct{})}
+	d, aud, markers, _ := newTestDaemonWith(t, term)
+	return d, aud, term, markers
+}
+
+// newTestDaemonWith is newTestDaemon with the test's terminator; stop ends the loop.
+func newTestDaemonWith(t *testing.T, term Terminator) (d *Daemon, aud *fakeAuditor, markers *syncBuffer, stop func()) {
 	p := policy.DefaultPolicy()
 	p.SoftBytes, p.HardBytes = 50, 100
-	aud := &fakeAuditor{}
-	term := fakeTerminator{calls: make(chan policy.TerminateRequest, 8), release: make(chan struct{})}
-	markers := &syncBuffer{}
+	aud = &fakeAuditor{}
+	markers = &syncBuffer{}
 	d, err := New(Config{Policy: p, Markers: markers, Log: zaptest.NewLogger(t)}, aud, term)
 	require.NoError(t, err)
 	require.NoError(t, d.Start(context.Background()))
-	runLoop(t, d)
-	return d, aud, term, markers
+	return d, aud, markers, runLoop(t, d)
 }
 
 // handOver hands subject to d the way execd does (a SubjectHandoff with a fresh

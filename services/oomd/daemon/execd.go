@@ -61,7 +61,7 @@ func (d *Daemon) ExitWatcherClient() oomdpb.ExitWatcher {
 	return oomdpb.ExitWatcher(rpcx.Recovering(oomdpb.ExitWatcher_Methods(nil, w), w, d.log))
 }
 
-func (w exitWatcher) Exited(_ context.Context, call oomdpb.ExitWatcher_exited) error {
+func (w exitWatcher) Exited(ctx context.Context, call oomdpb.ExitWatcher_exited) error {
 	r, err := call.Args().Report()
 	if err != nil {
 		return err
@@ -79,7 +79,14 @@ func (w exitWatcher) Exited(_ context.Context, call oomdpb.ExitWatcher_exited) e
 	}
 	w.d.log.Info("execd reported exit", zap.String("subject", subject), zap.Uint64("instance", r.Instance()),
 		zap.Int32("pid", r.Pid()), zap.String("reason", reason), zap.Bool("terminated", r.Terminated()), zap.Uint64("decision", r.Decision()))
-	return w.d.Exited(subject, r.Instance(), r.Decision(), reason)
+	durable, err := w.d.Exited(subject, r.Instance(), r.Decision(), reason)
+	if err != nil {
+		return err
+	}
+	// Answered once what the exit caused is durable: execd keeps a report that was not
+	// answered (this oomd died first) and hands it to the next one, which completes the
+	// decision it adopted from the journal (policy: phaseAdopted).
+	return w.d.awaitDurable(ctx, durable)
 }
 
 // ServeBroker receives SubjectHandoffs from execd on its private broker socket until

@@ -143,7 +143,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 			d.feed(policy.Input{Kind: policy.InputHaltTimeout})
 			d.processReady()
 		}
-		poke(d.sys.stepped)
+		d.settleDurable()
 	}
 }
 
@@ -169,7 +169,7 @@ func (d *Daemon) drain() {
 				return
 			}
 		}
-		poke(d.sys.stepped)
+		d.settleDurable()
 	}
 	d.wait.Ring()
 }

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"sync"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -9,18 +10,24 @@ import (
 	"oomd.dev/oomd/services/oomd/policy"
 )
 
-// runLoop runs d's owner loop with manual ticks until the test ends: the test ticks with
-// tickNow, so what a test sees never depends on the wall clock.
-func runLoop(t testing.TB, d *Daemon) {
+// runLoop runs d's owner loop with manual ticks until the test ends, or until the test
+// calls the stop it returns: the test ticks with tickNow, so what a test sees never
+// depends on the wall clock.
+func runLoop(t testing.TB, d *Daemon) (stop func()) {
 	t.Helper()
 	d.manualTicks = true
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- d.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		require.NoError(t, <-done)
-	})
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			require.NoError(t, <-done)
+		})
+	}
+	t.Cleanup(stop)
+	return stop
 }
 
 // The helpers below run on the loop after stepping every answer already queued (an

@@ -59,12 +59,6 @@ const DefaultAuditGrace = time.Second
 // sysState is the daemon's system-OOM state beside the core.
 type sysState struct {
 	watchers levelWatchers
-
-	stepped chan struct{} // poked after every turn of the loop (audit acks among them)
-}
-
-func (s *sysState) init() {
-	s.stepped = make(chan struct{}, 1)
 }
 
 func poke(c chan struct{}) {
@@ -156,24 +150,13 @@ func (d *Daemon) reboot(o policy.RebootOutcome, auditSeq uint64, took time.Durat
 // waitDurable waits until audit record seq is durable (in logd or the spill file), at
 // most grace.
 func (d *Daemon) waitDurable(seq uint64, grace time.Duration) bool {
-	t := time.NewTimer(grace)
-	defer t.Stop()
-	for {
-		durable, err := query(d, d.core.AuditDurable)
-		if err != nil {
-			return false
-		}
-		if durable >= seq {
-			return true
-		}
-		select {
-		case <-d.sys.stepped:
-		case <-t.C:
-			return false
-		case <-d.ctx.Done():
-			return false
-		}
+	done, err := query(d, func() <-chan struct{} { return d.afterDurable(seq) })
+	if err != nil {
+		return false
 	}
+	ctx, cancel := context.WithTimeout(d.ctx, grace)
+	defer cancel()
+	return d.awaitDurable(ctx, done) == nil
 }
 
 // levelReader reads MemAvailable and memory pressure for the levels, on the loop.

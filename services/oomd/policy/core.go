@@ -348,6 +348,15 @@ func (c *Core) SlotOf(id string) uint32 {
 	return 0
 }
 
+// DecisionOpen reports whether a kill decision about that instance is still open: it
+// was made (or adopted from an earlier run) and not yet ended by killed, killRefused,
+// killDenied or an unsent end. An exit leaves a decision open while execd's answer to
+// its terminate request is still to come.
+func (c *Core) DecisionOpen(subject string, instance uint64) bool {
+	_, ok := c.decisionOf(subject, instance)
+	return ok
+}
+
 // Counters returns the totals since New.
 func (c *Core) Counters() Counters { return c.counters }
 

@@ -1,0 +1,212 @@
+package daemon
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"oomd.dev/oomd/gen/oomdpb"
+	"oomd.dev/oomd/services/oomd/policy"
+)
+
+// execd keeps an exit report until oomd answers its exited() call and hands an
+// unanswered one to the next oomd (supervisor.exitQueue). These tests hold oomd to
+// answering only once the audit records the exit caused are durable: an answer given
+// earlier, followed by a crash, would leave the journal with a killDecided and no end,
+// and nobody left to complete it (tests/e2e TestCrashBeforeKilledIsDurableCompletesTheKill).
+
+// heldTerminator takes terminate requests and answers none while the test runs: the
+// test steps execd's answer itself, so it decides whether the answer or the exit comes
+// first. At the test's end the request returns quietly (its answer finds the loop gone).
+type heldTerminator struct {
+	calls chan policy.TerminateRequest
+	end   chan struct{}
+}
+
+func newHeldTerminator(t *testing.T) heldTerminator {
+	h := heldTerminator{calls: make(chan policy.TerminateRequest, 1), end: make(chan struct{})}
+	t.Cleanup(func() { close(h.end) })
+	return h
+}
+
+func (h heldTerminator) Terminate(ctx context.Context, r policy.TerminateRequest) (string, error) {
+	h.calls <- r
+	select {
+	case <-h.end:
+	case <-ctx.Done():
+	}
+	return "", nil
+}
+
+// decideKill makes the hog cross its hard limit, makes the decision durable and returns
+// the terminate request that follows.
+func decideKill(t *testing.T, d *Daemon, aud *fakeAuditor, term heldTerminator) policy.TerminateRequest {
+	t.Helper()
+	handOver(t, d, "hog").report(t, "hog", 500, 1)
+	for range 10 {
+		d.tickNow()
+	}
+	dec := aud.last(t)
+	require.Equal(t, policy.EventKillDecided, dec.Kind)
+	aud.ack(dec.WriterSeq)
+	select {
+	case req := <-term.calls:
+		return req
+	case <-time.After(10 * time.Second):
+		t.Fatal("no terminate request after the decision was durable")
+	}
+	return policy.TerminateRequest{}
+}
+
+func (a *fakeAuditor) last(t *testing.T) policy.AuditRecord {
+	t.Helper()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	require.NotEmpty(t, a.recs)
+	return a.recs[len(a.recs)-1]
+}
+
+// waitRecord waits until the auditor was given a record of kind.
+func (a *fakeAuditor) waitRecord(t *testing.T, kind policy.EventKind) policy.AuditRecord {
+	t.Helper()
+	var rec policy.AuditRecord
+	require.Eventually(t, func() bool {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		for _, r := range a.recs {
+			if r.Kind == kind {
+				rec = r
+				return true
+			}
+		}
+		return false
+	}, 10*time.Second, time.Millisecond, "no %v record", kind)
+	return rec
+}
+
+// reportExit sends execd's report through oomd's ExitWatcher capability, as execd does.
+func reportExit(d *Daemon, subject string, instance, decision uint64) (done <-chan struct{}, answer func() error, release func()) {
+	w := d.ExitWatcherClient()
+	fut, rel := w.Exited(context.Background(), func(p oomdpb.ExitWatcher_exited_Params) error {
+		r, err := p.NewReport()
+		if err != nil {
+			return err
+		}
+		r.SetInstance(instance)
+		r.SetSignal(15)
+		r.SetTerminated(decision != 0)
+		r.SetDecision(decision)
+		return r.SetSubject(subject)
+	})
+	return fut.Done(), func() error { _, err := fut.Struct(); return err }, func() { rel(); w.Release() }
+}
+
+func waitsOf(d *Daemon) (n int) {
+	d.onLoop(func() { n = len(d.durable) })
+	return n
+}
+
+func requireAnswered(t *testing.T, done <-chan struct{}, answer func() error) {
+	t.Helper()
+	select {
+	case <-done:
+		require.NoError(t, answer())
+	case <-time.After(10 * time.Second):
+		t.Fatal("the exit report was not answered")
+	}
+}
+
+func requireUnanswered(t *testing.T, done <-chan struct{}, why string) {
+	t.Helper()
+	select {
+	case <-done:
+		t.Fatalf("the exit report was answered %s", why)
+	default:
+	}
+}
+
+// TestExitAnsweredOnceItsKillIsDurable: execd acknowledged the terminate request, then
+// reports the exit, which completes the kill. The report is answered only once the
+// killed record is durable.
+func TestExitAnsweredOnceItsKillIsDurable(t *testing.T) {
+	term := newHeldTerminator(t)
+	d, aud, markers, _ := newTestDaemonWith(t, term)
+	req := decideKill(t, d, aud, term)
+	d.stepNow(policy.Input{Kind: policy.InputTerminateAck, Subject: req.Subject, Instance: req.Instance, Decision: req.Decision})
+
+	done, answer, rel := reportExit(d, "hog", req.Instance, req.Decision)
+	defer rel()
+	killed := aud.waitRecord(t, policy.EventKilled)
+	assert.Equal(t, req.Decision, killed.Decision)
+	assert.Contains(t, markers.String(), "oomd: kill app=hog")
+	require.Equal(t, 1, waitsOf(d), "the exit waits for its killed record")
+	requireUnanswered(t, done, "before its killed record was durable")
+
+	aud.ack(killed.WriterSeq)
+	requireAnswered(t, done, answer)
+	assert.Zero(t, waitsOf(d))
+}
+
+// TestExitBeforeTheAckWaitsForTheKill: the exit is reported before execd's answer to
+// the terminate request (two paths, no order between them). The kill is complete only
+// with the answer, so the report waits for it, then for the killed record.
+func TestExitBeforeTheAckWaitsForTheKill(t *testing.T) {
+	term := newHeldTerminator(t)
+	d, aud, _, _ := newTestDaemonWith(t, term)
+	req := decideKill(t, d, aud, term)
+
+	done, answer, rel := reportExit(d, "hog", req.Instance, req.Decision)
+	defer rel()
+	require.Eventually(t, func() bool { return waitsOf(d) == 1 }, 10*time.Second, time.Millisecond,
+		"the exit waits for execd's answer")
+	requireUnanswered(t, done, "before the kill was complete")
+
+	d.stepNow(policy.Input{Kind: policy.InputTerminateAck, Subject: req.Subject, Instance: req.Instance, Decision: req.Decision})
+	killed := aud.waitRecord(t, policy.EventKilled)
+	requireUnanswered(t, done, "before its killed record was durable")
+	aud.ack(killed.WriterSeq)
+	requireAnswered(t, done, answer)
+}
+
+// TestExitUnansweredWhenOomdStops: oomd stops while the killed record is not durable.
+// The call fails, so execd keeps the report for the next oomd.
+func TestExitUnansweredWhenOomdStops(t *testing.T) {
+	term := newHeldTerminator(t)
+	d, aud, _, stop := newTestDaemonWith(t, term)
+	req := decideKill(t, d, aud, term)
+	d.stepNow(policy.Input{Kind: policy.InputTerminateAck, Subject: req.Subject, Instance: req.Instance, Decision: req.Decision})
+	done, answer, rel := reportExit(d, "hog", req.Instance, req.Decision)
+	defer rel()
+	aud.waitRecord(t, policy.EventKilled)
+	require.Equal(t, 1, waitsOf(d))
+
+	stop()
+	select {
+	case <-done:
+		require.ErrorContains(t, answer(), errStopped.Error())
+	case <-time.After(10 * time.Second):
+		t.Fatal("the exit report was not failed when oomd stopped")
+	}
+}
+
+// TestExitWithoutConsequenceIsAnsweredAtOnce: an exit that causes no record is answered
+// at once, even while other records wait to become durable (execd sends one report at
+// a time: holding it would hold every exit behind it).
+func TestExitWithoutConsequenceIsAnsweredAtOnce(t *testing.T) {
+	term := newHeldTerminator(t)
+	d, aud, _, _ := newTestDaemonWith(t, term)
+	handOver(t, d, "calm").report(t, "calm", 10, 1)
+	handOver(t, d, "hog").report(t, "hog", 500, 1)
+	for range 10 {
+		d.tickNow()
+	}
+	require.Equal(t, policy.EventKillDecided, aud.last(t).Kind, "the decision waits for its ack")
+
+	done, answer, rel := reportExit(d, "calm", 1, 0)
+	defer rel()
+	requireAnswered(t, done, answer)
+	assert.Zero(t, waitsOf(d))
+}
