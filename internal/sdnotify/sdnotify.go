@@ -1,6 +1,7 @@
-// Package sdnotify speaks systemd's notify protocol (sd_notify(3)) for execd and oomd,
-// through github.com/coreos/go-systemd/v22/daemon. Without NOTIFY_SOCKET every call is a
-// no-op, so the daemons behave the same outside systemd (make run, the VM, tests).
+// Package sdnotify speaks systemd's notify protocol (sd_notify(3)) for execd and oomd:
+// github.com/coreos/go-systemd/v22/daemon reads the environment, and messages are sent
+// without waiting (send). Without NOTIFY_SOCKET every call is a no-op, so the daemons
+// behave the same outside systemd (make run, the VM, tests).
 //
 // Under systemd (packaging/systemd/oomwatch.service) execd is the unit's main process
 // and says READY=1 once its services are up and STOPPING=1 when it begins stopping them.
@@ -22,11 +23,13 @@
 package sdnotify
 
 import (
+	"fmt"
 	"os"
 	"time"
 
 	"github.com/coreos/go-systemd/v22/daemon"
 	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
 )
 
 // The environment systemd gives the unit's main process for the notify protocol.
@@ -47,13 +50,36 @@ func Ready(log *zap.Logger) { notify(log, daemon.SdNotifyReady) }
 func Stopping(log *zap.Logger) { notify(log, daemon.SdNotifyStopping) }
 
 func notify(log *zap.Logger, state string) {
-	sent, err := daemon.SdNotify(false, state)
+	sent, err := send(state)
 	switch {
 	case err != nil:
 		log.Warn("sd_notify failed", zap.String("state", state), zap.Error(err))
 	case sent:
 		log.Debug("sd_notify", zap.String("state", state))
 	}
+}
+
+// send writes state to NOTIFY_SOCKET as one datagram, without waiting. go-systemd's
+// SdNotify writes on a blocking connection with no deadline, so a systemd that stopped
+// reading its socket would block the caller for ever; oomd pings from its owner loop,
+// which must never wait for another process. Here a full queue is EAGAIN: the message
+// is dropped and said, and a watchdog not fed is what systemd acts on. A name starting
+// with '@' is an abstract socket (golang.org/x/sys/unix maps it). sent is false when
+// there is no NOTIFY_SOCKET.
+func send(state string) (sent bool, err error) {
+	sock := os.Getenv(EnvSocket)
+	if sock == "" {
+		return false, nil
+	}
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
+	if err != nil {
+		return false, fmt.Errorf("notify socket: %w", err)
+	}
+	defer unix.Close(fd)
+	if err := unix.Sendto(fd, []byte(state), unix.MSG_NOSIGNAL, &unix.SockaddrUnix{Name: sock}); err != nil {
+		return false, fmt.Errorf("send to %s: %w", sock, err)
+	}
+	return true, nil
 }
 
 // WatchdogEnv is systemd's watchdog environment for this process: NOTIFY_SOCKET and

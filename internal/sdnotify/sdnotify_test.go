@@ -13,8 +13,10 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap/zaptest"
+	"golang.org/x/sys/unix"
 
 	"oomd.dev/oomd/internal/sdnotify/sdnotifytest"
+	"oomd.dev/oomd/internal/testutil"
 )
 
 const bound = 10 * time.Second
@@ -55,6 +57,34 @@ func TestNoSocketIsANoOp(t *testing.T) {
 	assert.Nil(t, w)
 	w.Beat() // a nil Watchdog does nothing
 	assert.Zero(t, w.Interval())
+}
+
+// TestNotifyNeverBlocks: a systemd that stopped reading its socket (a full queue) costs
+// dropped messages, each said, never a blocked caller: oomd pings from its owner loop.
+// (go-systemd's SdNotify blocked here for ever.)
+func TestNotifyNeverBlocks(t *testing.T) {
+	clearEnv(t)
+	path := filepath.Join(testutil.SocketDir(t), "deaf")
+	deaf, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
+	require.NoError(t, err)
+	defer deaf.Close() // never read
+	t.Setenv(EnvSocket, path)
+	done := make(chan error, 1)
+	go func() {
+		for range 1 << 20 {
+			if _, err := send(daemon.SdNotifyWatchdog); err != nil {
+				done <- err
+				return
+			}
+		}
+		done <- nil
+	}()
+	select {
+	case err := <-done:
+		require.ErrorIs(t, err, unix.EAGAIN, "a full queue is said, not waited out")
+	case <-time.After(10 * time.Second):
+		t.Fatal("notify blocked on a socket nobody reads")
+	}
 }
 
 func TestReadyAndStopping(t *testing.T) {
