@@ -89,7 +89,7 @@ else
 fi
 
 step "--version of every binary"
-# "<program> <version> (...)"; the CLI names itself oomctl, the program it is.
+# "<program> <version> (...)"; the CLI names itself by the name it was run as (oomwatchctl).
 for b in "$ctl" /usr/libexec/oomwatch/execd-stub /usr/libexec/oomwatch/logd-stub /usr/libexec/oomwatch/oomd; do
   v=$("$b" --version) || fail "$b --version exited non-zero"
   case "$v" in *" ${VERSION:-}"*) ;; *) fail "$b --version said '$v', want version '${VERSION:-}'" ;; esac

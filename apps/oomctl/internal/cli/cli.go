@@ -112,23 +112,24 @@ var commands = []command{
 		run:        func(ctx context.Context, r *runner, o any) error { return r.replay(ctx, o.(*replayFlags)) }},
 }
 
-func usage(w io.Writer) {
-	fmt.Fprint(w, `oomctl operates oomd, the memory watchdog, through its control socket.
+// usage prints the help text for the program named prog (Env.progName).
+func usage(w io.Writer, prog string) {
+	fmt.Fprint(w, strings.ReplaceAll(`oomctl operates oomd, the memory watchdog, through its control socket.
 
 Usage:
   oomctl [global flags] <command> [flags]
 
 Commands:
-`)
+`, "oomctl", prog))
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	for _, c := range commands {
 		fmt.Fprintf(tw, "  %s %s\t%s\n", c.name, c.args, c.summary)
 	}
 	fmt.Fprintf(tw, "  help [command]\tthis text, or one command's flags\n")
 	fmt.Fprintf(tw, "  completion bash\ta bash completion script (source it, or install it as\n")
-	fmt.Fprintf(tw, "  \t/usr/share/bash-completion/completions/oomctl)\n")
+	fmt.Fprintf(tw, "  \t/usr/share/bash-completion/completions/%s)\n", prog)
 	tw.Flush()
-	fmt.Fprint(w, `
+	fmt.Fprint(w, strings.ReplaceAll(`
 Global flags (accepted before or after the command):
   --socket PATH   oomd's control socket (default $OOMD_SOCKET, else `+DefaultSocket+`)
   --json          one JSON object per line, with stable field names, for scripts
@@ -151,7 +152,7 @@ Examples:
   oomctl policy set --hard-bytes 512M --override db=1G:2G --critical sshd
   oomctl policy get --json | jq .policy > p.json && oomctl policy set --file p.json
   oomctl events --follow --json
-`)
+`, "oomctl", prog))
 }
 
 // Main runs oomctl with args (without the program name) and returns the exit code.
@@ -170,12 +171,12 @@ func Main(ctx context.Context, args []string, env Env) int {
 	case err == nil, errors.Is(err, flag.ErrHelp):
 		return ExitOK
 	case errors.As(err, new(inputError)):
-		fmt.Fprintf(env.Stderr, "oomctl: %v\n", err)
+		fmt.Fprintf(env.Stderr, "%s: %v\n", env.progName(), err)
 		return ExitUsage
 	case errors.Is(err, errUsageShown):
 		return ExitUsage
 	default:
-		fmt.Fprintf(env.Stderr, "oomctl: %v\n", err)
+		fmt.Fprintf(env.Stderr, "%s: %v\n", env.progName(), err)
 		return ExitRuntime
 	}
 }
@@ -188,21 +189,22 @@ func run(ctx context.Context, args []string, env Env) error {
 	if g.socket == "" {
 		g.socket = DefaultSocket
 	}
-	top := flag.NewFlagSet("oomctl", flag.ContinueOnError)
+	prog := env.progName()
+	top := flag.NewFlagSet(prog, flag.ContinueOnError)
 	top.SetOutput(env.Stderr)
 	top.Usage = func() {} // printed below, to stdout when asked for
 	g.register(top)
 	showVersion := top.Bool("version", false, "print the version and exit")
 	if err := top.Parse(args); err != nil {
-		return parseErr(err, env, func(w io.Writer) { usage(w) }, top)
+		return parseErr(err, env, func(w io.Writer) { usage(w, prog) }, top)
 	}
 	if *showVersion {
-		fmt.Fprintf(env.Stdout, "oomctl %s\n", version.String())
+		fmt.Fprintf(env.Stdout, "%s %s\n", prog, version.String())
 		return nil
 	}
 	rest := top.Args()
 	if len(rest) == 0 {
-		usage(env.Stderr)
+		usage(env.Stderr, prog)
 		return errUsageShown
 	}
 	if rest[0] == "help" {
@@ -211,11 +213,11 @@ func run(ctx context.Context, args []string, env Env) error {
 	if rest[0] == "completion" {
 		return completion(rest[1:], env)
 	}
-	cmd, rest, err := lookup(rest)
+	cmd, rest, err := lookup(rest, prog)
 	if err != nil {
 		return err
 	}
-	fs := flag.NewFlagSet("oomctl "+cmd.name, flag.ContinueOnError)
+	fs := flag.NewFlagSet(prog+" "+cmd.name, flag.ContinueOnError)
 	fs.SetOutput(env.Stderr)
 	var opts any
 	if cmd.flags != nil {
@@ -224,20 +226,20 @@ func run(ctx context.Context, args []string, env Env) error {
 	g.register(fs)
 	fs.Usage = func() {}
 	if err := fs.Parse(rest); err != nil {
-		return parseErr(err, env, func(w io.Writer) { commandUsage(w, cmd, fs) }, fs)
+		return parseErr(err, env, func(w io.Writer) { commandUsage(w, cmd, fs, prog) }, fs)
 	}
 	if cmd.positional != nil {
 		if fs.NArg() == 0 {
-			return invalidf("%s: missing %s (see oomctl help %s)", cmd.name, strings.Fields(cmd.args)[0], cmd.name)
+			return invalidf("%s: missing %s (see %s help %s)", cmd.name, strings.Fields(cmd.args)[0], prog, cmd.name)
 		}
 		cmd.positional(opts, fs.Arg(0))
 		// Flags may follow the argument: parse what is after it.
 		if err := fs.Parse(fs.Args()[1:]); err != nil {
-			return parseErr(err, env, func(w io.Writer) { commandUsage(w, cmd, fs) }, fs)
+			return parseErr(err, env, func(w io.Writer) { commandUsage(w, cmd, fs, prog) }, fs)
 		}
 	}
 	if fs.NArg() > 0 {
-		return invalidf("%s: unexpected argument %q (see oomctl help %s)", cmd.name, fs.Arg(0), cmd.name)
+		return invalidf("%s: unexpected argument %q (see %s help %s)", cmd.name, fs.Arg(0), prog, cmd.name)
 	}
 	if g.timeout < 0 {
 		return invalidf("--timeout %v: must not be negative", g.timeout)
@@ -257,15 +259,16 @@ func parseErr(err error, env Env, show func(io.Writer), fs *flag.FlagSet) error 
 		var known []string
 		fs.VisitAll(func(f *flag.Flag) { known = append(known, f.Name) })
 		if best := closest(strings.TrimLeft(name, "-"), known); best != "" {
-			fmt.Fprintf(env.Stderr, "oomctl: --%s: did you mean --%s?\n", name, best)
+			fmt.Fprintf(env.Stderr, "%s: --%s: did you mean --%s?\n", env.progName(), name, best)
 		}
 	}
 	show(env.Stderr)
 	return errUsageShown
 }
 
-// lookup finds the command named by the first one or two words of args.
-func lookup(args []string) (command, []string, error) {
+// lookup finds the command named by the first one or two words of args; prog names the
+// program in its errors.
+func lookup(args []string, prog string) (command, []string, error) {
 	for _, c := range commands {
 		words := strings.Fields(c.name)
 		if len(args) >= len(words) && strings.Join(args[:len(words)], " ") == c.name {
@@ -274,43 +277,44 @@ func lookup(args []string) (command, []string, error) {
 	}
 	if args[0] == "policy" {
 		if len(args) == 1 {
-			return command{}, nil, invalidf("policy: say get or set (see oomctl help)")
+			return command{}, nil, invalidf("policy: say get or set (see %s help)", prog)
 		}
-		return command{}, nil, invalidf("policy %s: unknown command: say get or set%s (see oomctl help)", args[1], didYouMean(args[1], []string{"get", "set"}))
+		return command{}, nil, invalidf("policy %s: unknown command: say get or set%s (see %s help)", args[1], didYouMean(args[1], []string{"get", "set"}), prog)
 	}
 	var names []string
 	for _, c := range commands {
 		names = append(names, strings.Fields(c.name)[0])
 	}
-	return command{}, nil, invalidf("unknown command %q%s (see oomctl help)", args[0], didYouMean(args[0], append(names, "help", "completion")))
+	return command{}, nil, invalidf("unknown command %q%s (see %s help)", args[0], didYouMean(args[0], append(names, "help", "completion")), prog)
 }
 
 func help(args []string, env Env) error {
+	prog := env.progName()
 	if len(args) == 0 {
-		usage(env.Stdout)
+		usage(env.Stdout, prog)
 		return nil
 	}
-	cmd, rest, err := lookup(args)
+	cmd, rest, err := lookup(args, prog)
 	if err != nil {
 		return err
 	}
 	if len(rest) > 0 {
 		return invalidf("help: unexpected argument %q", rest[0])
 	}
-	fs := flag.NewFlagSet("oomctl "+cmd.name, flag.ContinueOnError)
+	fs := flag.NewFlagSet(prog+" "+cmd.name, flag.ContinueOnError)
 	if cmd.flags != nil {
 		cmd.flags(fs)
 	}
 	(&globals{}).register(fs)
-	commandUsage(env.Stdout, cmd, fs)
+	commandUsage(env.Stdout, cmd, fs, prog)
 	return nil
 }
 
-func commandUsage(w io.Writer, cmd command, fs *flag.FlagSet) {
-	fmt.Fprintf(w, "Usage: oomctl %s %s\n\n%s.\n\nFlags:\n", cmd.name, cmd.args, capitalize(cmd.summary))
+func commandUsage(w io.Writer, cmd command, fs *flag.FlagSet, prog string) {
+	fmt.Fprintf(w, "Usage: %s %s %s\n\n%s.\n\nFlags:\n", prog, cmd.name, cmd.args, capitalize(cmd.summary))
 	fs.SetOutput(w)
 	fs.PrintDefaults()
-	fmt.Fprintf(w, "\nExit status: 0 ok, 1 runtime error, 2 usage error or invalid input (see oomctl help).\n")
+	fmt.Fprintf(w, "\nExit status: 0 ok, 1 runtime error, 2 usage error or invalid input (see %s help).\n", prog)
 }
 
 func capitalize(s string) string {

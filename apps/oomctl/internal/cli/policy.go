@@ -288,7 +288,7 @@ func (r *runner) policySet(ctx context.Context, f *setFlags) error {
 	case f.file != "" && edits:
 		return invalidf("policy set: give either --file or field flags, not both")
 	case f.file == "" && !edits:
-		return invalidf("policy set: nothing to set; give field flags (e.g. --hard-bytes 512M) or --file (see oomctl help policy set)")
+		return invalidf("policy set: nothing to set; give field flags (e.g. --hard-bytes 512M) or --file (see %s help policy set)", r.env.progName())
 	}
 	var fromFile policy.Policy
 	if f.file != "" {

@@ -89,3 +89,32 @@ func TestBashCompletionRegistersForItsName(t *testing.T) {
 		assert.Equal(t, "complete -o default -F _oomctl "+want, strings.TrimSpace(string(reg)), "name %q", name)
 	}
 }
+
+// TestHelpSaysTheNameItWasRunAs: run as oomwatchctl (the .deb's name), the help, a
+// command's help, the version and the errors name oomwatchctl, so what they show can be
+// typed as it is; run under no usable name they say oomctl.
+func TestHelpSaysTheNameItWasRunAs(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		code int
+	}{
+		{[]string{"help"}, ExitOK},
+		{[]string{"help", "policy", "set"}, ExitOK},
+		{[]string{"--version"}, ExitOK},
+		{[]string{"stauts"}, ExitUsage},
+		{[]string{"policy", "set"}, ExitUsage},
+		{[]string{"replay"}, ExitUsage},
+		{[]string{"status", "--jsno"}, ExitUsage},
+	} {
+		for name, want := range map[string]string{"oomwatchctl": "oomwatchctl", "": "oomctl"} {
+			var out, errb bytes.Buffer
+			code := Main(context.Background(), tc.args, Env{Stdout: &out, Stderr: &errb, Name: name})
+			require.Equal(t, tc.code, code, "%q as %q: %s", tc.args, name, errb.String())
+			text := out.String() + errb.String()
+			assert.Contains(t, text, want, "%q as %q", tc.args, name)
+			if want != "oomctl" {
+				assert.NotRegexp(t, `\boomctl\b`, text, "%q as %q", tc.args, name)
+			}
+		}
+	}
+}
