@@ -37,8 +37,11 @@ type Limits struct {
 	// Caveat (as for C++'s setFlowLimit): a handler that waits for a later message from
 	// the same peer (the Return of a call back to it) is not released while the reader
 	// holds a question; with MaxUnreturned such handlers outstanding the connection
-	// stalls. No oomd handler does that (logd's block only on its disk, execd's and
-	// oomd's never wait on their caller).
+	// stalls. logd's handlers block only on its disk and execd's never wait on their
+	// caller. One of oomd's does: ExitWatcher.exited, held until what the exit caused
+	// is durable, may wait for execd's Return to oomd's terminate call on the same
+	// connection. execd makes at most one exited call at a time, far below the bound,
+	// so the reader never holds that Return behind it.
 	MaxUnreturned int
 	// FinishOnReturn makes the codec hand the rpc layer a Finish for every call as soon
 	// as its Return is written, and drop the peer's own Finish when it comes. go-capnp

@@ -80,7 +80,12 @@ func TestRestartContinuesADurableDecision(t *testing.T) {
 func TestCrashBeforeKilledIsDurableCompletesTheKill(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 	defer cancel()
-	s, c := startWithHog(t, ctx)
+	// The next oomd must read the journal back: logd's restarts back off while its
+	// journal is out of the way, so oomd waits for it longer than the default 10 s.
+	s := startStack(t, recoveryManifest(`, "--logd-start-wait", "60s"`), map[string]string{"policy.json": policyJSON})
+	c := dialClient(t, ctx, s)
+	_, err := c.WaitEvent(ctx, "hog registered", ctlclient.IsKind("hog", "subjectRegistered"))
+	require.NoError(t, err)
 	s.waitLine("connected child's memstat to the watchdog\t{\"subject\": \"hog\"", 10*time.Second)
 	logd, oomd := pidOf(t, s, "logd"), pidOf(t, s, "oomd")
 

@@ -52,8 +52,9 @@
 // (os/exec's Wait), so no exit is lost, however early. Every exit becomes an ExitReport,
 // pushed in order to the ExitWatcher registered with Terminator.watchExits from one
 // goroutine per watcher, one call at a time. Reports that find no watcher (none yet, or
-// the last one failed) wait in a backlog of at most MaxExitBacklog reports (the oldest
-// are dropped and counted beyond that) and are delivered on the next registration.
+// the last one failed) wait in a backlog of at most MaxExitBacklog reports (beyond that
+// the oldest not in flight are dropped and counted) and are delivered on the next
+// registration.
 // Delivery is in order and at least once: a report whose call failed or was cut short
 // by a new registration is sent again to the next watcher. oomd answers a report only
 // once what it caused is durable in its audit trail, so a report whose kill record died

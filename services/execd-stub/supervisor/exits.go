@@ -2,6 +2,7 @@ package supervisor
 
 import (
 	"context"
+	"slices"
 	"sync"
 
 	"go.uber.org/zap"
@@ -10,8 +11,11 @@ import (
 )
 
 // MaxExitBacklog bounds the exit reports kept for a watcher that is absent or behind.
-// Beyond it the oldest reports are dropped (and counted in the log): a manifest has at
-// most 256 services, so this covers several restarts of each while oomd is away.
+// Beyond it the oldest reports are dropped (and counted in the log), except the one whose
+// call is in flight: oomd answers a report only once what it caused is durable, so that
+// one may be a kill whose record waits for logd, and it is the report a crash of oomd
+// must not lose. A manifest has at most 256 services, so this covers several restarts of
+// each while oomd is away or behind.
 const MaxExitBacklog = 1024
 
 // exitQueue holds exit reports in order until the registered watcher acknowledged them.
@@ -24,6 +28,7 @@ type exitQueue struct {
 	mu      sync.Mutex
 	items   []queuedExit
 	nextSeq uint64
+	sending uint64 // the seq of the report whose exited() call is in flight (0: none)
 	dropped uint64
 	gen     uint64 // increments with each watcher; a pusher of an older gen stops
 	wake    chan struct{}
@@ -49,11 +54,15 @@ func (q *exitQueue) push(r ExitReport) {
 		return
 	}
 	if len(q.items) >= MaxExitBacklog {
+		k := 0
+		if q.items[0].seq == q.sending {
+			k = 1 // the report in flight stays
+		}
 		q.dropped++
-		q.log.Warn("exit backlog full; dropping the oldest report",
-			zap.String("subject", q.items[0].r.Subject), zap.Uint64("instance", q.items[0].r.Instance),
+		q.log.Warn("exit backlog full; dropping the oldest report not in flight",
+			zap.String("subject", q.items[k].r.Subject), zap.Uint64("instance", q.items[k].r.Instance),
 			zap.Uint64("dropped", q.dropped))
-		q.items = q.items[1:]
+		q.items = slices.Delete(q.items, k, k+1)
 	}
 	q.nextSeq++
 	q.items = append(q.items, queuedExit{seq: q.nextSeq, r: r})
@@ -106,11 +115,16 @@ func (q *exitQueue) pushTo(ctx context.Context, gen uint64, w oomdpb.ExitWatcher
 			}
 		}
 		head := q.items[0]
+		q.sending = head.seq
 		q.mu.Unlock()
 
-		if err := deliver(ctx, w, head.r); err != nil {
+		err := deliver(ctx, w, head.r)
+		q.mu.Lock()
+		if q.sending == head.seq {
+			q.sending = 0
+		}
+		if err != nil {
 			// The report stays at the head for the next watcher.
-			q.mu.Lock()
 			if q.gen == gen {
 				q.log.Info("exit watcher gone; keeping reports for the next one",
 					zap.String("subject", head.r.Subject), zap.Uint64("instance", head.r.Instance), zap.Error(err))
@@ -119,7 +133,6 @@ func (q *exitQueue) pushTo(ctx context.Context, gen uint64, w oomdpb.ExitWatcher
 			q.mu.Unlock()
 			return
 		}
-		q.mu.Lock()
 		if len(q.items) > 0 && q.items[0].seq == head.seq {
 			q.items = q.items[1:]
 		}

@@ -83,6 +83,55 @@ func TestExitBacklogIsBoundedAndDeliveredInOrder(t *testing.T) {
 	assert.Equal(t, report(n+1), receive(t, w.got), "after the backlog, live reports")
 }
 
+// holdingWatcher takes each report and answers it only when the test releases it, as
+// oomd holds a report until what it caused is durable.
+type holdingWatcher struct {
+	got     chan ExitReport
+	release chan struct{}
+}
+
+func (w *holdingWatcher) Exited(ctx context.Context, call oomdpb.ExitWatcher_exited) error {
+	r, err := call.Args().Report()
+	if err != nil {
+		return err
+	}
+	subject, _ := r.Subject()
+	w.got <- ExitReport{Subject: subject, Instance: r.Instance()}
+	select {
+	case <-w.release:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// TestFullBacklogKeepsTheReportInFlight: the watcher holds report 1 (a kill whose record
+// waits for logd) while MaxExitBacklog more exits arrive. The backlog drops the oldest
+// report not in flight (2), never the held one, which is the one a crash of the watcher
+// must not lose.
+func TestFullBacklogKeepsTheReportInFlight(t *testing.T) {
+	q := newExitQueue(zaptest.NewLogger(t))
+	defer q.close()
+	w := &holdingWatcher{got: make(chan ExitReport, MaxExitBacklog+2), release: make(chan struct{})}
+	q.setWatcher(oomdpb.ExitWatcher_ServerToClient(w))
+	q.push(report(1))
+	require.Equal(t, report(1).Subject, receive(t, w.got).Subject, "report 1 is in flight")
+	for i := 2; i <= MaxExitBacklog+1; i++ {
+		q.push(report(i))
+	}
+	q.mu.Lock()
+	require.Len(t, q.items, MaxExitBacklog)
+	head, next := q.items[0].r, q.items[1].r
+	q.mu.Unlock()
+	assert.Equal(t, report(1), head, "the report in flight is kept")
+	assert.Equal(t, report(3), next, "the oldest report not in flight (2) was dropped")
+
+	close(w.release)
+	for i := 3; i <= MaxExitBacklog+1; i++ {
+		require.Equal(t, report(i).Subject, receive(t, w.got).Subject, "then the rest, in order")
+	}
+}
+
 func TestFailedReportGoesToTheNextWatcher(t *testing.T) {
 	q := newExitQueue(zaptest.NewLogger(t))
 	defer q.close()

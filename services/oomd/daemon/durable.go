@@ -71,12 +71,16 @@ func (d *Daemon) settleDurable() {
 
 // awaitDurable waits for a channel from afterDurable or afterDecision. It fails when
 // ctx ends or the loop stopped first: then the records may never become durable in
-// this run.
+// this run. A wait given up is forgotten, so that waits nobody waits for do not pile up
+// while logd is down.
 func (d *Daemon) awaitDurable(ctx context.Context, done <-chan struct{}) error {
 	select {
 	case <-done:
 		return nil
 	case <-ctx.Done():
+		_ = d.do(func() {
+			d.durable = slices.DeleteFunc(d.durable, func(w durableWait) bool { return w.done == done })
+		})
 		return ctx.Err()
 	case <-d.stopped:
 		select {

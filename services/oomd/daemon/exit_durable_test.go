@@ -89,8 +89,12 @@ func (a *fakeAuditor) waitRecord(t *testing.T, kind policy.EventKind) policy.Aud
 
 // reportExit sends execd's report through oomd's ExitWatcher capability, as execd does.
 func reportExit(d *Daemon, subject string, instance, decision uint64) (done <-chan struct{}, answer func() error, release func()) {
+	return reportExitCtx(context.Background(), d, subject, instance, decision)
+}
+
+func reportExitCtx(ctx context.Context, d *Daemon, subject string, instance, decision uint64) (done <-chan struct{}, answer func() error, release func()) {
 	w := d.ExitWatcherClient()
-	fut, rel := w.Exited(context.Background(), func(p oomdpb.ExitWatcher_exited_Params) error {
+	fut, rel := w.Exited(ctx, func(p oomdpb.ExitWatcher_exited_Params) error {
 		r, err := p.NewReport()
 		if err != nil {
 			return err
@@ -190,6 +194,30 @@ func TestExitUnansweredWhenOomdStops(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the exit report was not failed when oomd stopped")
 	}
+}
+
+// TestExitGivenUpIsForgotten: execd gives up a call (a new watcher registered; the
+// connection went): the wait is forgotten, not kept until a durability that may never
+// come.
+func TestExitGivenUpIsForgotten(t *testing.T) {
+	term := newHeldTerminator(t)
+	d, aud, _, _ := newTestDaemonWith(t, term)
+	req := decideKill(t, d, aud, term)
+	d.stepNow(policy.Input{Kind: policy.InputTerminateAck, Subject: req.Subject, Instance: req.Instance, Decision: req.Decision})
+	ctx, cancel := context.WithCancel(context.Background())
+	done, answer, rel := reportExitCtx(ctx, d, "hog", req.Instance, req.Decision)
+	defer rel()
+	aud.waitRecord(t, policy.EventKilled)
+	require.Equal(t, 1, waitsOf(d))
+
+	cancel()
+	select {
+	case <-done:
+		require.Error(t, answer())
+	case <-time.After(10 * time.Second):
+		t.Fatal("the call was not ended by its caller")
+	}
+	require.Eventually(t, func() bool { return waitsOf(d) == 0 }, 10*time.Second, time.Millisecond, "the wait is forgotten")
 }
 
 // TestExitWithoutConsequenceIsAnsweredAtOnce: an exit that causes no record is answered
