@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"os"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -12,6 +13,7 @@ import (
 
 	"oomd.dev/oomd/gen/oomdpb"
 	"oomd.dev/oomd/services/oomd/ctlclient"
+	"oomd.dev/oomd/services/oomd/policy"
 )
 
 // countAudit counts oomd's records of kind about subject.
@@ -23,6 +25,27 @@ func countAudit(entries []auditEntry, subject string, kind oomdpb.EventKind) (n 
 		}
 	}
 	return n, decisions
+}
+
+// requestKillWithExecdFrozen freezes execd (SIGSTOP), makes the hog cross its hard
+// limit and returns once oomd's terminate request went out (its killDecided record is
+// durable), with thaw to let execd carry it out. execd is thawed at the test's end if
+// the test did not.
+func requestKillWithExecdFrozen(t *testing.T, ctx context.Context, s *stack, c *ctlclient.Client) (requested policy.Event, thaw func()) {
+	t.Helper()
+	// The inject travels on the hog's end of its memstat socketpair, which execd's
+	// broker delivers to the hog only after oomd registered it: freezing execd in
+	// between left the inject unanswered (seen under load).
+	s.waitLine("connected child's memstat to the watchdog\t{\"subject\": \"hog\"", 10*time.Second)
+	execd := s.cmd.Process.Pid
+	require.NoError(t, syscall.Kill(execd, syscall.SIGSTOP))
+	var once sync.Once
+	thaw = func() { once.Do(func() { require.NoError(t, syscall.Kill(execd, syscall.SIGCONT)) }) }
+	t.Cleanup(thaw)
+	require.NoError(t, c.Inject(ctx, "hog", 16<<20))
+	requested, err := c.WaitEvent(ctx, "terminate requested (audit durable)", ctlclient.IsKind("hog", "killRequested"))
+	require.NoError(t, err)
+	return requested, thaw
 }
 
 // TestRestartContinuesADurableDecision: oomd decided to kill the hog, its killDecided
@@ -38,26 +61,10 @@ func TestRestartContinuesADurableDecision(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	s, c := startWithHog(t, ctx)
-	// The inject below travels on the hog's end of its memstat socketpair, which execd's
-	// broker delivers to the hog only after oomd registered it: freezing execd in
-	// between left the inject unanswered (seen under load).
-	s.waitLine("connected child's memstat to the watchdog\t{\"subject\": \"hog\"", 10*time.Second)
-
-	execd := s.cmd.Process.Pid
-	require.NoError(t, syscall.Kill(execd, syscall.SIGSTOP))
-	frozen := true
-	defer func() {
-		if frozen {
-			syscall.Kill(execd, syscall.SIGCONT)
-		}
-	}()
-	require.NoError(t, c.Inject(ctx, "hog", 16<<20))
-	requested, err := c.WaitEvent(ctx, "terminate requested (audit durable)", ctlclient.IsKind("hog", "killRequested"))
-	require.NoError(t, err)
+	requested, thaw := requestKillWithExecdFrozen(t, ctx, s, c)
 
 	require.NoError(t, syscall.Kill(pidOf(t, s, "oomd"), syscall.SIGKILL))
-	require.NoError(t, syscall.Kill(execd, syscall.SIGCONT))
-	frozen = false
+	thaw()
 	s.waitCount("oomd: ready", 2, 30*time.Second)
 	s.waitLine("oomd: kill app=hog", 30*time.Second)
 
@@ -82,31 +89,13 @@ func TestCrashBeforeKilledIsDurableCompletesTheKill(t *testing.T) {
 	defer cancel()
 	// The next oomd must read the journal back: logd's restarts back off while its
 	// journal is out of the way, so oomd waits for it longer than the default 10 s.
-	s := startStack(t, recoveryManifest(`, "--logd-start-wait", "60s"`), map[string]string{"policy.json": policyJSON})
-	c := dialClient(t, ctx, s)
-	_, err := c.WaitEvent(ctx, "hog registered", ctlclient.IsKind("hog", "subjectRegistered"))
-	require.NoError(t, err)
-	s.waitLine("connected child's memstat to the watchdog\t{\"subject\": \"hog\"", 10*time.Second)
+	s, c := startWithHogFlags(t, ctx, `, "--logd-start-wait", "60s"`)
 	logd, oomd := pidOf(t, s, "logd"), pidOf(t, s, "oomd")
+	requested, thaw := requestKillWithExecdFrozen(t, ctx, s, c)
 
-	execd := s.cmd.Process.Pid
-	require.NoError(t, syscall.Kill(execd, syscall.SIGSTOP))
-	frozen := true
-	defer func() {
-		if frozen {
-			syscall.Kill(execd, syscall.SIGCONT)
-		}
-	}()
-	require.NoError(t, c.Inject(ctx, "hog", 16<<20))
-	requested, err := c.WaitEvent(ctx, "terminate requested (audit durable)", ctlclient.IsKind("hog", "killRequested"))
-	require.NoError(t, err)
-
-	journalDir, aside := s.path("journal"), s.path("journal.aside")
-	require.NoError(t, os.Rename(journalDir, aside))
-	require.NoError(t, os.WriteFile(journalDir, nil, 0o600))
+	journalBack := journalAside(t, s)
 	require.NoError(t, syscall.Kill(logd, syscall.SIGKILL))
-	require.NoError(t, syscall.Kill(execd, syscall.SIGCONT))
-	frozen = false
+	thaw()
 
 	killed, err := c.WaitEvent(ctx, "the kill completed", ctlclient.IsKind("hog", "killed"))
 	require.NoError(t, err)
@@ -114,8 +103,7 @@ func TestCrashBeforeKilledIsDurableCompletesTheKill(t *testing.T) {
 	require.GreaterOrEqual(t, status(t, ctx, c).AuditWaiting(), uint64(1), "the killed record waits for logd")
 	require.NoError(t, syscall.Kill(oomd, syscall.SIGKILL))
 
-	require.NoError(t, os.Remove(journalDir))
-	require.NoError(t, os.Rename(aside, journalDir))
+	journalBack()
 	s.waitCount("oomd: ready", 2, 60*time.Second)
 	decided := oneKillAcrossRestart(t, ctx, s, 2)
 	assert.Equal(t, []uint64{requested.Decision}, decided)

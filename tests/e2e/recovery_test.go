@@ -19,7 +19,14 @@ import (
 // client, once oomd registered the hog.
 func startWithHog(t *testing.T, ctx context.Context) (*stack, *ctlclient.Client) {
 	t.Helper()
-	s := startStack(t, recoveryManifest(""), map[string]string{"policy.json": policyJSON})
+	return startWithHogFlags(t, ctx, "")
+}
+
+// startWithHogFlags is startWithHog with oomdFlags appended to oomd's argv
+// (recoveryManifest).
+func startWithHogFlags(t *testing.T, ctx context.Context, oomdFlags string) (*stack, *ctlclient.Client) {
+	t.Helper()
+	s := startStack(t, recoveryManifest(oomdFlags), map[string]string{"policy.json": policyJSON})
 	c := dialClient(t, ctx, s)
 	_, err := c.WaitEvent(ctx, "hog registered", ctlclient.IsKind("hog", "subjectRegistered"))
 	require.NoError(t, err)
@@ -182,16 +189,27 @@ func logdOutage(t *testing.T, s *stack) (restore func()) {
 	t.Helper()
 	logdPid := pidOf(t, s, "logd")
 	require.NoError(t, syscall.Kill(logdPid, syscall.SIGSTOP)) // nothing moves while we swap
-	journalDir, aside := s.path("journal"), s.path("journal.aside")
-	require.NoError(t, os.Rename(journalDir, aside))
-	require.NoError(t, os.WriteFile(journalDir, nil, 0o600))
+	back := journalAside(t, s)
 	require.NoError(t, syscall.Kill(logdPid, syscall.SIGKILL))
 	s.waitLine(`exited	{"subject": "logd", "instance": 2`, 20*time.Second) // a restart that failed
 	return func() {
 		t.Helper()
+		back()
+		s.waitCount("logd ready", 2, 60*time.Second)
+	}
+}
+
+// journalAside moves logd's journal directory out of the way and puts a file in its
+// place, so every logd execd starts fails; back puts the directory back.
+func journalAside(t *testing.T, s *stack) (back func()) {
+	t.Helper()
+	journalDir, aside := s.path("journal"), s.path("journal.aside")
+	require.NoError(t, os.Rename(journalDir, aside))
+	require.NoError(t, os.WriteFile(journalDir, nil, 0o600))
+	return func() {
+		t.Helper()
 		require.NoError(t, os.Remove(journalDir))
 		require.NoError(t, os.Rename(aside, journalDir))
-		s.waitCount("logd ready", 2, 60*time.Second)
 	}
 }
 

@@ -132,26 +132,53 @@ func requireUnanswered(t *testing.T, done <-chan struct{}, why string) {
 	}
 }
 
+// ackTerminate steps execd's acknowledgement of req.
+func ackTerminate(d *Daemon, req policy.TerminateRequest) {
+	d.stepNow(policy.Input{Kind: policy.InputTerminateAck, Subject: req.Subject, Instance: req.Instance, Decision: req.Decision})
+}
+
+// heldKill is a kill completed by an exit report whose answer waits for the killed record.
+type heldKill struct {
+	d       *Daemon
+	aud     *fakeAuditor
+	markers *syncBuffer
+	stop    func() // ends the loop
+	req     policy.TerminateRequest
+	killed  policy.AuditRecord
+	done    <-chan struct{} // the exited() call's answer came
+	answer  func() error
+}
+
+// holdKill: execd acknowledged the terminate request, then reported the exit (the call
+// made with ctx), which completed the kill. It returns once the killed record was
+// produced, with the report waiting for it.
+func holdKill(t *testing.T, ctx context.Context) heldKill {
+	t.Helper()
+	term := newHeldTerminator(t)
+	k := heldKill{}
+	k.d, k.aud, k.markers, k.stop = newTestDaemonWith(t, term)
+	k.req = decideKill(t, k.d, k.aud, term)
+	ackTerminate(k.d, k.req)
+	var rel func()
+	k.done, k.answer, rel = reportExitCtx(ctx, k.d, "hog", k.req.Instance, k.req.Decision)
+	t.Cleanup(rel)
+	k.killed = k.aud.waitRecord(t, policy.EventKilled)
+	require.Equal(t, k.req.Decision, k.killed.Decision)
+	require.Equal(t, 1, waitsOf(k.d), "the exit waits for its killed record")
+	return k
+}
+
 // TestExitAnsweredOnceItsKillIsDurable: execd acknowledged the terminate request, then
 // reports the exit, which completes the kill. The report is answered only once the
 // killed record is durable.
 func TestExitAnsweredOnceItsKillIsDurable(t *testing.T) {
-	term := newHeldTerminator(t)
-	d, aud, markers, _ := newTestDaemonWith(t, term)
-	req := decideKill(t, d, aud, term)
-	d.stepNow(policy.Input{Kind: policy.InputTerminateAck, Subject: req.Subject, Instance: req.Instance, Decision: req.Decision})
+	k := holdKill(t, context.Background())
+	assert.Contains(t, k.markers.String(), "oomd: kill app=hog")
+	requireUnanswered(t, k.done, "before its killed record was durable")
 
-	done, answer, rel := reportExit(d, "hog", req.Instance, req.Decision)
-	defer rel()
-	killed := aud.waitRecord(t, policy.EventKilled)
-	assert.Equal(t, req.Decision, killed.Decision)
-	assert.Contains(t, markers.String(), "oomd: kill app=hog")
-	require.Equal(t, 1, waitsOf(d), "the exit waits for its killed record")
-	requireUnanswered(t, done, "before its killed record was durable")
-
-	aud.ack(killed.WriterSeq)
-	requireAnswered(t, done, answer)
-	assert.Zero(t, waitsOf(d))
+	k.aud.ack(k.killed.WriterSeq)
+	requireAnswered(t, k.done, k.answer)
+	assert.Zero(t, waitsOf(k.d))
 }
 
 // TestExitBeforeTheAckWaitsForTheKill: the exit is reported before execd's answer to
@@ -168,7 +195,7 @@ func TestExitBeforeTheAckWaitsForTheKill(t *testing.T) {
 		"the exit waits for execd's answer")
 	requireUnanswered(t, done, "before the kill was complete")
 
-	d.stepNow(policy.Input{Kind: policy.InputTerminateAck, Subject: req.Subject, Instance: req.Instance, Decision: req.Decision})
+	ackTerminate(d, req)
 	killed := aud.waitRecord(t, policy.EventKilled)
 	requireUnanswered(t, done, "before its killed record was durable")
 	aud.ack(killed.WriterSeq)
@@ -178,19 +205,11 @@ func TestExitBeforeTheAckWaitsForTheKill(t *testing.T) {
 // TestExitUnansweredWhenOomdStops: oomd stops while the killed record is not durable.
 // The call fails, so execd keeps the report for the next oomd.
 func TestExitUnansweredWhenOomdStops(t *testing.T) {
-	term := newHeldTerminator(t)
-	d, aud, _, stop := newTestDaemonWith(t, term)
-	req := decideKill(t, d, aud, term)
-	d.stepNow(policy.Input{Kind: policy.InputTerminateAck, Subject: req.Subject, Instance: req.Instance, Decision: req.Decision})
-	done, answer, rel := reportExit(d, "hog", req.Instance, req.Decision)
-	defer rel()
-	aud.waitRecord(t, policy.EventKilled)
-	require.Equal(t, 1, waitsOf(d))
-
-	stop()
+	k := holdKill(t, context.Background())
+	k.stop()
 	select {
-	case <-done:
-		require.ErrorContains(t, answer(), errStopped.Error())
+	case <-k.done:
+		require.ErrorContains(t, k.answer(), errStopped.Error())
 	case <-time.After(10 * time.Second):
 		t.Fatal("the exit report was not failed when oomd stopped")
 	}
@@ -200,24 +219,16 @@ func TestExitUnansweredWhenOomdStops(t *testing.T) {
 // connection went): the wait is forgotten, not kept until a durability that may never
 // come.
 func TestExitGivenUpIsForgotten(t *testing.T) {
-	term := newHeldTerminator(t)
-	d, aud, _, _ := newTestDaemonWith(t, term)
-	req := decideKill(t, d, aud, term)
-	d.stepNow(policy.Input{Kind: policy.InputTerminateAck, Subject: req.Subject, Instance: req.Instance, Decision: req.Decision})
 	ctx, cancel := context.WithCancel(context.Background())
-	done, answer, rel := reportExitCtx(ctx, d, "hog", req.Instance, req.Decision)
-	defer rel()
-	aud.waitRecord(t, policy.EventKilled)
-	require.Equal(t, 1, waitsOf(d))
-
+	k := holdKill(t, ctx)
 	cancel()
 	select {
-	case <-done:
-		require.Error(t, answer())
+	case <-k.done:
+		require.Error(t, k.answer())
 	case <-time.After(10 * time.Second):
 		t.Fatal("the call was not ended by its caller")
 	}
-	require.Eventually(t, func() bool { return waitsOf(d) == 0 }, 10*time.Second, time.Millisecond, "the wait is forgotten")
+	require.Eventually(t, func() bool { return waitsOf(k.d) == 0 }, 10*time.Second, time.Millisecond, "the wait is forgotten")
 }
 
 // TestExitWithoutConsequenceIsAnsweredAtOnce: an exit that causes no record is answered
