@@ -34,7 +34,7 @@ test: ## Run all tests (unit, multi-process integration, the .deb install test, 
 	@$(MAKE) --no-print-directory deb-test
 	@if [ -x scripts/qemu-test.sh ]; then $(MAKE) --no-print-directory qemu-test; fi
 
-run: build ## Run the stack on the host: execd starts logd, oomd and a hog, and you see a kill
+run: build ## Run the stack on the host: execd starts logd, oomd, a hog and a critical hog, and you see a kill and a denial
 	@./scripts/run.sh
 
 selftest: build ## Run the host selftest non-interactively; exits 0 only on SELFTEST: oom kill ok
@@ -48,7 +48,7 @@ qemu-test: ## Boot a Linux VM under QEMU (TCG): the kill-path proof, the two-boo
 
 # The binaries are built with the same flags as make build and the e2e tests (only the
 # link differs), so after make test's go test this is link-only.
-deb: nfpm ## Build dist/oomwatch_<version>_<arch>.deb: the stack as oomwatch.service, oomwatchctl, man pages
+deb: nfpm ## Build dist/oomwatch_<version>-1_<arch>.deb: the stack as oomwatch.service, oomwatchctl, man pages
 	@rm -rf $(DIST)/build $(DIST)/man $(DIST)/oomwatch_*.deb && mkdir -p $(DIST)/build
 	@for c in services/execd-stub services/logd-stub services/oomd apps/oomctl; do \
 	  $(GO) build -ldflags "$(PKG_LDFLAGS)" -o $(DIST)/build/$$(basename $$c) ./$$c || exit 1; done

@@ -8,12 +8,19 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 export PATH="$root/bin:$PATH"
 rt=$(mktemp -d "${TMPDIR:-/tmp}/oomd-run.XXXXXX")
 chmod 700 "$rt"
-trap 'rm -rf "$rt"' EXIT
+# KEEP_RUNTIME=1 keeps the runtime directory (the journal, oomd's live trace) for a look
+# after the stack stopped, e.g. bin/oomctl replay "$rt/policy.json.trace".
+if [ "${KEEP_RUNTIME:-}" = 1 ]; then
+  trap 'echo "runtime dir kept: $rt"' EXIT
+else
+  trap 'rm -rf "$rt"' EXIT
+fi
 cp "$root/scripts/host/policy.json" "$rt/policy.json"
 
 if [ "${1:-}" != "--selftest" ]; then
   echo "runtime dir: $rt   (Ctrl-C stops every process)"
   echo "in another shell:  export OOMD_SOCKET=$rt/oomd.sock; bin/oomctl status"
+  echo "oomd's live trace:  bin/oomctl replay $rt/policy.json.trace   (the dir goes at exit unless KEEP_RUNTIME=1)"
   echo "the hog grows 2 MiB every 200 ms; oomd kills it above 40 MiB; policyd is critical and is denied"
   execd-stub --manifest "$root/scripts/host/run.json" --runtime-dir "$rt" && exit 0
   rc=$?

@@ -312,13 +312,18 @@ func help(args []string, env Env) error {
 
 func commandUsage(w io.Writer, cmd command, fs *flag.FlagSet, prog string) {
 	fmt.Fprintf(w, "Usage: %s %s %s\n\n%s.\n\nFlags:\n", prog, cmd.name, cmd.args, capitalize(cmd.summary))
-	fs.SetOutput(w)
+	// The flag package prints "-name"; the CLI is documented, and completes, with "--name".
+	var defaults strings.Builder
+	fs.SetOutput(&defaults)
 	fs.PrintDefaults()
+	fmt.Fprint(w, strings.ReplaceAll("\n"+defaults.String(), "\n  -", "\n  --")[1:])
 	fmt.Fprintf(w, "\nExit status: 0 ok, 1 runtime error, 2 usage error or invalid input (see %s help).\n", prog)
 }
 
+// capitalize starts a sentence: the first letter upper-cased, unless the sentence
+// starts with a name that is written in lower case (oomd).
 func capitalize(s string) string {
-	if s == "" {
+	if s == "" || strings.HasPrefix(s, "oomd") {
 		return s
 	}
 	return strings.ToUpper(s[:1]) + s[1:]
