@@ -123,11 +123,26 @@ func settle() (int, uint64) {
 	return runtime.NumGoroutine(), ms.HeapInuse
 }
 
+// failer is the part of *testing.T the checks below use (a test of the checks passes
+// a recorder).
+type failer interface {
+	Helper()
+	Errorf(format string, args ...any)
+	FailNow()
+}
+
+// How long the checks below wait for the server to get back (variables so that the
+// checks' own test can fail them quickly).
+var (
+	baselineWait = 15 * time.Second
+	heapWait     = 5 * time.Second
+)
+
 // requireBaseline polls (with a deadline) until goroutines are within a few of gBase
 // and the live heap within 16 MiB of hBase.
-func requireBaseline(t *testing.T, gBase int, hBase uint64) {
+func requireBaseline(t failer, gBase int, hBase uint64) {
 	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
+	deadline := time.Now().Add(baselineWait)
 	for {
 		g, h := settle()
 		if g <= gBase+4 && h <= hBase+heapSlack {
@@ -146,9 +161,9 @@ func requireBaseline(t *testing.T, gBase int, hBase uint64) {
 
 // requireHeapWithin polls (with a deadline) until the live heap is within heapSlack of
 // hBase: what an attack makes the server hold must stay bounded while it goes on.
-func requireHeapWithin(t *testing.T, hBase uint64, when string) {
+func requireHeapWithin(t failer, hBase uint64, when string) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(heapWait)
 	for {
 		_, h := settle()
 		if h <= hBase+heapSlack {
