@@ -11,10 +11,10 @@ import (
 )
 
 // MaxExitBacklog bounds the exit reports kept for a watcher that is absent or behind.
-// Beyond it the oldest reports are dropped (and counted in the log), except the one whose
-// call is in flight: oomd answers a report only once what it caused is durable, so that
-// one may be a kill whose record waits for logd, and it is the report a crash of oomd
-// must not lose. A manifest has at most 256 services, so this covers several restarts of
+// Beyond it the oldest reports are dropped (and counted in the log), except the one
+// handed to a watcher and not yet acknowledged (in flight, or its watcher died): oomd
+// answers a report only once what it caused is durable, so that one may be a kill whose
+// record waits for logd, and it is the report a crash of oomd must not lose. A manifest has at most 256 services, so this covers several restarts of
 // each while oomd is away or behind.
 const MaxExitBacklog = 1024
 
@@ -28,13 +28,15 @@ type exitQueue struct {
 	mu      sync.Mutex
 	items   []queuedExit
 	nextSeq uint64
-	sending uint64 // the seq of the report whose exited() call is in flight (0: none)
+	sending uint64 // the seq of the report handed to a watcher and not yet acknowledged (0: none)
 	dropped uint64
 	gen     uint64 // increments with each watcher; a pusher of an older gen stops
 	wake    chan struct{}
 	cancel  context.CancelFunc
 	closed  bool
 	pushers sync.WaitGroup
+
+	pusherDone func() // tests: called as each pusher goroutine ends
 }
 
 type queuedExit struct {
@@ -56,7 +58,7 @@ func (q *exitQueue) push(r ExitReport) {
 	if len(q.items) >= MaxExitBacklog {
 		k := 0
 		if q.items[0].seq == q.sending {
-			k = 1 // the report in flight stays
+			k = 1 // the report handed over and not acknowledged stays
 		}
 		q.dropped++
 		q.log.Warn("exit backlog full; dropping the oldest report not in flight",
@@ -99,6 +101,9 @@ func (q *exitQueue) setWatcher(w oomdpb.ExitWatcher) {
 func (q *exitQueue) pushTo(ctx context.Context, gen uint64, w oomdpb.ExitWatcher, wake chan struct{}) {
 	defer q.pushers.Done()
 	defer w.Release()
+	if q.pusherDone != nil {
+		defer q.pusherDone()
+	}
 	for {
 		q.mu.Lock()
 		if q.gen != gen || q.closed {
@@ -120,11 +125,10 @@ func (q *exitQueue) pushTo(ctx context.Context, gen uint64, w oomdpb.ExitWatcher
 
 		err := deliver(ctx, w, head.r)
 		q.mu.Lock()
-		if q.sending == head.seq {
-			q.sending = 0
-		}
 		if err != nil {
-			// The report stays at the head for the next watcher.
+			// The report stays at the head for the next watcher, and stays protected
+			// from the backlog's bound (sending): the watcher may have died holding it
+			// (oomd answers once what the exit caused is durable).
 			if q.gen == gen {
 				q.log.Info("exit watcher gone; keeping reports for the next one",
 					zap.String("subject", head.r.Subject), zap.Uint64("instance", head.r.Instance), zap.Error(err))
@@ -135,6 +139,9 @@ func (q *exitQueue) pushTo(ctx context.Context, gen uint64, w oomdpb.ExitWatcher
 		}
 		if len(q.items) > 0 && q.items[0].seq == head.seq {
 			q.items = q.items[1:]
+		}
+		if q.sending == head.seq {
+			q.sending = 0
 		}
 		q.mu.Unlock()
 	}

@@ -132,6 +132,60 @@ func TestFullBacklogKeepsTheReportInFlight(t *testing.T) {
 	}
 }
 
+// fillBacklog pushes reports from..MaxExitBacklog+from-1 and returns the two oldest kept.
+func fillBacklog(q *exitQueue, from int) (head, next ExitReport) {
+	for i := from; i < MaxExitBacklog+from; i++ {
+		q.push(report(i))
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.items[0].r, q.items[1].r
+}
+
+// TestFullBacklogKeepsAReportItsWatcherDiedHolding: the watcher's call fails (oomd died
+// before what the exit caused was durable) and the backlog fills before the next
+// watcher: the failed report is still the one kept.
+func TestFullBacklogKeepsAReportItsWatcherDiedHolding(t *testing.T) {
+	q := newExitQueue(zaptest.NewLogger(t))
+	defer q.close()
+	q.setWatcher(oomdpb.ExitWatcher_ServerToClient(&watcher{got: make(chan ExitReport, 1), failFor: 1}))
+	q.push(report(1))
+	require.Eventually(t, func() bool {
+		q.mu.Lock()
+		defer q.mu.Unlock()
+		return q.wake == nil // the pusher gave up on the failed watcher
+	}, 10*time.Second, time.Millisecond)
+	head, next := fillBacklog(q, 2)
+	assert.Equal(t, report(1), head, "the report the dead watcher held is kept")
+	assert.Equal(t, report(3), next)
+}
+
+// TestReplacedWatcherDoesNotUnprotectTheReport: report 1 is held by watcher A when B
+// registers and receives it again; A's call then ends (cancelled). The report is still
+// protected while B holds it.
+func TestReplacedWatcherDoesNotUnprotectTheReport(t *testing.T) {
+	q := newExitQueue(zaptest.NewLogger(t))
+	defer q.close()
+	ended := make(chan struct{}, 2)
+	q.pusherDone = func() { ended <- struct{}{} }
+	a := &holdingWatcher{got: make(chan ExitReport, 1), release: make(chan struct{})}
+	q.setWatcher(oomdpb.ExitWatcher_ServerToClient(a))
+	q.push(report(1))
+	receive(t, a.got)
+	b := &holdingWatcher{got: make(chan ExitReport, MaxExitBacklog+2), release: make(chan struct{})}
+	q.setWatcher(oomdpb.ExitWatcher_ServerToClient(b))
+	receive(t, b.got)
+	select {
+	case <-ended: // A's pusher, its call cancelled by B's registration
+	case <-time.After(10 * time.Second):
+		t.Fatal("the replaced watcher's pusher did not end")
+	}
+	head, next := fillBacklog(q, 2)
+	assert.Equal(t, report(1), head, "the report B holds is kept")
+	assert.Equal(t, report(3), next)
+	close(b.release)
+}
+
 func TestFailedReportGoesToTheNextWatcher(t *testing.T) {
 	q := newExitQueue(zaptest.NewLogger(t))
 	defer q.close()
