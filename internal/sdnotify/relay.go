@@ -131,9 +131,11 @@ func (r *Relay) Run() {
 		}
 		// A quarter interval between pings: oomd sends one every half interval, and a
 		// sender that pinged in a loop would only make execd write to systemd in one.
+		// Only a ping that went counts: after a failure the next one is passed on.
 		if now := time.Now(); r.lastSent.IsZero() || now.Sub(r.lastSent) >= r.every {
-			r.lastSent = now
-			notify(r.log, daemon.SdNotifyWatchdog)
+			if notify(r.log, daemon.SdNotifyWatchdog, notifyWait) {
+				r.lastSent = now
+			}
 		}
 	}
 }

@@ -44,42 +44,71 @@ const (
 var Vars = []string{EnvSocket, EnvWatchdogUsec, EnvWatchdogPID}
 
 // Ready tells systemd that start-up finished (READY=1).
-func Ready(log *zap.Logger) { notify(log, daemon.SdNotifyReady) }
+func Ready(log *zap.Logger) { notify(log, daemon.SdNotifyReady, notifyWait) }
 
 // Stopping tells systemd that the service is stopping (STOPPING=1).
-func Stopping(log *zap.Logger) { notify(log, daemon.SdNotifyStopping) }
+func Stopping(log *zap.Logger) { notify(log, daemon.SdNotifyStopping, notifyWait) }
 
-func notify(log *zap.Logger, state string) {
-	sent, err := send(state)
+// notifyWait bounds how long execd waits for room in systemd's queue (it is shared by
+// every unit and can be full for a moment, during a daemon-reload say). oomd's owner
+// loop never waits (Watchdog.Beat).
+const notifyWait = time.Second
+
+// notify sends state and says whether it went (false also without NOTIFY_SOCKET); a
+// failure is logged.
+func notify(log *zap.Logger, state string, wait time.Duration) bool {
+	sent, err := send(state, wait)
 	switch {
 	case err != nil:
 		log.Warn("sd_notify failed", zap.String("state", state), zap.Error(err))
 	case sent:
 		log.Debug("sd_notify", zap.String("state", state))
 	}
+	return sent
 }
 
-// send writes state to NOTIFY_SOCKET as one datagram, without waiting. go-systemd's
-// SdNotify writes on a blocking connection with no deadline, so a systemd that stopped
-// reading its socket would block the caller for ever; oomd pings from its owner loop,
-// which must never wait for another process. Here a full queue is EAGAIN: the message
-// is dropped and said, and a watchdog not fed is what systemd acts on. A name starting
-// with '@' is an abstract socket (golang.org/x/sys/unix maps it). sent is false when
-// there is no NOTIFY_SOCKET.
-func send(state string) (sent bool, err error) {
+// send writes state to NOTIFY_SOCKET as one datagram, waiting at most wait for room
+// (0: not at all). go-systemd's SdNotify writes on a blocking connection with no
+// deadline, so a systemd that stopped reading its socket would block the caller for
+// ever; oomd pings from its owner loop, which must never wait for another process.
+// Here a queue that stays full is EAGAIN: the message is not sent, and a watchdog not
+// fed is what systemd acts on. A name starting with '@' is an abstract socket
+// (golang.org/x/sys/unix maps it). sent is false when there is no NOTIFY_SOCKET.
+func send(state string, wait time.Duration) (sent bool, err error) {
 	sock := os.Getenv(EnvSocket)
 	if sock == "" {
 		return false, nil
 	}
-	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
+	fd, err := notifySocket(wait)
 	if err != nil {
-		return false, fmt.Errorf("notify socket: %w", err)
+		return false, err
 	}
 	defer unix.Close(fd)
 	if err := unix.Sendto(fd, []byte(state), unix.MSG_NOSIGNAL, &unix.SockaddrUnix{Name: sock}); err != nil {
 		return false, fmt.Errorf("send to %s: %w", sock, err)
 	}
 	return true, nil
+}
+
+// notifySocket is an unbound datagram socket whose sends wait at most wait for room:
+// non-blocking for 0, else blocking with SO_SNDTIMEO.
+func notifySocket(wait time.Duration) (int, error) {
+	flags := unix.SOCK_DGRAM | unix.SOCK_CLOEXEC
+	if wait <= 0 {
+		flags |= unix.SOCK_NONBLOCK
+	}
+	fd, err := unix.Socket(unix.AF_UNIX, flags, 0)
+	if err != nil {
+		return -1, fmt.Errorf("notify socket: %w", err)
+	}
+	if wait > 0 {
+		tv := unix.NsecToTimeval(wait.Nanoseconds())
+		if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &tv); err != nil {
+			unix.Close(fd)
+			return -1, fmt.Errorf("notify socket: send timeout: %w", err)
+		}
+	}
+	return fd, nil
 }
 
 // WatchdogEnv is systemd's watchdog environment for this process: NOTIFY_SOCKET and
@@ -107,6 +136,7 @@ type Watchdog struct {
 	last     time.Time // when the last ping was sent
 	beat     time.Time // the previous Beat
 	warned   bool
+	failing  bool // the last ping was not sent
 }
 
 // NewWatchdog returns a Watchdog when systemd asked this process for pings
@@ -157,6 +187,19 @@ func (w *Watchdog) Beat() {
 	if !w.last.IsZero() && now.Sub(w.last) < w.interval/2 {
 		return
 	}
+	// Never waits: this is oomd's owner loop. A ping that did not go is tried again at
+	// the next Beat (the next tick), so a moment of full queue costs a tick, not half an
+	// interval; a failing streak is said once.
+	if _, err := send(daemon.SdNotifyWatchdog, 0); err != nil {
+		if !w.failing {
+			w.log.Warn("watchdog ping not sent; trying again at every tick", zap.Error(err))
+		}
+		w.failing = true
+		return
+	}
+	if w.failing {
+		w.log.Info("watchdog ping sent again")
+	}
+	w.failing = false
 	w.last = now
-	notify(w.log, daemon.SdNotifyWatchdog)
 }

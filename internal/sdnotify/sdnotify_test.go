@@ -64,27 +64,100 @@ func TestNoSocketIsANoOp(t *testing.T) {
 // (go-systemd's SdNotify blocked here for ever.)
 func TestNotifyNeverBlocks(t *testing.T) {
 	clearEnv(t)
-	path := filepath.Join(testutil.SocketDir(t), "deaf")
-	deaf, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
-	require.NoError(t, err)
-	defer deaf.Close() // never read
-	t.Setenv(EnvSocket, path)
+	deafSocket(t)
 	done := make(chan error, 1)
-	go func() {
-		for range 1 << 20 {
-			if _, err := send(daemon.SdNotifyWatchdog); err != nil {
-				done <- err
-				return
-			}
-		}
-		done <- nil
-	}()
+	go func() { done <- fillUp() }()
 	select {
 	case err := <-done:
 		require.ErrorIs(t, err, unix.EAGAIN, "a full queue is said, not waited out")
 	case <-time.After(10 * time.Second):
 		t.Fatal("notify blocked on a socket nobody reads")
 	}
+}
+
+// deafSocket makes a notify socket that only the test reads and points NOTIFY_SOCKET
+// at it.
+func deafSocket(t *testing.T) *net.UnixConn {
+	t.Helper()
+	path := filepath.Join(testutil.SocketDir(t), "deaf")
+	deaf, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
+	require.NoError(t, err)
+	t.Cleanup(func() { deaf.Close() })
+	t.Setenv(EnvSocket, path)
+	return deaf
+}
+
+// fillUp sends pings without waiting until one fails, and returns that failure (nil if
+// a million went).
+func fillUp() error {
+	for range 1 << 20 {
+		if _, err := send(daemon.SdNotifyWatchdog, 0); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// TestSendWaitsForRoomWithinItsBound: execd's sends (READY=1, the relay's pings) wait a
+// bounded time for room in a full queue (a blocking socket with SO_SNDTIMEO; oomd's
+// pings a non-blocking one): they go once the reader makes room, and give up with
+// EAGAIN when it never does.
+func TestSendWaitsForRoomWithinItsBound(t *testing.T) {
+	for _, wait := range []time.Duration{0, 1500 * time.Millisecond} {
+		fd, err := notifySocket(wait)
+		require.NoError(t, err)
+		fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
+		require.NoError(t, err)
+		tv, err := unix.GetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO)
+		require.NoError(t, err)
+		unix.Close(fd)
+		assert.Equal(t, wait == 0, fl&unix.O_NONBLOCK != 0, "non-blocking only without a wait (%v)", wait)
+		assert.Equal(t, wait, time.Duration(tv.Nano()), "the send timeout is the wait")
+	}
+
+	clearEnv(t)
+	deaf := deafSocket(t)
+	require.ErrorIs(t, fillUp(), unix.EAGAIN)
+	_, err := send(daemon.SdNotifyWatchdog, 50*time.Millisecond)
+	require.ErrorIs(t, err, unix.EAGAIN, "nobody reads: given up after the bound")
+
+	done := make(chan error, 1)
+	go func() {
+		_, err := send(daemon.SdNotifyReady, 30*time.Second)
+		done <- err
+	}()
+	buf := make([]byte, 64)
+	_, err = deaf.Read(buf) // room for one
+	require.NoError(t, err)
+	select {
+	case err := <-done:
+		require.NoError(t, err, "sent once there was room")
+	case <-time.After(10 * time.Second):
+		t.Fatal("the send did not go when room was made")
+	}
+}
+
+// TestWatchdogPingRetriedAtTheNextBeat: a ping that could not go (no socket yet, or a
+// full queue) is tried again at the next Beat, not half an interval later; a failing
+// streak is logged once.
+func TestWatchdogPingRetriedAtTheNextBeat(t *testing.T) {
+	clearEnv(t)
+	path := filepath.Join(testutil.SocketDir(t), "later")
+	t.Setenv(EnvSocket, path)
+	t.Setenv(EnvWatchdogUsec, "10000000") // 10 s
+	now := time.Unix(1000, 0)
+	w := newWatchdog(zaptest.NewLogger(t), func() time.Time { return now })
+	require.NotNil(t, w)
+	w.Beat() // nothing listens: not sent
+	assert.True(t, w.failing)
+	now = now.Add(100 * time.Millisecond)
+	w.Beat()
+
+	s := sdnotifytest.ListenAt(t, path)
+	now = now.Add(100 * time.Millisecond) // a tick later, far from half the interval
+	w.Beat()
+	assert.Equal(t, []string{"WATCHDOG=1"}, drain(t, s), "retried at the next tick")
+	assert.False(t, w.failing)
 }
 
 func TestReadyAndStopping(t *testing.T) {

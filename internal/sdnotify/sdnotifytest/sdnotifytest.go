@@ -31,7 +31,13 @@ type Socket struct {
 // Listen makes the socket in a fresh temporary directory; it is closed at the end of t.
 func Listen(t testing.TB) *Socket {
 	t.Helper()
-	s := &Socket{Path: filepath.Join(testutil.SocketDir(t), "notify"), msgs: make(chan Message, 1024)}
+	return ListenAt(t, filepath.Join(testutil.SocketDir(t), "notify"))
+}
+
+// ListenAt is Listen at path (a test that names the socket before it exists).
+func ListenAt(t testing.TB, path string) *Socket {
+	t.Helper()
+	s := &Socket{Path: path, msgs: make(chan Message, 1024)}
 	c, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: s.Path, Net: "unixgram"})
 	if err != nil {
 		t.Fatal(err)
