@@ -20,7 +20,8 @@ cp "$root/scripts/host/policy.json" "$rt/policy.json"
 if [ "${1:-}" != "--selftest" ]; then
   echo "runtime dir: $rt   (Ctrl-C stops every process)"
   echo "in another shell:  export OOMD_SOCKET=$rt/oomd.sock; bin/oomctl status"
-  echo "oomd's live trace:  bin/oomctl replay $rt/policy.json.trace   (the dir goes at exit unless KEEP_RUNTIME=1)"
+  if [ "${KEEP_RUNTIME:-}" = 1 ]; then kept="the dir is kept at exit"; else kept="the dir goes at exit unless KEEP_RUNTIME=1"; fi
+  echo "oomd's live trace:  bin/oomctl replay $rt/policy.json.trace   ($kept)"
   echo "the hog grows 2 MiB every 200 ms; oomd kills it above 40 MiB; policyd is critical and is denied"
   execd-stub --manifest "$root/scripts/host/run.json" --runtime-dir "$rt" && exit 0
   rc=$?

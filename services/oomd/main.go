@@ -50,7 +50,7 @@ func main() {
 	flag.DurationVar(&o.syncTimeout, "audit-sync-timeout", daemon.DefaultAuditSyncTimeout, "with --spill: how long logd may take to acknowledge audit records before they are spilled")
 	flag.DurationVar(&o.logdWait, "logd-start-wait", daemon.DefaultLogdStartWait, "without a non-empty --spill: how long to wait for logd at start (to learn where the audit sequence stands and read back earlier decisions) before watching without it; records, and the kills they gate, then wait for logd")
 	flag.StringVar(&o.metrics, "metrics", "", "serve Prometheus metrics at http://`ADDR`/metrics (host:port), e.g. 127.0.0.1:9466; empty = off. Unauthenticated read-only data (subject names and usage): bind to loopback")
-	flag.StringVar(&o.trace, "trace", "", "live trace directory: every input of the policy core, in rotated files, for oomctl replay; default: <--policy file>.trace, none without --policy; \"off\" disables it")
+	flag.StringVar(&o.trace, "trace", "", "live trace directory: every input of the policy core, in rotated files, for replay by oomd's CLI (oomctl; oomwatchctl from the .deb); default: <--policy file>.trace, none without --policy; \"off\" disables it")
 	flag.Int64Var(&o.traceOpts.MaxFileBytes, "trace-file-bytes", tracelog.DefaultMaxFileBytes, "rotate a live trace file at this size")
 	flag.IntVar(&o.traceOpts.MaxFiles, "trace-files", tracelog.DefaultMaxFiles, "live trace files kept (the oldest are deleted); the bound on disk is trace-files × trace-file-bytes")
 	flag.StringVar(&o.eventSeqFile, "event-seq-file", "", "event seq high-water mark, so seqs never go backwards across a restart; default: <--policy file>.eventseq, none without --policy")

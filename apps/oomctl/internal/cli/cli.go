@@ -191,8 +191,8 @@ func run(ctx context.Context, args []string, env Env) error {
 	}
 	prog := env.progName()
 	top := flag.NewFlagSet(prog, flag.ContinueOnError)
-	top.SetOutput(env.Stderr)
-	top.Usage = func() {} // printed below, to stdout when asked for
+	top.SetOutput(io.Discard) // errors are printed by parseErr, in the CLI's --name form
+	top.Usage = func() {}     // printed below, to stdout when asked for
 	g.register(top)
 	showVersion := top.Bool("version", false, "print the version and exit")
 	if err := top.Parse(args); err != nil {
@@ -218,7 +218,7 @@ func run(ctx context.Context, args []string, env Env) error {
 		return err
 	}
 	fs := flag.NewFlagSet(prog+" "+cmd.name, flag.ContinueOnError)
-	fs.SetOutput(env.Stderr)
+	fs.SetOutput(io.Discard)
 	var opts any
 	if cmd.flags != nil {
 		opts = cmd.flags(fs)
@@ -248,13 +248,15 @@ func run(ctx context.Context, args []string, env Env) error {
 	return cmd.run(ctx, r, opts)
 }
 
-// parseErr prints the usage after a flag error (which the flag package has printed to
-// stderr already), or to stdout for -h/--help, and returns what Main maps to the exit code.
+// parseErr prints a flag error (with the flag named --name, as the CLI is documented) and
+// the usage, or the usage alone to stdout for -h/--help, and returns what Main maps to
+// the exit code.
 func parseErr(err error, env Env, show func(io.Writer), fs *flag.FlagSet) error {
 	if errors.Is(err, flag.ErrHelp) {
 		show(env.Stdout)
 		return err
 	}
+	fmt.Fprintf(env.Stderr, "%s: %s\n", env.progName(), doubleDash(err.Error()))
 	if name, ok := strings.CutPrefix(err.Error(), "flag provided but not defined: -"); ok {
 		var known []string
 		fs.VisitAll(func(f *flag.Flag) { known = append(known, f.Name) })
@@ -264,6 +266,22 @@ func parseErr(err error, env Env, show func(io.Writer), fs *flag.FlagSet) error 
 	}
 	show(env.Stderr)
 	return errUsageShown
+}
+
+// doubleDash writes the flag named in one of the flag package's errors as --name (the
+// package writes -name); other messages are returned as they are.
+func doubleDash(msg string) string {
+	for _, p := range []string{"flag provided but not defined: -", "flag needs an argument: -"} {
+		if rest, ok := strings.CutPrefix(msg, p); ok {
+			return p + "-" + rest
+		}
+	}
+	for _, shape := range [][2]string{{"invalid value ", " for flag -"}, {"invalid boolean value ", " for -"}} {
+		if i := strings.Index(msg, shape[1]); strings.HasPrefix(msg, shape[0]) && i >= 0 {
+			return msg[:i+len(shape[1])] + "-" + msg[i+len(shape[1]):]
+		}
+	}
+	return msg
 }
 
 // lookup finds the command named by the first one or two words of args; prog names the

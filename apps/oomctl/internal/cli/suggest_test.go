@@ -54,7 +54,7 @@ func TestBashCompletion(t *testing.T) {
 	complete := func(words ...string) []string {
 		t.Helper()
 		// COMP_WORDS as bash fills it: the command line split into words, the cursor on the last.
-		line := `source "$1"; shift; COMP_WORDS=("$@"); COMP_CWORD=$(($# - 1)); _oomctl; printf '%s\n' "${COMPREPLY[@]}"`
+		line := `source "$1"; shift; COMP_WORDS=("$@"); COMP_CWORD=$(($# - 1)); _oomd_ctl; printf '%s\n' "${COMPREPLY[@]}"`
 		out, err := exec.Command(bash, append([]string{"-c", line, "bash", path}, words...)...).CombinedOutput()
 		require.NoError(t, err, "%s", out)
 		return strings.Fields(string(out))
@@ -86,7 +86,7 @@ func TestBashCompletionRegistersForItsName(t *testing.T) {
 		require.NoError(t, os.WriteFile(path, out.Bytes(), 0o600))
 		reg, err := exec.Command(bash, "-c", `source "$1"; complete -p "$2"`, "bash", path, want).CombinedOutput()
 		require.NoError(t, err, "name %q: %s", name, reg)
-		assert.Equal(t, "complete -o default -F _oomctl "+want, strings.TrimSpace(string(reg)), "name %q", name)
+		assert.Equal(t, "complete -o default -F _oomd_ctl "+want, strings.TrimSpace(string(reg)), "name %q", name)
 	}
 }
 
@@ -115,6 +115,8 @@ func TestHelpSaysTheNameItWasRunAs(t *testing.T) {
 			if want != "oomctl" {
 				assert.NotRegexp(t, `\boomctl\b`, text, "%q as %q", tc.args, name)
 			}
+			// Flags are written --name everywhere, as the README and the completion do.
+			assert.NotRegexp(t, `(^|\s|: )-[a-z]`, text, "%q as %q", tc.args, name)
 		}
 	}
 }
