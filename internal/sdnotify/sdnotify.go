@@ -1,7 +1,8 @@
 // Package sdnotify speaks systemd's notify protocol (sd_notify(3)) for execd and oomd:
 // github.com/coreos/go-systemd/v22/daemon reads the environment, and messages are sent
-// without waiting (send). Without NOTIFY_SOCKET every call is a no-op, so the daemons
-// behave the same outside systemd (make run, the VM, tests).
+// with a bounded wait (send): oomd's pings never wait, execd's messages at most a
+// second. Without NOTIFY_SOCKET every call is a no-op, so the daemons behave the same
+// outside systemd (make run, the VM, tests).
 //
 // Under systemd (packaging/systemd/oomwatch.service) execd is the unit's main process
 // and says READY=1 once its services are up and STOPPING=1 when it begins stopping them.
