@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -276,9 +277,14 @@ func doubleDash(msg string) string {
 			return p + "-" + rest
 		}
 	}
+	// invalid value "V" for flag -name: ... (V is quoted, and may hold anything)
 	for _, shape := range [][2]string{{"invalid value ", " for flag -"}, {"invalid boolean value ", " for -"}} {
-		if i := strings.Index(msg, shape[1]); strings.HasPrefix(msg, shape[0]) && i >= 0 {
-			return msg[:i+len(shape[1])] + "-" + msg[i+len(shape[1]):]
+		rest, ok := strings.CutPrefix(msg, shape[0])
+		if !ok {
+			continue
+		}
+		if v, err := strconv.QuotedPrefix(rest); err == nil && strings.HasPrefix(rest[len(v):], shape[1]) {
+			return shape[0] + v + shape[1] + "-" + rest[len(v)+len(shape[1]):]
 		}
 	}
 	return msg

@@ -243,6 +243,7 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"status", "--bogus"}, "oomctl: flag provided but not defined: --bogus"},
 		{[]string{"events", "--since", "x"}, `oomctl: invalid value "x" for flag --since`},
 		{[]string{"events", "--limit"}, "oomctl: flag needs an argument: --limit"},
+		{[]string{"events", "--since", "x for flag -y"}, `oomctl: invalid value "x for flag -y" for flag --since`},
 		{[]string{"events", "--follow=maybe"}, `oomctl: invalid boolean value "maybe" for --follow`},
 		{[]string{"audit", "--follow"}, "oomctl: flag provided but not defined: --follow"},
 		{[]string{"--timeout", "-1s", "status"}, "oomctl: --timeout -1s: must not be negative"},
