@@ -10,7 +10,8 @@ import (
 
 	"github.com/coreos/go-systemd/v22/daemon"
 	"go.uber.org/zap"
-	"golang.org/x/sys/unix"
+
+	"oomd.dev/oomd/internal/sdnotify/credgram"
 )
 
 // RelaySocket is the relay's name in execd's runtime directory.
@@ -63,33 +64,17 @@ func NewRelay(dir string, log *zap.Logger, sender func() int) (*Relay, error) {
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, err
 	}
-	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
+	conn, err := credgram.Listen(path)
 	if err != nil {
 		return nil, err
 	}
 	env[0] = EnvSocket + "=" + path // WatchdogEnv's first is systemd's socket
 	r := &Relay{conn: conn, path: path, log: log, env: env, every: interval / 4, sender: sender, dropped: map[string]bool{}}
-	err = os.Chmod(path, 0o600)
-	if err == nil {
-		err = r.passCred()
-	}
-	if err != nil {
+	if err := os.Chmod(path, 0o600); err != nil {
 		r.Close()
 		return nil, err
 	}
 	return r, nil
-}
-
-func (r *Relay) passCred() error {
-	raw, err := r.conn.SyscallConn()
-	if err != nil {
-		return err
-	}
-	var serr error
-	if err := raw.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PASSCRED, 1) }); err != nil {
-		return err
-	}
-	return serr
 }
 
 // Env is the watchdog service's notify environment: the relay and systemd's interval.
@@ -106,9 +91,9 @@ func (r *Relay) Run() {
 	if r == nil {
 		return
 	}
-	buf, oob := make([]byte, 512), make([]byte, unix.CmsgSpace(unix.SizeofUcred))
+	rd := credgram.NewReader(512)
 	for {
-		n, oobn, _, _, err := r.conn.ReadMsgUnix(buf, oob)
+		b, pid, err := rd.Read(r.conn)
 		if errors.Is(err, net.ErrClosed) {
 			return
 		}
@@ -116,15 +101,7 @@ func (r *Relay) Run() {
 			r.log.Warn("notify relay: read failed", zap.Error(err))
 			continue
 		}
-		pid := 0
-		if cmsgs, err := unix.ParseSocketControlMessage(oob[:oobn]); err == nil {
-			for _, cm := range cmsgs {
-				if cred, err := unix.ParseUnixCredentials(&cm); err == nil {
-					pid = int(cred.Pid)
-				}
-			}
-		}
-		msg := string(buf[:n])
+		msg := string(b)
 		if msg != daemon.SdNotifyWatchdog || pid == 0 || pid != r.sender() {
 			r.drop(msg, pid)
 			continue

@@ -5,14 +5,12 @@ package sdnotifytest
 
 import (
 	"errors"
-	"net"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
+	"oomd.dev/oomd/internal/sdnotify/credgram"
 	"oomd.dev/oomd/internal/testutil"
 )
 
@@ -38,37 +36,22 @@ func Listen(t testing.TB) *Socket {
 func ListenAt(t testing.TB, path string) *Socket {
 	t.Helper()
 	s := &Socket{Path: path, msgs: make(chan Message, 1024)}
-	c, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: s.Path, Net: "unixgram"})
+	c, err := credgram.Listen(path)
 	if err != nil {
 		t.Fatal(err)
-	}
-	raw, err := c.SyscallConn()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var serr error
-	if err := raw.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PASSCRED, 1) }); err != nil || serr != nil {
-		t.Fatal("SO_PASSCRED:", err, serr)
 	}
 	done := make(chan struct{})
 	t.Cleanup(func() { c.Close(); <-done })
 	go func() {
 		defer close(done)
 		defer close(s.msgs)
-		buf, oob := make([]byte, 4096), make([]byte, unix.CmsgSpace(unix.SizeofUcred))
+		rd := credgram.NewReader(4096)
 		for {
-			n, oobn, _, _, err := c.ReadMsgUnix(buf, oob)
+			b, pid, err := rd.Read(c)
 			if err != nil {
 				return
 			}
-			m := Message{State: strings.TrimSpace(string(buf[:n]))}
-			if cmsgs, err := unix.ParseSocketControlMessage(oob[:oobn]); err == nil {
-				for _, cm := range cmsgs {
-					if cred, err := unix.ParseUnixCredentials(&cm); err == nil {
-						m.Pid = int(cred.Pid)
-					}
-				}
-			}
+			m := Message{State: strings.TrimSpace(string(b)), Pid: pid}
 			select {
 			case s.msgs <- m:
 			default: // a test that stopped reading; never block the sender
